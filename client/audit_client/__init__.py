@@ -1,0 +1,40 @@
+"""Audit log client: publish audit events to the audit log service.
+
+Example:
+    async with audit_client.connect("nats://127.0.0.1:4222") as publisher:
+        await publisher.publish(AuditEvent(tenant="acme", action="api_key.create", ...))
+"""
+
+from audit.v1.event_pb2 import (
+    AuditEvent,
+    Change,
+    Outcome,
+    RequestContext,
+    Resource,
+    Subject,
+    SubjectType,
+)
+
+from .errors import AuditClientError, EventTooLargeError, InvalidEventError, PublishError
+from .publisher import PublishAck, Publisher, connect, new_event_id
+from .validation import Limits, validate_event
+
+__all__ = [
+    "AuditClientError",
+    "AuditEvent",
+    "Change",
+    "EventTooLargeError",
+    "InvalidEventError",
+    "Limits",
+    "Outcome",
+    "PublishAck",
+    "PublishError",
+    "Publisher",
+    "RequestContext",
+    "Resource",
+    "Subject",
+    "SubjectType",
+    "connect",
+    "new_event_id",
+    "validate_event",
+]
