@@ -1,0 +1,1 @@
+"""gRPC API: servicer, error mapping, server lifecycle."""

@@ -1,0 +1,72 @@
+"""Stored rows to protobuf messages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+from audit.v1 import event_pb2
+
+from ..core.records import datetime_to_micros
+
+
+def _set_timestamp(target: Any, micros: int) -> None:
+    seconds, remainder = divmod(micros, 1_000_000)
+    target.seconds = seconds
+    target.nanos = remainder * 1000
+
+
+def row_to_event(row: asyncpg.Record) -> event_pb2.AuditEvent:
+    """The stored event as an AuditEvent, with the service-set fields filled."""
+    event = event_pb2.AuditEvent(
+        event_id=str(row["event_id"]),
+        tenant=row["tenant"],
+        action=row["action"],
+        outcome=row["outcome"],
+        actor=event_pb2.Subject(
+            id=row["actor_id"] or "",
+            type=row["actor_type"],
+            slug=row["actor_slug"] or "",
+            display_name=row["actor_display_name"] or "",
+            email=row["actor_email"] or "",
+            pat_name=row["actor_pat_name"] or "",
+            controller_name=row["actor_controller_name"] or "",
+            external_identity_slug=row["actor_external_identity_slug"] or "",
+        ),
+        resource=event_pb2.Resource(
+            type=row["resource_type"] or "",
+            id=row["resource_id"] or "",
+            name=row["resource_name"] or "",
+            fqn=row["resource_fqn"] or "",
+        ),
+        parent_resource=event_pb2.Resource(
+            type=row["parent_resource_type"] or "",
+            id=row["parent_resource_id"] or "",
+            name=row["parent_resource_name"] or "",
+            fqn=row["parent_resource_fqn"] or "",
+        ),
+        request=event_pb2.RequestContext(
+            route=row["request_route"] or "",
+            method=row["request_method"] or "",
+            ip_address=row["ip_address"] or "",
+            user_agent=row["user_agent"] or "",
+        ),
+        cluster_id=row["cluster_id"] or "",
+        workspace_id=row["workspace_id"] or "",
+        message=row["message"] or "",
+        trace_id=row["trace_id"] or "",
+        span_id=row["span_id"] or "",
+        position=row["position"],
+        hash=bytes(row["hash"]).hex(),
+        prev_hash=bytes(row["prev_hash"]).hex(),
+    )
+    if row["metadata"] is not None:
+        event.metadata.update(json.loads(row["metadata"]))
+    if row["change_before"] is not None:
+        event.change.before.update(json.loads(row["change_before"]))
+    if row["change_after"] is not None:
+        event.change.after.update(json.loads(row["change_after"]))
+    _set_timestamp(event.occurred_at, datetime_to_micros(row["occurred_at"]))
+    _set_timestamp(event.recorded_at, datetime_to_micros(row["recorded_at"]))
+    return event

@@ -1,0 +1,95 @@
+"""The one place where failures become gRPC statuses: an interceptor around every RPC.
+
+Domain errors map to their codes with their message; an unreachable database is UNAVAILABLE; anything
+else is logged with its traceback here and reaches the client as INTERNAL with a reference, never a trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc import aio
+
+from ..errors import InvalidArgumentError, NotFoundError, NotImplementedYetError, UnavailableError
+
+log = logging.getLogger(__name__)
+
+_UNAVAILABLE_ERRORS = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
+
+
+def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a client gets for an error."""
+    if isinstance(error, InvalidArgumentError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, NotFoundError):
+        return grpc.StatusCode.NOT_FOUND, str(error)
+    if isinstance(error, NotImplementedYetError):
+        return grpc.StatusCode.UNIMPLEMENTED, str(error)
+    if isinstance(error, UnavailableError | _UNAVAILABLE_ERRORS):
+        return grpc.StatusCode.UNAVAILABLE, "the audit log database is unavailable; retry later"
+    reference = uuid.uuid4().hex[:12]
+    log.error("internal error (ref %s)", reference, exc_info=error)
+    return grpc.StatusCode.INTERNAL, f"internal error (ref {reference})"
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def wrapper(request: Any, context: aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except aio.AbortError:
+            raise
+        except Exception as error:
+            await context.abort(*status_for(error))
+
+    return wrapper
+
+
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapper(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except aio.AbortError:
+            raise
+        except Exception as error:
+            await context.abort(*status_for(error))
+
+    return wrapper
+
+
+class ErrorMappingInterceptor(aio.ServerInterceptor):
+    """Maps exceptions escaping any RPC handler to a gRPC status."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

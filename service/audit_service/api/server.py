@@ -1,0 +1,55 @@
+"""gRPC server lifecycle: AuditService, health and reflection; graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+from audit.v1 import audit_service_pb2, audit_service_pb2_grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from ..config import ApiConfig
+from ..errors import ConfigError
+from .errors import ErrorMappingInterceptor
+from .servicer import AuditServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
+
+
+@dataclass
+class RunningServer:
+    server: aio.Server
+    health: health_aio.HealthServicer
+    port: int
+    """The bound port (useful when the configured port is 0)."""
+
+    async def stop(self, grace: float) -> None:
+        """Reports NOT_SERVING, stops accepting calls and lets in-flight ones finish within `grace` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(config: ApiConfig, pool: asyncpg.Pool) -> RunningServer:
+    """Starts serving; the caller stops it with `RunningServer.stop`."""
+    server = aio.server(interceptors=[ErrorMappingInterceptor()])
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(pool), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(config.grpc_address)
+    except RuntimeError as error:
+        raise ConfigError("AUDIT_GRPC_ADDRESS", f"cannot listen on {config.grpc_address}: {error}") from None
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    log.info("gRPC API listening on %s (port %d)", config.grpc_address, port)
+    return RunningServer(server=server, health=health, port=port)

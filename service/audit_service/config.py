@@ -1,0 +1,218 @@
+"""Configuration: one frozen dataclass per concern, loaded in one place from environment variables.
+
+Precedence: explicit argument > environment > default. `load_config(env)` takes any mapping, so tests
+inject their own; bad values raise ConfigError with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
+
+from audit_client.validation import Limits
+
+from .errors import ConfigError
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+_SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str = ""
+    """PostgreSQL URL of the service role (INSERT and SELECT on the log), e.g. postgresql://app@db/audit."""
+    migrate_url: str = ""
+    """PostgreSQL URL used by `migrate` (the schema owner); defaults to `url`."""
+    pool_max_size: int = 10
+    """Most connections one process opens."""
+
+
+@dataclass(frozen=True, slots=True)
+class NatsConfig:
+    url: str = "nats://127.0.0.1:4222"
+    """NATS server URL(s), comma-separated."""
+    subject_prefix: str = "audit"
+    """Subjects are <prefix>.events.<tenant>, <prefix>.dead.<reason> and <prefix>.committed.<tenant>."""
+    stream_prefix: str = "AUDIT"
+    """Streams are <prefix>_EVENTS and <prefix>_DEAD."""
+    duplicate_window_seconds: float = 120.0
+    """JetStream's de-duplication window on Nats-Msg-Id (the log de-duplicates forever on its own)."""
+    events_max_age_seconds: float = 7 * 24 * 3600.0
+    """How long AUDIT_EVENTS keeps messages after they are stored, for replays."""
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self.stream_prefix}_EVENTS"
+
+    @property
+    def dead_stream(self) -> str:
+        return f"{self.stream_prefix}_DEAD"
+
+    @property
+    def events_subject_prefix(self) -> str:
+        return f"{self.subject_prefix}.events"
+
+    @property
+    def dead_subject_prefix(self) -> str:
+        return f"{self.subject_prefix}.dead"
+
+    @property
+    def servers(self) -> list[str]:
+        return [server.strip() for server in self.url.split(",") if server.strip()]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    durable: str = "audit-ingest"
+    """Name of the durable pull consumer shared by every ingest worker."""
+    batch_size: int = 500
+    """Most messages fetched and appended in one transaction."""
+    fetch_timeout_seconds: float = 1.0
+    """How long one fetch waits for messages before the worker checks for shutdown."""
+    ack_wait_seconds: float = 30.0
+    """Seconds before JetStream redelivers a message that was fetched but not acknowledged."""
+    limits: Limits = field(default_factory=Limits)
+    """Event size and time limits."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    grpc_address: str = "0.0.0.0:50051"
+    """host:port the gRPC server listens on (port 0 picks a free port)."""
+    shutdown_grace_seconds: float = 10.0
+    """On SIGTERM, how long in-flight RPCs may take before they are cancelled."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    nats: NatsConfig = field(default_factory=NatsConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    log_level: str = "INFO"
+    """Python logging level name."""
+
+    def require_database(self) -> Config:
+        """Returns self, or raises ConfigError when no database URL is configured."""
+        if not self.database.url:
+            raise ConfigError("AUDIT_DATABASE_URL", "is required (e.g. postgresql://audit@localhost/audit)")
+        return self
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected a positive integer, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(name, f"expected a positive integer, got {raw!r}")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected a positive number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(name, f"expected a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _postgres_url(env: Mapping[str, str], name: str) -> str:
+    raw = env.get(name, "")
+    if raw and urlsplit(raw).scheme not in ("postgres", "postgresql"):
+        raise ConfigError(name, f"expected a postgresql:// URL, got {raw!r}")
+    return raw
+
+
+def _nats_url(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name) or default
+    for server in raw.split(","):
+        parts = urlsplit(server.strip())
+        if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
+            raise ConfigError(name, f"expected nats://host:port (comma-separated for several), got {raw!r}")
+    return raw
+
+
+def parse_grpc_address(raw: str, name: str = "AUDIT_GRPC_ADDRESS") -> tuple[str, int]:
+    """Splits host:port (IPv6 in brackets); raises ConfigError when malformed."""
+    host, sep, port_text = raw.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(name, f"expected host:port, got {raw!r}")
+    return host, int(port_text)
+
+
+def _pattern(env: Mapping[str, str], name: str, default: str, pattern: re.Pattern[str]) -> str:
+    raw = env.get(name) or default
+    if not pattern.fullmatch(raw):
+        raise ConfigError(name, f"must match {pattern.pattern}, got {raw!r}")
+    return raw
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Config:
+    """Builds the configuration from environment variables.
+
+    Args:
+        env: the variables to read (os.environ by default).
+        **overrides: explicit values that win over the environment, by Config field name
+            (database, nats, ingest, api, log_level).
+
+    Raises:
+        ConfigError: one line naming the bad variable.
+    """
+    env = os.environ if env is None else env
+    database_url = _postgres_url(env, "AUDIT_DATABASE_URL")
+    database = DatabaseConfig(
+        url=database_url,
+        migrate_url=_postgres_url(env, "AUDIT_MIGRATE_DATABASE_URL") or database_url,
+        pool_max_size=_positive_int(env, "AUDIT_DATABASE_POOL_MAX_SIZE", DatabaseConfig().pool_max_size),
+    )
+    nats = NatsConfig(
+        url=_nats_url(env, "AUDIT_NATS_URL", NatsConfig().url),
+        subject_prefix=_pattern(env, "AUDIT_SUBJECT_PREFIX", NatsConfig().subject_prefix, _SUBJECT_PREFIX),
+        stream_prefix=_pattern(env, "AUDIT_STREAM_PREFIX", NatsConfig().stream_prefix, _TOKEN),
+        duplicate_window_seconds=_positive_float(
+            env, "AUDIT_DUPLICATE_WINDOW_SECONDS", NatsConfig().duplicate_window_seconds
+        ),
+        events_max_age_seconds=_positive_float(env, "AUDIT_EVENTS_MAX_AGE_SECONDS", NatsConfig().events_max_age_seconds),
+    )
+    default_limits = Limits()
+    ingest = IngestConfig(
+        durable=_pattern(env, "AUDIT_INGEST_DURABLE", IngestConfig().durable, _TOKEN),
+        batch_size=_positive_int(env, "AUDIT_INGEST_BATCH_SIZE", IngestConfig().batch_size),
+        fetch_timeout_seconds=_positive_float(
+            env, "AUDIT_INGEST_FETCH_TIMEOUT_SECONDS", IngestConfig().fetch_timeout_seconds
+        ),
+        ack_wait_seconds=_positive_float(env, "AUDIT_INGEST_ACK_WAIT_SECONDS", IngestConfig().ack_wait_seconds),
+        limits=replace(
+            default_limits,
+            max_event_bytes=_positive_int(env, "AUDIT_MAX_EVENT_BYTES", default_limits.max_event_bytes),
+            max_clock_skew_seconds=_positive_int(
+                env, "AUDIT_MAX_CLOCK_SKEW_SECONDS", default_limits.max_clock_skew_seconds
+            ),
+        ),
+    )
+    grpc_address = env.get("AUDIT_GRPC_ADDRESS") or ApiConfig().grpc_address
+    parse_grpc_address(grpc_address)
+    api = ApiConfig(
+        grpc_address=grpc_address,
+        shutdown_grace_seconds=_positive_float(env, "AUDIT_SHUTDOWN_GRACE_SECONDS", ApiConfig().shutdown_grace_seconds),
+    )
+    log_level = (env.get("AUDIT_LOG_LEVEL") or "INFO").upper()
+    if log_level not in _LOG_LEVELS:
+        raise ConfigError("AUDIT_LOG_LEVEL", f"expected one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
+    config = Config(database=database, nats=nats, ingest=ingest, api=api, log_level=log_level)
+    return replace(config, **overrides) if overrides else config

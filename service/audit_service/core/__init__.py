@@ -1,0 +1,1 @@
+"""Pure core: decoding, validation, canonical encoding, hashing, cursors. No I/O here."""

@@ -1,0 +1,223 @@
+"""The stored form of an event: one row of audit_events, its canonical encoding and its chain hash.
+
+The canonical encoding is what the hash chain signs. It is a compact JSON array in a fixed column order,
+built from the event's content so that the same content gives the same bytes whether it comes from the
+producer's protobuf or is read back from PostgreSQL:
+  * empty strings and NULL are both "", an empty Struct and NULL are both null;
+  * timestamps are integer microseconds since the Unix epoch (PostgreSQL's precision);
+  * every JSON number is a float (protobuf Struct numbers are doubles; jsonb may print 1.0 as 1), -0.0 is 0.0;
+  * object keys are sorted.
+hash = SHA-256(prev_hash || canonical), prev_hash of a tenant's first event is 32 zero bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from audit.v1 import event_pb2
+from google.protobuf import struct_pb2
+
+CANONICAL_VERSION = "audit.v1/1"
+GENESIS_HASH = bytes(32)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+CONTENT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "tenant",
+    "action",
+    "outcome",
+    "actor_id",
+    "actor_type",
+    "actor_slug",
+    "actor_display_name",
+    "actor_email",
+    "actor_pat_name",
+    "actor_controller_name",
+    "actor_external_identity_slug",
+    "resource_type",
+    "resource_id",
+    "resource_name",
+    "resource_fqn",
+    "parent_resource_type",
+    "parent_resource_id",
+    "parent_resource_name",
+    "parent_resource_fqn",
+    "request_route",
+    "request_method",
+    "ip_address",
+    "user_agent",
+    "cluster_id",
+    "workspace_id",
+    "message",
+    "metadata",
+    "change_before",
+    "change_after",
+    "occurred_at",
+    "trace_id",
+    "span_id",
+)
+"""The event's content, in canonical order."""
+
+LOG_COLUMNS: tuple[str, ...] = ("position", "recorded_at", *CONTENT_COLUMNS, "prev_hash", "hash")
+"""Columns of audit_events, in the order of the rows built here."""
+
+_STRUCT_COLUMNS = frozenset({"metadata", "change_before", "change_after"})
+_INT_COLUMNS = frozenset({"outcome", "actor_type"})
+_STRUCT_INDEXES = tuple(i for i, name in enumerate(CONTENT_COLUMNS) if name in _STRUCT_COLUMNS)
+_TEXT_INDEXES = tuple(
+    i
+    for i, name in enumerate(CONTENT_COLUMNS)
+    if name not in _STRUCT_COLUMNS and name not in _INT_COLUMNS and name not in ("event_id", "occurred_at")
+)
+_EVENT_ID_INDEX = CONTENT_COLUMNS.index("event_id")
+_OCCURRED_AT_INDEX = CONTENT_COLUMNS.index("occurred_at")
+
+Content = tuple[Any, ...]
+"""Values of CONTENT_COLUMNS in canonical form: str ("" for empty), int, dict | None, occurred_at in µs."""
+
+
+def _value_to_python(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return value.number_value + 0.0  # folds -0.0 into 0.0, which jsonb cannot keep apart
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {key: _value_to_python(item) for key, item in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_value_to_python(item) for item in value.list_value.values]
+    return None
+
+
+def struct_to_python(struct: struct_pb2.Struct) -> dict[str, Any] | None:
+    """Converts a Struct to plain Python (numbers as floats); an empty Struct is None."""
+    if not struct.fields:
+        return None
+    return {key: _value_to_python(value) for key, value in struct.fields.items()}
+
+
+def normalize_json(value: Any) -> Any:
+    """Puts JSON read back from PostgreSQL into canonical form (ints become floats, as Struct had them)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return float(value) + 0.0
+    if isinstance(value, dict):
+        return {key: normalize_json(item) for key, item in value.items()}
+    return [normalize_json(item) for item in value]
+
+
+def timestamp_micros(seconds: int, nanos: int) -> int:
+    return seconds * 1_000_000 + nanos // 1000
+
+
+def datetime_to_micros(value: dt.datetime) -> int:
+    return (value - EPOCH) // _MICROSECOND
+
+
+def micros_to_datetime(micros: int) -> dt.datetime:
+    return EPOCH + dt.timedelta(microseconds=micros)
+
+
+def content_from_event(event: event_pb2.AuditEvent) -> Content:
+    """The canonical content of a validated event (occurred_at is truncated to microseconds)."""
+    actor = event.actor
+    resource = event.resource
+    parent = event.parent_resource
+    request = event.request
+    return (
+        event.event_id,
+        event.tenant,
+        event.action,
+        event.outcome,
+        actor.id,
+        actor.type,
+        actor.slug,
+        actor.display_name,
+        actor.email,
+        actor.pat_name,
+        actor.controller_name,
+        actor.external_identity_slug,
+        resource.type,
+        resource.id,
+        resource.name,
+        resource.fqn,
+        parent.type,
+        parent.id,
+        parent.name,
+        parent.fqn,
+        request.route,
+        request.method,
+        request.ip_address,
+        request.user_agent,
+        event.cluster_id,
+        event.workspace_id,
+        event.message,
+        struct_to_python(event.metadata),
+        struct_to_python(event.change.before),
+        struct_to_python(event.change.after),
+        timestamp_micros(event.occurred_at.seconds, event.occurred_at.nanos),
+        event.trace_id,
+        event.span_id,
+    )
+
+
+def content_from_row(row: Mapping[str, Any]) -> Content:
+    """The canonical content of a stored row (jsonb as text, timestamps as datetimes, NULLs)."""
+    values: list[Any] = []
+    for name in CONTENT_COLUMNS:
+        value = row[name]
+        if name in _STRUCT_COLUMNS:
+            values.append(None if value is None else normalize_json(json.loads(value)))
+        elif name in _INT_COLUMNS:
+            values.append(int(value))
+        elif name == "occurred_at":
+            values.append(datetime_to_micros(value))
+        else:
+            values.append("" if value is None else str(value))
+    return tuple(values)
+
+
+def canonical_bytes(position: int, recorded_at_micros: int, content: Content) -> bytes:
+    """The bytes the hash chain covers for one event."""
+    document = [CANONICAL_VERSION, position, recorded_at_micros, *content]
+    return json.dumps(document, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:
+    return hashlib.sha256(prev_hash + canonical).digest()
+
+
+def log_row(
+    position: int, recorded_at: dt.datetime, content: Content, prev_hash: bytes, hash_: bytes
+) -> tuple[Any, ...]:
+    """A row of audit_events in LOG_COLUMNS order, with NULL for empty values, ready for COPY."""
+    values: list[Any] = list(content)
+    for index in _TEXT_INDEXES:
+        if values[index] == "":
+            values[index] = None
+    for index in _STRUCT_INDEXES:
+        if values[index] is not None:
+            values[index] = json.dumps(values[index], ensure_ascii=False, allow_nan=False)
+    values[_EVENT_ID_INDEX] = uuid.UUID(values[_EVENT_ID_INDEX])
+    values[_OCCURRED_AT_INDEX] = micros_to_datetime(values[_OCCURRED_AT_INDEX])
+    return (position, recorded_at, *values, prev_hash, hash_)
+
+
+def seal(position: int, recorded_at: dt.datetime, content: Content, prev_hash: bytes) -> tuple[bytes, tuple[Any, ...]]:
+    """Hashes one event onto its tenant's chain; returns its hash and its row."""
+    digest = chain_hash(prev_hash, canonical_bytes(position, datetime_to_micros(recorded_at), content))
+    return digest, log_row(position, recorded_at, content, prev_hash, digest)
+
+
+def columns_sql(prefix: str = "", columns: Sequence[str] = LOG_COLUMNS) -> str:
+    """Comma-separated column list for SQL, optionally qualified."""
+    return ", ".join(f"{prefix}{name}" for name in columns)

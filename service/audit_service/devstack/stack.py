@@ -1,0 +1,107 @@
+"""`audit-service dev`: NATS and PostgreSQL from wheels, migrations, the ingest worker and the API, in one
+command, with data in a local directory."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from ..api.server import RunningServer
+from ..config import Config, DatabaseConfig, NatsConfig, parse_grpc_address
+from ..runtime import run_api, run_ingest, run_migrate
+from .nats import NatsServer
+from .postgres import EmbeddedPostgres
+
+DATABASE = "audit"
+APP_ROLE = "audit_app"  # logs in for the worker and the API; member of audit_service (INSERT, SELECT)
+
+
+@dataclass(frozen=True, slots=True)
+class DevSettings:
+    data_dir: Path = Path(".audit-dev")
+    """Where NATS and PostgreSQL keep their data between runs."""
+    nats_port: int = 4222
+    postgres_port: int = 55432
+
+
+async def prepare_database(postgres: EmbeddedPostgres) -> tuple[str, str]:
+    """Creates the database and the login role of the service; returns (owner URL, service URL)."""
+    conn = await asyncpg.connect(postgres.url("postgres"))
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE):
+            await conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    finally:
+        await conn.close()
+    owner_url = postgres.url(DATABASE)
+    return owner_url, postgres.url(DATABASE, user=APP_ROLE)
+
+
+async def grant_app_role(owner_url: str) -> None:
+    conn = await asyncpg.connect(owner_url)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_ROLE):
+            await conn.execute(f"CREATE ROLE {APP_ROLE} LOGIN")
+        await conn.execute(f"GRANT audit_service TO {APP_ROLE}")
+    finally:
+        await conn.close()
+
+
+def banner(config: Config, settings: DevSettings, grpc_port: int, nats_url: str, owner_url: str) -> str:
+    host, _ = parse_grpc_address(config.api.grpc_address)
+    reach = "127.0.0.1" if host in ("0.0.0.0", "[::]", "::") else host
+    target = f"{reach}:{grpc_port}"
+    return "\n".join(
+        [
+            "audit-service dev: ready",
+            f"  gRPC API   {target}  (reflection and grpc.health.v1 on)",
+            f"  NATS       {nats_url}  (publish to {config.nats.events_subject_prefix}.<tenant>)",
+            f"  PostgreSQL {config.database.url}  (owner: {owner_url})",
+            f"  data       {settings.data_dir.resolve()}",
+            "try:",
+            f"  grpcurl -plaintext {target} list",
+            f"  grpcurl -plaintext -d '{{\"page_size\": 5}}' {target} audit.v1.AuditService/ListEvents",
+            f"  grpcurl -plaintext {target} grpc.health.v1.Health/Check",
+            "Ctrl-C stops everything.",
+        ]
+    )
+
+
+async def run_dev(
+    config: Config, settings: DevSettings, stop: asyncio.Event, *, announce: Callable[[str], None] = print
+) -> None:
+    """Runs the whole stack until `stop` is set."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    postgres = EmbeddedPostgres(settings.data_dir / "postgres", port=settings.postgres_port)
+    nats_server = NatsServer(settings.data_dir / "nats", port=settings.nats_port)
+    await asyncio.to_thread(postgres.start)
+    try:
+        await asyncio.to_thread(nats_server.start)
+        owner_url, app_url = await prepare_database(postgres)
+        config = dataclasses.replace(
+            config,
+            database=DatabaseConfig(url=app_url, migrate_url=owner_url, pool_max_size=config.database.pool_max_size),
+            nats=dataclasses.replace(config.nats, url=nats_server.url) if config.nats == NatsConfig() else config.nats,
+        )
+        await run_migrate(config)
+        await grant_app_role(owner_url)
+
+        worker_ready = asyncio.Event()
+        api_ready: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
+        ingest = asyncio.create_task(run_ingest(config, stop, ready=worker_ready), name="ingest")
+        api = asyncio.create_task(run_api(config, stop, on_ready=api_ready.set_result), name="api")
+        ready = asyncio.gather(worker_ready.wait(), api_ready)
+        done, _ = await asyncio.wait({ingest, api, asyncio.ensure_future(ready)}, return_when=asyncio.FIRST_COMPLETED)
+        if ingest in done or api in done:
+            stop.set()
+            await asyncio.gather(ingest, api)  # re-raises the start-up error
+            return
+        announce(banner(config, settings, api_ready.result().port, config.nats.url, owner_url))
+        await asyncio.gather(ingest, api)
+    finally:
+        await asyncio.to_thread(nats_server.stop)
+        await asyncio.to_thread(postgres.stop)

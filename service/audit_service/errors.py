@@ -1,0 +1,43 @@
+"""Domain errors of the service. Imports nothing from the package; the gRPC layer maps them to codes."""
+
+from __future__ import annotations
+
+
+class AuditServiceError(Exception):
+    """Base class of the service's own errors."""
+
+
+class ConfigError(AuditServiceError):
+    """Configuration is invalid; the message is one line naming the setting.
+
+    Attributes:
+        setting: name of the environment variable or option at fault.
+    """
+
+    def __init__(self, setting: str, detail: str) -> None:
+        self.setting = setting
+        super().__init__(f"{setting}: {detail}")
+
+
+class InvalidArgumentError(AuditServiceError):
+    """A request argument is malformed.
+
+    Attributes:
+        field: the request field at fault, e.g. "page_token".
+    """
+
+    def __init__(self, field: str, detail: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {detail}")
+
+
+class NotFoundError(AuditServiceError):
+    """The requested thing does not exist (or is not visible to the caller)."""
+
+
+class UnavailableError(AuditServiceError):
+    """A dependency (PostgreSQL, NATS) cannot be reached right now; retrying later may succeed."""
+
+
+class NotImplementedYetError(AuditServiceError):
+    """The RPC is declared in the contract but not served by this version."""

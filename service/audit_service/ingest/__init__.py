@@ -1,0 +1,1 @@
+"""Ingest: JetStream streams and consumer, the worker loop, dead letters."""

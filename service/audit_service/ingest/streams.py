@@ -1,0 +1,70 @@
+"""Provisioning of the JetStream streams and the durable pull consumer the ingest workers share."""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from ..config import IngestConfig, NatsConfig
+
+log = logging.getLogger(__name__)
+
+_DAY = 24 * 3600.0
+
+
+def events_stream_config(config: NatsConfig) -> StreamConfig:
+    return StreamConfig(
+        name=config.events_stream,
+        description="Audit events published by producers, consumed by the audit ingest workers",
+        subjects=[f"{config.events_subject_prefix}.>"],
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=config.events_max_age_seconds,
+        duplicate_window=config.duplicate_window_seconds,
+    )
+
+
+def dead_stream_config(config: NatsConfig) -> StreamConfig:
+    return StreamConfig(
+        name=config.dead_stream,
+        description="Audit events the ingest workers refused, with their original bytes and a reason",
+        subjects=[f"{config.dead_subject_prefix}.>"],
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=30 * _DAY,
+        duplicate_window=config.duplicate_window_seconds,
+    )
+
+
+def consumer_config(nats_config: NatsConfig, ingest: IngestConfig) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=ingest.durable,
+        description="Audit ingest workers (shared durable pull consumer)",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ingest.ack_wait_seconds,
+        max_deliver=-1,  # never drop: undecodable messages are dead-lettered by the worker instead
+        max_ack_pending=max(20_000, ingest.batch_size * 8),
+        filter_subject=f"{nats_config.events_subject_prefix}.>",
+    )
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Creates the stream, or brings an existing one to this configuration."""
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+        log.info("created stream %s (%s)", config.name, ", ".join(config.subjects or []))
+        return
+    await js.update_stream(config)
+
+
+async def provision(js: JetStreamContext, nats_config: NatsConfig, ingest: IngestConfig) -> None:
+    """Creates or updates both streams and the ingest consumer."""
+    await ensure_stream(js, events_stream_config(nats_config))
+    await ensure_stream(js, dead_stream_config(nats_config))
+    await js.add_consumer(nats_config.events_stream, consumer_config(nats_config, ingest))

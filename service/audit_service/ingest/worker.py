@@ -1,0 +1,218 @@
+"""The ingest worker: fetch a batch, dead-letter what is invalid, append the rest in one transaction,
+acknowledge only after COMMIT. Several workers can share the durable consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import nats.errors
+import nats.js.errors
+from audit.v1 import event_pb2
+from audit_client.errors import InvalidEventError
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
+
+from ..config import Config
+from ..core.decode import decode_event
+from ..core.tracecontext import parse_traceparent
+from ..store.append import AppendResult, LogAppender
+from .dead_letter import dead_letter_headers
+from .streams import provision
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("audit_service.ingest")
+
+_MAX_SPAN_LINKS = 128
+_RETRY_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+# Failures of the connection or of the server as a whole: wait and retry the same batch, keep the messages.
+_TRANSIENT_DATABASE_ERRORS = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.QueryCanceledError,
+    asyncpg.InsufficientResourcesError,
+)
+
+
+@dataclass(slots=True)
+class IngestStats:
+    batches: int = 0
+    appended: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    last_position: int = 0
+    dead_reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    msg: Msg
+    reason: str
+    field: str
+    detail: str
+
+
+class IngestWorker:
+    """Moves events from the AUDIT_EVENTS stream into the log."""
+
+    def __init__(self, config: Config, nc: NatsClient, pool: asyncpg.Pool) -> None:
+        self._config = config
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._pool = pool
+        self._appender = LogAppender()
+        self.stats = IngestStats()
+
+    async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        """Ingests until `stop` is set; the batch in hand when it is set is finished, committed and acked."""
+        nats_config, ingest = self._config.nats, self._config.ingest
+        await provision(self._js, nats_config, ingest)
+        subscription = await self._js.pull_subscribe_bind(durable=ingest.durable, stream=nats_config.events_stream)
+        log.info(
+            "ingest worker consuming %s.> as %s (batch %d)",
+            nats_config.events_subject_prefix,
+            ingest.durable,
+            ingest.batch_size,
+        )
+        if ready is not None:
+            ready.set()
+        while not stop.is_set():
+            try:
+                msgs = await subscription.fetch(ingest.batch_size, timeout=ingest.fetch_timeout_seconds)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.Error, nats.js.errors.Error) as error:
+                log.warning("fetch failed (%s: %s); retrying", type(error).__name__, error)
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                # Shielded: a cancellation must not abandon a batch between COMMIT and the acks.
+                await asyncio.shield(self.process(msgs))
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as error:
+                # Unacknowledged messages come back after ack_wait; appending them again is harmless.
+                log.warning("batch not finished (%s: %s); it will be redelivered", type(error).__name__, error)
+                await asyncio.sleep(0.5)
+        await subscription.unsubscribe()
+        log.info(
+            "ingest worker stopped: %d appended, %d duplicates, %d dead-lettered",
+            self.stats.appended,
+            self.stats.duplicates,
+            self.stats.dead_lettered,
+        )
+
+    async def process(self, msgs: Sequence[Msg]) -> None:
+        """Handles one fetched batch end to end."""
+        now = time.time()
+        limits = self._config.ingest.limits
+        accepted: list[tuple[Msg, event_pb2.AuditEvent]] = []
+        refused: list[_Refusal] = []
+        for msg in msgs:
+            try:
+                event = decode_event(msg.data, msg.headers, now_seconds=now, limits=limits)
+            except InvalidEventError as error:
+                refused.append(_Refusal(msg, error.reason, error.field, error.detail))
+            except Exception as error:  # a decoder bug must not wedge the stream: keep the message aside
+                log.exception("unexpected error decoding stream sequence %s", msg.metadata.sequence.stream)
+                refused.append(_Refusal(msg, "undecodable", "", f"{type(error).__name__}: {error}"))
+            else:
+                accepted.append((msg, event))
+        with tracer.start_as_current_span(
+            "audit.ingest batch",
+            kind=SpanKind.CONSUMER,
+            links=_producer_links(msgs),
+            attributes={"messaging.system": "nats", "messaging.batch.message_count": len(msgs)},
+        ):
+            if accepted:
+                refused.extend(await self._append_isolating_rejects(accepted))
+            if refused:
+                await self._dead_letter(refused)
+        self.stats.batches += 1
+
+    async def _append_isolating_rejects(self, accepted: list[tuple[Msg, event_pb2.AuditEvent]]) -> list[_Refusal]:
+        """Appends and acks; when the database rejects the batch, halves it to find and refuse the culprits."""
+        try:
+            result = await self._append_with_retry([msg for msg, _ in accepted], [event for _, event in accepted])
+        except (asyncpg.PostgresError, ValueError, TypeError) as error:
+            if len(accepted) == 1:
+                log.warning("database refused event %s: %s", accepted[0][1].event_id, error)
+                return [_Refusal(accepted[0][0], "rejected_by_storage", "", f"{type(error).__name__}: {error}")]
+            middle = len(accepted) // 2
+            return [
+                *await self._append_isolating_rejects(accepted[:middle]),
+                *await self._append_isolating_rejects(accepted[middle:]),
+            ]
+        await asyncio.gather(*(msg.ack() for msg, _ in accepted))
+        self.stats.appended += result.appended
+        self.stats.duplicates += result.duplicates
+        if result.appended:
+            self.stats.last_position = result.last_position
+        return []
+
+    async def _append_with_retry(self, msgs: Sequence[Msg], events: Sequence[event_pb2.AuditEvent]) -> AppendResult:
+        attempt = 0
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    return await self._appender.append(conn, events)
+            except _TRANSIENT_DATABASE_ERRORS as error:
+                delay = _RETRY_BACKOFF_SECONDS[min(attempt, len(_RETRY_BACKOFF_SECONDS) - 1)]
+                attempt += 1
+                log.warning(
+                    "append of %d events failed (%s: %s); retrying in %.1f s",
+                    len(events),
+                    type(error).__name__,
+                    error,
+                    delay,
+                )
+                # Keep the messages ours while the database is away, instead of having them redelivered.
+                await asyncio.gather(*(msg.in_progress() for msg in msgs), return_exceptions=True)
+                await asyncio.sleep(delay)
+
+    async def _dead_letter(self, refused: Sequence[_Refusal]) -> None:
+        js = self._js
+        prefix = self._config.nats.dead_subject_prefix
+        for refusal in refused:
+            headers = dead_letter_headers(
+                refusal.msg, reason=refusal.reason, field=refusal.field, detail=refusal.detail
+            )
+            await js.publish(f"{prefix}.{refusal.reason}", refusal.msg.data, headers=headers)
+            await refusal.msg.ack()
+            self.stats.dead_lettered += 1
+            self.stats.dead_reasons[refusal.reason] = self.stats.dead_reasons.get(refusal.reason, 0) + 1
+            log.warning(
+                "dead-lettered stream sequence %d to %s.%s: %s%s",
+                refusal.msg.metadata.sequence.stream,
+                prefix,
+                refusal.reason,
+                f"{refusal.field}: " if refusal.field else "",
+                refusal.detail,
+            )
+
+
+def _producer_links(msgs: Sequence[Msg]) -> list[Link]:
+    links = []
+    for msg in msgs[:_MAX_SPAN_LINKS]:
+        parent = parse_traceparent((msg.headers or {}).get("traceparent"))
+        if parent is not None:
+            context = SpanContext(
+                trace_id=int(parent.trace_id, 16),
+                span_id=int(parent.span_id, 16),
+                is_remote=True,
+                trace_flags=TraceFlags(parent.flags & 0x01),
+            )
+            links.append(Link(context))
+    return links

@@ -1,0 +1,111 @@
+"""The service's processes as coroutines: migrate, ingest, serve. Used by the CLI and the dev stack."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import nats
+import nats.errors
+from nats.aio.client import Client as NatsClient
+
+from .api.server import RunningServer, start_server
+from .config import Config
+from .ingest.worker import IngestWorker
+from .store.migrate import migrate
+from .store.pool import create_pool
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A dependency could not be reached at start-up; the message is one line."""
+
+
+def redact(url: str) -> str:
+    """The URL without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@contextlib.asynccontextmanager
+async def database_pool(url: str, *, max_size: int) -> AsyncIterator[asyncpg.Pool]:
+    try:
+        pool = await asyncio.wait_for(create_pool(url, max_size=max_size), timeout=15)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        raise StartupError(f"cannot connect to PostgreSQL at {redact(url)}: {error}") from None
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def nats_connection(config: Config, name: str) -> AsyncIterator[NatsClient]:
+    async def on_error(error: Exception) -> None:
+        log.warning("NATS: %s: %s", type(error).__name__, error)
+
+    try:
+        nc = await nats.connect(
+            config.nats.servers,
+            name=name,
+            connect_timeout=5,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as error:
+        raise StartupError(f"cannot connect to NATS at {config.nats.url}: {error or type(error).__name__}") from None
+    try:
+        yield nc
+    finally:
+        if not nc.is_closed:
+            # flush() sends every pending acknowledgement; drain() would wait on the idle pull inbox.
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                await nc.flush(timeout=5)
+            await nc.close()
+
+
+async def run_migrate(config: Config) -> list[str]:
+    """Applies pending migrations with the owner's URL; returns their names."""
+    url = config.database.migrate_url or config.database.url
+    try:
+        conn = await asyncio.wait_for(asyncpg.connect(url), timeout=15)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        raise StartupError(f"cannot connect to PostgreSQL at {redact(url)}: {error}") from None
+    try:
+        return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
+    finally:
+        await conn.close()
+
+
+async def run_ingest(config: Config, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> IngestWorker:
+    """Runs one ingest worker until `stop` is set."""
+    async with (
+        database_pool(config.database.url, max_size=2) as pool,
+        nats_connection(config, "audit-ingest") as nc,
+    ):
+        worker = IngestWorker(config, nc, pool)
+        await worker.run(stop, ready=ready)
+        return worker
+
+
+async def run_api(
+    config: Config, stop: asyncio.Event, *, on_ready: Callable[[RunningServer], None] | None = None
+) -> None:
+    """Serves the gRPC API until `stop` is set, then shuts down gracefully."""
+    async with database_pool(config.database.url, max_size=config.database.pool_max_size) as pool:
+        running = await start_server(config.api, pool)
+        if on_ready is not None:
+            on_ready(running)
+        await stop.wait()
+        log.info("gRPC API shutting down (grace %.0f s)", config.api.shutdown_grace_seconds)
+        await running.stop(config.api.shutdown_grace_seconds)

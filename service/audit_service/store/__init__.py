@@ -1,0 +1,1 @@
+"""PostgreSQL adapter: migrations, the append transaction, reads and chain verification."""

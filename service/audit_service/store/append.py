@@ -1,0 +1,154 @@
+"""The append transaction: de-duplicate, assign positions in commit order, extend the hash chains, COPY.
+
+Every append locks the single audit_log_head row first and holds it until COMMIT, so appends are
+serialized: positions are gapless, and position order is commit order (a reader that has seen position P
+and later asks for `position > P` cannot miss an event committed afterwards). The lock is taken by its own
+statement: later statements then run with a snapshot that includes every append committed before it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from audit.v1 import event_pb2
+
+from ..core.records import GENESIS_HASH, LOG_COLUMNS, Content, content_from_event, seal
+
+log = logging.getLogger(__name__)
+
+_LOCK_HEAD = """
+SELECT last_position, greatest(clock_timestamp(), last_recorded_at) AS recorded_at
+FROM audit_log_head FOR UPDATE
+"""
+_READ_KNOWN = """
+SELECT
+    (SELECT coalesce(array_agg(event_id::text), '{}') FROM audit_event_ids WHERE event_id = ANY($1::uuid[]))
+        AS existing_ids,
+    (SELECT coalesce(array_agg(tenant ORDER BY tenant), '{}') FROM audit_chain_heads WHERE tenant = ANY($2::text[]))
+        AS head_tenants,
+    (SELECT coalesce(array_agg(last_hash ORDER BY tenant), '{}') FROM audit_chain_heads
+        WHERE tenant = ANY($2::text[])) AS head_hashes
+"""
+_MOVE_HEADS = """
+WITH log_head AS (
+    UPDATE audit_log_head SET last_position = $1, last_recorded_at = $2
+)
+INSERT INTO audit_chain_heads (tenant, last_position, last_hash)
+SELECT * FROM unnest($3::text[], $4::bigint[], $5::bytea[])
+ON CONFLICT (tenant) DO UPDATE SET last_position = excluded.last_position, last_hash = excluded.last_hash
+"""
+_ID_COLUMNS = ("event_id", "position", "recorded_at")
+_NO_PARTITION = "no partition of relation"
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What one append stored."""
+
+    prev_position: int
+    """The log's last position before this append."""
+    last_position: int
+    """The log's last position after it (equal to prev_position when nothing new was stored)."""
+    recorded_at: dt.datetime | None
+    duplicates: int
+    """Events of the batch that were already stored (or repeated within the batch)."""
+    positions: dict[str, int]
+    """Position of each newly stored event, by event_id."""
+
+    @property
+    def appended(self) -> int:
+        return self.last_position - self.prev_position
+
+
+def _month_start(moment: dt.datetime) -> dt.datetime:
+    return moment.astimezone(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+class LogAppender:
+    """Appends batches of validated events to the log. One per process; safe to share between tasks."""
+
+    def __init__(self) -> None:
+        self._ensured_months: set[dt.datetime] = set()
+
+    async def ensure_partitions(self, conn: asyncpg.Connection, moment: dt.datetime) -> None:
+        """Makes sure the monthly partitions for `moment` and one day later exist (cached)."""
+        for at in (moment, moment + dt.timedelta(days=1)):
+            month = _month_start(at)
+            if month not in self._ensured_months:
+                name = await conn.fetchval("SELECT audit_ensure_partition($1)", at)
+                log.debug("partition %s is in place", name)
+                self._ensured_months.add(month)
+
+    async def append(self, conn: asyncpg.Connection, events: Sequence[event_pb2.AuditEvent]) -> AppendResult:
+        """Stores the events not stored yet, in one transaction, in the given order.
+
+        Idempotent on event_id: events already in the log (whenever they were stored) and repeats within
+        the batch are skipped and counted as duplicates.
+        """
+        batch: dict[str, Content] = {}
+        for event in events:
+            batch.setdefault(event.event_id, content_from_event(event))
+        await self.ensure_partitions(conn, dt.datetime.now(dt.UTC))
+        try:
+            result = await self._append_once(conn, batch)
+        except asyncpg.CheckViolationError as error:
+            if _NO_PARTITION not in str(error):
+                raise
+            # The clock crossed into a month whose partition another process has not created yet.
+            self._ensured_months.clear()
+            await self.ensure_partitions(conn, dt.datetime.now(dt.UTC))
+            result = await self._append_once(conn, batch)
+        return AppendResult(
+            prev_position=result.prev_position,
+            last_position=result.last_position,
+            recorded_at=result.recorded_at,
+            duplicates=len(events) - result.appended,
+            positions=result.positions,
+        )
+
+    async def _append_once(self, conn: asyncpg.Connection, batch: dict[str, Content]) -> AppendResult:
+        async with conn.transaction():
+            head = await conn.fetchrow(_LOCK_HEAD)
+            prev_position: int = head["last_position"]
+            recorded_at: dt.datetime = head["recorded_at"]
+            tenants = sorted({content[1] for content in batch.values()})
+            known = await conn.fetchrow(_READ_KNOWN, list(batch), tenants)
+            existing = set(known["existing_ids"])
+            chain_heads: dict[str, bytes] = dict(zip(known["head_tenants"], known["head_hashes"], strict=True))
+
+            rows = []
+            id_rows = []
+            positions: dict[str, int] = {}
+            tenant_last_position: dict[str, int] = {}
+            position = prev_position
+            for event_id, content in batch.items():
+                if event_id in existing:
+                    continue
+                position += 1
+                tenant = content[1]
+                digest, row = seal(position, recorded_at, content, chain_heads.get(tenant, GENESIS_HASH))
+                chain_heads[tenant] = digest
+                tenant_last_position[tenant] = position
+                rows.append(row)
+                id_rows.append((uuid.UUID(event_id), position, recorded_at))
+                positions[event_id] = position
+            if not rows:
+                return AppendResult(prev_position, prev_position, None, len(batch), {})
+
+            await conn.copy_records_to_table("audit_events", records=rows, columns=LOG_COLUMNS)
+            await conn.copy_records_to_table("audit_event_ids", records=id_rows, columns=_ID_COLUMNS)
+            moved = sorted(tenant_last_position)
+            await conn.execute(
+                _MOVE_HEADS,
+                position,
+                recorded_at,
+                moved,
+                [tenant_last_position[tenant] for tenant in moved],
+                [chain_heads[tenant] for tenant in moved],
+            )
+        return AppendResult(prev_position, position, recorded_at, 0, positions)
