@@ -1,0 +1,239 @@
+"""Session fixtures: real PostgreSQL and NATS servers (from the project's wheels), isolated per test by names.
+
+Set AUDIT_TEST_POSTGRES_URL (a superuser URL) and/or AUDIT_TEST_NATS_URL to run against external servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import grpc
+import nats
+import pytest
+from audit.v1 import audit_service_pb2_grpc
+from audit_client import Publisher
+from audit_client import connect as connect_publisher
+from audit_service.config import Config, load_config
+from audit_service.devstack.nats import NatsServer
+from audit_service.devstack.postgres import EmbeddedPostgres
+from audit_service.devstack.processes import free_port
+from audit_service.ingest.worker import IngestWorker
+from audit_service.runtime import run_api, run_ingest
+from audit_service.store.migrate import migrate
+from nats.aio.client import Client as NatsClient
+
+APP_ROLE = "audit_test_app"
+
+
+@dataclass(frozen=True)
+class PostgresCluster:
+    superuser_url: str
+
+    def url(self, database: str, user: str | None = None) -> str:
+        parts = urlsplit(self.superuser_url)
+        netloc = parts.netloc if user is None else f"{user}@{parts.hostname}:{parts.port or 5432}"
+        return urlunsplit(parts._replace(netloc=netloc, path=f"/{database}"))
+
+
+@dataclass(frozen=True)
+class TestDatabase:
+    name: str
+    owner_url: str
+    """The schema owner (superuser in tests)."""
+    app_url: str
+    """The service role: INSERT and SELECT on the log."""
+
+
+@pytest.fixture(scope="session")
+def embedded_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres | None]:
+    if os.environ.get("AUDIT_TEST_POSTGRES_URL"):
+        yield None
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres") / "data", port=free_port(), durable=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(embedded_postgres: EmbeddedPostgres | None) -> PostgresCluster:
+    external = os.environ.get("AUDIT_TEST_POSTGRES_URL")
+    return PostgresCluster(external or embedded_postgres.url("postgres"))
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer | None]:
+    if os.environ.get("AUDIT_TEST_NATS_URL"):
+        yield None
+        return
+    server = NatsServer(tmp_path_factory.mktemp("nats"), port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: NatsServer | None) -> str:
+    return os.environ.get("AUDIT_TEST_NATS_URL") or nats_server.url
+
+
+@pytest.fixture(scope="session")
+async def template_database(postgres: PostgresCluster) -> str:
+    """A migrated database that each test's database is copied from (CREATE DATABASE ... TEMPLATE)."""
+    name = f"audit_template_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres.superuser_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(postgres.url(name))
+    try:
+        await migrate(conn)
+        if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_ROLE):
+            await conn.execute(f"CREATE ROLE {APP_ROLE} LOGIN")
+        await conn.execute(f"GRANT audit_service TO {APP_ROLE}")
+    finally:
+        await conn.close()
+    return name
+
+
+@pytest.fixture
+async def database(postgres: PostgresCluster, template_database: str) -> AsyncIterator[TestDatabase]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres.superuser_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    finally:
+        await admin.close()
+    yield TestDatabase(name=name, owner_url=postgres.url(name), app_url=postgres.url(name, user=APP_ROLE))
+    admin = await asyncpg.connect(postgres.superuser_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def owner(database: TestDatabase) -> AsyncIterator[asyncpg.Connection]:
+    """A superuser connection to the test's database, for assertions on the stored rows."""
+    conn = await asyncpg.connect(database.owner_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def names() -> dict[str, str]:
+    """Unique NATS names for one test."""
+    token = uuid.uuid4().hex[:10]
+    return {
+        "AUDIT_SUBJECT_PREFIX": f"t{token}",
+        "AUDIT_STREAM_PREFIX": f"T{token.upper()}",
+        "AUDIT_INGEST_DURABLE": f"ingest-{token}",
+    }
+
+
+@pytest.fixture
+def service_env(database: TestDatabase, nats_url: str, names: dict[str, str]) -> dict[str, str]:
+    """The environment a service process of this test runs with."""
+    return {
+        "AUDIT_DATABASE_URL": database.app_url,
+        "AUDIT_MIGRATE_DATABASE_URL": database.owner_url,
+        "AUDIT_NATS_URL": nats_url,
+        "AUDIT_GRPC_ADDRESS": "127.0.0.1:0",
+        "AUDIT_INGEST_ACK_WAIT_SECONDS": "2",
+        "AUDIT_INGEST_FETCH_TIMEOUT_SECONDS": "0.2",
+        "AUDIT_INGEST_BATCH_SIZE": "200",
+        **names,
+    }
+
+
+@pytest.fixture
+def config(service_env: dict[str, str]) -> Config:
+    return load_config(env=service_env)
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NatsClient]:
+    client = await nats.connect(nats_url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def publisher(nats_url: str, config: Config) -> AsyncIterator[Publisher]:
+    async with connect_publisher(nats_url, subject_prefix=config.nats.events_subject_prefix) as connected:
+        yield connected
+
+
+@dataclass
+class RunningWorker:
+    stop: asyncio.Event
+    task: asyncio.Task[IngestWorker]
+
+    async def shutdown(self) -> IngestWorker:
+        self.stop.set()
+        return await self.task
+
+
+@pytest.fixture
+async def start_worker(config: Config) -> AsyncIterator[Callable[..., Awaitable[RunningWorker]]]:
+    """Starts in-process ingest workers (the same code path as `audit-service ingest`)."""
+    running: list[RunningWorker] = []
+
+    async def start(worker_config: Config | None = None) -> RunningWorker:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_ingest(worker_config or config, stop, ready=ready))
+        ready_wait = asyncio.create_task(ready.wait())
+        await asyncio.wait({task, ready_wait}, return_when=asyncio.FIRST_COMPLETED, timeout=30)
+        if task.done():
+            task.result()  # raises the start-up error
+        worker = RunningWorker(stop, task)
+        running.append(worker)
+        return worker
+
+    yield start
+    for worker in running:
+        if not worker.task.done():
+            await worker.shutdown()
+
+
+@pytest.fixture
+async def api(config: Config) -> AsyncIterator[audit_service_pb2_grpc.AuditServiceStub]:
+    """A real gRPC server on a free port, and a stub connected to it."""
+    stop = asyncio.Event()
+    started: asyncio.Future = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_api(config, stop, on_ready=started.set_result))
+    await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED, timeout=30)
+    if task.done():
+        task.result()
+    port = started.result().port
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = audit_service_pb2_grpc.AuditServiceStub(channel)
+        stub.port = port  # type: ignore[attr-defined]
+        yield stub
+    stop.set()
+    await task
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 30.0, what: str = "condition") -> None:
+    """Polls `check` until it returns True; fails the test naming `what` if it never does (not a timing test)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.05)
+
+
+def with_env(config: Config, **changes: object) -> Config:
+    return dataclasses.replace(config, **changes)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,145 @@
+"""The gRPC API over a real server on a free port: pages, tokens, lookups and error statuses."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import grpc
+import pytest
+from audit.v1 import audit_service_pb2 as pb
+from audit_service.store.append import LogAppender
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ..factories import make_event, stamp
+
+
+@pytest.fixture
+async def stored(database):
+    """250 events of acme and 50 of globex, appended in batches as the worker does."""
+    conn = await asyncpg.connect(database.app_url)
+    appender = LogAppender()
+    ids = []
+    for batch in range(6):
+        tenant = "globex" if batch == 5 else "acme"
+        events = [stamp(make_event(tenant=tenant)) for _ in range(50)]
+        await appender.append(conn, events)
+        ids.extend(event.event_id for event in events)
+    await conn.close()
+    return ids
+
+
+def request(tenant="acme", **fields) -> pb.ListEventsRequest:
+    return pb.ListEventsRequest(filter=pb.EventFilter(tenant=tenant), **fields)
+
+
+async def test_pages_walk_every_event_once_newest_first_by_default(api, stored):
+    first = await api.ListEvents(request())
+    assert len(first.events) == 100, "default page size"
+    seen, token = [], ""
+    while True:
+        page = await api.ListEvents(request(page_size=70, page_token=token))
+        seen.extend(event.position for event in page.events)
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == sorted(seen, reverse=True)
+    assert len(seen) == len(set(seen)) == 250
+    assert [event.position for event in first.events] == seen[:100]
+
+
+async def test_new_events_never_shift_or_repeat_pages(api, stored, database):
+    page = await api.ListEvents(request(page_size=100, order=pb.ORDER_OLDEST_FIRST))
+    conn = await asyncpg.connect(database.app_url)
+    await LogAppender().append(conn, [stamp(make_event()) for _ in range(10)])
+    await conn.close()
+    rest = []
+    token = page.next_page_token
+    while token:
+        next_page = await api.ListEvents(request(page_size=100, order=pb.ORDER_OLDEST_FIRST, page_token=token))
+        rest.extend(event.position for event in next_page.events)
+        token = next_page.next_page_token
+    positions = [event.position for event in page.events] + rest
+    assert len(positions) == len(set(positions)) == 260
+    assert positions == sorted(positions)
+
+
+async def test_page_size_above_the_maximum_is_coerced(api, stored):
+    page = await api.ListEvents(request(tenant="", page_size=5000))
+    assert len(page.events) == 300 and page.next_page_token == ""
+
+
+@pytest.mark.parametrize(
+    ("bad_request", "field"),
+    [
+        (request(page_size=-1), "page_size"),
+        (request(page_token="not-a-token"), "page_token"),
+        (request(order=42), "order"),
+        (request(tenant="x" * 200), "filter.tenant"),
+    ],
+)
+async def test_malformed_arguments_are_invalid_argument_naming_the_field(api, stored, bad_request, field):
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await api.ListEvents(bad_request)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith(f"{field}:")
+
+
+async def test_a_page_token_is_bound_to_its_filter_and_order(api, stored):
+    token = (await api.ListEvents(request(page_size=10))).next_page_token
+    for other in (request(tenant="globex", page_token=token), request(page_token=token, order=pb.ORDER_OLDEST_FIRST)):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await api.ListEvents(other)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "different filter or order" in error.value.details()
+
+
+async def test_get_event_returns_the_stored_event_or_not_found(api, stored):
+    event = (await api.GetEvent(pb.GetEventRequest(event_id=stored[7]))).event
+    assert event.event_id == stored[7] and event.position == 8
+    assert event.recorded_at.seconds > 0 and len(event.hash) == 64
+    assert event.metadata["scopes"] == ["read", "write"] and event.change.after["enabled"] is True
+
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await api.GetEvent(pb.GetEventRequest(event_id="01890a5d-ac96-774b-bcce-b302099a8057"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as malformed:
+        await api.GetEvent(pb.GetEventRequest(event_id="nope"))
+    assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert malformed.value.details().startswith("event_id:")
+
+
+async def test_count_events_is_exact(api, stored):
+    assert (await api.CountEvents(pb.CountEventsRequest(filter=pb.EventFilter(tenant="acme")))).total == 250
+    assert (await api.CountEvents(pb.CountEventsRequest())).total == 300
+
+
+async def test_tail_events_says_unimplemented_instead_of_failing(api):
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        async for _ in api.TailEvents(pb.TailEventsRequest()):
+            pass
+    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_health_reports_serving(api):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{api.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "audit.v1.AuditService"):
+            response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_database_outage_is_unavailable_not_internal(api, stored, postgres, database):
+    admin = await asyncpg.connect(postgres.superuser_url)
+    try:
+        await admin.execute(f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database.name)
+        await asyncio.sleep(0.2)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await api.ListEvents(request())
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "Traceback" not in error.value.details()
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS true')
+        await admin.close()
+    assert len((await api.ListEvents(request(page_size=1))).events) == 1, "recovers once the database is back"

@@ -1,0 +1,174 @@
+"""Crashes, restarts and concurrency of real worker processes (`audit-service ingest`), tested not assumed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from audit_service.ingest.streams import provision
+from audit_service.store.verify import verify_log
+
+from ..conftest import eventually
+from ..factories import make_event
+
+pytestmark = pytest.mark.slow
+
+
+class WorkerProcess:
+    """`python -m audit_service.cli ingest` with the test's environment."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "audit_service.cli", "ingest"],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    async def ready(self) -> None:
+        async def consuming() -> bool:
+            assert self.process.poll() is None, self.log_path.read_text()
+            return "ingest worker consuming" in self.log_path.read_text()
+
+        await eventually(consuming, what=f"worker {self.process.pid} consuming")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    async def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.process.wait, 60)
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def spawn_worker(service_env, tmp_path):
+    workers: list[WorkerProcess] = []
+
+    def spawn(**extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess({**service_env, **extra_env}, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)
+        return worker
+
+    yield spawn
+    for worker in workers:
+        worker.close()
+
+
+async def count(owner) -> int:
+    return await owner.fetchval("SELECT count(*) FROM audit_events")
+
+
+async def assert_exactly_once(owner, expected_ids: set[str]) -> None:
+    rows = await owner.fetch("SELECT event_id::text AS id, position FROM audit_events ORDER BY position")
+    ids = [row["id"] for row in rows]
+    assert len(ids) == len(set(ids)), "no event is stored twice"
+    assert set(ids) == expected_ids, "every acknowledged event is stored"
+    assert [row["position"] for row in rows] == list(range(1, len(rows) + 1)), "gapless positions"
+    report = await verify_log(owner)
+    assert report.ok, report.first_break
+
+
+async def publish_all(publisher, n: int, *, concurrency: int = 50) -> set[str]:
+    ids: set[str] = set()
+    queue = iter(range(n))
+
+    async def produce() -> None:
+        for i in queue:
+            ids.add((await publisher.publish(make_event(tenant=f"tenant-{i % 5}"))).event_id)
+
+    await asyncio.gather(*(produce() for _ in range(concurrency)))
+    return ids
+
+
+async def test_kill_9_mid_stream_then_restart_stores_every_event_exactly_once(publisher, spawn_worker, owner):
+    first = spawn_worker(AUDIT_INGEST_BATCH_SIZE="100")
+    await first.ready()
+    publishing = asyncio.create_task(publish_all(publisher, 4000, concurrency=20))
+    await eventually(lambda: _at_least(owner, 800), what="some events stored before the crash")
+    first.kill()  # SIGKILL: no chance to finish the batch in hand
+    stored_at_crash = await count(owner)
+    ids = await publishing
+    assert stored_at_crash < 4000, "the crash happened mid-stream"
+
+    second = spawn_worker(AUDIT_INGEST_BATCH_SIZE="100")
+    await second.ready()
+    await eventually(lambda: _at_least(owner, 4000), within=120, what="all 4000 events stored after restart")
+    await asyncio.sleep(2.5)  # past ack_wait: any redelivery of the crashed batch has arrived by now
+    assert await second.terminate() == 0
+    await assert_exactly_once(owner, ids)
+
+
+async def test_two_workers_commit_in_position_order_so_a_polling_reader_never_skips(publisher, spawn_worker, owner):
+    workers = [spawn_worker(AUDIT_INGEST_BATCH_SIZE="50"), spawn_worker(AUDIT_INGEST_BATCH_SIZE="50")]
+    for worker in workers:
+        await worker.ready()
+    total = 6000
+    publishing = asyncio.create_task(publish_all(publisher, total))
+
+    # A reader that trusts `position > last`: if a lower position ever became visible after a higher one,
+    # it would never see it.
+    read: list[int] = []
+    last = 0
+    while len(read) < total:
+        rows = await owner.fetch("SELECT position FROM audit_events WHERE position > $1 ORDER BY position", last)
+        if rows:
+            read.extend(row["position"] for row in rows)
+            last = read[-1]
+        else:
+            await asyncio.sleep(0.005)
+        assert not publishing.done() or publishing.exception() is None
+    ids = await publishing
+
+    exit_codes = [await worker.terminate() for worker in workers]
+    assert exit_codes == [0, 0]
+    assert read == list(range(1, total + 1)), "the reader saw every position, in order, none skipped"
+    appended = [_appended(worker.output()) for worker in workers]
+    assert all(n > 0 for n in appended) and sum(appended) == total, f"both workers ingested: {appended}"
+    await assert_exactly_once(owner, ids)
+
+
+async def test_sigterm_finishes_commits_and_acks_the_batch_in_hand(publisher, spawn_worker, owner, nc, config):
+    await provision(nc.jetstream(), config.nats, config.ingest)  # what the worker does first
+    ids = await publish_all(publisher, 3000)
+    worker = spawn_worker(AUDIT_INGEST_BATCH_SIZE="500")
+    await worker.ready()
+    await eventually(lambda: _at_least(owner, 1), what="the first batch committed")
+    assert await worker.terminate() == 0
+    info = await nc.jetstream().consumer_info(config.nats.events_stream, config.ingest.durable)
+    stored = await count(owner)
+    assert info.num_ack_pending == 0, "nothing fetched was left unacknowledged"
+    assert info.ack_floor.stream_seq == stored, "exactly the committed events were acknowledged"
+    assert stored < 3000, "the worker stopped before the end of the stream"
+
+    rest = spawn_worker()
+    await rest.ready()
+    await eventually(lambda: _at_least(owner, 3000), what="the rest ingested by the next worker")
+    assert await rest.terminate() == 0
+    await assert_exactly_once(owner, ids)
+
+
+async def _at_least(owner, n: int) -> bool:
+    return await count(owner) >= n
+
+
+def _appended(output: str) -> int:
+    for line in output.splitlines():
+        if "ingest worker stopped:" in line:
+            return int(line.split("ingest worker stopped:")[1].split("appended")[0])
+    raise AssertionError(f"worker did not report on shutdown:\n{output}")

@@ -1,0 +1,102 @@
+"""The log is append-only by the database's own enforcement, and tampering is detected by the hash chain."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+from audit_service.store.append import LogAppender
+from audit_service.store.verify import verify_log
+
+from ..factories import make_event, stamp
+
+MUTATIONS = [
+    "UPDATE audit_events SET message = 'rewritten' WHERE position = 2",
+    "DELETE FROM audit_events WHERE position = 2",
+    "TRUNCATE audit_events",
+    "UPDATE audit_event_ids SET position = 99",
+    "DELETE FROM audit_event_ids",
+    "TRUNCATE audit_event_ids",
+]
+
+
+@pytest.fixture
+async def app(database):
+    conn = await asyncpg.connect(database.app_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def populated(app):
+    appender = LogAppender()
+    for tenant in ("acme", "globex", "acme"):
+        await appender.append(app, [stamp(make_event(tenant=tenant)) for _ in range(3)])
+    return app
+
+
+@pytest.mark.parametrize("statement", MUTATIONS)
+async def test_the_service_role_cannot_change_or_remove_stored_events(populated, statement):
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await populated.execute(statement)
+
+
+@pytest.mark.parametrize("statement", MUTATIONS)
+async def test_even_the_owner_is_stopped_by_the_triggers(populated, owner, statement):
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+        await owner.execute(statement)
+    assert await owner.fetchval("SELECT count(*) FROM audit_events") == 9
+
+
+async def test_a_partition_cannot_be_truncated_directly(populated, owner):
+    partition = await owner.fetchval("SELECT audit_ensure_partition(now())")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+        await owner.execute(f"TRUNCATE {partition}")
+
+
+async def test_the_service_role_cannot_disable_the_triggers(populated):
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await populated.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
+
+
+async def test_verify_passes_on_an_untouched_log(populated):
+    report = await verify_log(populated)
+    assert report.ok, report.first_break
+    assert (report.checked, report.tenants) == (9, 2)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "broken_position", "reason"),
+    [
+        ("UPDATE audit_events SET message = 'nothing happened' WHERE position = 5", 5, "altered"),
+        ("UPDATE audit_events SET metadata = '{\"ttl_days\": 1}' WHERE position = 8", 8, "altered"),
+        ("DELETE FROM audit_events WHERE position = 4", 5, "missing or moved"),
+        ("DELETE FROM audit_events WHERE position = 9", 8, "tail was cut"),
+    ],
+)
+async def test_verify_names_the_first_position_a_superuser_tampered_with(
+    populated, owner, database, tamper, broken_position, reason
+):
+    # A superuser can bypass the triggers; the chain is what catches it. Positions 1-3 and 7-9 are acme's.
+    async with owner.transaction():
+        await owner.execute("SET LOCAL session_replication_role = replica")
+        await owner.execute(tamper)
+
+    report = await verify_log(populated)
+    assert not report.ok
+    assert report.first_break.position == broken_position
+    assert reason in report.first_break.reason
+
+    cli = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "audit_service.cli", "verify"],
+        env={"AUDIT_DATABASE_URL": database.app_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 1
+    assert f"chain broken at position {broken_position}" in cli.stdout

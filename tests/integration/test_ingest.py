@@ -1,0 +1,157 @@
+"""Publish through the client, ingest with the worker, read back over gRPC: real NATS, PostgreSQL and gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+
+from audit.v1 import audit_service_pb2 as pb
+from audit.v1 import event_pb2
+from audit_client import Limits
+from google.protobuf import json_format
+from opentelemetry.sdk.trace import TracerProvider
+
+from ..conftest import eventually
+from ..factories import make_event, stamp
+
+
+async def stored_count(owner) -> int:
+    return await owner.fetchval("SELECT count(*) FROM audit_events")
+
+
+async def list_all(
+    api, tenant: str = "", order=pb.ORDER_OLDEST_FIRST, page_size: int = 50
+) -> list[event_pb2.AuditEvent]:
+    events, token = [], ""
+    while True:
+        page = await api.ListEvents(
+            pb.ListEventsRequest(
+                filter=pb.EventFilter(tenant=tenant), page_size=page_size, page_token=token, order=order
+            )
+        )
+        events.extend(page.events)
+        token = page.next_page_token
+        if not token:
+            return events
+
+
+async def test_published_events_are_stored_once_in_commit_order_with_their_trace_ids(
+    publisher, start_worker, api, owner
+):
+    tracer = TracerProvider().get_tracer("producer")
+    expected: dict[str, tuple[str, str]] = {}
+
+    async def produce(i: int) -> None:
+        with tracer.start_as_current_span(f"rotate-key-{i}") as span:
+            ack = await publisher.publish(make_event(tenant=("acme", "globex")[i % 2]))
+            context = span.get_span_context()
+            expected[ack.event_id] = (format(context.trace_id, "032x"), format(context.span_id, "016x"))
+
+    await start_worker()
+    await asyncio.gather(*(produce(i) for i in range(300)))
+    await eventually(lambda: _count_is(owner, 300), what="300 events stored")
+
+    listed = await list_all(api)
+    assert sorted(e.event_id for e in listed) == sorted(expected), "every published event, exactly once"
+    assert [e.position for e in listed] == list(range(1, 301)), "gapless positions, oldest first"
+    assert all(a.recorded_at.ToMicroseconds() <= b.recorded_at.ToMicroseconds() for a, b in itertools.pairwise(listed))
+    for event in listed:
+        assert (event.trace_id, event.span_id) == expected[event.event_id]
+        assert len(event.hash) == 64 and len(event.prev_hash) == 64
+    newest_first = await list_all(api, order=pb.ORDER_UNSPECIFIED)
+    assert [e.position for e in newest_first] == list(range(300, 0, -1))
+    acme = await list_all(api, tenant="acme")
+    assert len(acme) == 150 and {e.tenant for e in acme} == {"acme"}
+    assert (await api.CountEvents(pb.CountEventsRequest(filter=pb.EventFilter(tenant="globex")))).total == 150
+
+
+async def _count_is(owner, n: int) -> bool:
+    return await stored_count(owner) >= n
+
+
+async def test_same_event_id_is_stored_once_whatever_the_message_id_and_whenever_it_arrives(
+    publisher, nc, config, start_worker, owner
+):
+    js = nc.jetstream()
+    worker = await start_worker()
+    ack = await publisher.publish(make_event())
+    again = await publisher.publish(make_event(event_id=ack.event_id))
+    assert again.duplicate, "JetStream drops a re-publish inside its window (same Nats-Msg-Id)"
+    await eventually(lambda: _count_is(owner, 1), what="first copy stored")
+
+    stored = await owner.fetchrow("SELECT * FROM audit_events")
+    event = make_event(event_id=ack.event_id)
+    event.occurred_at.FromDatetime(stored["occurred_at"])
+    subject = f"{config.nats.events_subject_prefix}.acme"
+    # Outside JetStream's de-duplication: different Nats-Msg-Id values.
+    for n in range(3):
+        await js.publish(subject, event.SerializeToString(), headers={"Nats-Msg-Id": f"retry-{n}"})
+    await worker.shutdown()
+    # Much later, after a restart: a producer retry with yet another message id.
+    await js.publish(subject, event.SerializeToString(), headers={"Nats-Msg-Id": "much-later"})
+    second = await start_worker()
+    sentinel = await publisher.publish(make_event())
+    await eventually(lambda: _count_is(owner, 2), what="sentinel stored")
+    await second.shutdown()
+
+    rows = await owner.fetch("SELECT event_id::text AS id FROM audit_events ORDER BY position")
+    assert [row["id"] for row in rows] == [ack.event_id, sentinel.event_id]
+    assert await owner.fetchval("SELECT count(*) FROM audit_event_ids") == 2
+
+
+async def test_invalid_messages_are_dead_lettered_with_a_reason_and_ingest_carries_on(
+    publisher, nc, config, start_worker, owner
+):
+    js = nc.jetstream()
+    small = dataclasses.replace(config.ingest, limits=Limits(max_event_bytes=4096))
+    await start_worker(dataclasses.replace(config, ingest=small))
+    subject = f"{config.nats.events_subject_prefix}.acme"
+    json_headers = {"Content-Type": "application/json"}
+    valid_json = json_format.MessageToDict(stamp(make_event()))
+
+    wrong_types = {**valid_json, "outcome": {"not": "an enum"}, "tenant": 5}
+    missing_tenant = stamp(make_event())
+    missing_tenant.ClearField("tenant")
+    oversized = stamp(make_event(message="x" * 6000))
+    poison = [
+        (b"\xff\xfe garbage, not protobuf \x00\x01", {}, {"invalid_protobuf", "missing_field"}),
+        (json_format.MessageToJson(json_format.ParseDict(valid_json, event_pb2.AuditEvent())).encode(), None, None),
+        (_json_bytes(wrong_types), json_headers, {"schema_mismatch"}),
+        (missing_tenant.SerializeToString(), {}, {"missing_field"}),
+        (oversized.SerializeToString(), {}, {"too_large"}),
+        (b'{"tenant": "acme", "action": ', json_headers, {"invalid_json"}),
+    ]
+    for payload, headers, _ in poison:
+        await js.publish(subject, payload, headers=json_headers if headers is None else headers)
+    valid_after = [await publisher.publish(make_event()) for _ in range(5)]
+
+    await eventually(lambda: _count_is(owner, 6), what="the valid JSON event and the 5 valid events after the poison")
+    stored = {row["id"] for row in await owner.fetch("SELECT event_id::text AS id FROM audit_events")}
+    assert {ack.event_id for ack in valid_after} <= stored
+    assert valid_json["eventId"] in stored, "a valid JSON event is ingested"
+
+    dead_stream = config.nats.dead_stream
+    await eventually(lambda: _stream_has(js, dead_stream, 5), what="5 dead letters")
+    dead = [await js.get_msg(dead_stream, seq) for seq in range(1, 6)]
+    expected = [(payload, reasons) for payload, _, reasons in poison if reasons is not None]
+    for message, (payload, reasons) in zip(dead, expected, strict=True):
+        reason = message.headers["Audit-Dead-Reason"]
+        assert reason in reasons
+        assert message.subject == f"{config.nats.dead_subject_prefix}.{reason}"
+        assert message.data == payload, "the original bytes are kept"
+        assert message.headers["Audit-Original-Subject"] == subject
+        assert message.headers["Audit-Dead-Detail"]
+    assert dead[2].headers["Audit-Dead-Field"] == "tenant"
+    assert dead[1].headers["Content-Type"] == "application/json", "original headers are kept"
+
+
+def _json_bytes(document: dict) -> bytes:
+    import json
+
+    return json.dumps(document).encode()
+
+
+async def _stream_has(js, stream: str, n: int) -> bool:
+    info = await js.stream_info(stream)
+    return info.state.messages >= n

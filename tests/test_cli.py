@@ -1,0 +1,45 @@
+"""`audit-service` start-up: bad configuration and unreachable dependencies are one clear line, not a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from audit_service.devstack.processes import free_port
+
+
+def audit_service(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "audit_service.cli", *args],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "message"),
+    [
+        ("serve", {}, "AUDIT_DATABASE_URL: is required"),
+        ("ingest", {"AUDIT_DATABASE_URL": "mysql://db/audit"}, "AUDIT_DATABASE_URL: expected a postgresql:// URL"),
+        ("serve", {"AUDIT_DATABASE_URL": "postgresql://x/y", "AUDIT_GRPC_ADDRESS": "nope"}, "AUDIT_GRPC_ADDRESS"),
+        ("ingest", {"AUDIT_DATABASE_URL": "postgresql://x/y", "AUDIT_INGEST_BATCH_SIZE": "-5"}, "BATCH_SIZE"),
+        ("migrate", {"AUDIT_NATS_URL": "http://nats:4222"}, "AUDIT_NATS_URL"),
+    ],
+)
+def test_bad_configuration_is_one_line_and_exit_code_2(command, env, message):
+    result = audit_service(command, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("audit-service: configuration error: ") and message in lines[0]
+
+
+def test_an_unreachable_database_is_one_line_and_exit_code_1():
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/audit"
+    result = audit_service("serve", env={"AUDIT_DATABASE_URL": url})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"audit-service: cannot connect to PostgreSQL at {url}")
+    assert "Traceback" not in result.stderr
