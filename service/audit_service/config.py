@@ -187,7 +187,9 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         duplicate_window_seconds=_positive_float(
             env, "AUDIT_DUPLICATE_WINDOW_SECONDS", NatsConfig().duplicate_window_seconds
         ),
-        events_max_age_seconds=_positive_float(env, "AUDIT_EVENTS_MAX_AGE_SECONDS", NatsConfig().events_max_age_seconds),
+        events_max_age_seconds=_positive_float(
+            env, "AUDIT_EVENTS_MAX_AGE_SECONDS", NatsConfig().events_max_age_seconds
+        ),
     )
     default_limits = Limits()
     ingest = IngestConfig(

@@ -37,7 +37,7 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(error)
     if isinstance(error, NotImplementedYetError):
         return grpc.StatusCode.UNIMPLEMENTED, str(error)
-    if isinstance(error, UnavailableError | _UNAVAILABLE_ERRORS):
+    if isinstance(error, (UnavailableError, *_UNAVAILABLE_ERRORS)):
         return grpc.StatusCode.UNAVAILABLE, "the audit log database is unavailable; retry later"
     reference = uuid.uuid4().hex[:12]
     log.error("internal error (ref %s)", reference, exc_info=error)

@@ -6,7 +6,7 @@ import logging
 
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from ..config import IngestConfig, NatsConfig
 
@@ -57,9 +57,13 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.stream_info(config.name)
     except NotFoundError:
-        await js.add_stream(config)
-        log.info("created stream %s (%s)", config.name, ", ".join(config.subjects or []))
-        return
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            pass  # another worker created it in the meantime: fall through to the update
+        else:
+            log.info("created stream %s (%s)", config.name, ", ".join(config.subjects or []))
+            return
     await js.update_stream(config)
 
 

@@ -93,9 +93,9 @@ class IngestWorker:
         while not stop.is_set():
             try:
                 msgs = await subscription.fetch(ingest.batch_size, timeout=ingest.fetch_timeout_seconds)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nothing to fetch (nats.errors.TimeoutError is one too)
                 continue
-            except (nats.errors.Error, nats.js.errors.Error) as error:
+            except (nats.errors.Error, nats.js.errors.Error, OSError) as error:
                 log.warning("fetch failed (%s: %s); retrying", type(error).__name__, error)
                 await asyncio.sleep(0.5)
                 continue

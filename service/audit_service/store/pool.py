@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import asyncpg
+
+from ..errors import UnavailableError
 
 
 async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
@@ -10,3 +15,16 @@ async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         url, min_size=1, max_size=max_size, command_timeout=60, server_settings={"application_name": "audit-service"}
     )
+
+
+@contextlib.asynccontextmanager
+async def acquire(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection; failing to get one (server down, database closed to connections) is Unavailable."""
+    try:
+        conn = await pool.acquire()
+    except Exception as error:
+        raise UnavailableError(f"cannot connect to PostgreSQL: {error}") from error
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from ..core.records import columns_sql
+from .pool import acquire
 
 _COLUMNS = columns_sql("e.")
 
@@ -40,24 +41,27 @@ def _page_sql(query: PageQuery) -> tuple[str, list[object]]:
 async def list_events(pool: asyncpg.Pool, query: PageQuery) -> list[asyncpg.Record]:
     """One page of stored events, in position order (descending when newest_first)."""
     sql, args = _page_sql(query)
-    return await pool.fetch(sql, *args)
+    async with acquire(pool) as conn:
+        return await conn.fetch(sql, *args)
 
 
 async def get_event(pool: asyncpg.Pool, event_id: str) -> asyncpg.Record | None:
     """The stored event with this id, or None."""
-    return await pool.fetchrow(
-        f"""
-        SELECT {_COLUMNS}
-        FROM audit_event_ids i
-        JOIN audit_events e ON e.position = i.position AND e.recorded_at = i.recorded_at
-        WHERE i.event_id = $1::uuid
-        """,
-        event_id,
-    )
+    async with acquire(pool) as conn:
+        return await conn.fetchrow(
+            f"""
+            SELECT {_COLUMNS}
+            FROM audit_event_ids i
+            JOIN audit_events e ON e.position = i.position AND e.recorded_at = i.recorded_at
+            WHERE i.event_id = $1::uuid
+            """,
+            event_id,
+        )
 
 
 async def count_events(pool: asyncpg.Pool, tenant: str) -> int:
     """Exact number of stored events of a tenant ("" for all tenants)."""
-    if tenant:
-        return await pool.fetchval("SELECT count(*) FROM audit_events WHERE tenant = $1", tenant)
-    return await pool.fetchval("SELECT count(*) FROM audit_events")
+    async with acquire(pool) as conn:
+        if tenant:
+            return await conn.fetchval("SELECT count(*) FROM audit_events WHERE tenant = $1", tenant)
+        return await conn.fetchval("SELECT count(*) FROM audit_events")
