@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import itertools
 
+import asyncpg
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import event_pb2
 from audit_client import Limits
@@ -155,3 +156,49 @@ def _json_bytes(document: dict) -> bytes:
 async def _stream_has(js, stream: str, n: int) -> bool:
     info = await js.stream_info(stream)
     return info.state.messages >= n
+
+
+async def test_the_worker_keeps_its_batch_through_a_database_outage_and_dead_letters_nothing(
+    publisher, start_worker, owner, postgres, database, nc, config
+):
+    await start_worker()
+    before = [await publisher.publish(make_event()) for _ in range(20)]
+    await eventually(lambda: _count_is(owner, 20), what="events stored before the outage")
+    admin = await asyncpg.connect(postgres.superuser_url)
+    try:
+        await admin.execute(f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND usename <> 'postgres'",
+            database.name,
+        )
+        during = [await publisher.publish(make_event()) for _ in range(50)]
+        await asyncio.sleep(1.5)  # the worker fetches them and fails to store them
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS true')
+        await admin.close()
+    await eventually(lambda: _count_is(owner, 70), what="events published during the outage stored after it")
+    stored = [row["id"] for row in await owner.fetch("SELECT event_id::text AS id FROM audit_events")]
+    assert sorted(stored) == sorted(ack.event_id for ack in before + during)
+    dead = await nc.jetstream().stream_info(config.nats.dead_stream)
+    assert dead.state.messages == 0, "an outage is not the events' fault"
+
+
+async def test_an_event_the_database_rejects_is_isolated_and_dead_lettered_alone(
+    publisher, start_worker, owner, nc, config
+):
+    # Stands in for any storage-level rejection that validation did not foresee.
+    await owner.execute("ALTER TABLE audit_events ADD CONSTRAINT test_no_evil CHECK (message <> 'evil')")
+    batch = [make_event() for _ in range(40)]
+    batch[17].message = "evil"
+    await start_worker()
+    acks = await asyncio.gather(*(publisher.publish(event) for event in batch))
+
+    await eventually(lambda: _count_is(owner, 39), what="the 39 good events of the batch")
+    js = nc.jetstream()
+    await eventually(lambda: _stream_has(js, config.nats.dead_stream, 1), what="the rejected event dead-lettered")
+    dead = await js.get_msg(config.nats.dead_stream, 1)
+    assert dead.headers["Audit-Dead-Reason"] == "rejected_by_storage"
+    assert "test_no_evil" in dead.headers["Audit-Dead-Detail"]
+    assert dead.headers["Audit-Original-Msg-Id"] == acks[17].event_id
+    stored = {row["id"] for row in await owner.fetch("SELECT event_id::text AS id FROM audit_events")}
+    assert stored == {ack.event_id for i, ack in enumerate(acks) if i != 17}

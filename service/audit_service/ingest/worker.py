@@ -22,7 +22,9 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 from ..config import Config
 from ..core.decode import decode_event
 from ..core.tracecontext import parse_traceparent
+from ..errors import UnavailableError
 from ..store.append import AppendResult, LogAppender
+from ..store.pool import acquire
 from .dead_letter import dead_letter_headers
 from .streams import provision
 
@@ -31,21 +33,9 @@ tracer = trace.get_tracer("audit_service.ingest")
 
 _MAX_SPAN_LINKS = 128
 _RETRY_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
-# Failures of the connection or of the server as a whole: wait and retry the same batch, keep the messages.
-_TRANSIENT_DATABASE_ERRORS = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.QueryCanceledError,
-    asyncpg.InsufficientResourcesError,
-)
+# Errors that belong to the events themselves: the batch is halved until the culprits are found and refused.
+# Anything else (database down, permissions, a full disk) is not the events' fault: the batch is kept and retried.
+_EVENT_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError, TypeError, UnicodeError)
 
 
 @dataclass(slots=True)
@@ -146,7 +136,7 @@ class IngestWorker:
         """Appends and acks; when the database rejects the batch, halves it to find and refuse the culprits."""
         try:
             result = await self._append_with_retry([msg for msg, _ in accepted], [event for _, event in accepted])
-        except (asyncpg.PostgresError, ValueError, TypeError) as error:
+        except _EVENT_ERRORS as error:
             if len(accepted) == 1:
                 log.warning("database refused event %s: %s", accepted[0][1].event_id, error)
                 return [_Refusal(accepted[0][0], "rejected_by_storage", "", f"{type(error).__name__}: {error}")]
@@ -166,12 +156,15 @@ class IngestWorker:
         attempt = 0
         while True:
             try:
-                async with self._pool.acquire() as conn:
+                async with acquire(self._pool) as conn:
                     return await self._appender.append(conn, events)
-            except _TRANSIENT_DATABASE_ERRORS as error:
+            except _EVENT_ERRORS:
+                raise
+            except Exception as error:
                 delay = _RETRY_BACKOFF_SECONDS[min(attempt, len(_RETRY_BACKOFF_SECONDS) - 1)]
                 attempt += 1
-                log.warning(
+                log.log(
+                    logging.WARNING if isinstance(error, UnavailableError | OSError) else logging.ERROR,
                     "append of %d events failed (%s: %s); retrying in %.1f s",
                     len(events),
                     type(error).__name__,
