@@ -1,0 +1,151 @@
+"""load_config: defaults, parsing, one ConfigError naming each bad variable, explicit overrides."""
+
+from __future__ import annotations
+
+import pytest
+from audit_client.validation import Limits
+from audit_service.config import ApiConfig, Config, DatabaseConfig, NatsConfig, load_config, parse_grpc_address
+from audit_service.errors import ConfigError
+
+
+def test_defaults() -> None:
+    config = load_config(env={})
+    assert config == Config()
+    assert config.database.url == ""
+    assert config.database.migrate_url == ""
+    assert config.database.pool_max_size == 10
+    assert config.nats.url == "nats://127.0.0.1:4222"
+    assert config.nats.servers == ["nats://127.0.0.1:4222"]
+    assert config.nats.subject_prefix == "audit"
+    assert config.nats.events_stream == "AUDIT_EVENTS"
+    assert config.nats.dead_stream == "AUDIT_DEAD"
+    assert config.nats.events_subject_prefix == "audit.events"
+    assert config.nats.dead_subject_prefix == "audit.dead"
+    assert config.ingest.durable == "audit-ingest"
+    assert config.ingest.batch_size == 500
+    assert config.ingest.limits == Limits()
+    assert config.api.grpc_address == "0.0.0.0:50051"
+    assert config.log_level == "INFO"
+
+
+def test_environment_is_read() -> None:
+    env = {
+        "AUDIT_DATABASE_URL": "postgresql://app@db/audit",
+        "AUDIT_DATABASE_POOL_MAX_SIZE": "3",
+        "AUDIT_NATS_URL": "nats://a:4222, tls://b:4222",
+        "AUDIT_SUBJECT_PREFIX": "acme.audit",
+        "AUDIT_STREAM_PREFIX": "ACME",
+        "AUDIT_DUPLICATE_WINDOW_SECONDS": "30.5",
+        "AUDIT_INGEST_DURABLE": "workers",
+        "AUDIT_INGEST_BATCH_SIZE": "42",
+        "AUDIT_INGEST_ACK_WAIT_SECONDS": "12",
+        "AUDIT_MAX_EVENT_BYTES": "1000",
+        "AUDIT_MAX_CLOCK_SKEW_SECONDS": "60",
+        "AUDIT_GRPC_ADDRESS": "[::1]:0",
+        "AUDIT_SHUTDOWN_GRACE_SECONDS": "2",
+        "AUDIT_LOG_LEVEL": "debug",
+    }
+    config = load_config(env=env)
+    assert config.database == DatabaseConfig(
+        url="postgresql://app@db/audit", migrate_url="postgresql://app@db/audit", pool_max_size=3
+    )
+    assert config.nats.servers == ["nats://a:4222", "tls://b:4222"]
+    assert config.nats.events_subject_prefix == "acme.audit.events"
+    assert config.nats.events_stream == "ACME_EVENTS"
+    assert config.nats.duplicate_window_seconds == 30.5
+    assert config.ingest.durable == "workers"
+    assert config.ingest.batch_size == 42
+    assert config.ingest.ack_wait_seconds == 12.0
+    assert config.ingest.limits.max_event_bytes == 1000
+    assert config.ingest.limits.max_clock_skew_seconds == 60
+    assert config.ingest.limits.max_message_chars == Limits().max_message_chars
+    assert config.api == ApiConfig(grpc_address="[::1]:0", shutdown_grace_seconds=2.0)
+    assert config.log_level == "DEBUG"
+
+
+def test_migrate_url_is_its_own_when_set() -> None:
+    config = load_config(
+        env={"AUDIT_DATABASE_URL": "postgres://app@db/a", "AUDIT_MIGRATE_DATABASE_URL": "postgresql://owner@db/a"}
+    )
+    assert config.database.url == "postgres://app@db/a"
+    assert config.database.migrate_url == "postgresql://owner@db/a"
+
+
+def test_empty_variables_mean_default() -> None:
+    env = {name: "" for name in ("AUDIT_INGEST_BATCH_SIZE", "AUDIT_NATS_URL", "AUDIT_LOG_LEVEL", "AUDIT_GRPC_ADDRESS")}
+    assert load_config(env=env) == Config()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AUDIT_GRPC_ADDRESS", "nope"),
+        ("AUDIT_GRPC_ADDRESS", "localhost:"),
+        ("AUDIT_GRPC_ADDRESS", ":50051"),
+        ("AUDIT_GRPC_ADDRESS", "localhost:65536"),
+        ("AUDIT_GRPC_ADDRESS", "localhost:http"),
+        ("AUDIT_INGEST_BATCH_SIZE", "0"),
+        ("AUDIT_INGEST_BATCH_SIZE", "-5"),
+        ("AUDIT_INGEST_BATCH_SIZE", "x"),
+        ("AUDIT_INGEST_BATCH_SIZE", "1.5"),
+        ("AUDIT_DATABASE_POOL_MAX_SIZE", "0"),
+        ("AUDIT_MAX_EVENT_BYTES", "lots"),
+        ("AUDIT_MAX_CLOCK_SKEW_SECONDS", "0"),
+        ("AUDIT_INGEST_FETCH_TIMEOUT_SECONDS", "0"),
+        ("AUDIT_INGEST_ACK_WAIT_SECONDS", "-1"),
+        ("AUDIT_SHUTDOWN_GRACE_SECONDS", "soon"),
+        ("AUDIT_DUPLICATE_WINDOW_SECONDS", "nan"),
+        ("AUDIT_DATABASE_URL", "mysql://x"),
+        ("AUDIT_DATABASE_URL", "db.example.com/audit"),
+        ("AUDIT_MIGRATE_DATABASE_URL", "sqlite:///audit.db"),
+        ("AUDIT_NATS_URL", "http://x"),
+        ("AUDIT_NATS_URL", "nats://a:4222,http://b"),
+        ("AUDIT_NATS_URL", "nats://"),
+        ("AUDIT_LOG_LEVEL", "LOUD"),
+        ("AUDIT_LOG_LEVEL", "CRITICAL"),
+        ("AUDIT_SUBJECT_PREFIX", "a b"),
+        ("AUDIT_SUBJECT_PREFIX", "audit."),
+        ("AUDIT_SUBJECT_PREFIX", "audit.*"),
+        ("AUDIT_STREAM_PREFIX", "AUDIT.X"),
+        ("AUDIT_INGEST_DURABLE", "a b"),
+    ],
+)
+def test_bad_variable_is_named(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={name: value})
+    assert caught.value.setting == name
+    message = str(caught.value)
+    assert message.startswith(f"{name}: ")
+    assert "\n" not in message
+
+
+def test_explicit_override_wins_over_environment() -> None:
+    env = {"AUDIT_LOG_LEVEL": "DEBUG", "AUDIT_NATS_URL": "nats://env:4222", "AUDIT_GRPC_ADDRESS": "127.0.0.1:1"}
+    config = load_config(
+        env=env, log_level="ERROR", nats=NatsConfig(url="nats://explicit:4222"), api=ApiConfig("127.0.0.1:2")
+    )
+    assert config.log_level == "ERROR"
+    assert config.nats.url == "nats://explicit:4222"
+    assert config.api.grpc_address == "127.0.0.1:2"
+    assert load_config(env=env).log_level == "DEBUG"
+
+
+def test_override_of_an_unknown_field_is_an_error() -> None:
+    with pytest.raises(TypeError):
+        load_config(env={}, no_such_setting=1)
+
+
+def test_require_database() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={}).require_database()
+    assert caught.value.setting == "AUDIT_DATABASE_URL"
+    config = load_config(env={"AUDIT_DATABASE_URL": "postgresql://app@db/audit"})
+    assert config.require_database() is config
+
+
+def test_parse_grpc_address() -> None:
+    assert parse_grpc_address("0.0.0.0:50051") == ("0.0.0.0", 50051)
+    assert parse_grpc_address("[::]:0") == ("[::]", 0)
+    with pytest.raises(ConfigError) as caught:
+        parse_grpc_address("nope", "--grpc-address")
+    assert caught.value.setting == "--grpc-address"
