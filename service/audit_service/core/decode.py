@@ -31,12 +31,15 @@ def _parse(data: bytes, media_type: str) -> event_pb2.AuditEvent:
             document = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise InvalidEventError("", "invalid_json", f"payload is not JSON: {error}") from None
+        except RecursionError:
+            raise InvalidEventError("", "invalid_json", "payload is nested too deeply") from None
         if not isinstance(document, dict):
             raise InvalidEventError("", "schema_mismatch", "payload must be a JSON object")
         try:
             json_format.ParseDict(document, event)
-        except json_format.ParseError as error:
-            raise InvalidEventError("", "schema_mismatch", str(error)[:500]) from None
+        except (json_format.ParseError, OverflowError, ValueError, TypeError, RecursionError) as error:
+            # ParseError for most mismatches; the others escape protobuf for e.g. an enum given as 1e400.
+            raise InvalidEventError("", "schema_mismatch", str(error)[:500] or type(error).__name__) from None
         return event
     if media_type not in PROTOBUF_CONTENT_TYPES:
         raise InvalidEventError(

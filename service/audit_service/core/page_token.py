@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..errors import InvalidArgumentError
 
 _VERSION = 1
+_MAX_POSITION = 2**63 - 1  # positions are PostgreSQL bigints
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,12 @@ def decode_page_token(text: str, expected_digest: str) -> PageToken:
         version, position, digest = document["v"], document["p"], document["q"]
     except (binascii.Error, ValueError, TypeError, KeyError):
         raise InvalidArgumentError("page_token", "is malformed; pass next_page_token back unchanged") from None
-    if version != _VERSION or not isinstance(position, int) or position < 0 or not isinstance(digest, str):
+    if (
+        version != _VERSION
+        or type(position) is not int
+        or not 0 <= position <= _MAX_POSITION
+        or not isinstance(digest, str)
+    ):
         raise InvalidArgumentError("page_token", "is malformed; pass next_page_token back unchanged")
     if digest != expected_digest:
         raise InvalidArgumentError("page_token", "belongs to a different filter or order")
