@@ -52,3 +52,13 @@ def stamp(event: event_pb2.AuditEvent) -> event_pb2.AuditEvent:
     if not event.HasField("occurred_at"):
         event.occurred_at.GetCurrentTime()
     return event
+
+
+def content_of(event: event_pb2.AuditEvent):
+    """The canonical content the worker would append for this (stamped) event."""
+    import time
+
+    from audit_client.validation import validate_event
+    from audit_service.core.records import content_from_event
+
+    return content_from_event(event, validate_event(event, now_seconds=time.time()))

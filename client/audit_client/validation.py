@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import operator
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from audit.v1 import event_pb2
 from google.protobuf import struct_pb2
@@ -48,6 +50,56 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+_UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_IPV4_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = re.compile(rf"(?:{_IPV4_OCTET}\.){{3}}{_IPV4_OCTET}")
+
+_TEXT_FIELDS = (
+    "actor.id",
+    "actor.slug",
+    "actor.display_name",
+    "actor.email",
+    "actor.pat_name",
+    "actor.controller_name",
+    "actor.external_identity_slug",
+    "resource.type",
+    "resource.id",
+    "resource.name",
+    "resource.fqn",
+    "parent_resource.type",
+    "parent_resource.id",
+    "parent_resource.name",
+    "parent_resource.fqn",
+    "request.route",
+    "request.method",
+    "request.ip_address",
+    "request.user_agent",
+    "cluster_id",
+    "workspace_id",
+)
+"""Short text fields, limited to Limits.max_text_chars."""
+_text_values = operator.attrgetter(*_TEXT_FIELDS)
+
+JsonValue = Any
+"""A Struct value as plain Python: dict, list, str, float, bool or None."""
+
+
+class StructValues(NamedTuple):
+    """The Struct fields of a validated event as plain Python (None when empty); numbers are floats."""
+
+    metadata: dict[str, JsonValue] | None
+    change_before: dict[str, JsonValue] | None
+    change_after: dict[str, JsonValue] | None
+
+
+def _check_texts(event: event_pb2.AuditEvent, limit: int) -> None:
+    values = _text_values(event)
+    if max(map(len, values)) <= limit and "\x00" not in "".join(values):
+        return  # the common case, checked in two C calls
+    for field, value in zip(_TEXT_FIELDS, values, strict=True):
+        _check_text(value, field, limit)
+
+
 def _check_text(value: str, field: str, limit: int) -> None:
     if len(value) > limit:
         raise InvalidEventError(field, "invalid_field", f"longer than {limit} characters")
@@ -55,32 +107,49 @@ def _check_text(value: str, field: str, limit: int) -> None:
         raise InvalidEventError(field, "invalid_field", "contains a NUL character")
 
 
-def _check_value(value: struct_pb2.Value, field: str, depth: int, limits: Limits) -> None:
+def _value_to_python(value: struct_pb2.Value, field: str, depth: int, max_depth: int) -> JsonValue:
     kind = value.WhichOneof("kind")
-    if kind == "number_value":
-        if not math.isfinite(value.number_value):
-            raise InvalidEventError(field, "invalid_field", "numbers must be finite")
-    elif kind == "string_value":
-        if "\x00" in value.string_value:
+    if kind == "string_value":
+        text = value.string_value
+        if "\x00" in text:
             raise InvalidEventError(field, "invalid_field", "contains a NUL character")
-    elif kind == "struct_value":
-        _check_struct(value.struct_value, field, depth + 1, limits)
-    elif kind == "list_value":
-        if depth + 1 > limits.max_struct_depth:
-            raise InvalidEventError(field, "invalid_field", f"nested deeper than {limits.max_struct_depth}")
-        for item in value.list_value.values:
-            _check_value(item, field, depth + 1, limits)
-    elif kind is None:
-        raise InvalidEventError(field, "invalid_field", "a value has no kind set")
+        return text
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidEventError(field, "invalid_field", "numbers must be finite")
+        return number + 0.0  # folds -0.0 into 0.0, which jsonb cannot keep apart
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "null_value":
+        return None
+    if kind == "struct_value":
+        return _struct_to_python(value.struct_value, field, depth + 1, max_depth)
+    if kind == "list_value":
+        if depth + 1 > max_depth:
+            raise InvalidEventError(field, "invalid_field", f"nested deeper than {max_depth}")
+        return [_value_to_python(item, field, depth + 1, max_depth) for item in value.list_value.values]
+    raise InvalidEventError(field, "invalid_field", "a value has no kind set")
 
 
-def _check_struct(struct: struct_pb2.Struct, field: str, depth: int, limits: Limits) -> None:
-    if depth > limits.max_struct_depth:
-        raise InvalidEventError(field, "invalid_field", f"nested deeper than {limits.max_struct_depth}")
-    for key, value in struct.fields.items():
-        if "\x00" in key:
-            raise InvalidEventError(field, "invalid_field", "a key contains a NUL character")
-        _check_value(value, field, depth, limits)
+def _struct_to_python(struct: struct_pb2.Struct, field: str, depth: int, max_depth: int) -> dict[str, JsonValue]:
+    if depth > max_depth:
+        raise InvalidEventError(field, "invalid_field", f"nested deeper than {max_depth}")
+    fields = struct.fields
+    keys = list(fields)  # the map's own iterator; .items() would go through a slow Python generator
+    if "\x00" in "".join(keys):
+        raise InvalidEventError(field, "invalid_field", "a key contains a NUL character")
+    return {key: _value_to_python(fields[key], field, depth, max_depth) for key in keys}
+
+
+def struct_to_python(struct: struct_pb2.Struct, field: str = "", limits: Limits = DEFAULT_LIMITS) -> dict | None:
+    """Checks a Struct (no NUL characters, finite numbers, bounded depth) and converts it to plain Python.
+
+    An empty Struct is None. Raises InvalidEventError naming `field`.
+    """
+    if not struct.fields:
+        return None
+    return _struct_to_python(struct, field, 1, limits.max_struct_depth)
 
 
 def _check_trace_id(value: str, field: str, pattern: re.Pattern[str], zero: str) -> None:
@@ -90,7 +159,32 @@ def _check_trace_id(value: str, field: str, pattern: re.Pattern[str], zero: str)
         )
 
 
-def validate_event(event: event_pb2.AuditEvent, *, now_seconds: float, limits: Limits = DEFAULT_LIMITS) -> None:
+def _check_event_id(event_id: str) -> None:
+    if _UUID_PATTERN.fullmatch(event_id):
+        return
+    if not event_id:
+        raise InvalidEventError("event_id", "missing_field", "is required")
+    try:
+        uuid.UUID(event_id)
+    except ValueError:
+        raise InvalidEventError("event_id", "invalid_field", f"is not a UUID: {event_id[:64]!r}") from None
+    raise InvalidEventError("event_id", "invalid_field", "must be a UUID in lowercase hyphenated form")
+
+
+def _check_ip_address(ip_address: str) -> None:
+    if not ip_address or _CANONICAL_IPV4.fullmatch(ip_address):
+        return
+    try:
+        canonical_ip = str(ipaddress.ip_address(ip_address))
+    except ValueError:
+        raise InvalidEventError(
+            "request.ip_address", "invalid_field", f"is not an IP address: {ip_address[:64]!r}"
+        ) from None
+    if canonical_ip != ip_address:
+        raise InvalidEventError("request.ip_address", "invalid_field", f"write it as {canonical_ip!r}")
+
+
+def validate_event(event: event_pb2.AuditEvent, *, now_seconds: float, limits: Limits = DEFAULT_LIMITS) -> StructValues:
     """Checks an event against the contract.
 
     Args:
@@ -98,29 +192,23 @@ def validate_event(event: event_pb2.AuditEvent, *, now_seconds: float, limits: L
         now_seconds: the validator's clock (Unix seconds), to reject events from the future.
         limits: size and time limits.
 
+    Returns:
+        The event's Struct fields converted to plain Python, as checked.
+
     Raises:
         InvalidEventError: naming the first offending field.
     """
-    if not event.event_id:
-        raise InvalidEventError("event_id", "missing_field", "is required")
-    try:
-        parsed_id = uuid.UUID(event.event_id)
-    except ValueError:
-        raise InvalidEventError("event_id", "invalid_field", f"is not a UUID: {event.event_id[:64]!r}") from None
-    if str(parsed_id) != event.event_id:
-        raise InvalidEventError("event_id", "invalid_field", "must be a UUID in lowercase hyphenated form")
-    if not event.tenant:
+    _check_event_id(event.event_id)
+    tenant = event.tenant
+    if not tenant:
         raise InvalidEventError("tenant", "missing_field", "is required")
-    if not TENANT_PATTERN.fullmatch(event.tenant):
-        raise InvalidEventError(
-            "tenant", "invalid_field", f"must match {TENANT_PATTERN.pattern}, got {event.tenant[:80]!r}"
-        )
-    if not event.action:
+    if not TENANT_PATTERN.fullmatch(tenant):
+        raise InvalidEventError("tenant", "invalid_field", f"must match {TENANT_PATTERN.pattern}, got {tenant[:80]!r}")
+    action = event.action
+    if not action:
         raise InvalidEventError("action", "missing_field", "is required")
-    if not ACTION_PATTERN.fullmatch(event.action):
-        raise InvalidEventError(
-            "action", "invalid_field", f"must match {ACTION_PATTERN.pattern}, got {event.action[:160]!r}"
-        )
+    if not ACTION_PATTERN.fullmatch(action):
+        raise InvalidEventError("action", "invalid_field", f"must match {ACTION_PATTERN.pattern}, got {action[:160]!r}")
     if event.outcome not in _OUTCOMES:
         if event.outcome == event_pb2.OUTCOME_UNSPECIFIED:
             raise InvalidEventError("outcome", "missing_field", "is required")
@@ -131,40 +219,17 @@ def validate_event(event: event_pb2.AuditEvent, *, now_seconds: float, limits: L
         raise InvalidEventError("actor", "missing_field", "actor.id or actor.slug is required")
     if actor.type not in _SUBJECT_TYPES:
         raise InvalidEventError("actor.type", "invalid_field", f"unknown value {actor.type}")
-    text_limit = limits.max_text_chars
-    for name in (
-        "id",
-        "slug",
-        "display_name",
-        "email",
-        "pat_name",
-        "controller_name",
-        "external_identity_slug",
-    ):
-        _check_text(getattr(actor, name), f"actor.{name}", text_limit)
+    _check_texts(event, limits.max_text_chars)
     for prefix, resource in (("resource", event.resource), ("parent_resource", event.parent_resource)):
-        for name in ("type", "id", "name", "fqn"):
-            _check_text(getattr(resource, name), f"{prefix}.{name}", text_limit)
         if (resource.id or resource.name or resource.fqn) and not resource.type:
             raise InvalidEventError(f"{prefix}.type", "missing_field", f"is required when {prefix} is set")
-    request = event.request
-    for name in ("route", "method", "ip_address", "user_agent"):
-        _check_text(getattr(request, name), f"request.{name}", text_limit)
-    if request.ip_address:
-        try:
-            canonical_ip = str(ipaddress.ip_address(request.ip_address))
-        except ValueError:
-            raise InvalidEventError(
-                "request.ip_address", "invalid_field", f"is not an IP address: {request.ip_address[:64]!r}"
-            ) from None
-        if canonical_ip != request.ip_address:
-            raise InvalidEventError("request.ip_address", "invalid_field", f"write it as {canonical_ip!r}")
-    _check_text(event.cluster_id, "cluster_id", text_limit)
-    _check_text(event.workspace_id, "workspace_id", text_limit)
+    _check_ip_address(event.request.ip_address)
     _check_text(event.message, "message", limits.max_message_chars)
-    _check_struct(event.metadata, "metadata", 1, limits)
-    _check_struct(event.change.before, "change.before", 1, limits)
-    _check_struct(event.change.after, "change.after", 1, limits)
+    structs = StructValues(
+        struct_to_python(event.metadata, "metadata", limits),
+        struct_to_python(event.change.before, "change.before", limits),
+        struct_to_python(event.change.after, "change.after", limits),
+    )
 
     if not event.HasField("occurred_at"):
         raise InvalidEventError("occurred_at", "missing_field", "is required")
@@ -183,6 +248,7 @@ def validate_event(event: event_pb2.AuditEvent, *, now_seconds: float, limits: L
     _check_trace_id(event.span_id, "span_id", SPAN_ID_PATTERN, _ZERO_SPAN_ID)
     if bool(event.trace_id) != bool(event.span_id):
         raise InvalidEventError("span_id" if event.trace_id else "trace_id", "missing_field", "set both or none")
+    return structs
 
 
 SERVICE_FIELDS = ("position", "recorded_at", "hash", "prev_hash")

@@ -11,7 +11,7 @@ from audit.v1 import audit_service_pb2 as pb
 from audit_service.store.append import LogAppender
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ..factories import make_event, stamp
+from ..factories import content_of, make_event, stamp
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ async def stored(database):
     for batch in range(6):
         tenant = "globex" if batch == 5 else "acme"
         events = [stamp(make_event(tenant=tenant)) for _ in range(50)]
-        await appender.append(conn, events)
+        await appender.append(conn, [content_of(event) for event in events])
         ids.extend(event.event_id for event in events)
     await conn.close()
     return ids
@@ -51,7 +51,7 @@ async def test_pages_walk_every_event_once_newest_first_by_default(api, stored):
 async def test_new_events_never_shift_or_repeat_pages(api, stored, database):
     page = await api.ListEvents(request(page_size=100, order=pb.ORDER_OLDEST_FIRST))
     conn = await asyncpg.connect(database.app_url)
-    await LogAppender().append(conn, [stamp(make_event()) for _ in range(10)])
+    await LogAppender().append(conn, [content_of(stamp(make_event())) for _ in range(10)])
     await conn.close()
     rest = []
     token = page.next_page_token

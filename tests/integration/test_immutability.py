@@ -11,7 +11,7 @@ import pytest
 from audit_service.store.append import LogAppender
 from audit_service.store.verify import verify_log
 
-from ..factories import make_event, stamp
+from ..factories import content_of, make_event, stamp
 
 MUTATIONS = [
     "UPDATE audit_events SET message = 'rewritten' WHERE position = 2",
@@ -34,7 +34,7 @@ async def app(database):
 async def populated(app):
     appender = LogAppender()
     for tenant in ("acme", "globex", "acme"):
-        await appender.append(app, [stamp(make_event(tenant=tenant)) for _ in range(3)])
+        await appender.append(app, [content_of(stamp(make_event(tenant=tenant))) for _ in range(3)])
     return app
 
 

@@ -40,7 +40,7 @@ def make_event() -> event_pb2.AuditEvent:
 
 
 def decode(data: bytes, headers: dict[str, str] | None = None, limits: Limits | None = None) -> event_pb2.AuditEvent:
-    return decode_event(data, headers, now_seconds=time.time(), limits=limits or Limits())
+    return decode_event(data, headers, now_seconds=time.time(), limits=limits or Limits()).event
 
 
 def refusal(data: bytes, headers: dict[str, str] | None = None, limits: Limits | None = None) -> InvalidEventError:

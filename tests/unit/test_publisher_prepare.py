@@ -138,7 +138,7 @@ def test_without_a_span_there_is_no_traceparent() -> None:
 def test_prepared_event_is_accepted_by_the_service(tracer: trace.Tracer) -> None:
     with tracer.start_as_current_span("operation"):
         prepared, payload, headers = make_publisher().prepare(make_event())
-    assert decode_event(payload, headers, now_seconds=time.time(), limits=Limits()) == prepared
+    assert decode_event(payload, headers, now_seconds=time.time(), limits=Limits()).event == prepared
 
 
 def test_invalid_event_is_refused_by_prepare() -> None:

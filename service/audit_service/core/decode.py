@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from audit.v1 import event_pb2
 from audit_client.errors import EventTooLargeError, InvalidEventError
@@ -12,6 +13,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from .records import Content, content_from_event
 from .tracecontext import parse_traceparent
 
 JSON_CONTENT_TYPE = "application/json"
@@ -56,9 +58,14 @@ def _parse(data: bytes, media_type: str) -> event_pb2.AuditEvent:
     return event
 
 
-def decode_event(
-    data: bytes, headers: Mapping[str, str] | None, *, now_seconds: float, limits: Limits
-) -> event_pb2.AuditEvent:
+class DecodedEvent(NamedTuple):
+    event: event_pb2.AuditEvent
+    """The event as validated (service-owned fields cleared, trace ids completed)."""
+    content: Content
+    """Its canonical content, ready to be appended."""
+
+
+def decode_event(data: bytes, headers: Mapping[str, str] | None, *, now_seconds: float, limits: Limits) -> DecodedEvent:
     """Decodes and validates one published event.
 
     Protobuf unless the Content-Type header says application/json. Service-owned fields are discarded;
@@ -77,5 +84,5 @@ def decode_event(
         if parent is not None:
             event.trace_id = parent.trace_id
             event.span_id = parent.span_id
-    validate_event(event, now_seconds=now_seconds, limits=limits)
-    return event
+    structs = validate_event(event, now_seconds=now_seconds, limits=limits)
+    return DecodedEvent(event, content_from_event(event, structs))

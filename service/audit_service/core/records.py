@@ -15,12 +15,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import uuid
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from audit.v1 import event_pb2
-from google.protobuf import struct_pb2
+from audit_client.validation import StructValues, struct_to_python
 
 CANONICAL_VERSION = "audit.v1/1"
 GENESIS_HASH = bytes(32)
@@ -75,33 +75,10 @@ _TEXT_INDEXES = tuple(
     for i, name in enumerate(CONTENT_COLUMNS)
     if name not in _STRUCT_COLUMNS and name not in _INT_COLUMNS and name not in ("event_id", "occurred_at")
 )
-_EVENT_ID_INDEX = CONTENT_COLUMNS.index("event_id")
 _OCCURRED_AT_INDEX = CONTENT_COLUMNS.index("occurred_at")
 
 Content = tuple[Any, ...]
 """Values of CONTENT_COLUMNS in canonical form: str ("" for empty), int, dict | None, occurred_at in µs."""
-
-
-def _value_to_python(value: struct_pb2.Value) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "number_value":
-        return value.number_value + 0.0  # folds -0.0 into 0.0, which jsonb cannot keep apart
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "struct_value":
-        return {key: _value_to_python(item) for key, item in value.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_value_to_python(item) for item in value.list_value.values]
-    return None
-
-
-def struct_to_python(struct: struct_pb2.Struct) -> dict[str, Any] | None:
-    """Converts a Struct to plain Python (numbers as floats); an empty Struct is None."""
-    if not struct.fields:
-        return None
-    return {key: _value_to_python(value) for key, value in struct.fields.items()}
 
 
 def normalize_json(value: Any) -> Any:
@@ -127,46 +104,58 @@ def micros_to_datetime(micros: int) -> dt.datetime:
     return EPOCH + dt.timedelta(microseconds=micros)
 
 
-def content_from_event(event: event_pb2.AuditEvent) -> Content:
-    """The canonical content of a validated event (occurred_at is truncated to microseconds)."""
-    actor = event.actor
-    resource = event.resource
-    parent = event.parent_resource
-    request = event.request
+_scalar_content = operator.attrgetter(
+    "event_id",
+    "tenant",
+    "action",
+    "outcome",
+    "actor.id",
+    "actor.type",
+    "actor.slug",
+    "actor.display_name",
+    "actor.email",
+    "actor.pat_name",
+    "actor.controller_name",
+    "actor.external_identity_slug",
+    "resource.type",
+    "resource.id",
+    "resource.name",
+    "resource.fqn",
+    "parent_resource.type",
+    "parent_resource.id",
+    "parent_resource.name",
+    "parent_resource.fqn",
+    "request.route",
+    "request.method",
+    "request.ip_address",
+    "request.user_agent",
+    "cluster_id",
+    "workspace_id",
+    "message",
+)
+"""Reads the content columns before the Structs, in CONTENT_COLUMNS order, in one call."""
+_trace_content = operator.attrgetter("trace_id", "span_id")
+
+
+def content_from_event(event: event_pb2.AuditEvent, structs: StructValues | None = None) -> Content:
+    """The canonical content of a validated event (occurred_at is truncated to microseconds).
+
+    Args:
+        event: the event, validated.
+        structs: its Struct fields as plain Python, as returned by validate_event (converted here if None).
+    """
+    if structs is None:
+        structs = StructValues(
+            struct_to_python(event.metadata, "metadata"),
+            struct_to_python(event.change.before, "change.before"),
+            struct_to_python(event.change.after, "change.after"),
+        )
+    occurred = event.occurred_at
     return (
-        event.event_id,
-        event.tenant,
-        event.action,
-        event.outcome,
-        actor.id,
-        actor.type,
-        actor.slug,
-        actor.display_name,
-        actor.email,
-        actor.pat_name,
-        actor.controller_name,
-        actor.external_identity_slug,
-        resource.type,
-        resource.id,
-        resource.name,
-        resource.fqn,
-        parent.type,
-        parent.id,
-        parent.name,
-        parent.fqn,
-        request.route,
-        request.method,
-        request.ip_address,
-        request.user_agent,
-        event.cluster_id,
-        event.workspace_id,
-        event.message,
-        struct_to_python(event.metadata),
-        struct_to_python(event.change.before),
-        struct_to_python(event.change.after),
-        timestamp_micros(event.occurred_at.seconds, event.occurred_at.nanos),
-        event.trace_id,
-        event.span_id,
+        *_scalar_content(event),
+        *structs,
+        timestamp_micros(occurred.seconds, occurred.nanos),
+        *_trace_content(event),
     )
 
 
@@ -207,7 +196,6 @@ def log_row(
     for index in _STRUCT_INDEXES:
         if values[index] is not None:
             values[index] = json.dumps(values[index], ensure_ascii=False, allow_nan=False)
-    values[_EVENT_ID_INDEX] = uuid.UUID(values[_EVENT_ID_INDEX])
     values[_OCCURRED_AT_INDEX] = micros_to_datetime(values[_OCCURRED_AT_INDEX])
     return (position, recorded_at, *values, prev_hash, hash_)
 

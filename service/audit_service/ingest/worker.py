@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import asyncpg
 import nats.errors
 import nats.js.errors
-from audit.v1 import event_pb2
 from audit_client.errors import InvalidEventError
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -20,7 +19,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 
 from ..config import Config
-from ..core.decode import decode_event
+from ..core.decode import DecodedEvent, decode_event
+from ..core.records import Content
 from ..core.tracecontext import parse_traceparent
 from ..errors import UnavailableError
 from ..store.append import AppendResult, LogAppender
@@ -108,18 +108,18 @@ class IngestWorker:
         """Handles one fetched batch end to end."""
         now = time.time()
         limits = self._config.ingest.limits
-        accepted: list[tuple[Msg, event_pb2.AuditEvent]] = []
+        accepted: list[tuple[Msg, DecodedEvent]] = []
         refused: list[_Refusal] = []
         for msg in msgs:
             try:
-                event = decode_event(msg.data, msg.headers, now_seconds=now, limits=limits)
+                decoded = decode_event(msg.data, msg.headers, now_seconds=now, limits=limits)
             except InvalidEventError as error:
                 refused.append(_Refusal(msg, error.reason, error.field, error.detail))
             except Exception as error:  # a decoder bug must not wedge the stream: keep the message aside
                 log.exception("unexpected error decoding stream sequence %s", msg.metadata.sequence.stream)
                 refused.append(_Refusal(msg, "undecodable", "", f"{type(error).__name__}: {error}"))
             else:
-                accepted.append((msg, event))
+                accepted.append((msg, decoded))
         with tracer.start_as_current_span(
             "audit.ingest batch",
             kind=SpanKind.CONSUMER,
@@ -132,13 +132,13 @@ class IngestWorker:
                 await self._dead_letter(refused)
         self.stats.batches += 1
 
-    async def _append_isolating_rejects(self, accepted: list[tuple[Msg, event_pb2.AuditEvent]]) -> list[_Refusal]:
+    async def _append_isolating_rejects(self, accepted: list[tuple[Msg, DecodedEvent]]) -> list[_Refusal]:
         """Appends and acks; when the database rejects the batch, halves it to find and refuse the culprits."""
         try:
-            result = await self._append_with_retry([msg for msg, _ in accepted], [event for _, event in accepted])
+            result = await self._append_with_retry([msg for msg, _ in accepted], [d.content for _, d in accepted])
         except _EVENT_ERRORS as error:
             if len(accepted) == 1:
-                log.warning("database refused event %s: %s", accepted[0][1].event_id, error)
+                log.warning("database refused event %s: %s", accepted[0][1].event.event_id, error)
                 return [_Refusal(accepted[0][0], "rejected_by_storage", "", f"{type(error).__name__}: {error}")]
             middle = len(accepted) // 2
             return [
@@ -152,12 +152,12 @@ class IngestWorker:
             self.stats.last_position = result.last_position
         return []
 
-    async def _append_with_retry(self, msgs: Sequence[Msg], events: Sequence[event_pb2.AuditEvent]) -> AppendResult:
+    async def _append_with_retry(self, msgs: Sequence[Msg], contents: Sequence[Content]) -> AppendResult:
         attempt = 0
         while True:
             try:
                 async with acquire(self._pool) as conn:
-                    return await self._appender.append(conn, events)
+                    return await self._appender.append(conn, contents)
             except _EVENT_ERRORS:
                 raise
             except Exception as error:
@@ -166,7 +166,7 @@ class IngestWorker:
                 log.log(
                     logging.WARNING if isinstance(error, UnavailableError | OSError) else logging.ERROR,
                     "append of %d events failed (%s: %s); retrying in %.1f s",
-                    len(events),
+                    len(contents),
                     type(error).__name__,
                     error,
                     delay,

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
-from audit.v1 import event_pb2
 
-from ..core.records import GENESIS_HASH, LOG_COLUMNS, Content, content_from_event, seal
+from ..core.records import GENESIS_HASH, LOG_COLUMNS, Content, seal
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +82,19 @@ class LogAppender:
                 log.debug("partition %s is in place", name)
                 self._ensured_months.add(month)
 
-    async def append(self, conn: asyncpg.Connection, events: Sequence[event_pb2.AuditEvent]) -> AppendResult:
+    async def append(self, conn: asyncpg.Connection, contents: Sequence[Content]) -> AppendResult:
         """Stores the events not stored yet, in one transaction, in the given order.
+
+        Args:
+            conn: a connection of the service role.
+            contents: canonical contents of validated events (core.decode / core.records).
 
         Idempotent on event_id: events already in the log (whenever they were stored) and repeats within
         the batch are skipped and counted as duplicates.
         """
         batch: dict[str, Content] = {}
-        for event in events:
-            batch.setdefault(event.event_id, content_from_event(event))
+        for content in contents:
+            batch.setdefault(content[0], content)
         await self.ensure_partitions(conn, dt.datetime.now(dt.UTC))
         try:
             result = await self._append_once(conn, batch)
@@ -107,7 +109,7 @@ class LogAppender:
             prev_position=result.prev_position,
             last_position=result.last_position,
             recorded_at=result.recorded_at,
-            duplicates=len(events) - result.appended,
+            duplicates=len(contents) - result.appended,
             positions=result.positions,
         )
 
@@ -135,7 +137,7 @@ class LogAppender:
                 chain_heads[tenant] = digest
                 tenant_last_position[tenant] = position
                 rows.append(row)
-                id_rows.append((uuid.UUID(event_id), position, recorded_at))
+                id_rows.append((event_id, position, recorded_at))
                 positions[event_id] = position
             if not rows:
                 return AppendResult(prev_position, prev_position, None, len(batch), {})
