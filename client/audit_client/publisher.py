@@ -61,7 +61,8 @@ class Publisher:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self._nc = nc
-        self._js = nc.jetstream()
+        # Acknowledgements of publish_async come back on one shared inbox: far cheaper than a request each.
+        self._js = nc.jetstream(publish_async_max_pending=max_in_flight)
         self._owns_connection = owns_connection
         self._subject_prefix = subject_prefix
         self._in_flight = asyncio.Semaphore(max_in_flight)
@@ -82,7 +83,9 @@ class Publisher:
         if not prepared.event_id:
             prepared.event_id = new_event_id()
         if not prepared.HasField("occurred_at"):
-            prepared.occurred_at.GetCurrentTime()
+            seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+            prepared.occurred_at.seconds = seconds
+            prepared.occurred_at.nanos = nanos
         headers: dict[str, str] = {}
         span_context = trace.get_current_span().get_span_context()
         if span_context.is_valid:
@@ -113,7 +116,8 @@ class Publisher:
         subject = f"{self._subject_prefix}.{prepared.tenant}"
         async with self._in_flight:
             try:
-                ack = await self._js.publish(subject, payload, timeout=self._ack_timeout, headers=headers)
+                pending = await self._js.publish_async(subject, payload, headers=headers)
+                ack = await asyncio.wait_for(pending, self._ack_timeout)
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as error:
                 raise PublishError(prepared.event_id, f"{type(error).__name__}: {error}") from error
         return PublishAck(

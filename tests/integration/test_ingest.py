@@ -7,6 +7,8 @@ import dataclasses
 import itertools
 
 import asyncpg
+import audit_client
+import pytest
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import event_pb2
 from audit_client import Limits
@@ -202,3 +204,10 @@ async def test_an_event_the_database_rejects_is_isolated_and_dead_lettered_alone
     assert dead.headers["Audit-Original-Msg-Id"] == acks[17].event_id
     stored = {row["id"] for row in await owner.fetch("SELECT event_id::text AS id FROM audit_events")}
     assert stored == {ack.event_id for i, ack in enumerate(acks) if i != 17}
+
+
+async def test_publishing_where_no_stream_listens_is_a_publish_error_not_a_hang(nats_url):
+    async with audit_client.connect(nats_url, subject_prefix="nobody.listens", ack_timeout=2) as lonely:
+        with pytest.raises(audit_client.PublishError) as error:
+            await lonely.publish(make_event())
+    assert error.value.event_id and "NoStreamResponseError" in str(error.value)

@@ -26,6 +26,7 @@ from ..errors import UnavailableError
 from ..store.append import AppendResult, LogAppender
 from ..store.pool import acquire
 from .dead_letter import dead_letter_headers
+from .pull import PullReader
 from .streams import provision
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,14 @@ class IngestWorker:
         """Ingests until `stop` is set; the batch in hand when it is set is finished, committed and acked."""
         nats_config, ingest = self._config.nats, self._config.ingest
         await provision(self._js, nats_config, ingest)
-        subscription = await self._js.pull_subscribe_bind(durable=ingest.durable, stream=nats_config.events_stream)
+        reader = PullReader(
+            self._nc,
+            nats_config.events_stream,
+            ingest.durable,
+            batch_size=ingest.batch_size,
+            expires=ingest.fetch_timeout_seconds,
+        )
+        await reader.start()
         log.info(
             "ingest worker consuming %s.> as %s (batch %d)",
             nats_config.events_subject_prefix,
@@ -80,14 +88,13 @@ class IngestWorker:
         )
         if ready is not None:
             ready.set()
-        while not stop.is_set():
-            try:
-                msgs = await subscription.fetch(ingest.batch_size, timeout=ingest.fetch_timeout_seconds)
-            except TimeoutError:  # nothing to fetch (nats.errors.TimeoutError is one too)
-                continue
-            except (nats.errors.Error, nats.js.errors.Error, OSError) as error:
-                log.warning("fetch failed (%s: %s); retrying", type(error).__name__, error)
-                await asyncio.sleep(0.5)
+        while True:
+            if stop.is_set():
+                reader.close()  # what was requested still arrives, and is committed and acked below
+                if not reader.draining:
+                    break
+            msgs = await reader.next_batch(ingest.fetch_timeout_seconds)
+            if not msgs:
                 continue
             try:
                 # Shielded: a cancellation must not abandon a batch between COMMIT and the acks.
@@ -96,7 +103,7 @@ class IngestWorker:
                 # Unacknowledged messages come back after ack_wait; appending them again is harmless.
                 log.warning("batch not finished (%s: %s); it will be redelivered", type(error).__name__, error)
                 await asyncio.sleep(0.5)
-        await subscription.unsubscribe()
+        await reader.stop()
         log.info(
             "ingest worker stopped: %d appended, %d duplicates, %d dead-lettered",
             self.stats.appended,
