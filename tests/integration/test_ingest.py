@@ -211,3 +211,48 @@ async def test_publishing_where_no_stream_listens_is_a_publish_error_not_a_hang(
         with pytest.raises(audit_client.PublishError) as error:
             await lonely.publish(make_event())
     assert error.value.event_id and "NoStreamResponseError" in str(error.value)
+
+
+async def test_the_worker_recovers_when_its_consumer_is_deleted(publisher, start_worker, owner, nc, config):
+    await start_worker()
+    first = [await publisher.publish(make_event()) for _ in range(10)]
+    await eventually(lambda: _count_is(owner, 10), what="events stored before the consumer is deleted")
+    await nc.jetstream().delete_consumer(config.nats.events_stream, config.ingest.durable)
+    second = [await publisher.publish(make_event()) for _ in range(10)]
+    await eventually(lambda: _count_is(owner, 20), what="events stored after the worker re-provisioned")
+    # The new consumer starts from the beginning of the stream: the first ten come again, and are not stored twice.
+    await asyncio.sleep(0.5)
+    stored = [row["id"] for row in await owner.fetch("SELECT event_id::text AS id FROM audit_events")]
+    assert sorted(stored) == sorted(ack.event_id for ack in first + second)
+
+
+@pytest.fixture(scope="session")
+def span_exporter():
+    """Spans of this process (the in-process worker's among them), kept in memory."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+async def test_the_ingest_span_links_to_the_producer_span(span_exporter, publisher, start_worker, owner):
+    from opentelemetry import trace
+
+    await start_worker()
+    with trace.get_tracer("producer").start_as_current_span("create-api-key") as producer_span:
+        await publisher.publish(make_event())
+    await eventually(lambda: _count_is(owner, 1), what="event stored")
+    producer = producer_span.get_span_context()
+
+    async def linked() -> bool:
+        return any(
+            span.name == "audit.ingest batch" and any(link.context.span_id == producer.span_id for link in span.links)
+            for span in span_exporter.get_finished_spans()
+        )
+
+    await eventually(linked, what="an ingest span linked to the producer's span")

@@ -22,7 +22,7 @@ from nats.aio.subscription import Subscription
 log = logging.getLogger(__name__)
 
 _STATUS = "Status"
-_REQUEST_ENDED = frozenset({"404", "408", "409"})  # no messages, request expired, request refused
+_REQUEST_ENDED = frozenset({"404", "408", "409", "503"})  # no messages, expired, refused, no such consumer
 
 
 class PullReader:
@@ -40,7 +40,10 @@ class PullReader:
         self._outstanding = 0
         """Messages the pending pull request may still deliver (0: no request pending)."""
         self._requested_at = 0.0
+        self._paused_until = 0.0
         self._closing = False
+        self.refused = False
+        """Set when the server refused a request (consumer gone, limits): the owner should re-provision."""
 
     async def start(self) -> None:
         self._subscription = await self._nc.subscribe(self._inbox, cb=self._on_message)
@@ -51,8 +54,10 @@ class PullReader:
             self._buffer.append(msg)
             self._outstanding -= 1
         elif status in _REQUEST_ENDED:
-            if status == "409":
+            if status in ("409", "503"):
                 log.warning("pull request refused: %s", msg.headers.get("Description", ""))
+                self.refused = True
+                self._paused_until = asyncio.get_running_loop().time() + 1.0  # no tight loop of refusals
             self._outstanding = 0
         else:
             return  # heartbeats and other control messages
@@ -64,6 +69,8 @@ class PullReader:
     async def _request_more(self) -> None:
         """Asks for the next batch when no request is pending and less than a batch is buffered."""
         if self._closing or self._outstanding or len(self._buffer) >= self._batch_size:
+            return
+        if asyncio.get_running_loop().time() < self._paused_until:
             return
         self._outstanding = self._batch_size
         self._requested_at = asyncio.get_running_loop().time()

@@ -93,6 +93,9 @@ class IngestWorker:
                 reader.close()  # what was requested still arrives, and is committed and acked below
                 if not reader.draining:
                     break
+            if reader.refused and not stop.is_set():
+                reader.refused = False
+                await self._reprovision()
             msgs = await reader.next_batch(ingest.fetch_timeout_seconds)
             if not msgs:
                 continue
@@ -110,6 +113,13 @@ class IngestWorker:
             self.stats.duplicates,
             self.stats.dead_lettered,
         )
+
+    async def _reprovision(self) -> None:
+        """Brings back the streams and the consumer (deleted, or the server lost its state)."""
+        try:
+            await provision(self._js, self._config.nats, self._config.ingest)
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as error:
+            log.warning("re-provisioning failed (%s: %s); will retry", type(error).__name__, error)
 
     async def process(self, msgs: Sequence[Msg]) -> None:
         """Handles one fetched batch end to end."""
