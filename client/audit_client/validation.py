@@ -54,31 +54,34 @@ _UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 _IPV4_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _CANONICAL_IPV4 = re.compile(rf"(?:{_IPV4_OCTET}\.){{3}}{_IPV4_OCTET}")
 
+_SUBJECT_TEXT = ("id", "slug", "display_name", "email", "pat_name", "controller_name", "external_identity_slug")
+_RESOURCE_TEXT = ("type", "id", "name", "fqn")
+_REQUEST_TEXT = ("route", "method", "ip_address", "user_agent")
+subject_texts = operator.attrgetter(*_SUBJECT_TEXT)
+resource_texts = operator.attrgetter(*_RESOURCE_TEXT)
+request_texts = operator.attrgetter(*_REQUEST_TEXT)
 _TEXT_FIELDS = (
-    "actor.id",
-    "actor.slug",
-    "actor.display_name",
-    "actor.email",
-    "actor.pat_name",
-    "actor.controller_name",
-    "actor.external_identity_slug",
-    "resource.type",
-    "resource.id",
-    "resource.name",
-    "resource.fqn",
-    "parent_resource.type",
-    "parent_resource.id",
-    "parent_resource.name",
-    "parent_resource.fqn",
-    "request.route",
-    "request.method",
-    "request.ip_address",
-    "request.user_agent",
+    *(f"actor.{name}" for name in _SUBJECT_TEXT),
+    *(f"resource.{name}" for name in _RESOURCE_TEXT),
+    *(f"parent_resource.{name}" for name in _RESOURCE_TEXT),
+    *(f"request.{name}" for name in _REQUEST_TEXT),
     "cluster_id",
     "workspace_id",
 )
 """Short text fields, limited to Limits.max_text_chars."""
-_text_values = operator.attrgetter(*_TEXT_FIELDS)
+
+
+def _text_values(event: event_pb2.AuditEvent) -> tuple[str, ...]:
+    # One attribute lookup per sub-message: each `event.actor` builds a new wrapper object.
+    return (
+        *subject_texts(event.actor),
+        *resource_texts(event.resource),
+        *resource_texts(event.parent_resource),
+        *request_texts(event.request),
+        event.cluster_id,
+        event.workspace_id,
+    )
+
 
 JsonValue = Any
 """A Struct value as plain Python: dict, list, str, float, bool or None."""

@@ -20,7 +20,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from audit.v1 import event_pb2
-from audit_client.validation import StructValues, struct_to_python
+from audit_client.validation import (
+    StructValues,
+    request_texts,
+    resource_texts,
+    struct_to_python,
+    subject_texts,
+)
 
 CANONICAL_VERSION = "audit.v1/1"
 GENESIS_HASH = bytes(32)
@@ -104,36 +110,8 @@ def micros_to_datetime(micros: int) -> dt.datetime:
     return EPOCH + dt.timedelta(microseconds=micros)
 
 
-_scalar_content = operator.attrgetter(
-    "event_id",
-    "tenant",
-    "action",
-    "outcome",
-    "actor.id",
-    "actor.type",
-    "actor.slug",
-    "actor.display_name",
-    "actor.email",
-    "actor.pat_name",
-    "actor.controller_name",
-    "actor.external_identity_slug",
-    "resource.type",
-    "resource.id",
-    "resource.name",
-    "resource.fqn",
-    "parent_resource.type",
-    "parent_resource.id",
-    "parent_resource.name",
-    "parent_resource.fqn",
-    "request.route",
-    "request.method",
-    "request.ip_address",
-    "request.user_agent",
-    "cluster_id",
-    "workspace_id",
-    "message",
-)
-"""Reads the content columns before the Structs, in CONTENT_COLUMNS order, in one call."""
+_head_content = operator.attrgetter("event_id", "tenant", "action", "outcome")
+_tail_content = operator.attrgetter("cluster_id", "workspace_id", "message")
 _trace_content = operator.attrgetter("trace_id", "span_id")
 
 
@@ -150,9 +128,17 @@ def content_from_event(event: event_pb2.AuditEvent, structs: StructValues | None
             struct_to_python(event.change.before, "change.before"),
             struct_to_python(event.change.after, "change.after"),
         )
+    actor = event.actor
     occurred = event.occurred_at
     return (
-        *_scalar_content(event),
+        *_head_content(event),
+        actor.id,
+        actor.type,
+        *subject_texts(actor)[1:],
+        *resource_texts(event.resource),
+        *resource_texts(event.parent_resource),
+        *request_texts(event.request),
+        *_tail_content(event),
         *structs,
         timestamp_micros(occurred.seconds, occurred.nanos),
         *_trace_content(event),
