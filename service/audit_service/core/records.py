@@ -29,6 +29,9 @@ from audit_client.validation import (
 )
 
 CANONICAL_VERSION = "audit.v1/1"
+# Built once: json.dumps with options constructs a new encoder on every call.
+_CANONICAL_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
+_JSONB_TEXT = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 GENESIS_HASH = bytes(32)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
@@ -164,7 +167,7 @@ def content_from_row(row: Mapping[str, Any]) -> Content:
 def canonical_bytes(position: int, recorded_at_micros: int, content: Content) -> bytes:
     """The bytes the hash chain covers for one event."""
     document = [CANONICAL_VERSION, position, recorded_at_micros, *content]
-    return json.dumps(document, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    return _CANONICAL_JSON.encode(document).encode()
 
 
 def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:
@@ -181,7 +184,7 @@ def log_row(
             values[index] = None
     for index in _STRUCT_INDEXES:
         if values[index] is not None:
-            values[index] = json.dumps(values[index], ensure_ascii=False, allow_nan=False)
+            values[index] = _JSONB_TEXT.encode(values[index])
     values[_OCCURRED_AT_INDEX] = micros_to_datetime(values[_OCCURRED_AT_INDEX])
     return (position, recorded_at, *values, prev_hash, hash_)
 
