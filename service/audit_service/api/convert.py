@@ -17,6 +17,15 @@ def _set_timestamp(target: Any, micros: int) -> None:
     target.nanos = remainder * 1000
 
 
+def _resource(row: asyncpg.Record, prefix: str) -> event_pb2.Resource:
+    return event_pb2.Resource(
+        type=row[f"{prefix}_type"] or "",
+        id=row[f"{prefix}_id"] or "",
+        name=row[f"{prefix}_name"] or "",
+        fqn=row[f"{prefix}_fqn"] or "",
+    )
+
+
 def row_to_event(row: asyncpg.Record) -> event_pb2.AuditEvent:
     """The stored event as an AuditEvent, with the service-set fields filled."""
     event = event_pb2.AuditEvent(
@@ -34,18 +43,8 @@ def row_to_event(row: asyncpg.Record) -> event_pb2.AuditEvent:
             controller_name=row["actor_controller_name"] or "",
             external_identity_slug=row["actor_external_identity_slug"] or "",
         ),
-        resource=event_pb2.Resource(
-            type=row["resource_type"] or "",
-            id=row["resource_id"] or "",
-            name=row["resource_name"] or "",
-            fqn=row["resource_fqn"] or "",
-        ),
-        parent_resource=event_pb2.Resource(
-            type=row["parent_resource_type"] or "",
-            id=row["parent_resource_id"] or "",
-            name=row["parent_resource_name"] or "",
-            fqn=row["parent_resource_fqn"] or "",
-        ),
+        resource=_resource(row, "resource"),
+        parent_resource=_resource(row, "parent_resource"),
         request=event_pb2.RequestContext(
             route=row["request_route"] or "",
             method=row["request_method"] or "",

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .processes import port_is_open, wait_until
+from .processes import port_is_open, stop_process, wait_until
 
 
 def nats_server_binary() -> str:
@@ -67,13 +67,7 @@ class NatsServer:
     def stop(self, timeout: float = 10.0) -> None:
         if self._process is None:
             return
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process, signal.SIGTERM, timeout)
         self._process = None
 
     def kill(self) -> None:

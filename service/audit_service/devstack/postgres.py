@@ -11,7 +11,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from .processes import make_traversable, port_is_open, wait_until
+from .processes import make_traversable, port_is_open, stop_process, wait_until
 
 SUPERUSER = "postgres"
 _SERVER_USER = "audit-postgres"  # PostgreSQL will not run as root; when we are root it runs as this user
@@ -133,13 +133,7 @@ class EmbeddedPostgres:
         """Fast shutdown: rolls back open transactions, disconnects clients."""
         if self._process is None:
             return
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGINT)
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process, signal.SIGINT, timeout)
         self._process = None
 
     def kill(self) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,3 +45,14 @@ def make_traversable(path: Path) -> None:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
             os.chmod(parent, mode | stat.S_IXOTH)
+
+
+def stop_process(process: subprocess.Popen[bytes], stop_signal: signal.Signals, timeout: float) -> None:
+    """Sends `stop_signal` and waits; SIGKILL if the process is still there after `timeout` seconds."""
+    if process.poll() is None:
+        process.send_signal(stop_signal)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
