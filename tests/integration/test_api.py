@@ -143,3 +143,15 @@ async def test_a_database_outage_is_unavailable_not_internal(api, stored, postgr
         await admin.execute(f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS true')
         await admin.close()
     assert len((await api.ListEvents(request(page_size=1))).events) == 1, "recovers once the database is back"
+
+
+async def test_absent_parts_of_an_event_stay_unset(api, database):
+    event = stamp(make_event())
+    event.ClearField("parent_resource")
+    event.ClearField("request")
+    conn = await asyncpg.connect(database.app_url)
+    await LogAppender().append(conn, [content_of(event)])
+    await conn.close()
+    stored = (await api.GetEvent(pb.GetEventRequest(event_id=event.event_id))).event
+    assert not stored.HasField("parent_resource") and not stored.HasField("request")
+    assert stored.resource == event.resource and stored.actor == event.actor

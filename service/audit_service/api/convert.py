@@ -17,13 +17,21 @@ def _set_timestamp(target: Any, micros: int) -> None:
     target.nanos = remainder * 1000
 
 
-def _resource(row: asyncpg.Record, prefix: str) -> event_pb2.Resource:
-    return event_pb2.Resource(
-        type=row[f"{prefix}_type"] or "",
-        id=row[f"{prefix}_id"] or "",
-        name=row[f"{prefix}_name"] or "",
-        fqn=row[f"{prefix}_fqn"] or "",
-    )
+def _resource(row: asyncpg.Record, prefix: str) -> event_pb2.Resource | None:
+    """The resource, or None when the event has none (so the field stays unset)."""
+    values = [row[f"{prefix}_{name}"] for name in ("type", "id", "name", "fqn")]
+    if not any(values):
+        return None
+    kind, id_, name, fqn = (value or "" for value in values)
+    return event_pb2.Resource(type=kind, id=id_, name=name, fqn=fqn)
+
+
+def _request(row: asyncpg.Record) -> event_pb2.RequestContext | None:
+    values = [row[column] for column in ("request_route", "request_method", "ip_address", "user_agent")]
+    if not any(values):
+        return None
+    route, method, ip_address, user_agent = (value or "" for value in values)
+    return event_pb2.RequestContext(route=route, method=method, ip_address=ip_address, user_agent=user_agent)
 
 
 def row_to_event(row: asyncpg.Record) -> event_pb2.AuditEvent:
@@ -45,12 +53,7 @@ def row_to_event(row: asyncpg.Record) -> event_pb2.AuditEvent:
         ),
         resource=_resource(row, "resource"),
         parent_resource=_resource(row, "parent_resource"),
-        request=event_pb2.RequestContext(
-            route=row["request_route"] or "",
-            method=row["request_method"] or "",
-            ip_address=row["ip_address"] or "",
-            user_agent=row["user_agent"] or "",
-        ),
+        request=_request(row),
         cluster_id=row["cluster_id"] or "",
         workspace_id=row["workspace_id"] or "",
         message=row["message"] or "",

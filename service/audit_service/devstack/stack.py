@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,8 @@ def banner(config: Config, settings: DevSettings, grpc_port: int, nats_url: str,
     host, _ = parse_grpc_address(config.api.grpc_address)
     reach = "127.0.0.1" if host in ("0.0.0.0", "[::]", "::") else host
     target = f"{reach}:{grpc_port}"
+    beside_python = Path(sys.executable).parent / "grpcurl"  # installed by the dev extras
+    grpcurl = str(beside_python) if beside_python.exists() else "grpcurl"
     return "\n".join(
         [
             "audit-service dev: ready",
@@ -63,9 +66,9 @@ def banner(config: Config, settings: DevSettings, grpc_port: int, nats_url: str,
             f"  PostgreSQL {config.database.url}  (owner: {owner_url})",
             f"  data       {settings.data_dir.resolve()}",
             "try:",
-            f"  grpcurl -plaintext {target} list",
-            f"  grpcurl -plaintext -d '{{\"page_size\": 5}}' {target} audit.v1.AuditService/ListEvents",
-            f"  grpcurl -plaintext {target} grpc.health.v1.Health/Check",
+            f"  {grpcurl} -plaintext {target} list",
+            f"  {grpcurl} -plaintext -d '{{\"page_size\": 5}}' {target} audit.v1.AuditService/ListEvents",
+            f"  {grpcurl} -plaintext {target} grpc.health.v1.Health/Check",
             "Ctrl-C stops everything.",
         ]
     )
