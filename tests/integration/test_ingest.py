@@ -8,10 +8,12 @@ import itertools
 
 import asyncpg
 import audit_client
+import nats
 import pytest
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import event_pb2
 from audit_client import Limits
+from audit_service.ingest.streams import provision
 from google.protobuf import json_format
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -256,3 +258,16 @@ async def test_the_ingest_span_links_to_the_producer_span(span_exporter, publish
         )
 
     await eventually(linked, what="an ingest span linked to the producer's span")
+
+
+async def test_failed_sends_give_their_in_flight_slot_back(nats_url, config):
+    nc = await nats.connect(nats_url)
+    publisher = audit_client.Publisher(
+        nc, owns_connection=False, subject_prefix=config.nats.events_subject_prefix, max_in_flight=2, ack_timeout=1
+    )
+    await provision(nc.jetstream(), config.nats, config.ingest)
+    await publisher.publish(make_event())  # the acknowledgement inbox is in place
+    await nc.close()  # every send now fails after the publish has taken its slot
+    for _ in range(5):  # more failures than slots: a leaked slot would make the third one stall
+        with pytest.raises(audit_client.PublishError, match="ConnectionClosedError"):
+            await asyncio.wait_for(publisher.publish(make_event()), 5)
