@@ -155,3 +155,13 @@ async def test_absent_parts_of_an_event_stay_unset(api, database):
     stored = (await api.GetEvent(pb.GetEventRequest(event_id=event.event_id))).event
     assert not stored.HasField("parent_resource") and not stored.HasField("request")
     assert stored.resource == event.resource and stored.actor == event.actor
+
+
+async def test_health_watch_streams_the_status(api):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{api.port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="audit.v1.AuditService")
+        )
+        first = await watch.read()
+        watch.cancel()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING

@@ -6,6 +6,7 @@ else is logged with its traceback here and reaches the client as INTERNAL with a
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,7 +45,7 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error (ref {reference})"
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _wrap_coroutine(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request: Any, context: aio.ServicerContext) -> Any:
         try:
             return await behavior(request, context)
@@ -82,13 +83,16 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
             return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
+                _wrap_coroutine(handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
+            behavior = handler.unary_stream
+            # Async generators yield their responses; coroutines (grpc's Health.Watch) use context.write().
+            wrapped = _wrap_stream(behavior) if inspect.isasyncgenfunction(behavior) else _wrap_coroutine(behavior)
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
+                wrapped,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
