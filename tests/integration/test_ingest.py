@@ -271,3 +271,50 @@ async def test_failed_sends_give_their_in_flight_slot_back(nats_url, config):
     for _ in range(5):  # more failures than slots: a leaked slot would make the third one stall
         with pytest.raises(audit_client.PublishError, match="ConnectionClosedError"):
             await asyncio.wait_for(publisher.publish(make_event()), 5)
+
+
+async def test_a_producer_status_header_does_not_hide_its_message(publisher, nc, config, start_worker, owner):
+    await start_worker()
+    js = nc.jetstream()
+    subject = f"{config.nats.events_subject_prefix}.acme"
+    for status in ("100", "408", "409"):  # what server status messages carry; here from a producer
+        await js.publish(subject, b"", headers={"Status": status, "Description": "not really"})
+    await eventually(lambda: _stream_has(js, config.nats.dead_stream, 3), what="the three messages dead-lettered")
+    after = await publisher.publish(make_event())
+    await eventually(lambda: _count_is(owner, 1), what="ingest carries on")
+    assert await owner.fetchval("SELECT event_id::text FROM audit_events") == after.event_id
+
+
+async def test_stopping_during_a_database_outage_hands_the_batch_back(
+    publisher, start_worker, owner, postgres, database, config
+):
+    worker = await start_worker()
+    admin = await asyncpg.connect(postgres.superuser_url)
+    try:
+        await admin.execute(f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND usename <> 'postgres'",
+            database.name,
+        )
+        acks = [await publisher.publish(make_event()) for _ in range(30)]
+        await asyncio.sleep(1)  # the worker holds them and retries
+        stopped = await asyncio.wait_for(worker.shutdown(), 15)  # it must not wait for the database
+        assert stopped.stats.appended == 0
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS true')
+        await admin.close()
+    await start_worker()
+    await eventually(lambda: _count_is(owner, 30), what="the handed-back events stored by the next worker")
+    stored = {row["id"] for row in await owner.fetch("SELECT event_id::text AS id FROM audit_events")}
+    assert stored == {ack.event_id for ack in acks}
+
+
+async def test_a_database_clock_ahead_of_the_worker_gets_its_partition(publisher, start_worker, owner):
+    # recorded_at never goes back: after the database clock once ran three months ahead, appends land there.
+    await owner.execute("UPDATE audit_log_head SET last_recorded_at = now() + interval '3 months'")
+    await start_worker()
+    ack = await publisher.publish(make_event())
+    await eventually(lambda: _count_is(owner, 1), what="event stored in a partition created on demand")
+    recorded_at = await owner.fetchval("SELECT recorded_at FROM audit_events WHERE event_id = $1", ack.event_id)
+    partition = await owner.fetchval("SELECT tableoid::regclass::text FROM audit_events")
+    assert partition == f"audit_events_{recorded_at:%Y_%m}"

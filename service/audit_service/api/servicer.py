@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import audit_service_pb2_grpc as pb_grpc
+from audit_client.validation import TENANT_PATTERN
 from grpc import aio
 
 from ..core.page_token import PageToken, decode_page_token, encode_page_token, query_digest
@@ -28,8 +29,8 @@ def page_size_of(request: pb.ListEventsRequest) -> int:
 
 def _tenant_of(request_filter: pb.EventFilter) -> str:
     tenant = request_filter.tenant
-    if len(tenant) > 63:
-        raise InvalidArgumentError("filter.tenant", "is longer than 63 characters")
+    if tenant and not TENANT_PATTERN.fullmatch(tenant):
+        raise InvalidArgumentError("filter.tenant", f"must match {TENANT_PATTERN.pattern}")
     return tenant
 
 

@@ -46,7 +46,7 @@ def decode_page_token(text: str, expected_digest: str) -> PageToken:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         document = json.loads(raw)
         version, position, digest = document["v"], document["p"], document["q"]
-    except (binascii.Error, ValueError, TypeError, KeyError):
+    except (binascii.Error, ValueError, TypeError, KeyError, RecursionError):
         raise InvalidArgumentError("page_token", "is malformed; pass next_page_token back unchanged") from None
     if (
         version != _VERSION

@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 
 from ..api.server import RunningServer
-from ..config import Config, DatabaseConfig, NatsConfig, parse_grpc_address
+from ..config import Config, DatabaseConfig, parse_grpc_address
 from ..runtime import run_api, run_ingest, run_migrate
 from .nats import NatsServer
 from .postgres import EmbeddedPostgres
@@ -88,7 +88,7 @@ async def run_dev(
         config = dataclasses.replace(
             config,
             database=DatabaseConfig(url=app_url, migrate_url=owner_url, pool_max_size=config.database.pool_max_size),
-            nats=dataclasses.replace(config.nats, url=nats_server.url) if config.nats == NatsConfig() else config.nats,
+            nats=dataclasses.replace(config.nats, url=nats_server.url),
         )
         await run_migrate(config)
         await grant_app_role(owner_url)

@@ -13,6 +13,8 @@ SUBJECT_HEADER = "Audit-Original-Subject"
 SEQUENCE_HEADER = "Audit-Original-Stream-Sequence"
 MSG_ID_HEADER = "Audit-Original-Msg-Id"
 DEAD_AT_HEADER = "Audit-Dead-At"
+BODY_OMITTED_HEADER = "Audit-Original-Body-Omitted"
+_HEADER_OVERHEAD = 64  # "NATS/1.0" line, separators and framing, generously
 
 
 def _header_value(text: str, limit: int = 1000) -> str:
@@ -45,3 +47,19 @@ def dead_letter_headers(msg: Msg, *, reason: str, field: str, detail: str) -> di
         }
     )
     return headers
+
+
+def dead_letter_message(
+    msg: Msg, *, reason: str, field: str, detail: str, max_payload: int
+) -> tuple[bytes, dict[str, str]]:
+    """The dead letter's body and headers: the original bytes, unless they would not fit in one NATS message
+    with the added headers; then the body is left out and a header says where the original still is."""
+    headers = dead_letter_headers(msg, reason=reason, field=field, detail=detail)
+    header_bytes = _HEADER_OVERHEAD + sum(len(key) + len(value) + 4 for key, value in headers.items())
+    if len(msg.data) + header_bytes <= max_payload:
+        return msg.data, headers
+    headers[BODY_OMITTED_HEADER] = (
+        f"{len(msg.data)} bytes do not fit; the original is message {msg.metadata.sequence.stream} "
+        f"of stream {msg.metadata.stream} until that stream's max age"
+    )
+    return b"", headers

@@ -49,7 +49,9 @@ class PullReader:
         self._subscription = await self._nc.subscribe(self._inbox, cb=self._on_message)
 
     async def _on_message(self, msg: Msg) -> None:
-        status = msg.headers.get(_STATUS) if msg.headers and not msg.data else None
+        # Deliveries always carry a $JS.ACK reply subject; server status messages never do (a producer's own
+        # "Status" header must not make its event look like one).
+        status = msg.headers.get(_STATUS) if msg.headers and not msg.data and not msg.reply else None
         if status is None:
             self._buffer.append(msg)
             self._outstanding -= 1

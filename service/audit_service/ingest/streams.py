@@ -53,18 +53,16 @@ def consumer_config(nats_config: NatsConfig, ingest: IngestConfig) -> ConsumerCo
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Creates the stream, or brings an existing one to this configuration."""
+    """Creates the stream when it is missing; an existing one is left as its operators configured it
+    (replicas, limits, placement)."""
     try:
         await js.stream_info(config.name)
     except NotFoundError:
         try:
             await js.add_stream(config)
         except BadRequestError:
-            pass  # another worker created it in the meantime: fall through to the update
-        else:
-            log.info("created stream %s (%s)", config.name, ", ".join(config.subjects or []))
-            return
-    await js.update_stream(config)
+            return  # another worker created it in the meantime
+        log.info("created stream %s (%s)", config.name, ", ".join(config.subjects or []))
 
 
 async def provision(js: JetStreamContext, nats_config: NatsConfig, ingest: IngestConfig) -> None:

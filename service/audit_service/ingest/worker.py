@@ -25,7 +25,7 @@ from ..core.tracecontext import parse_traceparent
 from ..errors import UnavailableError
 from ..store.append import AppendResult, LogAppender
 from ..store.pool import acquire
-from .dead_letter import dead_letter_headers
+from .dead_letter import dead_letter_message
 from .pull import PullReader
 from .streams import provision
 
@@ -57,6 +57,10 @@ class _Refusal:
     detail: str
 
 
+class BatchAbandoned(Exception):
+    """The worker is stopping while the database is unavailable: the batch is handed back to JetStream."""
+
+
 class IngestWorker:
     """Moves events from the AUDIT_EVENTS stream into the log."""
 
@@ -66,11 +70,13 @@ class IngestWorker:
         self._js = nc.jetstream()
         self._pool = pool
         self._appender = LogAppender()
+        self._stop: asyncio.Event | None = None
         self.stats = IngestStats()
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         """Ingests until `stop` is set; the batch in hand when it is set is finished, committed and acked."""
         nats_config, ingest = self._config.nats, self._config.ingest
+        self._stop = stop
         await provision(self._js, nats_config, ingest)
         reader = PullReader(
             self._nc,
@@ -96,7 +102,12 @@ class IngestWorker:
             if reader.refused and not stop.is_set():
                 reader.refused = False
                 await self._reprovision()
-            msgs = await reader.next_batch(ingest.fetch_timeout_seconds)
+            try:
+                msgs = await reader.next_batch(ingest.fetch_timeout_seconds)
+            except (nats.errors.Error, OSError) as error:
+                log.warning("pull request failed (%s: %s); retrying", type(error).__name__, error)
+                await asyncio.sleep(0.5)
+                continue
             if not msgs:
                 continue
             try:
@@ -144,7 +155,10 @@ class IngestWorker:
             attributes={"messaging.system": "nats", "messaging.batch.message_count": len(msgs)},
         ):
             if accepted:
-                refused.extend(await self._append_isolating_rejects(accepted))
+                try:
+                    refused.extend(await self._append_isolating_rejects(accepted))
+                except BatchAbandoned:
+                    log.warning("stopping with the database unavailable: %d events handed back", len(accepted))
             if refused:
                 await self._dead_letter(refused)
         self.stats.batches += 1
@@ -179,6 +193,10 @@ class IngestWorker:
             except _EVENT_ERRORS:
                 raise
             except Exception as error:
+                if self._stop is not None and self._stop.is_set():
+                    # Redelivered at once to another worker rather than holding up the shutdown.
+                    await asyncio.gather(*(msg.nak() for msg in msgs), return_exceptions=True)
+                    raise BatchAbandoned from error
                 delay = _RETRY_BACKOFF_SECONDS[min(attempt, len(_RETRY_BACKOFF_SECONDS) - 1)]
                 attempt += 1
                 log.log(
@@ -197,10 +215,14 @@ class IngestWorker:
         js = self._js
         prefix = self._config.nats.dead_subject_prefix
         for refusal in refused:
-            headers = dead_letter_headers(
-                refusal.msg, reason=refusal.reason, field=refusal.field, detail=refusal.detail
+            body, headers = dead_letter_message(
+                refusal.msg,
+                reason=refusal.reason,
+                field=refusal.field,
+                detail=refusal.detail,
+                max_payload=self._nc.max_payload,
             )
-            await js.publish(f"{prefix}.{refusal.reason}", refusal.msg.data, headers=headers)
+            await js.publish(f"{prefix}.{refusal.reason}", body, headers=headers)
             await refusal.msg.ack()
             self.stats.dead_lettered += 1
             self.stats.dead_reasons[refusal.reason] = self.stats.dead_reasons.get(refusal.reason, 0) + 1

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from ..core.records import GENESIS_HASH, LOG_COLUMNS, Content, seal
+from ..errors import UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ INSERT INTO audit_chain_heads (tenant, last_position, last_hash)
 SELECT * FROM unnest($3::text[], $4::bigint[], $5::bytea[])
 ON CONFLICT (tenant) DO UPDATE SET last_position = excluded.last_position, last_hash = excluded.last_hash
 """
+_DATABASE_NOW = "SELECT greatest(clock_timestamp(), last_recorded_at) FROM audit_log_head"
 _ID_COLUMNS = ("event_id", "position", "recorded_at")
 _NO_PARTITION = "no partition of relation"
 
@@ -101,10 +103,18 @@ class LogAppender:
         except asyncpg.CheckViolationError as error:
             if _NO_PARTITION not in str(error):
                 raise
-            # The clock crossed into a month whose partition another process has not created yet.
+            # recorded_at (the database's clock, never going back) is in a month without a partition, e.g.
+            # because this worker's clock lags the database's: create it for the database's own time.
             self._ensured_months.clear()
-            await self.ensure_partitions(conn, dt.datetime.now(dt.UTC))
-            result = await self._append_once(conn, batch)
+            database_now = await conn.fetchval(_DATABASE_NOW)
+            await self.ensure_partitions(conn, database_now)
+            try:
+                result = await self._append_once(conn, batch)
+            except asyncpg.CheckViolationError as again:
+                if _NO_PARTITION not in str(again):
+                    raise
+                # Not the events' fault: keep them and let the caller retry.
+                raise UnavailableError(f"no partition for recorded_at {database_now.isoformat()}") from again
         return AppendResult(
             prev_position=result.prev_position,
             last_position=result.last_position,
