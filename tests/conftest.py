@@ -6,6 +6,7 @@ Set AUDIT_TEST_POSTGRES_URL (a superuser URL) and/or AUDIT_TEST_NATS_URL to run 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import uuid
@@ -127,6 +128,29 @@ async def owner(database: TestDatabase) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database.owner_url)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+def database_outage(postgres: PostgresCluster, database: TestDatabase):
+    """`async with database_outage():` the test's database refuses the service's connections and drops the
+    open ones (superuser connections, such as `owner`, stay), and is back on exit."""
+
+    @contextlib.asynccontextmanager
+    async def outage() -> AsyncIterator[None]:
+        admin = await asyncpg.connect(postgres.superuser_url)
+        try:
+            await admin.execute(f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND usename = $2",
+                database.name,
+                APP_ROLE,
+            )
+            yield
+        finally:
+            await admin.execute(f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS true')
+            await admin.close()
+
+    return outage
 
 
 @pytest.fixture

@@ -129,19 +129,13 @@ async def test_health_reports_serving(api):
             assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_a_database_outage_is_unavailable_not_internal(api, stored, postgres, database):
-    admin = await asyncpg.connect(postgres.superuser_url)
-    try:
-        await admin.execute(f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS false')
-        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database.name)
+async def test_a_database_outage_is_unavailable_not_internal(api, stored, database_outage):
+    async with database_outage():
         await asyncio.sleep(0.2)
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await api.ListEvents(request())
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "Traceback" not in error.value.details()
-    finally:
-        await admin.execute(f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS true')
-        await admin.close()
     assert len((await api.ListEvents(request(page_size=1))).events) == 1, "recovers once the database is back"
 
 

@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import itertools
 
-import asyncpg
 import audit_client
 import nats
 import pytest
@@ -163,23 +162,14 @@ async def _stream_has(js, stream: str, n: int) -> bool:
 
 
 async def test_the_worker_keeps_its_batch_through_a_database_outage_and_dead_letters_nothing(
-    publisher, start_worker, owner, postgres, database, nc, config
+    publisher, start_worker, owner, database_outage, nc, config
 ):
     await start_worker()
     before = [await publisher.publish(make_event()) for _ in range(20)]
     await eventually(lambda: _count_is(owner, 20), what="events stored before the outage")
-    admin = await asyncpg.connect(postgres.superuser_url)
-    try:
-        await admin.execute(f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS false')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND usename <> 'postgres'",
-            database.name,
-        )
+    async with database_outage():
         during = [await publisher.publish(make_event()) for _ in range(50)]
         await asyncio.sleep(1.5)  # the worker fetches them and fails to store them
-    finally:
-        await admin.execute(f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS true')
-        await admin.close()
     await eventually(lambda: _count_is(owner, 70), what="events published during the outage stored after it")
     stored = [row["id"] for row in await owner.fetch("SELECT event_id::text AS id FROM audit_events")]
     assert sorted(stored) == sorted(ack.event_id for ack in before + during)
@@ -285,24 +275,13 @@ async def test_a_producer_status_header_does_not_hide_its_message(publisher, nc,
     assert await owner.fetchval("SELECT event_id::text FROM audit_events") == after.event_id
 
 
-async def test_stopping_during_a_database_outage_hands_the_batch_back(
-    publisher, start_worker, owner, postgres, database, config
-):
+async def test_stopping_during_a_database_outage_hands_the_batch_back(publisher, start_worker, owner, database_outage):
     worker = await start_worker()
-    admin = await asyncpg.connect(postgres.superuser_url)
-    try:
-        await admin.execute(f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS false')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND usename <> 'postgres'",
-            database.name,
-        )
+    async with database_outage():
         acks = [await publisher.publish(make_event()) for _ in range(30)]
         await asyncio.sleep(1)  # the worker holds them and retries
         stopped = await asyncio.wait_for(worker.shutdown(), 15)  # it must not wait for the database
         assert stopped.stats.appended == 0
-    finally:
-        await admin.execute(f'ALTER DATABASE "{database.name}" WITH ALLOW_CONNECTIONS true')
-        await admin.close()
     await start_worker()
     await eventually(lambda: _count_is(owner, 30), what="the handed-back events stored by the next worker")
     stored = {row["id"] for row in await owner.fetch("SELECT event_id::text AS id FROM audit_events")}
