@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -86,15 +85,20 @@ def nats_url(nats_server: NatsServer | None) -> str:
     return os.environ.get("AUDIT_TEST_NATS_URL") or nats_server.url
 
 
+async def run_as_superuser(postgres: PostgresCluster, statement: str) -> None:
+    """Runs one statement on the cluster's maintenance database (CREATE/DROP DATABASE)."""
+    admin = await asyncpg.connect(postgres.superuser_url)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 async def template_database(postgres: PostgresCluster) -> str:
     """A migrated database that each test's database is copied from (CREATE DATABASE ... TEMPLATE)."""
     name = f"audit_template_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(postgres.superuser_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    await run_as_superuser(postgres, f'CREATE DATABASE "{name}"')
     conn = await asyncpg.connect(postgres.url(name))
     try:
         await migrate(conn)
@@ -109,17 +113,9 @@ async def template_database(postgres: PostgresCluster) -> str:
 @pytest.fixture
 async def database(postgres: PostgresCluster, template_database: str) -> AsyncIterator[TestDatabase]:
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres.superuser_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    finally:
-        await admin.close()
+    await run_as_superuser(postgres, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     yield TestDatabase(name=name, owner_url=postgres.url(name), app_url=postgres.url(name, user=APP_ROLE))
-    admin = await asyncpg.connect(postgres.superuser_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await run_as_superuser(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -254,10 +250,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 30
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f"timed out waiting for: {what}")
         await asyncio.sleep(0.05)
-
-
-def with_env(config: Config, **changes: object) -> Config:
-    return dataclasses.replace(config, **changes)
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             from .devstack.stack import DevSettings, run_dev
 
             if args.grpc_address:
-                config = load_config(env={**_environ(), "AUDIT_GRPC_ADDRESS": args.grpc_address})
+                config = load_config(env={**os.environ, "AUDIT_GRPC_ADDRESS": args.grpc_address})
             settings = DevSettings(data_dir=args.data_dir, nats_port=args.nats_port, postgres_port=args.postgres_port)
             stop = asyncio.Event()
             asyncio.run(_until_signalled(run_dev(config, settings, stop), stop))
@@ -94,12 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     except (StartupError, RuntimeError) as error:
         print(f"audit-service: {error}", file=sys.stderr)
         return 1
-
-
-def _environ() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 if __name__ == "__main__":

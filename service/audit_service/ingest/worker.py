@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 import nats.errors
@@ -41,12 +41,9 @@ _EVENT_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, V
 
 @dataclass(slots=True)
 class IngestStats:
-    batches: int = 0
     appended: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
-    last_position: int = 0
-    dead_reasons: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +158,6 @@ class IngestWorker:
                     log.warning("stopping with the database unavailable: %d events handed back", len(accepted))
             if refused:
                 await self._dead_letter(refused)
-        self.stats.batches += 1
 
     async def _append_isolating_rejects(self, accepted: list[tuple[Msg, DecodedEvent]]) -> list[_Refusal]:
         """Appends and acks; when the database rejects the batch, halves it to find and refuse the culprits."""
@@ -180,8 +176,6 @@ class IngestWorker:
             await msg.ack()  # a buffered write each; no task per message
         self.stats.appended += result.appended
         self.stats.duplicates += result.duplicates
-        if result.appended:
-            self.stats.last_position = result.last_position
         return []
 
     async def _append_with_retry(self, msgs: Sequence[Msg], contents: Sequence[Content]) -> AppendResult:
@@ -225,7 +219,6 @@ class IngestWorker:
             await js.publish(f"{prefix}.{refusal.reason}", body, headers=headers)
             await refusal.msg.ack()
             self.stats.dead_lettered += 1
-            self.stats.dead_reasons[refusal.reason] = self.stats.dead_reasons.get(refusal.reason, 0) + 1
             log.warning(
                 "dead-lettered stream sequence %d to %s.%s: %s%s",
                 refusal.msg.metadata.sequence.stream,

@@ -8,6 +8,7 @@ statement: later statements then run with a snapshot that includes every append 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -54,11 +55,8 @@ class AppendResult:
     """The log's last position before this append."""
     last_position: int
     """The log's last position after it (equal to prev_position when nothing new was stored)."""
-    recorded_at: dt.datetime | None
     duplicates: int
     """Events of the batch that were already stored (or repeated within the batch)."""
-    positions: dict[str, int]
-    """Position of each newly stored event, by event_id."""
 
     @property
     def appended(self) -> int:
@@ -115,13 +113,7 @@ class LogAppender:
                     raise
                 # Not the events' fault: keep them and let the caller retry.
                 raise UnavailableError(f"no partition for recorded_at {database_now.isoformat()}") from again
-        return AppendResult(
-            prev_position=result.prev_position,
-            last_position=result.last_position,
-            recorded_at=result.recorded_at,
-            duplicates=len(contents) - result.appended,
-            positions=result.positions,
-        )
+        return dataclasses.replace(result, duplicates=len(contents) - result.appended)
 
     async def _append_once(self, conn: asyncpg.Connection, batch: dict[str, Content]) -> AppendResult:
         async with conn.transaction():
@@ -135,7 +127,6 @@ class LogAppender:
 
             rows = []
             id_rows = []
-            positions: dict[str, int] = {}
             tenant_last_position: dict[str, int] = {}
             position = prev_position
             for event_id, content in batch.items():
@@ -148,9 +139,8 @@ class LogAppender:
                 tenant_last_position[tenant] = position
                 rows.append(row)
                 id_rows.append((event_id, position, recorded_at))
-                positions[event_id] = position
             if not rows:
-                return AppendResult(prev_position, prev_position, None, len(batch), {})
+                return AppendResult(prev_position, prev_position, 0)
 
             await conn.copy_records_to_table("audit_events", records=rows, columns=LOG_COLUMNS)
             await conn.copy_records_to_table("audit_event_ids", records=id_rows, columns=_ID_COLUMNS)
@@ -163,4 +153,4 @@ class LogAppender:
                 [tenant_last_position[tenant] for tenant in moved],
                 [chain_heads[tenant] for tenant in moved],
             )
-        return AppendResult(prev_position, position, recorded_at, 0, positions)
+        return AppendResult(prev_position, position, 0)
