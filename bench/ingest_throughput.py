@@ -11,14 +11,19 @@ settings: fsync, synchronous_commit and full_page_writes on; nats-server with Je
    `audit_log_head` every 50 ms, sees all N events in the log. Reported: the publish rate (N over the time
    until the last JetStream acknowledgement) and the end-to-end rate N / (t1 - t0).
 
-2. The machine's limit, in the same run: the exact rows the service would store for those events (built
+2. The worker alone, in the same run: the same N events are first published with no worker running (the
+   publish rate alone is reported), then a worker is started on that backlog; its drain rate is timed from
+   the first poll that sees events in the log to the one that sees all N. This is the service's own
+   ingest capacity, with the load generator no longer competing for the same two cores.
+
+3. The machine's limit, in the same run: the exact rows the service would store for those events (built
    with audit_service.core.records before timing starts) are COPYed into the same table, with the same
    indexes and triggers, of another freshly migrated database: once in batches of the worker's batch
    size, each batch in its own transaction (the fair comparison: the worker commits once per batch), and
    once as a single COPY in a single transaction. A CHECKPOINT precedes each timed phase.
    Note the baseline writes audit_events only; the service also writes audit_event_ids and the heads.
 
-3. Commit latency at a steady rate, after the throughput runs (fresh database and streams): events are
+4. Commit latency at a steady rate, after the throughput runs (fresh database and streams): events are
    published at --rate per second for --latency-seconds by a paced loop (publish i is scheduled at
    t_start + i / rate, each in its own task so slow acknowledgements do not slow the pacing). The wall
    time just before each publish is recorded; a dedicated connection polls the log every 5 ms for new
@@ -457,7 +462,11 @@ class RunResult:
     ratio_e2e_to_copy_single: float
     duplicate_acks: int
     dead_lettered: int
+    backlog_publish_events_per_second: float
+    drain_events_per_second: float
+    ratio_drain_to_copy_batched: float
     cpu_seconds_during_e2e: dict[str, float] = field(default_factory=dict)
+    cpu_seconds_during_drain: dict[str, float] = field(default_factory=dict)
 
 
 async def publish_all(publisher: audit_client.Publisher, events: Sequence[event_pb2.AuditEvent]) -> tuple[int, int]:
@@ -538,6 +547,63 @@ async def end_to_end(
     return t_published - t0, t1 - t0, duplicates, dead, cpu_delta(cpu_before, cpu_after)
 
 
+async def backlog_drain(
+    stack: Stack, nc: NatsClient, run: int, events: Sequence[event_pb2.AuditEvent]
+) -> tuple[float, float, dict[str, float]]:
+    """The ingest worker's own rate, without the load generator competing for the cores.
+
+    All N events are published (through the client) while the worker is stopped; then the worker is started
+    and the log polled. Returns (publish seconds, drain events/s, CPU): the drain is timed from the first
+    poll that sees events in the log to the one that sees all of them (so the worker's start-up is not
+    counted; the events committed before the first sighting are not counted either).
+    """
+    js = nc.jetstream()
+    url = await create_database(stack.postgres, f"bench_{run}_drain", app_role=True)
+    nats_config = NatsConfig(subject_prefix=f"bench{run}d", stream_prefix=f"BENCH{run}D")
+    log_path = stack.workdir / f"worker-{run}-drain.log"
+    worker = start_worker(stack, f"bench_{run}_drain", nats_config, log_path)
+    try:
+        await wait_for_consumer(js, nats_config.events_stream, worker, log_path)
+    finally:
+        await asyncio.to_thread(stop_worker, worker, log_path)
+    async with audit_client.connect(
+        stack.nats.url, subject_prefix=nats_config.events_subject_prefix, max_in_flight=MAX_IN_FLIGHT
+    ) as publisher:
+        t0 = time.perf_counter()
+        failures, _ = await publish_all(publisher, events)
+        publish_s = time.perf_counter() - t0
+    if failures:
+        raise RuntimeError(f"{failures} of {len(events)} publishes failed; the run is not valid")
+    await checkpoint(url)
+    head_conn = await asyncpg.connect(url)
+    worker = start_worker(stack, f"bench_{run}_drain", nats_config, log_path)
+    try:
+        meter = CpuMeter(worker.pid, stack.nats_pid, stack.postmaster_pid)
+        deadline = time.monotonic() + E2E_TIMEOUT_SECONDS
+        first: tuple[float, int, dict[str, float]] | None = None
+        while True:
+            position = await head_conn.fetchval("SELECT last_position FROM audit_log_head")
+            now = time.perf_counter()
+            if first is None and position > 0:
+                first = (now, position, meter.sample())
+            if position >= len(events):
+                break
+            if worker.poll() is not None:
+                raise RuntimeError(f"ingest worker exited with {worker.returncode}: {' | '.join(log_tail(log_path))}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the log holds {position} of {len(events)} events after the drain timeout")
+            await asyncio.sleep(HEAD_POLL_SECONDS)
+        cpu_after = meter.sample()
+    finally:
+        await head_conn.close()
+        await asyncio.to_thread(stop_worker, worker, log_path)
+    assert first is not None
+    started, first_position, cpu_before = first
+    if first_position >= len(events):
+        raise RuntimeError("the whole backlog was committed before the first poll; use more --events")
+    return publish_s, (len(events) - first_position) / (now - started), cpu_delta(cpu_before, cpu_after)
+
+
 async def raw_copy(stack: Stack, name: str, rows: Sequence[tuple[Any, ...]], batch_size: int) -> float:
     """COPYs `rows` into audit_events of a fresh database, `batch_size` rows per transaction; returns seconds."""
     url = await create_database(stack.postgres, name, app_role=False)
@@ -569,6 +635,13 @@ async def throughput_run(stack: Stack, nc: NatsClient, run: int, events: Sequenc
         flush=True,
     )
     print(f"  CPU seconds during e2e ({e2e_s:.1f} s wall x {os.cpu_count()} cores): {format_cpu(cpu)}", flush=True)
+    print(f"run {run}: backlog of {count} events published first, then drained by the worker ...", flush=True)
+    backlog_publish_s, drain_rate, drain_cpu = await backlog_drain(stack, nc, run, events)
+    print(
+        f"  publish with no worker running {count / backlog_publish_s:,.0f} ev/s; drain {drain_rate:,.0f} ev/s",
+        flush=True,
+    )
+    print(f"  CPU seconds during the drain: {format_cpu(drain_cpu)}", flush=True)
 
     started = time.perf_counter()
     rows = build_log_rows(events)
@@ -596,7 +669,11 @@ async def throughput_run(stack: Stack, nc: NatsClient, run: int, events: Sequenc
         ratio_e2e_to_copy_single=round(e2e_rate / (count / single_s), 3),
         duplicate_acks=duplicates,
         dead_lettered=dead,
+        backlog_publish_events_per_second=round(count / backlog_publish_s, 1),
+        drain_events_per_second=round(drain_rate, 1),
+        ratio_drain_to_copy_batched=round(drain_rate / (count / batched_s), 3),
         cpu_seconds_during_e2e=cpu,
+        cpu_seconds_during_drain=drain_cpu,
     )
 
 
@@ -757,11 +834,18 @@ def summary_lines(summary: dict[str, Any], runs: Sequence[RunResult], latency: L
         f"runs: {all_of(runs, 'ratio_e2e_to_copy_batched', '.3f')}   (the fair comparison)",
         f"e2e / COPY 1     median {medians['ratio_e2e_to_copy_single']:>10.3f}         "
         f"runs: {all_of(runs, 'ratio_e2e_to_copy_single', '.3f')}",
+        f"publish alone    median {medians['backlog_publish_events_per_second']:>10,.0f} ev/s    "
+        f"runs: {all_of(runs, 'backlog_publish_events_per_second')}   (no worker running)",
+        f"worker drain     median {medians['drain_events_per_second']:>10,.0f} ev/s    "
+        f"runs: {all_of(runs, 'drain_events_per_second')}   (backlog, no publisher running)",
+        f"drain / COPY x{WORKER_BATCH_SIZE} median {medians['ratio_drain_to_copy_batched']:>10.3f}         "
+        f"runs: {all_of(runs, 'ratio_drain_to_copy_batched', '.3f')}",
     ]
     for run in runs:
         lines.append(
             f"CPU s, run {run.run}     {format_cpu(run.cpu_seconds_during_e2e)} (e2e wall {run.e2e_seconds:.1f} s)"
         )
+        lines.append(f"  drain, run {run.run}   {format_cpu(run.cpu_seconds_during_drain)}")
     if latency is not None:
         lines += [
             f"latency          {latency.measured} of {latency.sent} events measured at {latency.rate:,.0f}/s "
@@ -817,6 +901,9 @@ async def benchmark(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         "copy_single_rows_per_second",
         "ratio_e2e_to_copy_batched",
         "ratio_e2e_to_copy_single",
+        "backlog_publish_events_per_second",
+        "drain_events_per_second",
+        "ratio_drain_to_copy_batched",
     )
     medians = {name: median_of(runs, name) for name in median_names}
     targets = {

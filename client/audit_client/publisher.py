@@ -63,11 +63,10 @@ class Publisher:
             raise ValueError("max_in_flight must be at least 1")
         self._nc = nc
         # Acknowledgements come back on one shared inbox: far cheaper than a request (and a timer) each.
-        self._acks = JetStreamAcks(nc)
+        self._acks = JetStreamAcks(nc, ack_wait=ack_timeout)
         self._owns_connection = owns_connection
         self._subject_prefix = subject_prefix
         self._in_flight = asyncio.Semaphore(max_in_flight)
-        self._ack_timeout = ack_timeout
         self._limits = limits
 
     def prepare(self, event: event_pb2.AuditEvent) -> tuple[event_pb2.AuditEvent, bytes, dict[str, str]]:
@@ -117,7 +116,7 @@ class Publisher:
         subject = f"{self._subject_prefix}.{prepared.tenant}"
         async with self._in_flight:
             try:
-                ack = await self._acks.publish(subject, payload, headers=headers, ack_wait=self._ack_timeout)
+                ack = await self._acks.publish(subject, payload, headers=headers)
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as error:
                 raise PublishError(prepared.event_id, f"{type(error).__name__}: {error}") from error
         return PublishAck(
@@ -128,6 +127,7 @@ class Publisher:
         """Closes the NATS connection if this publisher opened it (pending publishes are flushed first)."""
         if self._owns_connection and not self._nc.is_closed:
             await self._nc.drain()
+        self._acks.close()
 
     async def __aenter__(self) -> Publisher:
         return self

@@ -205,6 +205,23 @@ async def test_publishing_where_no_stream_listens_is_a_publish_error_not_a_hang(
     assert error.value.event_id and "NoStreamResponseError" in str(error.value)
 
 
+async def test_a_publish_nobody_acknowledges_times_out_and_frees_its_slot(nats_url, nc, names):
+    prefix = names["AUDIT_SUBJECT_PREFIX"]
+    # A plain subscriber takes the message but never answers, as a stalled JetStream would.
+    silent = await nc.subscribe(f"{prefix}.silent.>")
+    async with audit_client.connect(
+        nats_url, subject_prefix=f"{prefix}.silent", ack_timeout=0.4, max_in_flight=1
+    ) as publisher:
+        for _ in range(3):  # max_in_flight=1: a slot kept after a timeout would make the second one stall
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(audit_client.PublishError, match="TimeoutError"):
+                await asyncio.wait_for(publisher.publish(make_event()), 5)
+            waited = asyncio.get_running_loop().time() - started
+            assert 0.4 <= waited < 2.5, f"timed out after {waited:.2f} s with ack_timeout 0.4 s"
+    assert silent.delivered == 3
+    await silent.unsubscribe()
+
+
 async def test_the_worker_recovers_when_its_consumer_is_deleted(publisher, start_worker, owner, nc, config):
     await start_worker()
     first = [await publisher.publish(make_event()) for _ in range(10)]

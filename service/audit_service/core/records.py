@@ -1,11 +1,12 @@
 """The stored form of an event: one row of audit_events, its canonical encoding and its chain hash.
 
-The canonical encoding is what the hash chain signs. It is a compact JSON array in a fixed column order,
-built from the event's content so that the same content gives the same bytes whether it comes from the
-producer's protobuf or is read back from PostgreSQL:
+The canonical encoding is what the hash chain signs. It is a compact JSON array in a fixed column order
+(UTF-8, no insignificant whitespace, as orjson writes it), built from the event's content so that the same
+content gives the same bytes whether it comes from the producer's protobuf or is read back from PostgreSQL:
   * empty strings and NULL are both "", an empty Struct and NULL are both null;
   * timestamps are integer microseconds since the Unix epoch (PostgreSQL's precision);
-  * every JSON number is a float (protobuf Struct numbers are doubles; jsonb may print 1.0 as 1), -0.0 is 0.0;
+  * every JSON number in a Struct is a float (protobuf Struct numbers are doubles; jsonb may print 1.0 as 1),
+    written as its shortest round-trip form (1.0, 0.1, 1e16), -0.0 is 0.0;
   * object keys are sorted.
 hash = SHA-256(prev_hash || canonical), prev_hash of a tenant's first event is 32 zero bytes.
 """
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 from audit.v1 import event_pb2
 from audit_client.validation import (
     StructValues,
@@ -29,9 +30,7 @@ from audit_client.validation import (
 )
 
 CANONICAL_VERSION = "audit.v1/1"
-# Built once: json.dumps with options constructs a new encoder on every call.
-_CANONICAL_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
-_JSONB_TEXT = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+_SORT_KEYS = orjson.OPT_SORT_KEYS
 GENESIS_HASH = bytes(32)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
@@ -154,7 +153,7 @@ def content_from_row(row: Mapping[str, Any]) -> Content:
     for name in CONTENT_COLUMNS:
         value = row[name]
         if name in _STRUCT_COLUMNS:
-            values.append(None if value is None else normalize_json(json.loads(value)))
+            values.append(None if value is None else normalize_json(orjson.loads(value)))
         elif name in _INT_COLUMNS:
             values.append(int(value))
         elif name == "occurred_at":
@@ -166,8 +165,7 @@ def content_from_row(row: Mapping[str, Any]) -> Content:
 
 def canonical_bytes(position: int, recorded_at_micros: int, content: Content) -> bytes:
     """The bytes the hash chain covers for one event."""
-    document = [CANONICAL_VERSION, position, recorded_at_micros, *content]
-    return _CANONICAL_JSON.encode(document).encode()
+    return orjson.dumps([CANONICAL_VERSION, position, recorded_at_micros, *content], option=_SORT_KEYS)
 
 
 def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:
@@ -184,7 +182,7 @@ def log_row(
             values[index] = None
     for index in _STRUCT_INDEXES:
         if values[index] is not None:
-            values[index] = _JSONB_TEXT.encode(values[index])
+            values[index] = orjson.dumps(values[index]).decode()
     values[_OCCURRED_AT_INDEX] = micros_to_datetime(values[_OCCURRED_AT_INDEX])
     return (position, recorded_at, *values, prev_hash, hash_)
 
