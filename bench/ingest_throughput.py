@@ -278,7 +278,7 @@ def _child_with_argument(marker: str) -> int:
 class CpuMeter:
     """CPU seconds (user + system) of each process of the benchmark, read from /proc."""
 
-    worker_pid: int
+    worker_pids: tuple[int, ...]
     nats_pid: int
     postmaster_pid: int
 
@@ -288,7 +288,7 @@ class CpuMeter:
         machine = _machine_busy_seconds()
         ours = {
             "benchmark (publisher, pollers)": _cpu_seconds(os.getpid()),
-            "ingest worker": _cpu_seconds(self.worker_pid),
+            "ingest worker(s)": sum(_cpu_seconds(pid) for pid in self.worker_pids),
             "nats-server": _cpu_seconds(self.nats_pid),
             "postgres (all backends)": postgres,
         }
@@ -305,6 +305,7 @@ class Stack:
     workdir: Path
     postgres: EmbeddedPostgres
     nats: NatsServer
+    worker_processes: int = 1
     nats_pid: int = 0
     postmaster_pid: int = 0
 
@@ -321,8 +322,26 @@ class Stack:
             self.postgres.stop()
 
 
-def start_worker(stack: Stack, database: str, nats_config: NatsConfig, log_path: Path) -> subprocess.Popen[bytes]:
-    """Starts `python -m audit_service.cli ingest` as its own process, logging to `log_path`."""
+@dataclass(frozen=True, slots=True)
+class Workers:
+    """The ingest worker processes of one phase (`--workers` of them, sharing the durable consumer)."""
+
+    processes: tuple[subprocess.Popen[bytes], ...]
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return tuple(process.pid for process in self.processes)
+
+    def poll(self) -> int | None:
+        """The exit status of the first worker found exited, or None while all run."""
+        for process in self.processes:
+            if process.poll() is not None:
+                return process.returncode
+        return None
+
+
+def start_worker(stack: Stack, database: str, nats_config: NatsConfig, log_path: Path) -> Workers:
+    """Starts `stack.worker_processes` x `python -m audit_service.cli ingest`, logging to `log_path`."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("AUDIT_")}
     env.update(
         {
@@ -333,28 +352,35 @@ def start_worker(stack: Stack, database: str, nats_config: NatsConfig, log_path:
             "AUDIT_LOG_LEVEL": "WARNING",
         }
     )
+    processes = []
     with open(log_path, "ab") as log_file:
-        return subprocess.Popen(
-            [sys.executable, "-m", "audit_service.cli", "ingest"],
-            env=env,
-            cwd=REPO_ROOT,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+        for _ in range(stack.worker_processes):
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "audit_service.cli", "ingest"],
+                    env=env,
+                    cwd=REPO_ROOT,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    return Workers(tuple(processes))
 
 
-def stop_worker(worker: subprocess.Popen[bytes], log_path: Path) -> None:
-    """SIGTERM, then waits; reports a non-zero exit status and whatever the worker logged."""
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
+def stop_worker(workers: Workers, log_path: Path) -> None:
+    """SIGTERM, then waits; reports a non-zero exit status and whatever the workers logged."""
+    for worker in workers.processes:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers.processes:
         try:
             worker.wait(30)
         except subprocess.TimeoutExpired:
             print("  ! ingest worker ignored SIGTERM for 30 s; killing it", flush=True)
             worker.kill()
             worker.wait()
-    if worker.returncode != 0:
-        print(f"  ! ingest worker exited with status {worker.returncode}", flush=True)
+        if worker.returncode != 0:
+            print(f"  ! ingest worker exited with status {worker.returncode}", flush=True)
     logged = log_tail(log_path)
     if logged:
         print(f"  ! ingest worker logged ({log_path}):\n    " + "\n    ".join(logged), flush=True)
@@ -396,7 +422,7 @@ async def checkpoint(url: str) -> None:
         await conn.close()
 
 
-async def wait_for_consumer(js: JetStreamContext, stream: str, worker: subprocess.Popen[bytes], log_path: Path) -> None:
+async def wait_for_consumer(js: JetStreamContext, stream: str, worker: Workers, log_path: Path) -> None:
     """Waits until the worker has provisioned the streams and its durable consumer."""
     deadline = time.monotonic() + CONSUMER_TIMEOUT_SECONDS
     while True:
@@ -406,7 +432,7 @@ async def wait_for_consumer(js: JetStreamContext, stream: str, worker: subproces
         except NotFoundError:
             pass
         if worker.poll() is not None:
-            raise RuntimeError(f"ingest worker exited with {worker.returncode}: {' | '.join(log_tail(log_path))}")
+            raise RuntimeError(f"ingest worker exited with {worker.poll()}: {' | '.join(log_tail(log_path))}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"consumer {stream}/{CONSUMER} did not appear within {CONSUMER_TIMEOUT_SECONDS:.0f} s")
         await asyncio.sleep(0.05)
@@ -495,9 +521,7 @@ async def publish_all(publisher: audit_client.Publisher, events: Sequence[event_
     return failures, duplicates
 
 
-async def wait_for_head(
-    conn: asyncpg.Connection, target: int, worker: subprocess.Popen[bytes], log_path: Path
-) -> float:
+async def wait_for_head(conn: asyncpg.Connection, target: int, worker: Workers, log_path: Path) -> float:
     """Polls audit_log_head every HEAD_POLL_SECONDS; returns the perf_counter() when it reaches `target`."""
     deadline = time.monotonic() + E2E_TIMEOUT_SECONDS
     while True:
@@ -505,7 +529,7 @@ async def wait_for_head(
         if position >= target:
             return time.perf_counter()
         if worker.poll() is not None:
-            raise RuntimeError(f"ingest worker exited with {worker.returncode}: {' | '.join(log_tail(log_path))}")
+            raise RuntimeError(f"ingest worker exited with {worker.poll()}: {' | '.join(log_tail(log_path))}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"the log holds {position} of {target} events after {E2E_TIMEOUT_SECONDS:.0f} s")
         await asyncio.sleep(HEAD_POLL_SECONDS)
@@ -523,7 +547,7 @@ async def end_to_end(
     try:
         await wait_for_consumer(js, nats_config.events_stream, worker, log_path)
         await checkpoint(url)
-        meter = CpuMeter(worker.pid, stack.nats_pid, stack.postmaster_pid)
+        meter = CpuMeter(worker.pids, stack.nats_pid, stack.postmaster_pid)
         head_conn = await asyncpg.connect(url)
         try:
             async with audit_client.connect(
@@ -578,7 +602,7 @@ async def backlog_drain(
     head_conn = await asyncpg.connect(url)
     worker = start_worker(stack, f"bench_{run}_drain", nats_config, log_path)
     try:
-        meter = CpuMeter(worker.pid, stack.nats_pid, stack.postmaster_pid)
+        meter = CpuMeter(worker.pids, stack.nats_pid, stack.postmaster_pid)
         deadline = time.monotonic() + E2E_TIMEOUT_SECONDS
         first: tuple[float, int, dict[str, float]] | None = None
         while True:
@@ -589,7 +613,7 @@ async def backlog_drain(
             if position >= len(events):
                 break
             if worker.poll() is not None:
-                raise RuntimeError(f"ingest worker exited with {worker.returncode}: {' | '.join(log_tail(log_path))}")
+                raise RuntimeError(f"ingest worker exited with {worker.poll()}: {' | '.join(log_tail(log_path))}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the log holds {position} of {len(events)} events after the drain timeout")
             await asyncio.sleep(HEAD_POLL_SECONDS)
@@ -820,7 +844,8 @@ def summary_lines(summary: dict[str, Any], runs: Sequence[RunResult], latency: L
         f"full_page_writes={servers['postgres_full_page_writes']}, "
         f"wal_sync_method={servers['postgres_wal_sync_method']}, "
         f"shared_buffers={servers['postgres_shared_buffers']}); {servers['nats_server']}",
-        f"workload         N={summary['events']} events per run, runs={len(runs)}, worker batch {WORKER_BATCH_SIZE}, "
+        f"workload         N={summary['events']} events per run, runs={len(runs)}, "
+        f"{summary['worker_processes']} worker process(es), worker batch {WORKER_BATCH_SIZE}, "
         f"{PUBLISH_TASKS} publishing tasks, max_in_flight {MAX_IN_FLIGHT}",
         f"publish          median {medians['publish_events_per_second']:>10,.0f} ev/s    "
         f"runs: {all_of(runs, 'publish_events_per_second')}",
@@ -925,6 +950,7 @@ async def benchmark(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         "runs": len(runs),
         "worker_batch_size": WORKER_BATCH_SIZE,
         "publishing_tasks": PUBLISH_TASKS,
+        "worker_processes": args.workers,
         "max_in_flight": MAX_IN_FLIGHT,
         "median": medians,
         "per_run": [asdict(run) for run in runs],
@@ -939,9 +965,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="throughput runs (default 3)")
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="latency phase length, 0 to skip")
     parser.add_argument("--rate", type=float, default=1000.0, help="events per second in the latency phase")
+    parser.add_argument("--workers", type=int, default=1, help="ingest worker processes (default 1)")
     args = parser.parse_args(argv)
-    if args.events < 1 or args.runs < 1 or args.rate <= 0 or args.latency_seconds < 0:
-        parser.error("--events and --runs must be positive, --rate positive, --latency-seconds not negative")
+    if args.events < 1 or args.runs < 1 or args.workers < 1 or args.rate <= 0 or args.latency_seconds < 0:
+        parser.error("--events, --runs and --workers must be positive, --rate positive, --latency-seconds not negative")
     return args
 
 
@@ -952,6 +979,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir=workdir,
         postgres=EmbeddedPostgres(workdir / "pg", port=free_port(), durable=True),
         nats=NatsServer(workdir / "nats", port=free_port()),
+        worker_processes=args.workers,
     )
     try:
         stack.start()

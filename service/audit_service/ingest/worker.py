@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import nats.errors
@@ -54,6 +54,13 @@ class _Refusal:
     detail: str
 
 
+@dataclass(slots=True)
+class _Batch:
+    msgs: Sequence[Msg]
+    accepted: list[tuple[Msg, DecodedEvent]] = field(default_factory=list)
+    refused: list[_Refusal] = field(default_factory=list)
+
+
 class BatchAbandoned(Exception):
     """The worker is stopping while the database is unavailable: the batch is handed back to JetStream."""
 
@@ -91,6 +98,9 @@ class IngestWorker:
         )
         if ready is not None:
             ready.set()
+        # Two-stage pipeline: the next batch is fetched and decoded (CPU) while the previous one is being
+        # stored (mostly waiting for PostgreSQL). Batches are still stored one after the other, in order.
+        storing: asyncio.Task[None] | None = None
         while True:
             if stop.is_set():
                 reader.close()  # what was requested still arrives, and is committed and acked below
@@ -106,14 +116,16 @@ class IngestWorker:
                 await asyncio.sleep(0.5)
                 continue
             if not msgs:
+                if storing is not None and storing.done():
+                    await self._finish(storing)
+                    storing = None
                 continue
-            try:
-                # Shielded: a cancellation must not abandon a batch between COMMIT and the acks.
-                await asyncio.shield(self.process(msgs))
-            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as error:
-                # Unacknowledged messages come back after ack_wait; appending them again is harmless.
-                log.warning("batch not finished (%s: %s); it will be redelivered", type(error).__name__, error)
-                await asyncio.sleep(0.5)
+            batch = self._decode(msgs)
+            if storing is not None:
+                await self._finish(storing)
+            storing = asyncio.create_task(self._store(batch))
+        if storing is not None:
+            await self._finish(storing)
         await reader.stop()
         log.info(
             "ingest worker stopped: %d appended, %d duplicates, %d dead-lettered",
@@ -129,33 +141,47 @@ class IngestWorker:
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as error:
             log.warning("re-provisioning failed (%s: %s); will retry", type(error).__name__, error)
 
-    async def process(self, msgs: Sequence[Msg]) -> None:
-        """Handles one fetched batch end to end."""
+    async def _finish(self, storing: asyncio.Task[None]) -> None:
+        """Waits for a batch being stored. Shielded: a cancellation must not abandon a batch between COMMIT
+        and the acks."""
+        try:
+            await asyncio.shield(storing)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as error:
+            # Unacknowledged messages come back after ack_wait; appending them again is harmless.
+            log.warning("batch not finished (%s: %s); it will be redelivered", type(error).__name__, error)
+            await asyncio.sleep(0.5)
+
+    def _decode(self, msgs: Sequence[Msg]) -> _Batch:
+        """Decodes and validates a fetched batch: what can be appended, and what must be dead-lettered."""
         now = time.time()
         limits = self._config.ingest.limits
-        accepted: list[tuple[Msg, DecodedEvent]] = []
-        refused: list[_Refusal] = []
+        batch = _Batch(msgs)
         for msg in msgs:
             try:
                 decoded = decode_event(msg.data, msg.headers, now_seconds=now, limits=limits)
             except InvalidEventError as error:
-                refused.append(_Refusal(msg, error.reason, error.field, error.detail))
+                batch.refused.append(_Refusal(msg, error.reason, error.field, error.detail))
             except Exception as error:  # a decoder bug must not wedge the stream: keep the message aside
                 log.exception("unexpected error decoding stream sequence %s", msg.metadata.sequence.stream)
-                refused.append(_Refusal(msg, "undecodable", "", f"{type(error).__name__}: {error}"))
+                batch.refused.append(_Refusal(msg, "undecodable", "", f"{type(error).__name__}: {error}"))
             else:
-                accepted.append((msg, decoded))
+                batch.accepted.append((msg, decoded))
+        return batch
+
+    async def _store(self, batch: _Batch) -> None:
+        """Appends the accepted events in one transaction, dead-letters the rest, acks all after COMMIT."""
+        refused = batch.refused
         with tracer.start_as_current_span(
             "audit.ingest batch",
             kind=SpanKind.CONSUMER,
-            links=_producer_links(msgs),
-            attributes={"messaging.system": "nats", "messaging.batch.message_count": len(msgs)},
+            links=_producer_links(batch.msgs),
+            attributes={"messaging.system": "nats", "messaging.batch.message_count": len(batch.msgs)},
         ):
-            if accepted:
+            if batch.accepted:
                 try:
-                    refused.extend(await self._append_isolating_rejects(accepted))
+                    refused.extend(await self._append_isolating_rejects(batch.accepted))
                 except BatchAbandoned:
-                    log.warning("stopping with the database unavailable: %d events handed back", len(accepted))
+                    log.warning("stopping with the database unavailable: %d events handed back", len(batch.accepted))
             if refused:
                 await self._dead_letter(refused)
 
