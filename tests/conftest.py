@@ -171,6 +171,8 @@ def service_env(database: TestDatabase, nats_url: str, names: dict[str, str]) ->
         "AUDIT_INGEST_ACK_WAIT_SECONDS": "2",
         "AUDIT_INGEST_FETCH_TIMEOUT_SECONDS": "0.2",
         "AUDIT_INGEST_BATCH_SIZE": "200",
+        # The default test API serves without authentication (tests/integration/test_auth.py covers it on).
+        "AUDIT_AUTH_DISABLED": "true",
         **names,
     }
 

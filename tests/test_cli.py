@@ -27,10 +27,20 @@ def audit_service(*args: str, env: dict[str, str]) -> subprocess.CompletedProces
         ("serve", {"AUDIT_DATABASE_URL": "postgresql://x/y", "AUDIT_GRPC_ADDRESS": "nope"}, "AUDIT_GRPC_ADDRESS"),
         ("ingest", {"AUDIT_DATABASE_URL": "postgresql://x/y", "AUDIT_INGEST_BATCH_SIZE": "-5"}, "BATCH_SIZE"),
         ("migrate", {"AUDIT_NATS_URL": "http://nats:4222"}, "AUDIT_NATS_URL"),
+        ("serve", {"AUDIT_DATABASE_URL": "postgresql://x/y"}, "AUDIT_AUTH_JWT_SECRET: set it"),
+        ("serve", {"AUDIT_DATABASE_URL": "postgresql://x/y", "AUDIT_AUTH_JWT_SECRET": "short"}, "at least 32"),
+        ("serve", {"AUDIT_DATABASE_URL": "postgresql://x/y", "AUDIT_AUTH_DISABLED": "maybe"}, "AUDIT_AUTH_DISABLED"),
+        (
+            "serve",
+            {"AUDIT_DATABASE_URL": "postgresql://x/y", "AUDIT_AUTH_JWT_PUBLIC_KEY_FILE": "/nonexistent.pem"},
+            "AUDIT_AUTH_JWT_PUBLIC_KEY_FILE: cannot read",
+        ),
+        ("token", {}, "--tenant"),
     ],
 )
 def test_bad_configuration_is_one_line_and_exit_code_2(command, env, message):
-    result = audit_service(command, env=env)
+    args = ("--tenant", "Not A Tenant", "--subject", "x") if command == "token" else ()
+    result = audit_service(command, *args, env=env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
@@ -39,7 +49,7 @@ def test_bad_configuration_is_one_line_and_exit_code_2(command, env, message):
 
 def test_an_unreachable_database_is_one_line_and_exit_code_1():
     url = f"postgresql://nobody@127.0.0.1:{free_port()}/audit"
-    result = audit_service("serve", env={"AUDIT_DATABASE_URL": url})
+    result = audit_service("serve", env={"AUDIT_DATABASE_URL": url, "AUDIT_AUTH_DISABLED": "true"})
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"audit-service: cannot connect to PostgreSQL at {url}")
     assert "Traceback" not in result.stderr

@@ -1,4 +1,4 @@
-"""`audit-service`: dev | migrate | ingest | serve | verify."""
+"""`audit-service`: dev | migrate | ingest | serve | verify | rebuild-projections | token."""
 
 from __future__ import annotations
 
@@ -32,11 +32,23 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--nats-port", type=int, default=4222, help="NATS port (default 4222)")
     dev.add_argument("--postgres-port", type=int, default=55432, help="PostgreSQL port (default 55432)")
     dev.add_argument("--grpc-address", help="gRPC listen address (default $AUDIT_GRPC_ADDRESS or 0.0.0.0:50051)")
+    dev.add_argument("--tenant", default="acme", help="tenant of the printed admin token (default acme)")
     commands.add_parser("migrate", help="apply database migrations (AUDIT_MIGRATE_DATABASE_URL or AUDIT_DATABASE_URL)")
     commands.add_parser("ingest", help="run an ingest worker (AUDIT_DATABASE_URL, AUDIT_NATS_URL)")
     commands.add_parser("serve", help="serve the gRPC API (AUDIT_DATABASE_URL, AUDIT_GRPC_ADDRESS)")
     verify = commands.add_parser("verify", help="recompute the hash chains and report the first break")
     verify.add_argument("--tenant", help="only this tenant's chain")
+    commands.add_parser(
+        "rebuild-projections",
+        help="recompute the count projection from the log (AUDIT_MIGRATE_DATABASE_URL; appends wait meanwhile)",
+    )
+    token = commands.add_parser(
+        "token", help="mint a bearer token with the configured key (AUDIT_AUTH_JWT_SECRET or ..._PRIVATE_KEY_FILE)"
+    )
+    token.add_argument("--tenant", required=True, help="the tenant the token is scoped to")
+    token.add_argument("--subject", required=True, help="the caller; non-admins see only events with this actor.id")
+    token.add_argument("--admin", action="store_true", help="see every event of the tenant")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (default 3600)")
     return parser
 
 
@@ -64,6 +76,40 @@ async def _verify(config: Config, tenant: str | None) -> int:
     return 1
 
 
+async def _rebuild_projections(config: Config) -> int:
+    import asyncpg
+    from tqdm import tqdm
+
+    from .store.projections import rebuild_count_projection
+
+    conn = await asyncpg.connect(config.database.migrate_url or config.database.url)
+    try:
+        with tqdm(total=0, unit="ev", unit_scale=True, desc="audit_counts_hourly", file=sys.stderr) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            report = await rebuild_count_projection(conn, on_progress=progress)
+    finally:
+        await conn.close()
+    print(f"rebuilt audit_counts_hourly: {report.events} events in {report.rows} rows")
+    return 0
+
+
+def _mint(config: Config, args: argparse.Namespace) -> int:
+    from audit_client.validation import TENANT_PATTERN
+
+    from .auth.tokens import mint_token
+
+    if not TENANT_PATTERN.fullmatch(args.tenant):
+        raise ConfigError("--tenant", f"must match {TENANT_PATTERN.pattern}")
+    if not args.subject or args.ttl <= 0:
+        raise ConfigError("--subject/--ttl", "the subject must not be empty and the ttl must be positive")
+    print(mint_token(config.auth, subject=args.subject, tenant=args.tenant, admin=args.admin, ttl_seconds=args.ttl))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -74,10 +120,14 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.grpc_address:
                 config = load_config(env={**os.environ, "AUDIT_GRPC_ADDRESS": args.grpc_address})
-            settings = DevSettings(data_dir=args.data_dir, nats_port=args.nats_port, postgres_port=args.postgres_port)
+            settings = DevSettings(
+                data_dir=args.data_dir, nats_port=args.nats_port, postgres_port=args.postgres_port, tenant=args.tenant
+            )
             stop = asyncio.Event()
             asyncio.run(_until_signalled(run_dev(config, settings, stop), stop))
             return 0
+        if args.command == "token":
+            return _mint(config, args)
         config = config.require_database()
         if args.command == "migrate":
             applied = asyncio.run(run_migrate(config))
@@ -85,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "verify":
             return asyncio.run(_verify(config, args.tenant))
+        if args.command == "rebuild-projections":
+            return asyncio.run(_rebuild_projections(config))
         stop = asyncio.Event()
         runner = run_ingest(config, stop) if args.command == "ingest" else run_api(config, stop)
         asyncio.run(_until_signalled(runner, stop))

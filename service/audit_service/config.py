@@ -87,11 +87,42 @@ class ApiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    jwt_secret: str = ""
+    """HS256 shared secret (at least 32 characters) that signs bearer tokens."""
+    jwt_public_key_file: str = ""
+    """PEM public key verifying RS256 (RSA) or ES256 (P-256) tokens, instead of a secret."""
+    jwt_private_key_file: str = ""
+    """PEM private key used only by `audit-service token` to mint RS256/ES256 tokens."""
+    issuer: str = "audit-service"
+    """Required `iss` claim."""
+    audience: str = "audit-api"
+    """Required `aud` claim."""
+    disabled: bool = False
+    """Serve without authentication: every caller sees every tenant. Only on an explicit setting."""
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.jwt_secret or self.jwt_public_key_file)
+
+    def require_verification(self) -> AuthConfig:
+        """Returns self, or raises ConfigError when the API would have no way to check tokens."""
+        if not self.disabled and not self.configured:
+            raise ConfigError(
+                "AUDIT_AUTH_JWT_SECRET",
+                "set it (or AUDIT_AUTH_JWT_PUBLIC_KEY_FILE) to verify bearer tokens, "
+                "or AUDIT_AUTH_DISABLED=true to serve without authentication",
+            )
+        return self
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     nats: NatsConfig = field(default_factory=NatsConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     log_level: str = "INFO"
     """Python logging level name."""
 
@@ -160,6 +191,45 @@ def _pattern(env: Mapping[str, str], name: str, default: str, pattern: re.Patter
 
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+_MIN_SECRET_CHARS = 32
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigError(name, f"expected true or false, got {raw!r}")
+
+
+def _readable_file(env: Mapping[str, str], name: str) -> str:
+    path = env.get(name, "")
+    if path and not os.access(path, os.R_OK):
+        raise ConfigError(name, f"cannot read {path!r}")
+    return path
+
+
+def _auth(env: Mapping[str, str]) -> AuthConfig:
+    secret = env.get("AUDIT_AUTH_JWT_SECRET", "")
+    if secret and len(secret) < _MIN_SECRET_CHARS:
+        raise ConfigError("AUDIT_AUTH_JWT_SECRET", f"must be at least {_MIN_SECRET_CHARS} characters")
+    public_key_file = _readable_file(env, "AUDIT_AUTH_JWT_PUBLIC_KEY_FILE")
+    if secret and public_key_file:
+        raise ConfigError("AUDIT_AUTH_JWT_PUBLIC_KEY_FILE", "set either it or AUDIT_AUTH_JWT_SECRET, not both")
+    disabled = _bool(env, "AUDIT_AUTH_DISABLED")
+    if disabled and (secret or public_key_file):
+        raise ConfigError("AUDIT_AUTH_DISABLED", "is true while a JWT key is configured; choose one")
+    return AuthConfig(
+        jwt_secret=secret,
+        jwt_public_key_file=public_key_file,
+        jwt_private_key_file=_readable_file(env, "AUDIT_AUTH_JWT_PRIVATE_KEY_FILE"),
+        issuer=env.get("AUDIT_AUTH_ISSUER") or AuthConfig().issuer,
+        audience=env.get("AUDIT_AUTH_AUDIENCE") or AuthConfig().audience,
+        disabled=disabled,
+    )
 
 
 def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Config:
@@ -168,7 +238,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     Args:
         env: the variables to read (os.environ by default).
         **overrides: explicit values that win over the environment, by Config field name
-            (database, nats, ingest, api, log_level).
+            (database, nats, ingest, api, auth, log_level).
 
     Raises:
         ConfigError: one line naming the bad variable.
@@ -216,5 +286,5 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     log_level = (env.get("AUDIT_LOG_LEVEL") or "INFO").upper()
     if log_level not in _LOG_LEVELS:
         raise ConfigError("AUDIT_LOG_LEVEL", f"expected one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
-    config = Config(database=database, nats=nats, ingest=ingest, api=api, log_level=log_level)
+    config = Config(database=database, nats=nats, ingest=ingest, api=api, auth=_auth(env), log_level=log_level)
     return replace(config, **overrides) if overrides else config

@@ -31,6 +31,14 @@ class InvalidArgumentError(AuditServiceError):
         super().__init__(f"{field}: {detail}")
 
 
+class UnauthenticatedError(AuditServiceError):
+    """No valid credentials: missing, malformed, badly signed or expired bearer token."""
+
+
+class PermissionDeniedError(AuditServiceError):
+    """The caller is known but may not do this (e.g. ask for another tenant)."""
+
+
 class NotFoundError(AuditServiceError):
     """The requested thing does not exist (or is not visible to the caller)."""
 

@@ -102,8 +102,9 @@ async def run_api(
     config: Config, stop: asyncio.Event, *, on_ready: Callable[[RunningServer], None] | None = None
 ) -> None:
     """Serves the gRPC API until `stop` is set, then shuts down gracefully."""
+    config.auth.require_verification()  # before connecting to anything
     async with database_pool(config.database.url, max_size=config.database.pool_max_size) as pool:
-        running = await start_server(config.api, pool)
+        running = await start_server(config.api, config.auth, pool)
         if on_ready is not None:
             on_ready(running)
         await stop.wait()

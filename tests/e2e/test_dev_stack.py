@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -62,10 +63,15 @@ def dev_stack(tmp_path_factory):
         process.wait(60)
 
 
-def grpcurl(*args: str) -> str:
+def grpcurl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def printed_token(dev_stack) -> str:
+    return re.search(r"export AUDIT_TOKEN=(\S+)", dev_stack["log"].read_text()).group(1)
 
 
 def test_the_banner_says_how_to_reach_everything(dev_stack):
@@ -73,6 +79,7 @@ def test_the_banner_says_how_to_reach_everything(dev_stack):
     assert f"gRPC API   {dev_stack['target']}" in banner
     assert f"nats://127.0.0.1:{dev_stack['ports']['nats']}" in banner
     assert "grpcurl -plaintext" in banner
+    assert re.search(r"admin token for tenant 'acme'.*\n  export AUDIT_TOKEN=\S+\n", banner)
 
 
 def test_readme_example_publishes_and_grpcurl_reads_it_back(dev_stack, tmp_path):
@@ -84,15 +91,27 @@ def test_readme_example_publishes_and_grpcurl_reads_it_back(dev_stack, tmp_path)
     event_id = re.fullmatch(r"stored as ([0-9a-f-]{36})\n", published.stdout).group(1)
     target = dev_stack["target"]
 
-    services = grpcurl(target, "list").split()
+    services = grpcurl(target, "list").stdout.split()  # reflection and health need no token
     assert {"audit.v1.AuditService", "grpc.health.v1.Health"} <= set(services)
-    description = grpcurl(target, "describe", "audit.v1.AuditService")
+    description = grpcurl(target, "describe", "audit.v1.AuditService").stdout
     for rpc in ("ListEvents", "GetEvent", "CountEvents", "TailEvents"):
         assert f"rpc {rpc}" in description
 
+    refused = grpcurl("-d", "{}", target, "audit.v1.AuditService/ListEvents", check=False)
+    assert refused.returncode != 0 and "Unauthenticated" in refused.stderr, refused.stderr
+    bearer = ("-H", f"authorization: Bearer {printed_token(dev_stack)}")
+
     deadline = time.monotonic() + 30
     while True:
-        listed = json.loads(grpcurl("-d", '{"filter": {"tenant": "acme"}}', target, "audit.v1.AuditService/ListEvents"))
+        listed = json.loads(
+            grpcurl(
+                *bearer,
+                "-d",
+                '{"filter": {"query": "action:api_key.* actor:alice@example.com -resource.type:secret"}}',
+                target,
+                "audit.v1.AuditService/ListEvents",
+            ).stdout
+        )
         if listed.get("events"):
             break
         assert time.monotonic() < deadline, "the published event never showed up"
@@ -102,10 +121,34 @@ def test_readme_example_publishes_and_grpcurl_reads_it_back(dev_stack, tmp_path)
     assert newest["action"] == "api_key.create" and newest["actor"]["email"] == "alice@example.com"
     assert int(newest["position"]) >= 1 and len(newest["hash"]) == 64
 
-    fetched = json.loads(grpcurl("-d", json.dumps({"event_id": event_id}), target, "audit.v1.AuditService/GetEvent"))
+    excluded = json.loads(
+        grpcurl(
+            *bearer, "-d", '{"filter": {"query": "-action:api_key.*"}}', target, "audit.v1.AuditService/ListEvents"
+        ).stdout
+    )
+    assert event_id not in {event["event_id"] for event in excluded.get("events", [])}
+
+    occurred = datetime.datetime.fromisoformat(newest["occurred_at"].replace("Z", "+00:00"))
+    day = occurred.replace(hour=0, minute=0, second=0, microsecond=0)
+    count_request = {
+        "filter": {"start_time": day.isoformat(), "end_time": (day + datetime.timedelta(days=1)).isoformat()},
+        "interval": "3600s",
+        "group_by": "GROUP_BY_ACTION",
+    }
+    counted = json.loads(
+        grpcurl(*bearer, "-d", json.dumps(count_request), target, "audit.v1.AuditService/CountEvents").stdout
+    )
+    assert int(counted["total"]) >= 1 and len(counted["buckets"]) == 24
+    hour = counted["buckets"][occurred.hour]
+    assert {"key": "api_key.create", "count": hour["count"]} in hour["groups"]
+    assert sum(int(bucket.get("count", 0)) for bucket in counted["buckets"]) == int(counted["total"])
+
+    fetched = json.loads(
+        grpcurl(*bearer, "-d", json.dumps({"event_id": event_id}), target, "audit.v1.AuditService/GetEvent").stdout
+    )
     assert fetched["event"] == newest
 
-    health = json.loads(grpcurl(target, "grpc.health.v1.Health/Check"))
+    health = json.loads(grpcurl(target, "grpc.health.v1.Health/Check").stdout)
     assert health == {"status": "SERVING"}
 
 

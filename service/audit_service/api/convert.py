@@ -11,7 +11,7 @@ from audit.v1 import event_pb2
 from ..core.records import datetime_to_micros
 
 
-def _set_timestamp(target: Any, micros: int) -> None:
+def set_timestamp(target: Any, micros: int) -> None:
     seconds, remainder = divmod(micros, 1_000_000)
     target.seconds = seconds
     target.nanos = remainder * 1000
@@ -69,6 +69,6 @@ def row_to_event(row: asyncpg.Record) -> event_pb2.AuditEvent:
         event.change.before.update(json.loads(row["change_before"]))
     if row["change_after"] is not None:
         event.change.after.update(json.loads(row["change_after"]))
-    _set_timestamp(event.occurred_at, datetime_to_micros(row["occurred_at"]))
-    _set_timestamp(event.recorded_at, datetime_to_micros(row["recorded_at"]))
+    set_timestamp(event.occurred_at, datetime_to_micros(row["occurred_at"]))
+    set_timestamp(event.recorded_at, datetime_to_micros(row["recorded_at"]))
     return event

@@ -16,7 +16,14 @@ import asyncpg
 import grpc
 from grpc import aio
 
-from ..errors import InvalidArgumentError, NotFoundError, NotImplementedYetError, UnavailableError
+from ..errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    NotImplementedYetError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,10 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a client gets for an error."""
     if isinstance(error, InvalidArgumentError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, UnauthenticatedError):
+        return grpc.StatusCode.UNAUTHENTICATED, str(error)
+    if isinstance(error, PermissionDeniedError):
+        return grpc.StatusCode.PERMISSION_DENIED, str(error)
     if isinstance(error, NotFoundError):
         return grpc.StatusCode.NOT_FOUND, str(error)
     if isinstance(error, NotImplementedYetError):

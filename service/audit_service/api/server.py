@@ -12,8 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from ..config import ApiConfig
+from ..auth.tokens import TokenVerifier
+from ..config import ApiConfig, AuthConfig
 from ..errors import ConfigError
+from .auth import AuthInterceptor
 from .errors import ErrorMappingInterceptor
 from .servicer import AuditServicer
 
@@ -35,9 +37,27 @@ class RunningServer:
         await self.server.stop(grace)
 
 
-async def start_server(config: ApiConfig, pool: asyncpg.Pool) -> RunningServer:
+def token_verifier(auth: AuthConfig) -> TokenVerifier | None:
+    """The verifier of bearer tokens, or None (loudly logged) when authentication is explicitly disabled.
+
+    Raises:
+        ConfigError: neither a key nor AUDIT_AUTH_DISABLED=true, or an unusable key.
+    """
+    auth.require_verification()
+    if auth.disabled:
+        log.warning(
+            "AUTHENTICATION IS DISABLED (AUDIT_AUTH_DISABLED=true): every caller can read every tenant's events"
+        )
+        return None
+    verifier = TokenVerifier(auth)
+    log.info("bearer tokens verified with %s (issuer %r, audience %r)", verifier.algorithm, auth.issuer, auth.audience)
+    return verifier
+
+
+async def start_server(config: ApiConfig, auth: AuthConfig, pool: asyncpg.Pool) -> RunningServer:
     """Starts serving; the caller stops it with `RunningServer.stop`."""
-    server = aio.server(interceptors=[ErrorMappingInterceptor()])
+    # The error mapper comes first, so it also turns authentication failures into statuses.
+    server = aio.server(interceptors=[ErrorMappingInterceptor(), AuthInterceptor(token_verifier(auth), SERVICE_NAME)])
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(pool), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

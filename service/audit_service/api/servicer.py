@@ -1,4 +1,5 @@
-"""AuditService: reads of the log over gRPC. Failures are raised as domain errors (see api/errors.py)."""
+"""AuditService: reads of the log over gRPC. Failures are raised as domain errors (see api/errors.py); the
+caller was authenticated by api/auth.py and everything is scoped to what it may see."""
 
 from __future__ import annotations
 
@@ -8,16 +9,30 @@ from collections.abc import AsyncIterator
 import asyncpg
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import audit_service_pb2_grpc as pb_grpc
-from audit_client.validation import TENANT_PATTERN
+from audit.v1 import event_pb2
 from grpc import aio
 
+from ..auth.tokens import Principal
+from ..core.counts import MAX_BUCKETS
+from ..core.event_filter import UNRESTRICTED, Scope, compile_filter, filter_tenant, timestamp_micros
+from ..core.filters import Expr
 from ..core.page_token import PageToken, decode_page_token, encode_page_token, query_digest
-from ..errors import InvalidArgumentError, NotFoundError, NotImplementedYetError
+from ..errors import InvalidArgumentError, NotFoundError, NotImplementedYetError, PermissionDeniedError
 from ..store import queries
-from .convert import row_to_event
+from .auth import current_caller
+from .convert import row_to_event, set_timestamp
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+MIN_INTERVAL_MICROS = 1_000_000
+
+_GROUP_BY = {
+    pb.GROUP_BY_UNSPECIFIED: None,
+    pb.GROUP_BY_ACTOR: "actor",
+    pb.GROUP_BY_ACTION: "action",
+    pb.GROUP_BY_RESOURCE_TYPE: "resource_type",
+    pb.GROUP_BY_OUTCOME: "outcome",
+}
 
 
 def page_size_of(request: pb.ListEventsRequest) -> int:
@@ -27,33 +42,57 @@ def page_size_of(request: pb.ListEventsRequest) -> int:
     return min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def _tenant_of(request_filter: pb.EventFilter) -> str:
-    tenant = request_filter.tenant
-    if tenant and not TENANT_PATTERN.fullmatch(tenant):
-        raise InvalidArgumentError("filter.tenant", f"must match {TENANT_PATTERN.pattern}")
-    return tenant
+def scope_of(caller: Principal | None, request_filter: pb.EventFilter) -> Scope:
+    """What the caller may see; asking for another tenant is PERMISSION_DENIED."""
+    tenant = filter_tenant(request_filter)
+    if caller is None:
+        return UNRESTRICTED
+    if tenant is not None and tenant != caller.tenant:
+        raise PermissionDeniedError(f"filter.tenant: the caller's token is for tenant {caller.tenant!r}")
+    return Scope(tenant=caller.tenant, actor_id=None if caller.admin else caller.subject)
+
+
+def _caller_identity(caller: Principal | None) -> bytes:
+    if caller is None:
+        return b"*"
+    return f"{caller.tenant}\x00{caller.subject}\x00{int(caller.admin)}".encode()
+
+
+def _group_key(group_by: str | None, key: str) -> str:
+    if group_by == "outcome" and key:
+        return event_pb2.Outcome.Name(int(key))
+    return key
 
 
 class AuditServicer(pb_grpc.AuditServiceServicer):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
+    def _where(self, request_filter: pb.EventFilter) -> tuple[Principal | None, Expr]:
+        caller = current_caller()
+        return caller, compile_filter(request_filter, scope_of(caller, request_filter))
+
     async def ListEvents(self, request: pb.ListEventsRequest, context: aio.ServicerContext) -> pb.ListEventsResponse:
         if request.order not in pb.Order.values():
             raise InvalidArgumentError("order", f"unknown value {request.order}")
         limit = page_size_of(request)
-        tenant = _tenant_of(request.filter)
+        caller, where = self._where(request.filter)
         newest_first = request.order != pb.ORDER_OLDEST_FIRST
-        digest = query_digest(request.filter.SerializeToString(deterministic=True), bytes([newest_first]))
+        # The token is bound to the filter, the order and the caller: reusing it elsewhere is refused.
+        digest = query_digest(
+            request.filter.SerializeToString(deterministic=True), bytes([newest_first]), _caller_identity(caller)
+        )
         after = decode_page_token(request.page_token, digest).after_position if request.page_token else None
         rows = await queries.list_events(
-            self._pool,
-            queries.PageQuery(tenant=tenant, newest_first=newest_first, after_position=after, limit=limit + 1),
+            self._pool, queries.PageQuery(where=where, newest_first=newest_first, after_position=after, limit=limit + 1)
         )
         has_more = len(rows) > limit
         rows = rows[:limit]
         next_token = encode_page_token(PageToken(rows[-1]["position"], digest)) if has_more else ""
-        return pb.ListEventsResponse(events=[row_to_event(row) for row in rows], next_page_token=next_token)
+        response = pb.ListEventsResponse(events=[row_to_event(row) for row in rows], next_page_token=next_token)
+        if request.include_total_size:
+            response.total_size = (await queries.count_events(self._pool, queries.CountQuery(where=where))).total
+        return response
 
     async def GetEvent(self, request: pb.GetEventRequest, context: aio.ServicerContext) -> pb.GetEventResponse:
         if not request.event_id:
@@ -62,13 +101,53 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             event_id = str(uuid.UUID(request.event_id))
         except ValueError:
             raise InvalidArgumentError("event_id", f"is not a UUID: {request.event_id[:64]!r}") from None
-        row = await queries.get_event(self._pool, event_id)
-        if row is None:
+        caller = current_caller()
+        scope = UNRESTRICTED if caller is None else scope_of(caller, pb.EventFilter())
+        row = await queries.get_event(self._pool, event_id, scope.expr())
+        if row is None:  # also when it exists but the caller may not see it: its existence is not disclosed
             raise NotFoundError(f"event {event_id} not found")
         return pb.GetEventResponse(event=row_to_event(row))
 
     async def CountEvents(self, request: pb.CountEventsRequest, context: aio.ServicerContext) -> pb.CountEventsResponse:
-        return pb.CountEventsResponse(total=await queries.count_events(self._pool, _tenant_of(request.filter)))
+        if request.group_by not in _GROUP_BY:
+            raise InvalidArgumentError("group_by", f"unknown value {request.group_by}")
+        group_by = _GROUP_BY[request.group_by]
+        _, where = self._where(request.filter)
+        histogram = None
+        if request.HasField("interval"):
+            histogram = self._histogram_range(request)
+        result = await queries.count_events(
+            self._pool, queries.CountQuery(where=where, group_by=group_by, histogram=histogram)
+        )
+        response = pb.CountEventsResponse(
+            total=result.total,
+            source=pb.COUNT_SOURCE_PROJECTION if result.from_projection else pb.COUNT_SOURCE_LOG,
+        )
+        for key, count in result.groups:
+            response.groups.add(key=_group_key(group_by, key), count=count)
+        for bucket in result.buckets:
+            message = response.buckets.add(count=bucket.count)
+            set_timestamp(message.start_time, bucket.start)
+            for key, count in bucket.groups:
+                message.groups.add(key=_group_key(group_by, key), count=count)
+        return response
+
+    @staticmethod
+    def _histogram_range(request: pb.CountEventsRequest) -> tuple[int, int, int]:
+        interval = request.interval
+        if interval.nanos < 0 or interval.seconds < 0 or not -999_999_999 <= interval.nanos <= 999_999_999:
+            raise InvalidArgumentError("interval", "is not a valid positive duration")
+        interval_micros = interval.seconds * 1_000_000 + interval.nanos // 1000
+        if interval_micros < MIN_INTERVAL_MICROS:
+            raise InvalidArgumentError("interval", "must be at least 1s")
+        if not (request.filter.HasField("start_time") and request.filter.HasField("end_time")):
+            missing = "filter.start_time" if not request.filter.HasField("start_time") else "filter.end_time"
+            raise InvalidArgumentError(missing, "is required with an interval")
+        start = timestamp_micros(request.filter.start_time, "filter.start_time")
+        end = timestamp_micros(request.filter.end_time, "filter.end_time")
+        if -(-(end - start) // interval_micros) > MAX_BUCKETS:
+            raise InvalidArgumentError("interval", f"gives more than {MAX_BUCKETS} buckets over the time range")
+        return start, end, interval_micros
 
     async def TailEvents(
         self, request: pb.TailEventsRequest, context: aio.ServicerContext

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +15,8 @@ from pathlib import Path
 import asyncpg
 
 from ..api.server import RunningServer
-from ..config import Config, DatabaseConfig, parse_grpc_address
+from ..auth.tokens import mint_token
+from ..config import AuthConfig, Config, DatabaseConfig, parse_grpc_address
 from ..runtime import run_api, run_ingest, run_migrate
 from .nats import NatsServer
 from .postgres import EmbeddedPostgres
@@ -28,6 +31,23 @@ class DevSettings:
     """Where NATS and PostgreSQL keep their data between runs."""
     nats_port: int = 4222
     postgres_port: int = 55432
+    tenant: str = "acme"
+    """Tenant of the admin token printed at start-up."""
+
+
+DEV_TOKEN_TTL_SECONDS = 7 * 24 * 3600
+
+
+def dev_auth(auth: AuthConfig, data_dir: Path) -> AuthConfig:
+    """The configured authentication, or (when none is) HS256 with a random secret kept in the data directory."""
+    if auth.configured or auth.disabled:
+        return auth
+    secret_file = data_dir / "jwt-secret"
+    if not secret_file.exists():
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(48))
+    return dataclasses.replace(auth, jwt_secret=secret_file.read_text().strip())
 
 
 async def prepare_database(postgres: EmbeddedPostgres) -> tuple[str, str]:
@@ -52,26 +72,47 @@ async def grant_app_role(owner_url: str) -> None:
         await conn.close()
 
 
+def admin_token(config: Config, settings: DevSettings) -> str | None:
+    """A ready-to-use admin token for the dev tenant (None when authentication is off or keys are external)."""
+    auth = config.auth
+    if auth.disabled or not (auth.jwt_secret or auth.jwt_private_key_file):
+        return None
+    return mint_token(auth, subject="dev-admin", tenant=settings.tenant, admin=True, ttl_seconds=DEV_TOKEN_TTL_SECONDS)
+
+
 def banner(config: Config, settings: DevSettings, grpc_port: int, nats_url: str, owner_url: str) -> str:
     host, _ = parse_grpc_address(config.api.grpc_address)
     reach = "127.0.0.1" if host in ("0.0.0.0", "[::]", "::") else host
     target = f"{reach}:{grpc_port}"
     beside_python = Path(sys.executable).parent / "grpcurl"  # installed by the dev extras
     grpcurl = str(beside_python) if beside_python.exists() else "grpcurl"
-    return "\n".join(
-        [
-            "audit-service dev: ready",
-            f"  gRPC API   {target}  (reflection and grpc.health.v1 on)",
-            f"  NATS       {nats_url}  (publish to {config.nats.events_subject_prefix}.<tenant>)",
-            f"  PostgreSQL {config.database.url}  (owner: {owner_url})",
-            f"  data       {settings.data_dir.resolve()}",
-            "try:",
-            f"  {grpcurl} -plaintext {target} list",
-            f"  {grpcurl} -plaintext -d '{{\"page_size\": 5}}' {target} audit.v1.AuditService/ListEvents",
-            f"  {grpcurl} -plaintext {target} grpc.health.v1.Health/Check",
-            "Ctrl-C stops everything.",
+    token = admin_token(config, settings)
+    lines = [
+        "audit-service dev: ready",
+        f"  gRPC API   {target}  (reflection and grpc.health.v1 on)",
+        f"  NATS       {nats_url}  (publish to {config.nats.events_subject_prefix}.<tenant>)",
+        f"  PostgreSQL {config.database.url}  (owner: {owner_url})",
+        f"  data       {settings.data_dir.resolve()}",
+    ]
+    if token:
+        lines += [
+            f"admin token for tenant {settings.tenant!r} (valid 7 days; `audit-service token --help` mints others):",
+            f"  export AUDIT_TOKEN={token}",
         ]
-    )
+        auth = ' -H "authorization: Bearer $AUDIT_TOKEN"'
+    else:
+        lines.append("authentication: DISABLED" if config.auth.disabled else "authentication: external keys")
+        auth = ""
+    lines += [
+        "try:",
+        f"  {grpcurl} -plaintext {target} list",
+        f"  {grpcurl} -plaintext{auth} -d '{{\"page_size\": 5}}' {target} audit.v1.AuditService/ListEvents",
+        f'  {grpcurl} -plaintext{auth} -d \'{{"filter": {{"query": "action:api_key.*"}}}}\' '
+        f"{target} audit.v1.AuditService/ListEvents",
+        f"  {grpcurl} -plaintext {target} grpc.health.v1.Health/Check",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
 
 
 async def run_dev(
@@ -89,6 +130,7 @@ async def run_dev(
             config,
             database=DatabaseConfig(url=app_url, migrate_url=owner_url, pool_max_size=config.database.pool_max_size),
             nats=dataclasses.replace(config.nats, url=nats_server.url),
+            auth=dev_auth(config.auth, settings.data_dir),
         )
         await run_migrate(config)
         await grant_app_role(owner_url)

@@ -1,4 +1,5 @@
-"""The append transaction: de-duplicate, assign positions in commit order, extend the hash chains, COPY.
+"""The append transaction: de-duplicate, assign positions in commit order, extend the hash chains, COPY,
+and add the batch to the count projection.
 
 Every append locks the single audit_log_head row first and holds it until COMMIT, so appends are
 serialized: positions are gapless, and position order is commit order (a reader that has seen position P
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from ..core.records import GENESIS_HASH, LOG_COLUMNS, Content, seal
+from ..core.counts import hourly_counts
+from ..core.records import GENESIS_HASH, LOG_COLUMNS, Content, micros_to_datetime, seal
 from ..errors import UnavailableError
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,13 @@ INSERT INTO audit_chain_heads (tenant, last_position, last_hash)
 SELECT * FROM unnest($3::text[], $4::bigint[], $5::bytea[])
 ON CONFLICT (tenant) DO UPDATE SET last_position = excluded.last_position, last_hash = excluded.last_hash
 """
+_ADD_COUNTS = """
+INSERT INTO audit_counts_hourly (tenant, hour, action, resource_type, outcome, actor_type, events)
+SELECT * FROM unnest(
+    $1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::smallint[], $6::smallint[], $7::bigint[]
+)
+ON CONFLICT ON CONSTRAINT audit_counts_hourly_key DO UPDATE SET events = audit_counts_hourly.events + excluded.events
+"""
 _DATABASE_NOW = "SELECT greatest(clock_timestamp(), last_recorded_at) FROM audit_log_head"
 _ID_COLUMNS = ("event_id", "position", "recorded_at")
 _NO_PARTITION = "no partition of relation"
@@ -61,6 +70,23 @@ class AppendResult:
     @property
     def appended(self) -> int:
         return self.last_position - self.prev_position
+
+
+async def add_counts(conn: asyncpg.Connection, counts: dict) -> None:
+    """Adds counts to the hourly count projection (in the caller's transaction)."""
+    if not counts:
+        return
+    keys = list(counts)
+    await conn.execute(
+        _ADD_COUNTS,
+        [key[0] for key in keys],
+        [micros_to_datetime(key[1]) for key in keys],
+        [key[2] for key in keys],
+        [key[3] for key in keys],
+        [key[4] for key in keys],
+        [key[5] for key in keys],
+        [counts[key] for key in keys],
+    )
 
 
 def _month_start(moment: dt.datetime) -> dt.datetime:
@@ -127,6 +153,7 @@ class LogAppender:
 
             rows = []
             id_rows = []
+            appended: list[Content] = []
             tenant_last_position: dict[str, int] = {}
             position = prev_position
             for event_id, content in batch.items():
@@ -139,6 +166,7 @@ class LogAppender:
                 tenant_last_position[tenant] = position
                 rows.append(row)
                 id_rows.append((event_id, position, recorded_at))
+                appended.append(content)
             if not rows:
                 return AppendResult(prev_position, prev_position, 0)
 
@@ -153,4 +181,5 @@ class LogAppender:
                 [tenant_last_position[tenant] for tenant in moved],
                 [chain_heads[tenant] for tenant in moved],
             )
+            await add_counts(conn, hourly_counts(appended))
         return AppendResult(prev_position, position, 0)

@@ -1,67 +1,124 @@
-"""Reads of the log: keyset pages, single events, counts."""
+"""Reads of the log: keyset pages, single events, exact counts and histograms (from the log or the projection)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import asyncpg
 
-from ..core.records import columns_sql
+from ..core.counts import Bucket, group_totals, histogram, projection_can_answer
+from ..core.filters import Expr
+from ..core.records import columns_sql, datetime_to_micros, micros_to_datetime
+from .filter_sql import FilterSql, Parameters
 from .pool import acquire
 
 _COLUMNS = columns_sql("e.")
 
+GROUP_COLUMNS = ("actor", "action", "resource_type", "outcome")
+"""What counts can be grouped by."""
+_LOG_GROUP_SQL = {
+    "actor": "coalesce(e.actor_id, e.actor_slug)",
+    "action": "e.action",
+    "resource_type": "e.resource_type",
+    "outcome": "e.outcome::text",
+}
+_PROJECTION_GROUP_SQL = {"action": "p.action", "resource_type": "p.resource_type", "outcome": "p.outcome::text"}
+
 
 @dataclass(frozen=True, slots=True)
 class PageQuery:
-    tenant: str
-    """"" for every tenant."""
+    where: Expr
     newest_first: bool
     after_position: int | None
     """Keyset cursor: strictly beyond this position in the listing order; None for the first page."""
     limit: int
 
 
-def _page_sql(query: PageQuery) -> tuple[str, list[object]]:
-    conditions = []
-    args: list[object] = []
-    if query.tenant:
-        args.append(query.tenant)
-        conditions.append(f"e.tenant = ${len(args)}")
-    if query.after_position is not None:
-        args.append(query.after_position)
-        conditions.append(f"e.position {'<' if query.newest_first else '>'} ${len(args)}")
-    args.append(query.limit)
-    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    direction = "DESC" if query.newest_first else "ASC"
-    sql = f"SELECT {_COLUMNS} FROM audit_events e {where} ORDER BY e.position {direction} LIMIT ${len(args)}"
-    return sql, args
-
-
 async def list_events(pool: asyncpg.Pool, query: PageQuery) -> list[asyncpg.Record]:
-    """One page of stored events, in position order (descending when newest_first)."""
-    sql, args = _page_sql(query)
+    """One page of matching events, in position order (descending when newest_first)."""
+    params = Parameters()
+    conditions = [FilterSql(params, "e").condition(query.where)]
+    if query.after_position is not None:
+        conditions.append(f"e.position {'<' if query.newest_first else '>'} {params.add(query.after_position)}")
+    direction = "DESC" if query.newest_first else "ASC"
+    sql = (
+        f"SELECT {_COLUMNS} FROM audit_events e WHERE {' AND '.join(f'({c})' for c in conditions)} "
+        f"ORDER BY e.position {direction} LIMIT {params.add(query.limit)}"
+    )
     async with acquire(pool) as conn:
-        return await conn.fetch(sql, *args)
+        return await conn.fetch(sql, *params.values)
 
 
-async def get_event(pool: asyncpg.Pool, event_id: str) -> asyncpg.Record | None:
-    """The stored event with this id, or None."""
+async def get_event(pool: asyncpg.Pool, event_id: str, where: Expr) -> asyncpg.Record | None:
+    """The stored event with this id if it matches `where` (the caller's scope), else None."""
+    params = Parameters()
+    params.add(event_id)
+    condition = FilterSql(params, "e").condition(where)
     async with acquire(pool) as conn:
         return await conn.fetchrow(
             f"""
             SELECT {_COLUMNS}
             FROM audit_event_ids i
             JOIN audit_events e ON e.position = i.position AND e.recorded_at = i.recorded_at
-            WHERE i.event_id = $1::uuid
+            WHERE i.event_id = $1::uuid AND ({condition})
             """,
-            event_id,
+            *params.values,
         )
 
 
-async def count_events(pool: asyncpg.Pool, tenant: str) -> int:
-    """Exact number of stored events of a tenant ("" for all tenants)."""
+@dataclass(frozen=True, slots=True)
+class CountQuery:
+    where: Expr
+    group_by: str | None = None
+    """One of GROUP_COLUMNS, or None."""
+    histogram: tuple[int, int, int] | None = None
+    """(start, end, interval) in µs for a histogram over [start, end), or None for totals only."""
+
+
+@dataclass(frozen=True, slots=True)
+class CountResult:
+    total: int
+    buckets: list[Bucket]
+    groups: tuple[tuple[str, int], ...]
+    from_projection: bool
+
+
+async def count_events(pool: asyncpg.Pool, query: CountQuery, *, use_projection: bool = True) -> CountResult:
+    """Exact counts of the events matching `query.where`: from the hourly projection when it can answer
+    exactly the same (see core.counts.projection_can_answer), else from the log."""
+    interval = query.histogram[2] if query.histogram else None
+    from_projection = use_projection and projection_can_answer(query.where, query.group_by, interval)
+    params = Parameters()
+    if from_projection:
+        table, alias, time_column, count = "audit_counts_hourly", "p", "hour", "sum(p.events)"
+        group_sql = _PROJECTION_GROUP_SQL
+    else:
+        table, alias, time_column, count = "audit_events", "e", "occurred_at", "count(*)"
+        group_sql = _LOG_GROUP_SQL
+    condition = FilterSql(params, alias, time_column).condition(query.where)
+    key = group_sql[query.group_by] if query.group_by else "NULL::text"
+    if query.histogram:
+        start, end, interval = query.histogram
+        bucket = (
+            f"date_bin({params.add(dt.timedelta(microseconds=interval))}::interval, {alias}.{time_column}, "
+            f"{params.add(micros_to_datetime(start))}::timestamptz)"
+        )
+    else:
+        bucket = "NULL::timestamptz"
+    sql = f"SELECT {bucket} AS bucket, {key} AS key, {count} AS n FROM {table} {alias} WHERE {condition} GROUP BY 1, 2"
     async with acquire(pool) as conn:
-        if tenant:
-            return await conn.fetchval("SELECT count(*) FROM audit_events WHERE tenant = $1", tenant)
-        return await conn.fetchval("SELECT count(*) FROM audit_events")
+        rows = await conn.fetch(sql, *params.values)
+    total = sum(int(row["n"]) for row in rows)
+    buckets: list[Bucket] = []
+    if query.histogram:
+        start, end, interval = query.histogram
+        buckets = histogram(
+            [(datetime_to_micros(row["bucket"]), row["key"], int(row["n"])) for row in rows],
+            start=start,
+            end=end,
+            interval=interval,
+            grouped=query.group_by is not None,
+        )
+    groups = group_totals((row["key"], int(row["n"])) for row in rows) if query.group_by else ()
+    return CountResult(total=total, buckets=buckets, groups=groups, from_projection=from_projection)

@@ -1,0 +1,1 @@
+"""Bearer-token authentication: who is calling, and what they may see."""

@@ -1,0 +1,137 @@
+"""Event filters as a small boolean expression over the log's columns. Pure: no I/O, no SQL.
+
+An `EventFilter` (proto), its `query` string and the caller's access scope all compile to one `Expr`; the
+store turns it into SQL (store/filter_sql.py) for the log or for the count projection.
+
+Columns are those of audit_events. A text column's empty value ("") stands for NULL in the database; the
+two integer columns (outcome, actor_type) hold enum numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+TEXT_COLUMNS = frozenset(
+    {
+        "tenant",
+        "action",
+        "actor_id",
+        "actor_slug",
+        "actor_email",
+        "resource_type",
+        "resource_id",
+        "resource_name",
+        "resource_fqn",
+        "parent_resource_type",
+        "parent_resource_id",
+        "cluster_id",
+        "workspace_id",
+        "trace_id",
+        "request_method",
+        "request_route",
+        "ip_address",
+    }
+)
+INT_COLUMNS = frozenset({"outcome", "actor_type"})
+SEARCHED_COLUMNS = (
+    "message",
+    "action",
+    "resource_name",
+    "resource_fqn",
+    "actor_slug",
+    "actor_email",
+    "actor_display_name",
+)
+"""What free-text search looks into."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """The column equals one of `values`, or (text columns) starts with one of `prefixes`."""
+
+    column: str
+    values: tuple[str | int, ...] = ()
+    prefixes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """`term` (lowercase) appears in one of SEARCHED_COLUMNS, compared lowercase."""
+
+    term: str
+
+
+def has_control_characters(text: str) -> bool:
+    """Search terms may not hold control characters (the searched columns are joined with one)."""
+    return any(ord(char) < 32 or ord(char) == 127 for char in text)
+
+
+@dataclass(frozen=True, slots=True)
+class OccurredBetween:
+    """start <= occurred_at < end, in microseconds since the epoch; None is unbounded."""
+
+    start: int | None
+    end: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    child: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    children: tuple[Expr, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    children: tuple[Expr, ...]
+
+
+Expr = AnyOf | Search | OccurredBetween | Not | And | Or
+
+MATCH_ALL = And(())
+
+
+def all_of(parts: Iterable[Expr]) -> Expr:
+    """AND of the parts, flattened; MATCH_ALL when there are none."""
+    children: list[Expr] = []
+    for part in parts:
+        children.extend(part.children if isinstance(part, And) else (part,))
+    return children[0] if len(children) == 1 else And(tuple(children))
+
+
+def any_of(parts: Iterable[Expr]) -> Expr:
+    """OR of the parts, flattened (at least one part)."""
+    children: list[Expr] = []
+    for part in parts:
+        children.extend(part.children if isinstance(part, Or) else (part,))
+    if not children:
+        raise ValueError("any_of() needs at least one part")
+    return children[0] if len(children) == 1 else Or(tuple(children))
+
+
+def columns_of(expr: Expr) -> frozenset[str]:
+    """The columns an expression reads (SEARCHED_COLUMNS for a search, occurred_at for a time range)."""
+    if isinstance(expr, AnyOf):
+        return frozenset({expr.column})
+    if isinstance(expr, Search):
+        return frozenset(SEARCHED_COLUMNS)
+    if isinstance(expr, OccurredBetween):
+        return frozenset({"occurred_at"})
+    if isinstance(expr, Not):
+        return columns_of(expr.child)
+    return frozenset().union(*(columns_of(child) for child in expr.children))
+
+
+def time_ranges_of(expr: Expr) -> list[OccurredBetween]:
+    """Every time range in the expression."""
+    if isinstance(expr, OccurredBetween):
+        return [expr]
+    if isinstance(expr, Not):
+        return time_ranges_of(expr.child)
+    if isinstance(expr, And | Or):
+        return [found for child in expr.children for found in time_ranges_of(child)]
+    return []

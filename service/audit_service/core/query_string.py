@@ -1,0 +1,201 @@
+"""The `query` string of an EventFilter, for people typing at grpcurl. Pure.
+
+    action:api_key.* actor:alice@example.com -resource.type:secret "rotated key"
+
+Terms are separated by spaces. `field:value` selects on a field (a value may be "quoted"); the same field
+given several times matches any of its values; `-field:value` excludes. A bare word or a "quoted phrase"
+is searched for (see filters.Search); `-word` excludes events containing it. All terms must hold.
+Errors name the term and its position: `filter.query: unknown field "colour" at character 12 (...)`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from audit.v1 import event_pb2
+
+from ..errors import InvalidArgumentError
+from .filters import AnyOf, Expr, Not, OccurredBetween, Search, all_of, any_of, has_control_characters
+
+FIELD = "filter.query"
+MAX_QUERY_CHARS = 2000
+MAX_TERMS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    position: int
+    """1-based character position of the term in the query."""
+    negated: bool
+    field: str
+    """"" for a search term."""
+    value: str
+
+
+def _error(position: int, detail: str) -> InvalidArgumentError:
+    return InvalidArgumentError(FIELD, f"{detail} at character {position}")
+
+
+def _read_quoted(text: str, start: int) -> tuple[str, int]:
+    """Reads a "quoted" value starting at text[start] == '"'; returns it and the index after the quote."""
+    chars: list[str] = []
+    index = start + 1
+    while index < len(text):
+        char = text[index]
+        if char == "\\" and index + 1 < len(text) and text[index + 1] in '"\\':
+            chars.append(text[index + 1])
+            index += 2
+            continue
+        if char == '"':
+            return "".join(chars), index + 1
+        chars.append(char)
+        index += 1
+    raise _error(start + 1, "unterminated quote")
+
+
+def tokenize(text: str) -> list[Term]:
+    """Splits a query into terms."""
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidArgumentError(FIELD, f"longer than {MAX_QUERY_CHARS} characters")
+    terms: list[Term] = []
+    index = 0
+    while index < len(text):
+        if text[index].isspace():
+            index += 1
+            continue
+        start = index
+        negated = text[index] == "-"
+        if negated:
+            index += 1
+            if index >= len(text) or text[index].isspace():
+                raise _error(start + 1, 'a lone "-"')
+        if text[index] == '"':
+            value, index = _read_quoted(text, index)
+            field = ""
+        else:
+            end = index
+            while end < len(text) and not text[end].isspace() and text[end] != ":" and text[end] != '"':
+                end += 1
+            if end < len(text) and text[end] == ":":
+                field = text[index:end]
+                if not field:
+                    raise _error(start + 1, 'a term cannot start with ":"')
+                index = end + 1
+                if index < len(text) and text[index] == '"':
+                    value, index = _read_quoted(text, index)
+                else:
+                    end = index
+                    while end < len(text) and not text[end].isspace():
+                        if text[end] == '"':
+                            raise _error(end + 1, "a quote inside a value; quote the whole value")
+                        end += 1
+                    value, index = text[index:end], end
+                if not value:
+                    raise _error(start + 1, f'"{field}:" has no value')
+            elif end < len(text) and text[end] == '"':
+                raise _error(end + 1, "a quote inside a word; quote the whole phrase")
+            else:
+                field, value, index = "", text[index:end], end
+        if index < len(text) and not text[index].isspace():
+            raise _error(index + 1, "expected a space after a term")
+        terms.append(Term(start + 1, negated, field, value))
+        if len(terms) > MAX_TERMS:
+            raise InvalidArgumentError(FIELD, f"more than {MAX_TERMS} terms")
+    return terms
+
+
+def _enum_value(enum_type: object, prefix: str, value: str, position: int) -> int:
+    name = value.upper()
+    number = enum_type.values_by_name.get(name if name.startswith(prefix) else prefix + name)  # type: ignore[attr-defined]
+    if number is None or number.number == 0:
+        choices = ", ".join(v.name.removeprefix(prefix) for v in enum_type.values if v.number)  # type: ignore[attr-defined]
+        raise _error(position, f"unknown value {value!r} (one of {choices})")
+    return number.number
+
+
+def _timestamp_micros(value: str, position: int) -> int:
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise _error(position, f"{value!r} is not an RFC 3339 time such as 2026-01-31T12:00:00Z") from None
+    if moment.tzinfo is None:
+        raise _error(position, f"{value!r} has no time zone; add Z or an offset")
+    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+
+
+def _action(value: str, position: int) -> Expr:
+    if value.endswith("*"):
+        prefix = value[:-1]
+        if not prefix or "*" in prefix:
+            raise _error(position, "an action prefix needs text before a single trailing *")
+        return AnyOf("action", prefixes=(prefix,))
+    if "*" in value:
+        raise _error(position, "* is only allowed at the end of an action")
+    return AnyOf("action", (value,))
+
+
+def _column(column: str) -> Callable[[str, int], Expr]:
+    return lambda value, position: AnyOf(column, (value,))
+
+
+def _actor(value: str, position: int) -> Expr:
+    return any_of(AnyOf(column, (value,)) for column in ("actor_id", "actor_slug", "actor_email"))
+
+
+_FIELDS: dict[str, Callable[[str, int], Expr]] = {
+    "action": _action,
+    "actor": _actor,
+    "actor.id": _column("actor_id"),
+    "actor.slug": _column("actor_slug"),
+    "actor.email": _column("actor_email"),
+    "actor.type": lambda value, position: AnyOf(
+        "actor_type", (_enum_value(event_pb2.SubjectType.DESCRIPTOR, "SUBJECT_TYPE_", value, position),)
+    ),
+    "resource.id": _column("resource_id"),
+    "resource.type": _column("resource_type"),
+    "resource.name": _column("resource_name"),
+    "resource.fqn": _column("resource_fqn"),
+    "cluster": _column("cluster_id"),
+    "workspace": _column("workspace_id"),
+    "outcome": lambda value, position: AnyOf(
+        "outcome", (_enum_value(event_pb2.Outcome.DESCRIPTOR, "OUTCOME_", value, position),)
+    ),
+    "trace": _column("trace_id"),
+    "after": lambda value, position: OccurredBetween(_timestamp_micros(value, position), None),
+    "before": lambda value, position: OccurredBetween(None, _timestamp_micros(value, position)),
+}
+FIELD_NAMES = tuple(_FIELDS)
+
+
+def compile_query(text: str) -> Expr:
+    """The filter a query string stands for (MATCH_ALL for an empty one).
+
+    Raises:
+        InvalidArgumentError: naming filter.query, the bad term and its character position.
+    """
+    positive: dict[str, list[Expr]] = {}
+    parts: list[Expr] = []
+    for term in tokenize(text):
+        if not term.field:
+            if has_control_characters(term.value) or not term.value.strip():
+                raise _error(term.position, "an empty search term, or one with control characters")
+            expr: Expr = Search(term.value.lower())
+        else:
+            build = _FIELDS.get(term.field.lower())
+            if build is None:
+                raise _error(term.position, f"unknown field {term.field!r} (fields: {', '.join(FIELD_NAMES)})")
+            if "\x00" in term.value:
+                raise _error(term.position, "a NUL character in a value")
+            expr = build(term.value, term.position)
+        if term.negated:
+            if isinstance(expr, OccurredBetween):
+                raise _error(term.position, f'"-{term.field}:" cannot be negated; use the other bound')
+            parts.append(Not(expr))
+        elif term.field and not isinstance(expr, OccurredBetween):
+            positive.setdefault(term.field.lower(), []).append(expr)
+        else:
+            parts.append(expr)
+    parts.extend(any_of(exprs) for exprs in positive.values())
+    return all_of(parts)
