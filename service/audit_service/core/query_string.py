@@ -34,8 +34,8 @@ class Term:
     value: str
 
 
-def _error(position: int, detail: str) -> InvalidArgumentError:
-    return InvalidArgumentError(FIELD, f"{detail} at character {position}")
+def _error(position: int, detail: str, hint: str = "") -> InvalidArgumentError:
+    return InvalidArgumentError(FIELD, f"{detail} at character {position}{f' ({hint})' if hint else ''}")
 
 
 def _read_quoted(text: str, start: int) -> tuple[str, int]:
@@ -111,7 +111,7 @@ def _enum_value(enum_type: object, prefix: str, value: str, position: int) -> in
     number = enum_type.values_by_name.get(name if name.startswith(prefix) else prefix + name)  # type: ignore[attr-defined]
     if number is None or number.number == 0:
         choices = ", ".join(v.name.removeprefix(prefix) for v in enum_type.values if v.number)  # type: ignore[attr-defined]
-        raise _error(position, f"unknown value {value!r} (one of {choices})")
+        raise _error(position, f"unknown value {value!r}", f"one of {choices}")
     return number.number
 
 
@@ -185,7 +185,7 @@ def compile_query(text: str) -> Expr:
         else:
             build = _FIELDS.get(term.field.lower())
             if build is None:
-                raise _error(term.position, f"unknown field {term.field!r} (fields: {', '.join(FIELD_NAMES)})")
+                raise _error(term.position, f"unknown field {term.field!r}", f"fields: {', '.join(FIELD_NAMES)}")
             if "\x00" in term.value:
                 raise _error(term.position, "a NUL character in a value")
             expr = build(term.value, term.position)

@@ -1,0 +1,225 @@
+"""Queries under stress: pages walked while the worker keeps committing, and fuzzed requests that must never
+produce INTERNAL or UNKNOWN."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from audit.v1 import audit_service_pb2 as pb
+from audit.v1 import event_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ..conftest import eventually
+from ..factories import make_event
+
+MATCHING_ACTIONS = ("api_key.create", "api_key.rotate")
+
+
+async def walk(api, request_filter: pb.EventFilter, order: int, page_size: int, between_pages=None) -> list[int]:
+    positions, token = [], ""
+    while True:
+        page = await api.ListEvents(
+            pb.ListEventsRequest(filter=request_filter, order=order, page_size=page_size, page_token=token)
+        )
+        positions.extend(event.position for event in page.events)
+        for event in page.events:
+            assert event.action in MATCHING_ACTIONS and event.outcome != event_pb2.OUTCOME_DENIED
+        token = page.next_page_token
+        if not token:
+            return positions
+        if between_pages is not None:
+            await between_pages()
+
+
+async def matching_positions(owner) -> list[int]:
+    rows = await owner.fetch(
+        "SELECT position FROM audit_events WHERE action LIKE 'api\\_key.%' AND outcome <> $1 ORDER BY position",
+        event_pb2.OUTCOME_DENIED,
+    )
+    return [row["position"] for row in rows]
+
+
+async def test_walking_pages_while_events_are_ingested_yields_each_match_once_in_order(
+    api, publisher, start_worker, owner
+):
+    await start_worker()
+    actions = (*MATCHING_ACTIONS, "secret.read")
+    outcomes = (event_pb2.OUTCOME_SUCCESS, event_pb2.OUTCOME_DENIED, event_pb2.OUTCOME_FAILURE)
+
+    async def produce(count: int) -> None:
+        for i in range(count):
+            await publisher.publish(make_event(action=actions[i % 3], outcome=outcomes[i % 5 % 3]))
+            if i % 10 == 0:
+                await asyncio.sleep(0.005)
+
+    await produce(90)
+    request_filter = pb.EventFilter(tenant="acme", actions=["api_key.*"], query="-outcome:denied")
+
+    async def at_least(count: int) -> bool:
+        return len(await matching_positions(owner)) >= count
+
+    await eventually(lambda: at_least(30), what="a first set of matching events")
+    producing = asyncio.create_task(produce(300))
+    waits = 3
+
+    async def until_more_are_committed() -> None:
+        # For the first pages, wait until the worker has committed more matches: the walk really overlaps ingest.
+        nonlocal waits
+        if waits:
+            waits -= 1
+            seen = len(await matching_positions(owner))
+            await eventually(lambda: at_least(seen + 1), what="more matching events committed during the walk")
+
+    try:
+        newest_first = await walk(api, request_filter, pb.ORDER_NEWEST_FIRST, 7, until_more_are_committed)
+        waits = 3
+        oldest_first = await walk(api, request_filter, pb.ORDER_OLDEST_FIRST, 7, until_more_are_committed)
+    finally:
+        await producing
+    committed = await matching_positions(owner)
+
+    # Newest first: exactly the matches that existed when the walk began (newer ones are ahead of the cursor).
+    assert newest_first == sorted(newest_first, reverse=True)
+    assert newest_first == [p for p in reversed(committed) if p <= newest_first[0]]
+    # Oldest first: every match up to the last one seen, once each, in order; none skipped while others commit.
+    assert oldest_first == [p for p in committed if p <= oldest_first[-1]]
+    assert oldest_first[-1] > newest_first[0], "the oldest-first walk reached events committed during the walks"
+
+
+_text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=40)
+_enum = st.integers(-3, 40)
+_timestamp = st.builds(
+    timestamp_pb2.Timestamp,
+    seconds=st.integers(-(2**40), 2**40),
+    nanos=st.integers(-(2**31), 2**31 - 1),
+)
+_duration = st.builds(
+    duration_pb2.Duration,
+    seconds=st.integers(-(2**40), 2**40),
+    nanos=st.integers(-(2**31), 2**31 - 1),
+)
+_query = st.lists(
+    st.one_of(
+        _text,
+        st.sampled_from(
+            ("action:", "-", '"', "actor.type:ROBOT", "after:yesterday", "before:2026-01-01T00:00:00Z", "x:y", '-"a b"')
+        ),
+        st.builds(lambda f, v: f"{f}:{v}", st.sampled_from(("action", "actor", "outcome", "resource.type")), _text),
+    ),
+    max_size=6,
+).map(" ".join)
+
+
+@st.composite
+def event_filters(draw) -> pb.EventFilter:
+    f = pb.EventFilter(
+        tenant=draw(st.one_of(st.just(""), st.just("acme"), _text)),
+        actions=draw(st.lists(st.one_of(_text, st.just("api_key.*"), st.just("*")), max_size=3)),
+        search=draw(_text),
+        resource_id=draw(_text),
+        resource_type=draw(_text),
+        cluster_id=draw(_text),
+        actor_slugs=draw(st.lists(_text, max_size=3)),
+        actor_ids=draw(st.lists(_text, max_size=3)),
+        actor_types=draw(st.lists(_enum, max_size=3)),
+        outcomes=draw(st.lists(_enum, max_size=3)),
+        trace_id=draw(st.one_of(st.just(""), _text)),
+        condition_join=draw(_enum),
+        query=draw(_query),
+    )
+    for name in ("start_time", "end_time"):
+        if draw(st.booleans()):
+            getattr(f, name).CopyFrom(draw(_timestamp))
+    for _ in range(draw(st.integers(0, 3))):
+        f.conditions.add(field=draw(_enum), operator=draw(_enum), values=draw(st.lists(_text, max_size=3)))
+    return f
+
+
+_ALLOWED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+
+
+async def outcome_of(call) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        assert error.code() in _ALLOWED, (error.code(), error.details())
+        assert "Traceback" not in (error.details() or "")
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    request_filter=event_filters(),
+    page_size=st.integers(-(2**31), 2**31 - 1),
+    page_token=st.one_of(st.just(""), _text),
+    order=_enum,
+    interval=st.one_of(st.none(), _duration),
+    group_by=_enum,
+    event_id=_text,
+    include_total_size=st.booleans(),
+)
+async def test_fuzzed_requests_get_a_clear_status_never_internal(
+    api, request_filter, page_size, page_token, order, interval, group_by, event_id, include_total_size
+):
+    await outcome_of(
+        api.ListEvents(
+            pb.ListEventsRequest(
+                filter=request_filter,
+                page_size=page_size,
+                page_token=page_token,
+                order=order,
+                include_total_size=include_total_size,
+            )
+        )
+    )
+    count = pb.CountEventsRequest(filter=request_filter, group_by=group_by)
+    if interval is not None:
+        count.interval.CopyFrom(interval)
+    await outcome_of(api.CountEvents(count))
+    await outcome_of(api.GetEvent(pb.GetEventRequest(event_id=event_id)))
+
+
+@pytest.mark.parametrize(
+    ("request_filter", "field"),
+    [
+        (pb.EventFilter(actions=["bad action!"]), "filter.actions[0]"),
+        (pb.EventFilter(actions=["ok", "*"]), "filter.actions[1]"),
+        (pb.EventFilter(actor_types=[99]), "filter.actor_types[0]"),
+        (pb.EventFilter(outcomes=[0]), "filter.outcomes[0]"),
+        (pb.EventFilter(trace_id="XYZ"), "filter.trace_id"),
+        (pb.EventFilter(search="a\x00b"), "filter.search"),
+        (pb.EventFilter(start_time=timestamp_pb2.Timestamp(seconds=10**13)), "filter.start_time"),
+        (pb.EventFilter(conditions=[pb.Condition(field=1, operator=9, values=["x"])]), "filter.conditions[0].operator"),
+        (
+            pb.EventFilter(conditions=[pb.Condition(field=14, operator=1, values=["MAYBE"])]),
+            "filter.conditions[0].values[0]",
+        ),
+        (pb.EventFilter(query='action:a "unterminated'), "filter.query"),
+        (pb.EventFilter(query="colour:red"), "filter.query"),
+    ],
+)
+async def test_each_malformed_filter_field_is_named(api, request_filter, field):
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await api.ListEvents(pb.ListEventsRequest(filter=request_filter))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith(f"{field}:"), error.value.details()
+
+
+async def test_count_arguments_are_checked(api):
+    day = pb.EventFilter(start_time=timestamp_pb2.Timestamp(seconds=0), end_time=timestamp_pb2.Timestamp(seconds=86400))
+    cases = [
+        (pb.CountEventsRequest(interval=duration_pb2.Duration(seconds=3600)), "filter.start_time"),
+        (pb.CountEventsRequest(filter=day, interval=duration_pb2.Duration(seconds=0, nanos=5)), "interval"),
+        (pb.CountEventsRequest(filter=day, interval=duration_pb2.Duration(seconds=1)), "interval"),  # 86,400 buckets
+        (pb.CountEventsRequest(filter=day, group_by=17), "group_by"),
+    ]
+    for request, field in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await api.CountEvents(request)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.details().startswith(f"{field}:"), error.value.details()
