@@ -35,8 +35,8 @@ class PageQuery:
     limit: int
 
 
-async def list_events(pool: asyncpg.Pool, query: PageQuery) -> list[asyncpg.Record]:
-    """One page of matching events, in position order (descending when newest_first)."""
+def page_sql(query: PageQuery) -> tuple[str, list[object]]:
+    """The statement of one page, and its parameters."""
     params = Parameters()
     conditions = [FilterSql(params, "e").condition(query.where)]
     if query.after_position is not None:
@@ -46,8 +46,14 @@ async def list_events(pool: asyncpg.Pool, query: PageQuery) -> list[asyncpg.Reco
         f"SELECT {_COLUMNS} FROM audit_events e WHERE {' AND '.join(f'({c})' for c in conditions)} "
         f"ORDER BY e.position {direction} LIMIT {params.add(query.limit)}"
     )
+    return sql, params.values
+
+
+async def list_events(pool: asyncpg.Pool, query: PageQuery) -> list[asyncpg.Record]:
+    """One page of matching events, in position order (descending when newest_first)."""
+    sql, args = page_sql(query)
     async with acquire(pool) as conn:
-        return await conn.fetch(sql, *params.values)
+        return await conn.fetch(sql, *args)
 
 
 async def get_event(pool: asyncpg.Pool, event_id: str, where: Expr) -> asyncpg.Record | None:
@@ -84,9 +90,9 @@ class CountResult:
     from_projection: bool
 
 
-async def count_events(pool: asyncpg.Pool, query: CountQuery, *, use_projection: bool = True) -> CountResult:
-    """Exact counts of the events matching `query.where`: from the hourly projection when it can answer
-    exactly the same (see core.counts.projection_can_answer), else from the log."""
+def count_sql(query: CountQuery, *, use_projection: bool = True) -> tuple[str, list[object], bool]:
+    """The statement of a count, its parameters, and whether it reads the projection (when it can answer
+    exactly what the log would, see core.counts.projection_can_answer)."""
     interval = query.histogram[2] if query.histogram else None
     from_projection = use_projection and projection_can_answer(query.where, query.group_by, interval)
     params = Parameters()
@@ -99,7 +105,7 @@ async def count_events(pool: asyncpg.Pool, query: CountQuery, *, use_projection:
     condition = FilterSql(params, alias, time_column).condition(query.where)
     key = group_sql[query.group_by] if query.group_by else "NULL::text"
     if query.histogram:
-        start, end, interval = query.histogram
+        start, _, interval = query.histogram
         bucket = (
             f"date_bin({params.add(dt.timedelta(microseconds=interval))}::interval, {alias}.{time_column}, "
             f"{params.add(micros_to_datetime(start))}::timestamptz)"
@@ -107,8 +113,14 @@ async def count_events(pool: asyncpg.Pool, query: CountQuery, *, use_projection:
     else:
         bucket = "NULL::timestamptz"
     sql = f"SELECT {bucket} AS bucket, {key} AS key, {count} AS n FROM {table} {alias} WHERE {condition} GROUP BY 1, 2"
+    return sql, params.values, from_projection
+
+
+async def count_events(pool: asyncpg.Pool, query: CountQuery, *, use_projection: bool = True) -> CountResult:
+    """Exact counts of the events matching `query.where`, with buckets and groups as asked."""
+    sql, args, from_projection = count_sql(query, use_projection=use_projection)
     async with acquire(pool) as conn:
-        rows = await conn.fetch(sql, *params.values)
+        rows = await conn.fetch(sql, *args)
     total = sum(int(row["n"]) for row in rows)
     buckets: list[Bucket] = []
     if query.histogram:
