@@ -349,13 +349,20 @@ async def measure(args: argparse.Namespace, postgres: EmbeddedPostgres, data: di
                     await asyncio.sleep(0.2)
             stub = audit_service_pb2_grpc.AuditServiceStub(channel)
             kinds = [k for k in args.kinds.split(",") if k]
+            direct = await asyncpg.connect(postgres.url("audit", user=APP_ROLE))
             page_tokens: dict[str, tuple[str, int]] = {}
             if "list" in kinds:
                 depth = args.page_depth
-                print(f"walking {depth - 1} pages of {DEEP_PAGE_TENANTS} tenants for page-{depth} tokens", flush=True)
-                page_tokens = await deep_page_tokens(stub, tokens, cat.tenants[:DEEP_PAGE_TENANTS], depth)
+                largest = [
+                    row["tenant"]
+                    for row in await direct.fetch(
+                        "SELECT tenant FROM audit_events GROUP BY tenant ORDER BY count(*) DESC LIMIT $1",
+                        DEEP_PAGE_TENANTS,
+                    )
+                ]
+                print(f"walking {depth - 1} pages of tenants {', '.join(largest)} for page-{depth} tokens", flush=True)
+                page_tokens = await deep_page_tokens(stub, tokens, largest, depth)
             makers = request_makers(data, page_tokens, args.page_depth)
-            direct = await asyncpg.connect(postgres.url("audit", user=APP_ROLE))
             try:
                 for name, make in makers.items():
                     if name.split(":", 1)[0] not in kinds:

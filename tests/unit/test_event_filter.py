@@ -127,7 +127,7 @@ def test_hourly_counts_of_a_batch():
 
 
 def test_histograms_include_empty_buckets_and_a_short_last_one():
-    buckets = histogram([(0, "a", 2), (20, "b", 1), (20, "a", 1)], start=0, end=25, interval=10, grouped=True)
+    buckets = histogram([(0, ["a"], [2]), (2, ["a", "b"], [1, 1])], start=0, end=25, interval=10, grouped=True)
     assert [(b.start, b.count, b.groups) for b in buckets] == [
         (0, 2, (("a", 2),)),
         (10, 0, ()),

@@ -4,7 +4,8 @@ caller was authenticated by api/auth.py and everything is scoped to what it may 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
 
 import asyncpg
 from audit.v1 import audit_service_pb2 as pb
@@ -20,7 +21,7 @@ from ..core.page_token import PageToken, decode_page_token, encode_page_token, q
 from ..errors import InvalidArgumentError, NotFoundError, NotImplementedYetError, PermissionDeniedError
 from ..store import queries
 from .auth import current_caller
-from .convert import row_to_event, set_timestamp
+from .convert import row_to_event
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -58,10 +59,13 @@ def _caller_identity(caller: Principal | None) -> bytes:
     return f"{caller.tenant}\x00{caller.subject}\x00{int(caller.admin)}".encode()
 
 
-def _group_key(group_by: str | None, key: str) -> str:
-    if group_by == "outcome" and key:
-        return event_pb2.Outcome.Name(int(key))
-    return key
+_OUTCOME_NAMES = {str(number): event_pb2.Outcome.Name(number) for number in event_pb2.Outcome.values()}
+
+
+def _add_groups(target: Any, groups: Iterable[tuple[str, int]], rename: Mapping[str, str] | None) -> None:
+    add = target.add
+    for key, count in groups:
+        add(key=key if rename is None else rename.get(key, key), count=count)
 
 
 class AuditServicer(pb_grpc.AuditServiceServicer):
@@ -119,17 +123,19 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         result = await queries.count_events(
             self._pool, queries.CountQuery(where=where, group_by=group_by, histogram=histogram)
         )
+        rename = _OUTCOME_NAMES if group_by == "outcome" else None
         response = pb.CountEventsResponse(
             total=result.total,
             source=pb.COUNT_SOURCE_PROJECTION if result.from_projection else pb.COUNT_SOURCE_LOG,
         )
-        for key, count in result.groups:
-            response.groups.add(key=_group_key(group_by, key), count=count)
+        _add_groups(response.groups, result.groups, rename)
+        # add() in place: a month of hourly buckets by action is ~10^4 messages, and building them apart to
+        # extend() would copy each one again.
         for bucket in result.buckets:
             message = response.buckets.add(count=bucket.count)
-            set_timestamp(message.start_time, bucket.start)
-            for key, count in bucket.groups:
-                message.groups.add(key=_group_key(group_by, key), count=count)
+            message.start_time.seconds, micros = divmod(bucket.start, 1_000_000)
+            message.start_time.nanos = micros * 1000
+            _add_groups(message.groups, bucket.groups, rename)
         return response
 
     @staticmethod

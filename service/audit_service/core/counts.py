@@ -88,17 +88,19 @@ def bucket_starts(start: int, end: int, interval: int) -> range:
 
 
 def histogram(
-    rows: Sequence[tuple[int, str | None, int]], *, start: int, end: int, interval: int, grouped: bool
+    rows: Iterable[tuple[int, Sequence[str], Sequence[int]]], *, start: int, end: int, interval: int, grouped: bool
 ) -> list[Bucket]:
-    """Every bucket of [start, end), empty ones included, from (bucket start, group key, count) rows."""
-    per_bucket: dict[int, collections.Counter[str]] = {
-        at: collections.Counter() for at in bucket_starts(start, end, interval)
-    }
-    for bucket_start, key, count in rows:
-        per_bucket[bucket_start][key or ""] += count
-    return [
-        Bucket(at, sum(counter.values()), _ranked(counter) if grouped else ()) for at, counter in per_bucket.items()
-    ]
+    """Every bucket of [start, end), empty ones included.
+
+    Args:
+        rows: (bucket index, group keys, counts) for the non-empty buckets, keys ranked largest count first.
+    """
+    found = {index: (keys, counts) for index, keys, counts in rows}
+    buckets = []
+    for index, at in enumerate(bucket_starts(start, end, interval)):
+        keys, counts = found.get(index, ((), ()))
+        buckets.append(Bucket(at, sum(counts), tuple(zip(keys, counts, strict=True)) if grouped else ()))
+    return buckets
 
 
 def group_totals(rows: Iterable[tuple[str | None, int]]) -> tuple[tuple[str, int], ...]:

@@ -56,4 +56,4 @@ async def rebuild_count_projection(
             "SELECT (SELECT coalesce(sum(events), 0) FROM audit_counts_hourly), "
             "(SELECT count(*) FROM audit_counts_hourly)"
         )
-    return RebuildReport(events=events, rows=rows)
+    return RebuildReport(events=int(events), rows=rows)
