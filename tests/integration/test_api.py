@@ -91,7 +91,7 @@ async def test_a_page_token_is_bound_to_its_filter_and_order(api, stored):
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await api.ListEvents(other)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "different filter or order" in error.value.details()
+        assert "different filter, order or caller" in error.value.details()
 
 
 async def test_get_event_returns_the_stored_event_or_not_found(api, stored):

@@ -73,7 +73,7 @@ def test_token_of_another_query_is_refused() -> None:
     with pytest.raises(InvalidArgumentError) as caught:
         decode_page_token(text, query_digest(b"other filter", b"\x01"))
     assert caught.value.field == "page_token"
-    assert "different filter or order" in str(caught.value)
+    assert "different filter, order or caller" in str(caught.value)
 
 
 def test_query_digest() -> None:

@@ -14,7 +14,19 @@ from audit_client.validation import ACTION_PATTERN, TENANT_PATTERN, TRACE_ID_PAT
 from google.protobuf import timestamp_pb2
 
 from ..errors import InvalidArgumentError
-from .filters import AnyOf, Expr, Not, OccurredBetween, Search, all_of, any_of, has_control_characters
+from .filters import (
+    INT_COLUMNS,
+    AnyOf,
+    Expr,
+    Not,
+    OccurredBetween,
+    Search,
+    UnknownEnumValue,
+    all_of,
+    any_of,
+    enum_number,
+    has_control_characters,
+)
 from .query_string import compile_query
 
 MAX_VALUES = 100
@@ -47,10 +59,6 @@ _CONDITION_COLUMNS: dict[int, str] = {
     pb.CONDITION_FIELD_REQUEST_METHOD: "request_method",
     pb.CONDITION_FIELD_REQUEST_ROUTE: "request_route",
     pb.CONDITION_FIELD_IP_ADDRESS: "ip_address",
-}
-_ENUM_COLUMNS = {
-    "outcome": (event_pb2.Outcome.DESCRIPTOR, "OUTCOME_"),
-    "actor_type": (event_pb2.SubjectType.DESCRIPTOR, "SUBJECT_TYPE_"),
 }
 
 
@@ -109,13 +117,10 @@ def _action(value: str, field: str) -> AnyOf:
 
 
 def _enum_name(value: str, column: str, field: str) -> int:
-    descriptor, prefix = _ENUM_COLUMNS[column]
-    name = value.upper()
-    found = descriptor.values_by_name.get(name if name.startswith(prefix) else prefix + name)
-    if found is None or found.number == 0:
-        choices = ", ".join(v.name for v in descriptor.values if v.number)
-        raise InvalidArgumentError(field, f"unknown value {value[:80]!r} (one of {choices})")
-    return found.number
+    try:
+        return enum_number(column, value)
+    except UnknownEnumValue as error:
+        raise InvalidArgumentError(field, f"{error} (one of {error.choices})") from None
 
 
 def _condition(condition: pb.Condition, field: str) -> Expr:
@@ -139,7 +144,7 @@ def _condition(condition: pb.Condition, field: str) -> Expr:
     for index, value in enumerate(values):
         value_field = f"{field}.values[{index}]"
         _text(value, value_field)
-        parsed.append(_enum_name(value, column, value_field) if column in _ENUM_COLUMNS else value)
+        parsed.append(_enum_name(value, column, value_field) if column in INT_COLUMNS else value)
     expr = AnyOf(column, tuple(parsed))
     negated = operator in (pb.CONDITION_OPERATOR_NOT_EQUAL, pb.CONDITION_OPERATOR_NOT_IN)
     return Not(expr) if negated else expr

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from audit.v1 import event_pb2
+
 TEXT_COLUMNS = frozenset(
     {
         "tenant",
@@ -34,6 +36,31 @@ TEXT_COLUMNS = frozenset(
     }
 )
 INT_COLUMNS = frozenset({"outcome", "actor_type"})
+_ENUMS = {
+    "outcome": (event_pb2.Outcome.DESCRIPTOR, "OUTCOME_"),
+    "actor_type": (event_pb2.SubjectType.DESCRIPTOR, "SUBJECT_TYPE_"),
+}
+
+
+class UnknownEnumValue(ValueError):
+    """A value name that is not one of the column's enum values; `choices` lists them."""
+
+    def __init__(self, value: str, choices: str) -> None:
+        self.choices = choices
+        super().__init__(f"unknown value {value[:80]!r}")
+
+
+def enum_number(column: str, value: str) -> int:
+    """The number of an enum column's value given by name, case-insensitive, with or without its prefix
+    ("system", "SUBJECT_TYPE_SYSTEM"). Raises UnknownEnumValue (also for the UNSPECIFIED value)."""
+    descriptor, prefix = _ENUMS[column]
+    name = value.upper()
+    found = descriptor.values_by_name.get(name if name.startswith(prefix) else prefix + name)
+    if found is None or found.number == 0:
+        raise UnknownEnumValue(value, ", ".join(v.name.removeprefix(prefix) for v in descriptor.values if v.number))
+    return found.number
+
+
 SEARCHED_COLUMNS = (
     "message",
     "action",

@@ -56,5 +56,5 @@ def decode_page_token(text: str, expected_digest: str) -> PageToken:
     ):
         raise InvalidArgumentError("page_token", "is malformed; pass next_page_token back unchanged")
     if digest != expected_digest:
-        raise InvalidArgumentError("page_token", "belongs to a different filter or order")
+        raise InvalidArgumentError("page_token", "belongs to a different filter, order or caller")
     return PageToken(after_position=position, query_digest=digest)

@@ -14,10 +14,19 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from audit.v1 import event_pb2
-
 from ..errors import InvalidArgumentError
-from .filters import AnyOf, Expr, Not, OccurredBetween, Search, all_of, any_of, has_control_characters
+from .filters import (
+    AnyOf,
+    Expr,
+    Not,
+    OccurredBetween,
+    Search,
+    UnknownEnumValue,
+    all_of,
+    any_of,
+    enum_number,
+    has_control_characters,
+)
 
 FIELD = "filter.query"
 MAX_QUERY_CHARS = 2000
@@ -106,13 +115,14 @@ def tokenize(text: str) -> list[Term]:
     return terms
 
 
-def _enum_value(enum_type: object, prefix: str, value: str, position: int) -> int:
-    name = value.upper()
-    number = enum_type.values_by_name.get(name if name.startswith(prefix) else prefix + name)  # type: ignore[attr-defined]
-    if number is None or number.number == 0:
-        choices = ", ".join(v.name.removeprefix(prefix) for v in enum_type.values if v.number)  # type: ignore[attr-defined]
-        raise _error(position, f"unknown value {value!r}", f"one of {choices}")
-    return number.number
+def _enum(column: str) -> Callable[[str, int], Expr]:
+    def build(value: str, position: int) -> Expr:
+        try:
+            return AnyOf(column, (enum_number(column, value),))
+        except UnknownEnumValue as error:
+            raise _error(position, str(error), f"one of {error.choices}") from None
+
+    return build
 
 
 def _timestamp_micros(value: str, position: int) -> int:
@@ -150,18 +160,14 @@ _FIELDS: dict[str, Callable[[str, int], Expr]] = {
     "actor.id": _column("actor_id"),
     "actor.slug": _column("actor_slug"),
     "actor.email": _column("actor_email"),
-    "actor.type": lambda value, position: AnyOf(
-        "actor_type", (_enum_value(event_pb2.SubjectType.DESCRIPTOR, "SUBJECT_TYPE_", value, position),)
-    ),
+    "actor.type": _enum("actor_type"),
     "resource.id": _column("resource_id"),
     "resource.type": _column("resource_type"),
     "resource.name": _column("resource_name"),
     "resource.fqn": _column("resource_fqn"),
     "cluster": _column("cluster_id"),
     "workspace": _column("workspace_id"),
-    "outcome": lambda value, position: AnyOf(
-        "outcome", (_enum_value(event_pb2.Outcome.DESCRIPTOR, "OUTCOME_", value, position),)
-    ),
+    "outcome": _enum("outcome"),
     "trace": _column("trace_id"),
     "after": lambda value, position: OccurredBetween(_timestamp_micros(value, position), None),
     "before": lambda value, position: OccurredBetween(None, _timestamp_micros(value, position)),

@@ -4,8 +4,9 @@ nats-py's `PullSubscription.fetch` waits for each message with its own timer, wh
 the rest of ingesting an event. This reader keeps one pull request outstanding
 (`$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`), collects deliveries in a callback, and hands out
 whatever has arrived, so the next batch is already on its way while the current one is being committed.
-At most two batches are in hand at a time (one being processed, one buffered), which bounds memory and
-keeps every message well inside its ack_wait.
+A new request goes out only when less than a batch is buffered, so with the worker's pipeline at most
+three batches are in hand (one being stored, one decoded and waiting, one buffered), which bounds memory
+and keeps every message well inside its ack_wait.
 """
 
 from __future__ import annotations
