@@ -46,6 +46,7 @@ from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import audit_service_pb2_grpc, event_pb2
 from audit_service.auth.tokens import mint_token
 from audit_service.config import AuthConfig
+from audit_service.core.counts import CountSource
 from audit_service.core.event_filter import Scope, compile_filter
 from audit_service.core.records import CONTENT_COLUMNS, GENESIS_HASH, LOG_COLUMNS, seal
 from audit_service.devstack.postgres import EmbeddedPostgres
@@ -191,10 +192,15 @@ async def load(owner_url: str, count: int, seed: int) -> dict[str, Any]:
             [(tenant, position, digest) for tenant, (position, digest) in heads.items()],
         )
         report = await rebuild_count_projection(conn)
-        print(f"  count projection: {report.rows:,} rows for {report.events:,} events", flush=True)
+        print(
+            f"  count projections: {report.rows:,} rows (per action: {report.action_rows:,}) "
+            f"for {report.events:,} events",
+            flush=True,
+        )
         print("  VACUUM ANALYZE ...", flush=True)
         await conn.execute("VACUUM (ANALYZE) audit_events")
         await conn.execute("VACUUM (ANALYZE) audit_counts_hourly")
+        await conn.execute("VACUUM (ANALYZE) audit_action_counts_hourly")
         size = await conn.fetchval("SELECT pg_size_pretty(sum(pg_total_relation_size(inhrelid))) FROM pg_inherits")
     finally:
         await conn.close()
@@ -290,9 +296,12 @@ def direct_sql(call: Call) -> tuple[str, list[object]]:
         )
     start = request.filter.start_time.ToMicroseconds()
     end = request.filter.end_time.ToMicroseconds()
-    sql, args, _ = queries.count_sql(
-        queries.CountQuery(where=where, group_by="action", histogram=(start, end, request.interval.seconds * 10**6))
-    )
+    query = queries.CountQuery(where=where, group_by="action", histogram=(start, end, request.interval.seconds * 10**6))
+    source = queries.count_source(query)
+    if source is CountSource.ACTION_PROJECTION:  # the rows only: the service adds them up in Python
+        sql, args = queries.action_rows_sql(query)
+    else:
+        sql, args = queries.count_sql(query, source)
     return sql, args
 
 

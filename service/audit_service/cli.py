@@ -84,7 +84,7 @@ async def _rebuild_projections(config: Config) -> int:
 
     conn = await asyncpg.connect(config.database.migrate_url or config.database.url)
     try:
-        with tqdm(total=0, unit="ev", unit_scale=True, desc="audit_counts_hourly", file=sys.stderr) as bar:
+        with tqdm(total=0, unit="ev", unit_scale=True, desc="count projections", file=sys.stderr) as bar:
 
             def progress(done: int, total: int) -> None:
                 bar.total = total
@@ -93,7 +93,10 @@ async def _rebuild_projections(config: Config) -> int:
             report = await rebuild_count_projection(conn, on_progress=progress)
     finally:
         await conn.close()
-    print(f"rebuilt audit_counts_hourly: {report.events} events in {report.rows} rows")
+    print(
+        f"rebuilt count projections: {report.events} events in {report.rows} rows of audit_counts_hourly "
+        f"and {report.action_rows} rows of audit_action_counts_hourly"
+    )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The count projection is a pure function of the log: kept online by the append transaction, and rebuilt
+"""The count projections are pure functions of the log: kept online by the append transaction, and rebuilt
 identically by `audit-service rebuild-projections`."""
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ import subprocess
 import sys
 
 from audit.v1 import event_pb2
+from audit_service.store.migrate import migrate
 
 from ..conftest import REPO_ROOT, eventually
 from ..factories import make_event
 
 PROJECTION_ROWS = "SELECT * FROM audit_counts_hourly ORDER BY tenant, hour, action, resource_type, outcome, actor_type"
+ACTION_PROJECTION_ROWS = "SELECT * FROM audit_action_counts_hourly ORDER BY tenant, hour"
 
 
 async def test_rebuild_projections_reproduces_exactly_the_rows_written_online(publisher, start_worker, owner, database):
@@ -36,10 +38,19 @@ async def test_rebuild_projections_reproduces_exactly_the_rows_written_online(pu
     await eventually(all_stored, what="every event stored")
     online = [tuple(row) for row in await owner.fetch(PROJECTION_ROWS)]
     assert sum(row[-1] for row in online) == 120 and len(online) > 30
+    online_by_action = [tuple(row) for row in await owner.fetch(ACTION_PROJECTION_ROWS)]
+    assert sum(row[2] for row in online_by_action) == 120 and len(online_by_action) >= 30
+    # Ranked as a histogram bucket lists them: most events first, then by action.
+    for _, _, events, actions, counts in online_by_action:
+        assert sum(counts) == events
+        pairs = list(zip(actions, counts, strict=True))
+        assert pairs == sorted(pairs, key=lambda kv: (-kv[1], kv[0]))
 
     # Damage the read model (it is not evidence, the owner may), then rebuild it from the log.
     await owner.execute("DELETE FROM audit_counts_hourly WHERE tenant = 'acme'")
     await owner.execute("UPDATE audit_counts_hourly SET events = events + 5")
+    await owner.execute("DELETE FROM audit_action_counts_hourly WHERE tenant = 'globex'")
+    await owner.execute("UPDATE audit_action_counts_hourly SET counts[1] = counts[1] + 1, events = events + 1")
     result = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "audit_service.cli", "rebuild-projections"],
@@ -54,6 +65,33 @@ async def test_rebuild_projections_reproduces_exactly_the_rows_written_online(pu
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"rebuilt audit_counts_hourly: 120 events in {len(online)} rows"
+    assert result.stdout.strip() == (
+        f"rebuilt count projections: 120 events in {len(online)} rows of audit_counts_hourly "
+        f"and {len(online_by_action)} rows of audit_action_counts_hourly"
+    )
     assert "120/120" in result.stderr  # the progress bar
     assert [tuple(row) for row in await owner.fetch(PROJECTION_ROWS)] == online
+    assert [tuple(row) for row in await owner.fetch(ACTION_PROJECTION_ROWS)] == online_by_action
+
+
+async def test_the_migration_that_adds_the_per_action_projection_counts_the_existing_log(
+    publisher, start_worker, owner
+):
+    await start_worker()
+    for i in range(40):
+        await publisher.publish(make_event(("acme", "globex")[i % 2], action=("a.create", "b.read")[i % 3 == 0]))
+
+    async def all_stored() -> bool:
+        return await owner.fetchval("SELECT count(*) FROM audit_events") == 40
+
+    await eventually(all_stored, what="every event stored")
+    online = [tuple(row) for row in await owner.fetch(ACTION_PROJECTION_ROWS)]
+    assert sum(row[2] for row in online) == 40
+
+    # As on a database migrated before the projection existed: the migration backfills it from the log.
+    await owner.execute(
+        "DROP TABLE audit_action_counts_hourly; DROP FUNCTION audit_add_action_counts; "
+        "DELETE FROM audit_schema_migrations WHERE version = 3"
+    )
+    assert [migration.name for migration in await migrate(owner)] == ["action_counts"]
+    assert [tuple(row) for row in await owner.fetch(ACTION_PROJECTION_ROWS)] == online

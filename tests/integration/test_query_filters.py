@@ -12,7 +12,10 @@ import asyncpg
 import pytest
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import event_pb2
+from audit_service.core.counts import HOUR_MICROS, CountSource
+from audit_service.core.event_filter import UNRESTRICTED, compile_filter
 from audit_service.store.append import LogAppender
+from audit_service.store.queries import CountQuery, count_source
 from google.protobuf import duration_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -418,3 +421,69 @@ async def test_counts_come_from_the_projection_when_it_can_answer_and_agree_with
     unaligned.CopyFrom(day)
     unaligned.start_time.FromDatetime(BASE + dt.timedelta(minutes=30))
     assert (await api.CountEvents(pb.CountEventsRequest(filter=unaligned))).source == pb.COUNT_SOURCE_LOG
+
+
+# --- the per-action projection --------------------------------------------------------------------------------
+
+
+@st.composite
+def tenant_action_filters(draw):
+    """Filters the per-action projection answers: a tenant, actions, conditions and query terms on the
+    action, whole-hour time bounds."""
+    f = pb.EventFilter(tenant=draw(st.sampled_from(TENANTS)))
+    f.actions.extend(draw(st.lists(st.sampled_from((*ACTIONS, "api_key.*", "se*", "nothing")), max_size=2)))
+    for _ in range(draw(st.integers(0, 2))):
+        operator = draw(st.sampled_from(sorted(pb.ConditionOperator.values())[1:]))
+        single = operator in (pb.CONDITION_OPERATOR_EQUAL, pb.CONDITION_OPERATOR_NOT_EQUAL)
+        values = draw(st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=1 if single else 3))
+        f.conditions.append(pb.Condition(field=pb.CONDITION_FIELD_ACTION, operator=operator, values=values))
+    f.condition_join = draw(st.sampled_from((pb.CONDITION_JOIN_ALL, pb.CONDITION_JOIN_ANY)))
+    terms = [
+        QueryTerm(draw(st.booleans()), "action", draw(st.sampled_from((*ACTIONS, "api_key.*", "Log*"))))
+        for _ in range(draw(st.integers(0, 2)))
+    ]
+    f.query = " ".join(term.text() for term in terms)
+    first, last = sorted(draw(st.lists(_hour, min_size=2, max_size=2, unique=True)))
+    f.start_time.FromDatetime(BASE + dt.timedelta(hours=first - 1))
+    f.end_time.FromDatetime(BASE + dt.timedelta(hours=last + 1))
+    return f, terms
+
+
+@_SETTINGS
+@given(
+    drawn=tenant_action_filters(),
+    interval_hours=st.sampled_from((None, 1, 3, 24)),
+    group_by=st.sampled_from((pb.GROUP_BY_UNSPECIFIED, pb.GROUP_BY_ACTION)),
+)
+async def test_the_per_action_projection_counts_exactly_what_the_filter_means(
+    api, dataset, drawn, interval_hours, group_by
+):
+    request_filter, terms = drawn
+    request = pb.CountEventsRequest(filter=request_filter, group_by=group_by)
+    start, end = micros(request_filter.start_time), micros(request_filter.end_time)
+    histogram_range = None
+    if interval_hours is not None:
+        request.interval.seconds = interval_hours * 3600
+        histogram_range = (start, end, interval_hours * HOUR_MICROS)
+    where = compile_filter(request_filter, UNRESTRICTED)
+    grouping = "action" if group_by == pb.GROUP_BY_ACTION else None
+    assert count_source(CountQuery(where, grouping, histogram_range)) is CountSource.ACTION_PROJECTION
+    matched = [event for event in dataset.events if matches(request_filter, terms, event)]
+
+    counted = await api.CountEvents(request)
+
+    assert counted.source == pb.COUNT_SOURCE_PROJECTION
+    assert counted.total == len(matched)
+    by_action = collections.Counter(event.action for event in matched)
+    expected_groups = sorted(by_action.items(), key=lambda kv: (-kv[1], kv[0])) if grouping else []
+    assert [(g.key, g.count) for g in counted.groups] == expected_groups
+    if interval_hours is None:
+        assert not counted.buckets
+        return
+    width = interval_hours * HOUR_MICROS
+    assert [micros(bucket.start_time) for bucket in counted.buckets] == list(range(start, end, width))
+    for index, bucket in enumerate(counted.buckets):
+        in_bucket = collections.Counter(e.action for e in matched if (micros(e.occurred_at) - start) // width == index)
+        assert bucket.count == in_bucket.total()
+        ranked = sorted(in_bucket.items(), key=lambda kv: (-kv[1], kv[0])) if grouping else []
+        assert [(g.key, g.count) for g in bucket.groups] == ranked

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import event_pb2
-from audit_service.core.counts import HOUR_MICROS, histogram, hourly_counts, projection_can_answer
+from audit_service.core.counts import (
+    HOUR_MICROS,
+    action_counts,
+    action_projection_can_answer,
+    count_action_rows,
+    histogram,
+    hourly_counts,
+    needs_actions,
+    projection_can_answer,
+)
 from audit_service.core.event_filter import UNRESTRICTED, Scope, compile_filter
 from audit_service.core.filters import And, AnyOf, Not, OccurredBetween, Or, Search
 from audit_service.errors import InvalidArgumentError
@@ -133,3 +142,49 @@ def test_histograms_include_empty_buckets_and_a_short_last_one():
         (10, 0, ()),
         (20, 2, (("a", 1), ("b", 1))),
     ]
+
+
+def test_the_per_action_projection_answers_a_tenant_over_whole_hours_by_action_or_in_total():
+    tenant = AnyOf("tenant", ("acme",))
+    by_action = And((tenant, Not(AnyOf("action", prefixes=("api_key.",))), OccurredBetween(HOUR_MICROS, None)))
+    assert action_projection_can_answer(by_action, "action", HOUR_MICROS * 6)
+    assert action_projection_can_answer(by_action, None, None)
+    assert not action_projection_can_answer(by_action, "outcome", None)  # not in this projection
+    assert not action_projection_can_answer(AnyOf("action", ("a",)), None, None)  # no tenant: all tenants' rows
+    assert not action_projection_can_answer(AnyOf("tenant", prefixes=("ac",)), None, None)
+    assert action_projection_can_answer(And((AnyOf("tenant", prefixes=("ac",)), tenant)), None, None)
+    assert not action_projection_can_answer(And((tenant, AnyOf("outcome", (1,)))), None, None)
+    assert not action_projection_can_answer(And((tenant, OccurredBetween(HOUR_MICROS + 1, None))), None, None)
+    # A time bound under OR is not a bound on whole rows.
+    within_or = And((tenant, Or((AnyOf("action", ("a",)), OccurredBetween(HOUR_MICROS, None)))))
+    assert not action_projection_can_answer(within_or, None, None)
+
+
+def test_per_action_counts_of_a_batch():
+    hour = 1_767_225_600_000_000
+    contents = []
+    for tenant, action in (("acme", "a"), ("acme", "b"), ("acme", "a"), ("globex", "a")):
+        event = stamp(make_event(tenant, action=action))
+        event.occurred_at.FromMicroseconds(hour + 7)
+        contents.append(content_of(event))
+    assert action_counts(contents) == {("acme", hour, "a"): 2, ("acme", hour, "b"): 1, ("globex", hour, "a"): 1}
+
+
+def test_counting_per_action_rows_filters_actions_merges_hours_into_buckets_and_ranks_groups():
+    h = HOUR_MICROS
+    rows = [  # (tenant, hour, events, actions, counts): actions ranked, as stored
+        ("acme", 0, 5, ["b", "a", "c"], [3, 1, 1]),
+        ("acme", h, 4, ["a", "c"], [2, 2]),
+        ("acme", 3 * h, 1, ["b"], [1]),
+        ("acme", 9 * h, 7, ["a"], [7]),  # beyond the end
+    ]
+    expr = And((AnyOf("tenant", ("acme",)), Not(AnyOf("action", ("c",))), OccurredBetween(0, 4 * h)))
+    total, buckets, groups = count_action_rows(rows, expr, histogram_range=(0, 4 * h, 2 * h), grouped=True)
+    assert total == 7
+    assert groups == (("b", 4), ("a", 3))
+    assert [(b.start, b.count, b.groups) for b in buckets] == [(0, 6, (("a", 3), ("b", 3))), (2 * h, 1, (("b", 1),))]
+
+    totals_only = [(tenant, hour, events, None, None) for tenant, hour, events, _, _ in rows]
+    every_action = And((AnyOf("tenant", ("acme",)), OccurredBetween(0, 4 * h)))
+    assert count_action_rows(totals_only, every_action, histogram_range=None, grouped=False) == (10, [], ())
+    assert not needs_actions(every_action, grouped=False) and needs_actions(expr, grouped=False)

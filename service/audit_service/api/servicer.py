@@ -14,7 +14,7 @@ from audit.v1 import event_pb2
 from grpc import aio
 
 from ..auth.tokens import Principal
-from ..core.counts import MAX_BUCKETS
+from ..core.counts import MAX_BUCKETS, CountSource
 from ..core.event_filter import UNRESTRICTED, Scope, compile_filter, filter_tenant, timestamp_micros
 from ..core.filters import Expr
 from ..core.page_token import PageToken, decode_page_token, encode_page_token, query_digest
@@ -64,8 +64,10 @@ _OUTCOME_NAMES = {str(number): event_pb2.Outcome.Name(number) for number in even
 
 def _add_groups(target: Any, groups: Iterable[tuple[str, int]], rename: Mapping[str, str] | None) -> None:
     add = target.add
+    if rename is not None:
+        groups = ((rename.get(key, key), count) for key, count in groups)
     for key, count in groups:
-        add(key=key if rename is None else rename.get(key, key), count=count)
+        add(key=key, count=count)
 
 
 class AuditServicer(pb_grpc.AuditServiceServicer):
@@ -126,7 +128,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         rename = _OUTCOME_NAMES if group_by == "outcome" else None
         response = pb.CountEventsResponse(
             total=result.total,
-            source=pb.COUNT_SOURCE_PROJECTION if result.from_projection else pb.COUNT_SOURCE_LOG,
+            source=pb.COUNT_SOURCE_LOG if result.source is CountSource.LOG else pb.COUNT_SOURCE_PROJECTION,
         )
         _add_groups(response.groups, result.groups, rename)
         # add() in place: a month of hourly buckets by action is ~10^4 messages, and building them apart to
@@ -135,7 +137,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             message = response.buckets.add(count=bucket.count)
             message.start_time.seconds, micros = divmod(bucket.start, 1_000_000)
             message.start_time.nanos = micros * 1000
-            _add_groups(message.groups, bucket.groups, rename)
+            _add_groups(message.groups, zip(bucket.keys, bucket.counts, strict=True), rename)
         return response
 
     @staticmethod

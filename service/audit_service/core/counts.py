@@ -1,17 +1,23 @@
-"""Counting, pure: the hourly count projection's rows for a batch, and histogram buckets.
+"""Counting, pure: what a batch adds to the count projections, which source can answer a count, and the
+counts and histogram buckets themselves.
 
-The projection counts events per (tenant, UTC hour of occurred_at, action, resource type, outcome, actor
-type). A count can be answered from it when the filter reads only those columns and any time bound falls
-on a whole hour; otherwise it is answered from the log.
+Two projections count events per UTC hour of occurred_at:
+- audit_counts_hourly, per (tenant, hour, action, resource type, outcome, actor type);
+- audit_action_counts_hourly, one row per (tenant, hour) holding the events of each action: far fewer rows
+  for the most common count, a tenant's activity over time, possibly by action.
+A count is answered from the most compact one that gives exactly what the log would (the filter reads only
+its columns and every time bound falls on a whole hour), otherwise from the log.
 """
 
 from __future__ import annotations
 
 import collections
+import enum
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .filters import Expr, columns_of, time_ranges_of
+from .filters import And, AnyOf, Expr, Not, OccurredBetween, Or, columns_of, time_ranges_of
 from .records import CONTENT_COLUMNS, Content
 
 HOUR_MICROS = 3_600_000_000
@@ -54,19 +60,99 @@ def hourly_counts(contents: Iterable[Content]) -> dict[CountKey, int]:
     return counts
 
 
-def projection_can_answer(expr: Expr, group_column: str | None, interval_micros: int | None) -> bool:
-    """Whether the projection gives the exact count the log would for this filter, grouping and interval."""
-    if not columns_of(expr) <= PROJECTION_COLUMNS | {"occurred_at"}:
-        return False
-    if group_column is not None and group_column not in PROJECTION_GROUPS:
-        return False
+ActionCounts = dict[tuple[str, int, str], int]
+"""(tenant, hour in µs since the epoch, action) -> events"""
+
+
+def action_counts(contents: Iterable[Content]) -> ActionCounts:
+    """What a batch of appended events adds to the per-action projection."""
+    return collections.Counter(
+        (content[_TENANT], hour_of(content[_OCCURRED_AT]), content[_ACTION]) for content in contents
+    )
+
+
+class CountSource(enum.Enum):
+    ACTION_PROJECTION = "audit_action_counts_hourly"
+    PROJECTION = "audit_counts_hourly"
+    LOG = "audit_events"
+
+
+def _hour_aligned(expr: Expr, interval_micros: int | None) -> bool:
     if interval_micros is not None and interval_micros % HOUR_MICROS:
         return False
-    for time_range in time_ranges_of(expr):
-        for bound in (time_range.start, time_range.end):
-            if bound is not None and bound % HOUR_MICROS:
-                return False
-    return True
+    return all(
+        bound is None or bound % HOUR_MICROS == 0
+        for time_range in time_ranges_of(expr)
+        for bound in (time_range.start, time_range.end)
+    )
+
+
+def projection_can_answer(expr: Expr, group_column: str | None, interval_micros: int | None) -> bool:
+    """Whether audit_counts_hourly gives the exact count the log would for this filter, grouping and interval."""
+    return (
+        columns_of(expr) <= PROJECTION_COLUMNS | {"occurred_at"}
+        and (group_column is None or group_column in PROJECTION_GROUPS)
+        and _hour_aligned(expr, interval_micros)
+    )
+
+
+def _top_level(expr: Expr) -> tuple[Expr, ...]:
+    return expr.children if isinstance(expr, And) else (expr,)
+
+
+def _tenant_part(expr: Expr) -> AnyOf | None:
+    for part in _top_level(expr):
+        if isinstance(part, AnyOf) and part.column == "tenant" and not part.prefixes:
+            return part
+    return None
+
+
+def projection_tenants(expr: Expr) -> tuple[str, ...] | None:
+    """The tenants a filter is limited to by a top-level tenant condition (the projections' leading key), or
+    None when it is not."""
+    part = _tenant_part(expr)
+    return None if part is None else tuple(str(value) for value in part.values)
+
+
+def action_projection_can_answer(expr: Expr, group_column: str | None, interval_micros: int | None) -> bool:
+    """Whether audit_action_counts_hourly gives the exact count the log would: the filter reads only the
+    tenant (limited at the top level), the action and time, with whole-hour time bounds at the top level;
+    grouping by action or none."""
+    top_level_ranges = sum(isinstance(part, OccurredBetween) for part in _top_level(expr))
+    return (
+        columns_of(expr) <= {"tenant", "action", "occurred_at"}
+        and group_column in (None, "action")
+        and projection_tenants(expr) is not None
+        and len(time_ranges_of(expr)) == top_level_ranges
+        and _hour_aligned(expr, interval_micros)
+    )
+
+
+def hours_of(expr: Expr) -> tuple[int | None, int | None]:
+    """[start, end) of the filter's top-level time ranges, in µs since the epoch (None: unbounded)."""
+    start: int | None = None
+    end: int | None = None
+    for part in _top_level(expr):
+        if isinstance(part, OccurredBetween):
+            if part.start is not None:
+                start = part.start if start is None else max(start, part.start)
+            if part.end is not None:
+                end = part.end if end is None else min(end, part.end)
+    return start, end
+
+
+def _matches(expr: Expr, tenant: str, action: str) -> bool:
+    """Whether events of `tenant` with `action` match a filter of those two columns (neither is ever NULL)."""
+    if isinstance(expr, AnyOf):
+        value = tenant if expr.column == "tenant" else action
+        return value in expr.values or any(value.startswith(prefix) for prefix in expr.prefixes)
+    if isinstance(expr, Not):
+        return not _matches(expr.child, tenant, action)
+    if isinstance(expr, And):
+        return all(_matches(child, tenant, action) for child in expr.children)
+    if isinstance(expr, Or):
+        return any(_matches(child, tenant, action) for child in expr.children)
+    raise ValueError(f"not a filter of tenant and action: {expr!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +160,21 @@ class Bucket:
     start: int
     """µs since the epoch."""
     count: int
-    groups: tuple[tuple[str, int], ...]
-    """(key, count), largest first, then by key."""
+    keys: Sequence[str] = ()
+    """Group keys, largest count first, then by key (empty when not grouped)."""
+    counts: Sequence[int] = ()
+    """counts[i] events of keys[i]. (Two sequences, not pairs: a month of hourly buckets by action holds ~10^4
+    groups, served as they come from the database.)"""
+
+    @property
+    def groups(self) -> tuple[tuple[str, int], ...]:
+        return tuple(zip(self.keys, self.counts, strict=True))
 
 
 def _ranked(counts: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
-    return tuple(sorted(((key, count) for key, count in counts.items() if count), key=lambda kv: (-kv[1], kv[0])))
+    """(key, count) of the non-zero counts, largest first, then by key."""
+    by_key = sorted((key, count) for key, count in counts.items() if count)
+    return tuple(sorted(by_key, key=operator.itemgetter(1), reverse=True))  # stable: equal counts stay by key
 
 
 def bucket_starts(start: int, end: int, interval: int) -> range:
@@ -99,8 +194,94 @@ def histogram(
     buckets = []
     for index, at in enumerate(bucket_starts(start, end, interval)):
         keys, counts = found.get(index, ((), ()))
-        buckets.append(Bucket(at, sum(counts), tuple(zip(keys, counts, strict=True)) if grouped else ()))
+        buckets.append(Bucket(at, sum(counts), keys, counts) if grouped else Bucket(at, sum(counts)))
     return buckets
+
+
+def needs_actions(expr: Expr, grouped: bool) -> bool:
+    """Whether counting from the per-action projection needs each row's events per action, or only its
+    total: when grouping by action or when the filter reads the action."""
+    return grouped or "action" in columns_of(expr)
+
+
+def count_action_rows(
+    rows: Iterable[tuple[str, int, int, Sequence[str] | None, Sequence[int] | None]],
+    expr: Expr,
+    *,
+    histogram_range: tuple[int, int, int] | None,
+    grouped: bool,
+) -> tuple[int, list[Bucket], tuple[tuple[str, int], ...]]:
+    """Total, buckets and groups by action of the events matching `expr` (one the per-action projection can
+    answer), from the rows of the tenants of `projection_tenants(expr)`: (tenant, hour in µs, events, actions,
+    counts), actions and counts ranked as a bucket lists them, or None when not `needs_actions`.
+
+    Args:
+        histogram_range: (start, end, interval) in µs for buckets over [start, end), or None for none.
+        grouped: whether to count per action (in each bucket and overall).
+    """
+    start, end = hours_of(expr)
+    if histogram_range is not None:
+        start = histogram_range[0] if start is None else max(start, histogram_range[0])
+        end = histogram_range[1] if end is None else min(end, histogram_range[1])
+    # What remains to check per action: the rows are those of the top-level tenant condition, in the hours of
+    # the top-level time bounds.
+    row_level = _tenant_part(expr)
+    row_tenants = set(row_level.values) if row_level is not None else set()
+
+    def holds_for_whole_rows(part: Expr) -> bool:  # e.g. the caller's tenant and the filter's, both given
+        if isinstance(part, OccurredBetween):
+            return True
+        return isinstance(part, AnyOf) and part.column == "tenant" and row_tenants <= set(part.values)
+
+    action_filter = And(tuple(part for part in _top_level(expr) if not holds_for_whole_rows(part)))
+    verdicts: dict[str, dict[str, bool]] = {}
+    events_per_bucket: dict[int, int] = {}
+    ranked_per_bucket: dict[int, list[tuple[Sequence[str], Sequence[int]]]] = {}
+    for tenant, hour, events, actions, counts in rows:
+        if (start is not None and hour < start) or (end is not None and hour >= end):
+            continue
+        index = (hour - histogram_range[0]) // histogram_range[2] if histogram_range else 0
+        if actions is None or counts is None:
+            events_per_bucket[index] = events_per_bucket.get(index, 0) + events
+            continue
+        if action_filter.children:
+            allowed = verdicts.setdefault(tenant, {})
+            for action in actions:
+                if action not in allowed:
+                    allowed[action] = _matches(action_filter, tenant, action)
+            kept = [i for i, action in enumerate(actions) if allowed[action]]
+            if len(kept) < len(actions):  # filtering keeps the ranking
+                actions, counts = [actions[i] for i in kept], [counts[i] for i in kept]
+                events = sum(counts)
+        events_per_bucket[index] = events_per_bucket.get(index, 0) + events
+        if grouped:
+            ranked_per_bucket.setdefault(index, []).append((actions, counts))
+
+    def merged(parts: list[tuple[Sequence[str], Sequence[int]]]) -> tuple[Sequence[str], Sequence[int]]:
+        if len(parts) == 1:  # one hour: ranked as stored
+            return parts[0]
+        totals: dict[str, int] = {}
+        for actions, counts in parts:
+            for action, count in zip(actions, counts, strict=True):
+                totals[action] = totals.get(action, 0) + count
+        ranked = _ranked(totals)
+        return [key for key, _ in ranked], [count for _, count in ranked]
+
+    total = sum(events_per_bucket.values())
+    groups: tuple[tuple[str, int], ...] = ()
+    if grouped:
+        groups = tuple(zip(*merged([part for parts in ranked_per_bucket.values() for part in parts]), strict=True))
+    if histogram_range is None:
+        return total, [], groups
+    buckets = []
+    for index, at in enumerate(bucket_starts(*histogram_range)):
+        parts = ranked_per_bucket.get(index)
+        buckets.append(
+            Bucket(at, events_per_bucket.get(index, 0), *merged(parts))
+            if parts
+            else Bucket(at, events_per_bucket.get(index, 0))
+        )
+    return total, buckets, groups
 
 
 def group_totals(rows: Iterable[tuple[str | None, int]]) -> tuple[tuple[str, int], ...]:

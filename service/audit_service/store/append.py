@@ -1,5 +1,5 @@
 """The append transaction: de-duplicate, assign positions in commit order, extend the hash chains, COPY,
-and add the batch to the count projection.
+and add the batch to the count projections.
 
 Every append locks the single audit_log_head row first and holds it until COMMIT, so appends are
 serialized: positions are gapless, and position order is commit order (a reader that has seen position P
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from ..core.counts import hourly_counts
+from ..core.counts import ActionCounts, action_counts, hourly_counts
 from ..core.records import GENESIS_HASH, LOG_COLUMNS, Content, micros_to_datetime, seal
 from ..errors import UnavailableError
 
@@ -50,6 +50,24 @@ SELECT * FROM unnest(
     $1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::smallint[], $6::smallint[], $7::bigint[]
 )
 ON CONFLICT ON CONSTRAINT audit_counts_hourly_key DO UPDATE SET events = audit_counts_hourly.events + excluded.events
+"""
+# Shared with the rebuild (store/projections.py): a (tenant, hour) row from per-action counts, and the merge.
+RANKED_ACTION_COUNTS = """
+tenant, hour, sum(events),
+array_agg(action ORDER BY events DESC, action COLLATE "C"),
+array_agg(events ORDER BY events DESC, action COLLATE "C")
+"""
+ADD_TO_ACTION_COUNTS = """
+ON CONFLICT (tenant, hour) DO UPDATE
+SET events = p.events + excluded.events,
+    (actions, counts) = (SELECT * FROM audit_add_action_counts(p.actions, p.counts, excluded.actions, excluded.counts))
+"""
+_ADD_ACTION_COUNTS = f"""
+INSERT INTO audit_action_counts_hourly AS p (tenant, hour, events, actions, counts)
+SELECT {RANKED_ACTION_COUNTS}
+FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::bigint[]) AS per_action (tenant, hour, action, events)
+GROUP BY tenant, hour
+{ADD_TO_ACTION_COUNTS}
 """
 _DATABASE_NOW = "SELECT greatest(clock_timestamp(), last_recorded_at) FROM audit_log_head"
 _ID_COLUMNS = ("event_id", "position", "recorded_at")
@@ -85,6 +103,20 @@ async def add_counts(conn: asyncpg.Connection, counts: dict) -> None:
         [key[3] for key in keys],
         [key[4] for key in keys],
         [key[5] for key in keys],
+        [counts[key] for key in keys],
+    )
+
+
+async def add_action_counts(conn: asyncpg.Connection, counts: ActionCounts) -> None:
+    """Adds counts to the per-action hourly projection (in the caller's transaction)."""
+    if not counts:
+        return
+    keys = list(counts)
+    await conn.execute(
+        _ADD_ACTION_COUNTS,
+        [key[0] for key in keys],
+        [micros_to_datetime(key[1]) for key in keys],
+        [key[2] for key in keys],
         [counts[key] for key in keys],
     )
 
@@ -182,4 +214,5 @@ class LogAppender:
                 [chain_heads[tenant] for tenant in moved],
             )
             await add_counts(conn, hourly_counts(appended))
+            await add_action_counts(conn, action_counts(appended))
         return AppendResult(prev_position, position, 0)

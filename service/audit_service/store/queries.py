@@ -8,7 +8,18 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from ..core.counts import Bucket, group_totals, histogram, projection_can_answer
+from ..core.counts import (
+    Bucket,
+    CountSource,
+    action_projection_can_answer,
+    count_action_rows,
+    group_totals,
+    histogram,
+    hours_of,
+    needs_actions,
+    projection_can_answer,
+    projection_tenants,
+)
 from ..core.filters import Expr
 from ..core.records import columns_sql, datetime_to_micros, micros_to_datetime
 from .filter_sql import FilterSql, Parameters
@@ -88,26 +99,59 @@ class CountResult:
     total: int
     buckets: list[Bucket]
     groups: tuple[tuple[str, int], ...]
-    from_projection: bool
+    source: CountSource
 
 
-def count_sql(query: CountQuery, *, use_projection: bool = True) -> tuple[str, list[object], bool]:
-    """The statement of a count, its parameters, and whether it reads the projection (when it can answer
-    exactly what the log would, see core.counts.projection_can_answer)."""
+ALL_SOURCES = (CountSource.ACTION_PROJECTION, CountSource.PROJECTION, CountSource.LOG)
+
+
+def count_source(query: CountQuery, allowed: tuple[CountSource, ...] = ALL_SOURCES) -> CountSource:
+    """The first of `allowed` that counts exactly what the log would (the log always can)."""
     interval = query.histogram[2] if query.histogram else None
-    from_projection = use_projection and projection_can_answer(query.where, query.group_by, interval)
+    for source in allowed:
+        if source is CountSource.ACTION_PROJECTION and action_projection_can_answer(
+            query.where, query.group_by, interval
+        ):
+            return source
+        if source is CountSource.PROJECTION and projection_can_answer(query.where, query.group_by, interval):
+            return source
+    return CountSource.LOG
+
+
+def action_rows_sql(query: CountQuery) -> tuple[str, list[object]]:
+    """The statement reading the per-action projection rows a count needs (the rest is core.counts)."""
+    tenants = projection_tenants(query.where)
+    start, end = hours_of(query.where)
+    if query.histogram:
+        start = query.histogram[0] if start is None else max(start, query.histogram[0])
+        end = query.histogram[1] if end is None else min(end, query.histogram[1])
     params = Parameters()
-    if from_projection:
+    conditions = [f"tenant = ANY({params.add(list(tenants or ()))}::text[])"]
+    if start is not None:
+        conditions.append(f"hour >= {params.add(micros_to_datetime(start))}")
+    if end is not None:
+        conditions.append(f"hour < {params.add(micros_to_datetime(end))}")
+    per_action = "actions, counts" if needs_actions(query.where, query.group_by is not None) else "NULL, NULL"
+    sql = f"SELECT tenant, hour, events, {per_action} FROM audit_action_counts_hourly WHERE {' AND '.join(conditions)}"
+    return sql, params.values
+
+
+def count_sql(query: CountQuery, source: CountSource) -> tuple[str, list[object]]:
+    """The statement of a count from the log or from audit_counts_hourly, and its parameters."""
+    params = Parameters()
+    if source is CountSource.PROJECTION:
         table, alias, time_column, count = "audit_counts_hourly", "p", "hour", "sum(p.events)"
         group_sql = _PROJECTION_GROUP_SQL
-    else:
+    elif source is CountSource.LOG:
         table, alias, time_column, count = "audit_events", "e", "occurred_at", "count(*)"
         group_sql = _LOG_GROUP_SQL
+    else:
+        raise ValueError(f"count_sql does not read {source}; see action_rows_sql")
     condition = FilterSql(params, alias, time_column).condition(query.where)
     key = f"coalesce({group_sql[query.group_by]}, '')" if query.group_by else "''"
     if not query.histogram:
         sql = f"SELECT {key} AS key, {count}::bigint AS n FROM {table} {alias} WHERE {condition} GROUP BY 1"
-        return sql, params.values, from_projection
+        return sql, params.values
     start, _, interval = query.histogram
     # One row per non-empty bucket, with its groups ranked largest first: far fewer rows to decode than one
     # per (bucket, group).
@@ -120,17 +164,32 @@ def count_sql(query: CountQuery, *, use_projection: bool = True) -> tuple[str, l
         f"FROM (SELECT {bucket} AS bucket, {key} AS key, {count}::bigint AS n FROM {table} {alias} "
         f"WHERE {condition} GROUP BY 1, 2) AS grouped GROUP BY bucket"
     )
-    return sql, params.values, from_projection
+    return sql, params.values
 
 
-async def count_events(pool: asyncpg.Pool, query: CountQuery, *, use_projection: bool = True) -> CountResult:
-    """Exact counts of the events matching `query.where`, with buckets and groups as asked."""
-    sql, args, from_projection = count_sql(query, use_projection=use_projection)
+async def count_events(
+    pool: asyncpg.Pool, query: CountQuery, *, allowed: tuple[CountSource, ...] = ALL_SOURCES
+) -> CountResult:
+    """Exact counts of the events matching `query.where`, with buckets and groups as asked, from the most
+    compact of the `allowed` sources that can answer exactly."""
+    source = count_source(query, allowed)
+    if source is CountSource.ACTION_PROJECTION:
+        sql, args = action_rows_sql(query)
+        async with acquire(pool) as conn:
+            rows = await conn.fetch(sql, *args)
+        total, buckets, groups = count_action_rows(
+            ((row[0], datetime_to_micros(row[1]), row[2], row[3], row[4]) for row in rows),
+            query.where,
+            histogram_range=query.histogram,
+            grouped=query.group_by is not None,
+        )
+        return CountResult(total, buckets, groups, source)
+    sql, args = count_sql(query, source)
     async with acquire(pool) as conn:
         rows = await conn.fetch(sql, *args)
     if not query.histogram:
         groups = group_totals((row["key"], row["n"]) for row in rows) if query.group_by else ()
-        return CountResult(sum(row["n"] for row in rows), [], groups, from_projection)
+        return CountResult(sum(row["n"] for row in rows), [], groups, source)
     start, end, interval = query.histogram
     buckets = histogram(
         (((datetime_to_micros(row["bucket"]) - start) // interval, row["keys"], row["counts"]) for row in rows),
@@ -147,5 +206,5 @@ async def count_events(pool: asyncpg.Pool, query: CountQuery, *, use_projection:
         total=sum(bucket.count for bucket in buckets),
         buckets=buckets,
         groups=group_totals(totals.items()),
-        from_projection=from_projection,
+        source=source,
     )
