@@ -141,6 +141,16 @@ def hours_of(expr: Expr) -> tuple[int | None, int | None]:
     return start, end
 
 
+def row_hours(expr: Expr, histogram_range: tuple[int, int, int] | None) -> tuple[int | None, int | None]:
+    """[start, end) of the per-action projection rows a count reads: the filter's top-level time bounds,
+    within the histogram's range when there is one."""
+    start, end = hours_of(expr)
+    if histogram_range is not None:
+        start = histogram_range[0] if start is None else max(start, histogram_range[0])
+        end = histogram_range[1] if end is None else min(end, histogram_range[1])
+    return start, end
+
+
 def _matches(expr: Expr, tenant: str, action: str) -> bool:
     """Whether events of `tenant` with `action` match a filter of those two columns (neither is ever NULL)."""
     if isinstance(expr, AnyOf):
@@ -219,10 +229,7 @@ def count_action_rows(
         histogram_range: (start, end, interval) in µs for buckets over [start, end), or None for none.
         grouped: whether to count per action (in each bucket and overall).
     """
-    start, end = hours_of(expr)
-    if histogram_range is not None:
-        start = histogram_range[0] if start is None else max(start, histogram_range[0])
-        end = histogram_range[1] if end is None else min(end, histogram_range[1])
+    start, end = row_hours(expr, histogram_range)
     # What remains to check per action: the rows are those of the top-level tenant condition, in the hours of
     # the top-level time bounds.
     row_level = _tenant_part(expr)

@@ -15,10 +15,10 @@ from ..core.counts import (
     count_action_rows,
     group_totals,
     histogram,
-    hours_of,
     needs_actions,
     projection_can_answer,
     projection_tenants,
+    row_hours,
 )
 from ..core.filters import Expr
 from ..core.records import columns_sql, datetime_to_micros, micros_to_datetime
@@ -121,10 +121,7 @@ def count_source(query: CountQuery, allowed: tuple[CountSource, ...] = ALL_SOURC
 def action_rows_sql(query: CountQuery) -> tuple[str, list[object]]:
     """The statement reading the per-action projection rows a count needs (the rest is core.counts)."""
     tenants = projection_tenants(query.where)
-    start, end = hours_of(query.where)
-    if query.histogram:
-        start = query.histogram[0] if start is None else max(start, query.histogram[0])
-        end = query.histogram[1] if end is None else min(end, query.histogram[1])
+    start, end = row_hours(query.where, query.histogram)
     params = Parameters()
     conditions = [f"tenant = ANY({params.add(list(tenants or ()))}::text[])"]
     if start is not None:
@@ -153,14 +150,16 @@ def count_sql(query: CountQuery, source: CountSource) -> tuple[str, list[object]
         sql = f"SELECT {key} AS key, {count}::bigint AS n FROM {table} {alias} WHERE {condition} GROUP BY 1"
         return sql, params.values
     start, _, interval = query.histogram
-    # One row per non-empty bucket, with its groups ranked largest first: far fewer rows to decode than one
-    # per (bucket, group).
+    # One row per non-empty bucket, with its groups ranked largest first, then by key in code-point order (as
+    # Python and the per-action projection rank them, whatever the database's collation): far fewer rows to
+    # decode than one per (bucket, group).
     bucket = (
         f"date_bin({params.add(dt.timedelta(microseconds=interval))}::interval, {alias}.{time_column}, "
         f"{params.add(micros_to_datetime(start))}::timestamptz)"
     )
     sql = (
-        "SELECT bucket, array_agg(key ORDER BY n DESC, key) AS keys, array_agg(n ORDER BY n DESC, key) AS counts "
+        'SELECT bucket, array_agg(key ORDER BY n DESC, key COLLATE "C") AS keys, '
+        'array_agg(n ORDER BY n DESC, key COLLATE "C") AS counts '
         f"FROM (SELECT {bucket} AS bucket, {key} AS key, {count}::bigint AS n FROM {table} {alias} "
         f"WHERE {condition} GROUP BY 1, 2) AS grouped GROUP BY bucket"
     )
