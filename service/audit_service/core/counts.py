@@ -128,27 +128,15 @@ def action_projection_can_answer(expr: Expr, group_column: str | None, interval_
     )
 
 
-def hours_of(expr: Expr) -> tuple[int | None, int | None]:
-    """[start, end) of the filter's top-level time ranges, in µs since the epoch (None: unbounded)."""
-    start: int | None = None
-    end: int | None = None
-    for part in _top_level(expr):
-        if isinstance(part, OccurredBetween):
-            if part.start is not None:
-                start = part.start if start is None else max(start, part.start)
-            if part.end is not None:
-                end = part.end if end is None else min(end, part.end)
-    return start, end
-
-
 def row_hours(expr: Expr, histogram_range: tuple[int, int, int] | None) -> tuple[int | None, int | None]:
-    """[start, end) of the per-action projection rows a count reads: the filter's top-level time bounds,
-    within the histogram's range when there is one."""
-    start, end = hours_of(expr)
+    """[start, end) in µs of the per-action projection rows a count reads (None: unbounded): the filter's
+    top-level time bounds, within the histogram's range when there is one."""
+    ranges = [part for part in _top_level(expr) if isinstance(part, OccurredBetween)]
     if histogram_range is not None:
-        start = histogram_range[0] if start is None else max(start, histogram_range[0])
-        end = histogram_range[1] if end is None else min(end, histogram_range[1])
-    return start, end
+        ranges.append(OccurredBetween(histogram_range[0], histogram_range[1]))
+    starts = [bound.start for bound in ranges if bound.start is not None]
+    ends = [bound.end for bound in ranges if bound.end is not None]
+    return (max(starts) if starts else None), (min(ends) if ends else None)
 
 
 def _matches(expr: Expr, tenant: str, action: str) -> bool:
@@ -267,11 +255,7 @@ def count_action_rows(
     def merged(parts: list[tuple[Sequence[str], Sequence[int]]]) -> tuple[Sequence[str], Sequence[int]]:
         if len(parts) == 1:  # one hour: ranked as stored
             return parts[0]
-        totals: dict[str, int] = {}
-        for actions, counts in parts:
-            for action, count in zip(actions, counts, strict=True):
-                totals[action] = totals.get(action, 0) + count
-        ranked = _ranked(totals)
+        ranked = group_totals(pair for actions, counts in parts for pair in zip(actions, counts, strict=True))
         return [key for key, _ in ranked], [count for _, count in ranked]
 
     total = sum(events_per_bucket.values())
@@ -292,8 +276,8 @@ def count_action_rows(
 
 
 def group_totals(rows: Iterable[tuple[str | None, int]]) -> tuple[tuple[str, int], ...]:
-    """(key, count) per group, largest first."""
-    counts: collections.Counter[str] = collections.Counter()
+    """(key, count) per group (None is ""), summed over the rows, largest first, then by key."""
+    counts: dict[str, int] = {}
     for key, count in rows:
-        counts[key or ""] += count
+        counts[key or ""] = counts.get(key or "", 0) + count
     return _ranked(counts)

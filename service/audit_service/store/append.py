@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -90,35 +90,25 @@ class AppendResult:
         return self.last_position - self.prev_position
 
 
+def _unnest_arguments(counts: Mapping[tuple, int]) -> list[list]:
+    """One array per key column, then the counts, for INSERT ... SELECT FROM unnest(...); every key holds
+    (tenant, hour in µs, ...) and the hour goes as a timestamp."""
+    keys = list(counts)
+    columns = [list(column) for column in zip(*keys, strict=True)]
+    columns[1] = [micros_to_datetime(hour) for hour in columns[1]]
+    return [*columns, [counts[key] for key in keys]]
+
+
 async def add_counts(conn: asyncpg.Connection, counts: dict) -> None:
     """Adds counts to the hourly count projection (in the caller's transaction)."""
-    if not counts:
-        return
-    keys = list(counts)
-    await conn.execute(
-        _ADD_COUNTS,
-        [key[0] for key in keys],
-        [micros_to_datetime(key[1]) for key in keys],
-        [key[2] for key in keys],
-        [key[3] for key in keys],
-        [key[4] for key in keys],
-        [key[5] for key in keys],
-        [counts[key] for key in keys],
-    )
+    if counts:
+        await conn.execute(_ADD_COUNTS, *_unnest_arguments(counts))
 
 
 async def add_action_counts(conn: asyncpg.Connection, counts: ActionCounts) -> None:
     """Adds counts to the per-action hourly projection (in the caller's transaction)."""
-    if not counts:
-        return
-    keys = list(counts)
-    await conn.execute(
-        _ADD_ACTION_COUNTS,
-        [key[0] for key in keys],
-        [micros_to_datetime(key[1]) for key in keys],
-        [key[2] for key in keys],
-        [counts[key] for key in keys],
-    )
+    if counts:
+        await conn.execute(_ADD_ACTION_COUNTS, *_unnest_arguments(counts))
 
 
 def _month_start(moment: dt.datetime) -> dt.datetime:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 from dataclasses import dataclass
 
@@ -197,13 +196,7 @@ async def count_events(
         interval=interval,
         grouped=query.group_by is not None,
     )
-    totals: collections.Counter[str] = collections.Counter()
+    groups = ()
     if query.group_by:
-        for row in rows:
-            totals.update(dict(zip(row["keys"], row["counts"], strict=True)))
-    return CountResult(
-        total=sum(bucket.count for bucket in buckets),
-        buckets=buckets,
-        groups=group_totals(totals.items()),
-        source=source,
-    )
+        groups = group_totals(pair for row in rows for pair in zip(row["keys"], row["counts"], strict=True))
+    return CountResult(total=sum(bucket.count for bucket in buckets), buckets=buckets, groups=groups, source=source)
