@@ -67,11 +67,13 @@ async def test_walking_pages_while_events_are_ingested_yields_each_match_once_in
     waits = 3
 
     async def until_more_are_committed() -> None:
-        # For the first pages, wait until the worker has committed more matches: the walk really overlaps ingest.
+        # After each of the first pages, more matches are published and committed before the next page is read
+        # (besides those of the producer running throughout): the walk certainly overlaps ingest.
         nonlocal waits
         if waits:
             waits -= 1
             seen = len(await matching_positions(owner))
+            await produce(10)
             await eventually(lambda: at_least(seen + 1), what="more matching events committed during the walk")
 
     try:
