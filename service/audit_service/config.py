@@ -84,6 +84,12 @@ class ApiConfig:
     """host:port the gRPC server listens on (port 0 picks a free port)."""
     shutdown_grace_seconds: float = 10.0
     """On SIGTERM, how long in-flight RPCs may take before they are cancelled."""
+    query_timeout_seconds: float = 30.0
+    """Longest one read statement may run; a longer one is cancelled in PostgreSQL and the call ends with
+    DEADLINE_EXCEEDED. (A client's own gRPC deadline cancels the statement too.)"""
+    max_response_bytes: int = 4 * 1024 * 1024
+    """Largest response message: a ListEvents page ends early rather than exceed it, and a CountEvents answer
+    that would exceed it is refused. 4 MiB is what gRPC clients accept by default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +196,8 @@ def _pattern(env: Mapping[str, str], name: str, default: str, pattern: re.Patter
     return raw
 
 
+MIN_RESPONSE_BYTES = 16 * 1024
+"""Smallest AUDIT_MAX_RESPONSE_BYTES: room for a page token, a total and a few events."""
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
@@ -282,7 +290,11 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     api = ApiConfig(
         grpc_address=grpc_address,
         shutdown_grace_seconds=_positive_float(env, "AUDIT_SHUTDOWN_GRACE_SECONDS", ApiConfig().shutdown_grace_seconds),
+        query_timeout_seconds=_positive_float(env, "AUDIT_QUERY_TIMEOUT_SECONDS", ApiConfig().query_timeout_seconds),
+        max_response_bytes=_positive_int(env, "AUDIT_MAX_RESPONSE_BYTES", ApiConfig().max_response_bytes),
     )
+    if api.max_response_bytes < MIN_RESPONSE_BYTES:
+        raise ConfigError("AUDIT_MAX_RESPONSE_BYTES", f"must be at least {MIN_RESPONSE_BYTES}")
     log_level = (env.get("AUDIT_LOG_LEVEL") or "INFO").upper()
     if log_level not in _LOG_LEVELS:
         raise ConfigError("AUDIT_LOG_LEVEL", f"expected one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")

@@ -37,9 +37,9 @@ def redact(url: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def database_pool(url: str, *, max_size: int) -> AsyncIterator[asyncpg.Pool]:
+async def database_pool(url: str, *, max_size: int, command_timeout: float = 60.0) -> AsyncIterator[asyncpg.Pool]:
     try:
-        pool = await asyncio.wait_for(create_pool(url, max_size=max_size), timeout=15)
+        pool = await asyncio.wait_for(create_pool(url, max_size=max_size, command_timeout=command_timeout), timeout=15)
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         raise StartupError(f"cannot connect to PostgreSQL at {redact(url)}: {error}") from None
     try:
@@ -104,7 +104,11 @@ async def run_api(
 ) -> None:
     """Serves the gRPC API until `stop` is set, then shuts down gracefully."""
     config.auth.require_verification()  # before connecting to anything
-    async with database_pool(config.database.url, max_size=config.database.pool_max_size) as pool:
+    async with database_pool(
+        config.database.url,
+        max_size=config.database.pool_max_size,
+        command_timeout=config.api.query_timeout_seconds,
+    ) as pool:
         running = await start_server(config.api, config.auth, pool)
         # What start-up allocated (modules, descriptors, the server) lives as long as the process: keep it out
         # of the collector's full passes, which otherwise show up as latency spikes on large responses.

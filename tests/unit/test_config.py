@@ -25,6 +25,8 @@ def test_defaults() -> None:
     assert config.ingest.batch_size == 500
     assert config.ingest.limits == Limits()
     assert config.api.grpc_address == "0.0.0.0:50051"
+    assert config.api.query_timeout_seconds == 30.0
+    assert config.api.max_response_bytes == 4 * 1024 * 1024
     assert config.log_level == "INFO"
 
 
@@ -43,6 +45,8 @@ def test_environment_is_read() -> None:
         "AUDIT_MAX_CLOCK_SKEW_SECONDS": "60",
         "AUDIT_GRPC_ADDRESS": "[::1]:0",
         "AUDIT_SHUTDOWN_GRACE_SECONDS": "2",
+        "AUDIT_QUERY_TIMEOUT_SECONDS": "7.5",
+        "AUDIT_MAX_RESPONSE_BYTES": "65536",
         "AUDIT_LOG_LEVEL": "debug",
     }
     config = load_config(env=env)
@@ -59,7 +63,9 @@ def test_environment_is_read() -> None:
     assert config.ingest.limits.max_event_bytes == 1000
     assert config.ingest.limits.max_clock_skew_seconds == 60
     assert config.ingest.limits.max_message_chars == Limits().max_message_chars
-    assert config.api == ApiConfig(grpc_address="[::1]:0", shutdown_grace_seconds=2.0)
+    assert config.api == ApiConfig(
+        grpc_address="[::1]:0", shutdown_grace_seconds=2.0, query_timeout_seconds=7.5, max_response_bytes=65536
+    )
     assert config.log_level == "DEBUG"
 
 
@@ -94,6 +100,9 @@ def test_empty_variables_mean_default() -> None:
         ("AUDIT_INGEST_FETCH_TIMEOUT_SECONDS", "0"),
         ("AUDIT_INGEST_ACK_WAIT_SECONDS", "-1"),
         ("AUDIT_SHUTDOWN_GRACE_SECONDS", "soon"),
+        ("AUDIT_QUERY_TIMEOUT_SECONDS", "0"),
+        ("AUDIT_MAX_RESPONSE_BYTES", "4MB"),
+        ("AUDIT_MAX_RESPONSE_BYTES", "1024"),
         ("AUDIT_DUPLICATE_WINDOW_SECONDS", "nan"),
         ("AUDIT_DATABASE_URL", "mysql://x"),
         ("AUDIT_DATABASE_URL", "db.example.com/audit"),

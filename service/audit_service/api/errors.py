@@ -1,7 +1,8 @@
 """The one place where failures become gRPC statuses: an interceptor around every RPC.
 
-Domain errors map to their codes with their message; an unreachable database is UNAVAILABLE; anything
-else is logged with its traceback here and reaches the client as INTERNAL with a reference, never a trace.
+Domain errors map to their codes with their message; a statement over the query time limit is
+DEADLINE_EXCEEDED; an unreachable database is UNAVAILABLE; anything else is logged with its traceback here
+and reaches the client as INTERNAL with a reference, never a trace.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(error)
     if isinstance(error, NotImplementedYetError):
         return grpc.StatusCode.UNIMPLEMENTED, str(error)
+    if isinstance(error, TimeoutError):  # a statement over AUDIT_QUERY_TIMEOUT_SECONDS (before OSError, its base)
+        return grpc.StatusCode.DEADLINE_EXCEEDED, (
+            "the query ran longer than the service allows and was cancelled; narrow the filter "
+            "(a shorter time range, an actor or a resource) and retry"
+        )
     if isinstance(error, (UnavailableError, *_UNAVAILABLE_ERRORS)):
         return grpc.StatusCode.UNAVAILABLE, "the audit log database is unavailable; retry later"
     reference = uuid.uuid4().hex[:12]

@@ -58,7 +58,9 @@ async def start_server(config: ApiConfig, auth: AuthConfig, pool: asyncpg.Pool) 
     """Starts serving; the caller stops it with `RunningServer.stop`."""
     # The error mapper comes first, so it also turns authentication failures into statuses.
     server = aio.server(interceptors=[ErrorMappingInterceptor(), AuthInterceptor(token_verifier(auth), SERVICE_NAME)])
-    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(pool), server)
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(pool, max_response_bytes=config.max_response_bytes), server
+    )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

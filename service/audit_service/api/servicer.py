@@ -26,6 +26,14 @@ from .convert import row_to_event
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MIN_INTERVAL_MICROS = 1_000_000
+_PAGE_RESERVE_BYTES = 1024
+"""Room left in a page for next_page_token, total_size and framing."""
+_EVENT_FRAMING_BYTES = 6
+"""Field tag and length prefix of one event in a page."""
+_GROUP_BOUND_BYTES = 17
+"""At most, one GroupCount's bytes besides its key: tags, length prefixes and a 10-byte count."""
+_BUCKET_BOUND_BYTES = 48
+"""At most, one CountBucket's bytes besides its groups."""
 
 _GROUP_BY = {
     pb.GROUP_BY_UNSPECIFIED: None,
@@ -62,6 +70,13 @@ def _caller_identity(caller: Principal | None) -> bytes:
 _OUTCOME_NAMES = {str(number): event_pb2.Outcome.Name(number) for number in event_pb2.Outcome.values()}
 
 
+def count_response_bound(result: queries.CountResult) -> int:
+    """An upper bound of the CountEventsResponse's size in bytes, in time linear in the buckets (not groups)."""
+    longest_key = max((len(key.encode()) for key, _ in result.groups), default=0) + len("OUTCOME_UNSPECIFIED")
+    groups = len(result.groups) + sum(len(bucket.keys) for bucket in result.buckets)
+    return 64 + len(result.buckets) * _BUCKET_BOUND_BYTES + groups * (longest_key + _GROUP_BOUND_BYTES)
+
+
 def _add_groups(target: Any, groups: Iterable[tuple[str, int]], rename: Mapping[str, str] | None) -> None:
     add = target.add
     if rename is not None:
@@ -71,8 +86,14 @@ def _add_groups(target: Any, groups: Iterable[tuple[str, int]], rename: Mapping[
 
 
 class AuditServicer(pb_grpc.AuditServiceServicer):
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, max_response_bytes: int) -> None:
+        """
+        Args:
+            pool: connections of the service role.
+            max_response_bytes: the largest response message (AUDIT_MAX_RESPONSE_BYTES).
+        """
         self._pool = pool
+        self._max_response_bytes = max_response_bytes
 
     def _where(self, request_filter: pb.EventFilter) -> tuple[Principal | None, Expr]:
         caller = current_caller()
@@ -92,10 +113,19 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         rows = await queries.list_events(
             self._pool, queries.PageQuery(where=where, newest_first=newest_first, after_position=after, limit=limit + 1)
         )
-        has_more = len(rows) > limit
-        rows = rows[:limit]
-        next_token = encode_page_token(PageToken(rows[-1]["position"], digest)) if has_more else ""
-        response = pb.ListEventsResponse(events=[row_to_event(row) for row in rows], next_page_token=next_token)
+        # A page also ends before it outgrows the response limit (AIP-158 allows short pages): 1,000 events with
+        # large states can be far more than the 4 MiB a default gRPC client accepts. One event always fits.
+        events = []
+        room = self._max_response_bytes - _PAGE_RESERVE_BYTES
+        for row in rows[:limit]:
+            event = row_to_event(row)
+            room -= event.ByteSize() + _EVENT_FRAMING_BYTES
+            if room < 0 and events:
+                break
+            events.append(event)
+        has_more = len(rows) > len(events)
+        next_token = encode_page_token(PageToken(events[-1].position, digest)) if has_more else ""
+        response = pb.ListEventsResponse(events=events, next_page_token=next_token)
         if request.include_total_size:
             response.total_size = (await queries.count_events(self._pool, queries.CountQuery(where=where))).total
         return response
@@ -125,6 +155,19 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         result = await queries.count_events(
             self._pool, queries.CountQuery(where=where, group_by=group_by, histogram=histogram)
         )
+        response = self._count_response(result, group_by)
+        # Refused rather than sent too big for the client (the bound is cheap; the exact size only when it is near).
+        limit = self._max_response_bytes
+        if count_response_bound(result) > limit and (size := response.ByteSize()) > limit:
+            raise InvalidArgumentError(
+                "interval" if result.buckets else "group_by",
+                f"the answer would be {size:,} bytes, over the service's {limit:,}-byte response limit; use a wider "
+                "interval, a shorter time range or no group_by",
+            )
+        return response
+
+    @staticmethod
+    def _count_response(result: queries.CountResult, group_by: str | None) -> pb.CountEventsResponse:
         rename = _OUTCOME_NAMES if group_by == "outcome" else None
         response = pb.CountEventsResponse(
             total=result.total,

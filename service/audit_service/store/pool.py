@@ -10,10 +10,19 @@ import asyncpg
 from ..errors import UnavailableError
 
 
-async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
-    """A connection pool; jsonb columns come back as text (parsed where needed)."""
+async def create_pool(url: str, *, max_size: int = 10, command_timeout: float = 60.0) -> asyncpg.Pool:
+    """A connection pool; jsonb columns come back as text (parsed where needed).
+
+    Args:
+        command_timeout: seconds a statement may run; then asyncpg cancels it in PostgreSQL and raises
+            TimeoutError.
+    """
     return await asyncpg.create_pool(
-        url, min_size=1, max_size=max_size, command_timeout=60, server_settings={"application_name": "audit-service"}
+        url,
+        min_size=1,
+        max_size=max_size,
+        command_timeout=command_timeout,
+        server_settings={"application_name": "audit-service"},
     )
 
 
