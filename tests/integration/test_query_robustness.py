@@ -11,6 +11,7 @@ from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import event_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 from hypothesis import HealthCheck, given, settings
+from hypothesis import event as label_example
 from hypothesis import strategies as st
 
 from ..conftest import eventually
@@ -94,21 +95,35 @@ async def test_walking_pages_while_events_are_ingested_yields_each_match_once_in
 
 _text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=40)
 _enum = st.integers(-3, 40)
+_INT64 = st.integers(-(2**63), 2**63 - 1)
+_TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)  # 0001-01-01 .. 9999-12-31, google.protobuf.Timestamp's range
 _timestamp = st.builds(
     timestamp_pb2.Timestamp,
-    seconds=st.integers(-(2**40), 2**40),
+    seconds=st.one_of(st.integers(_TIMESTAMP_SECONDS[0] - 10, _TIMESTAMP_SECONDS[1] + 10), _INT64),
     nanos=st.integers(-(2**31), 2**31 - 1),
 )
 _duration = st.builds(
     duration_pb2.Duration,
-    seconds=st.integers(-(2**40), 2**40),
+    seconds=st.one_of(st.integers(-(2**40), 2**40), _INT64),
     nanos=st.integers(-(2**31), 2**31 - 1),
 )
 _query = st.lists(
     st.one_of(
         _text,
         st.sampled_from(
-            ("action:", "-", '"', "actor.type:ROBOT", "after:yesterday", "before:2026-01-01T00:00:00Z", "x:y", '-"a b"')
+            (
+                "action:",
+                "-",
+                '"',
+                "actor.type:ROBOT",
+                "after:yesterday",
+                "before:2026-01-01T00:00:00Z",
+                "after:0001-01-01T00:00:00+01:00",
+                "before:9999-12-31T23:59:59-01:00",
+                "after:2026-01-01T00:00:00+23:59",
+                "x:y",
+                '-"a b"',
+            )
         ),
         st.builds(lambda f, v: f"{f}:{v}", st.sampled_from(("action", "actor", "outcome", "resource.type")), _text),
     ),
@@ -116,28 +131,45 @@ _query = st.lists(
 ).map(" ".join)
 
 
+def rarely(strategy, default):
+    """`strategy` one time in four, else `default`: most fields stay valid, so requests get to the database."""
+    return st.one_of(st.just(default), st.just(default), st.just(default), strategy)
+
+
+_VALID_ENUM = st.integers(1, 3)
+
+
 @st.composite
 def event_filters(draw) -> pb.EventFilter:
     f = pb.EventFilter(
-        tenant=draw(st.one_of(st.just(""), st.just("acme"), _text)),
-        actions=draw(st.lists(st.one_of(_text, st.just("api_key.*"), st.just("*")), max_size=3)),
-        search=draw(_text),
-        resource_id=draw(_text),
-        resource_type=draw(_text),
-        cluster_id=draw(_text),
-        actor_slugs=draw(st.lists(_text, max_size=3)),
-        actor_ids=draw(st.lists(_text, max_size=3)),
-        actor_types=draw(st.lists(_enum, max_size=3)),
-        outcomes=draw(st.lists(_enum, max_size=3)),
-        trace_id=draw(st.one_of(st.just(""), _text)),
-        condition_join=draw(_enum),
-        query=draw(_query),
+        tenant=draw(rarely(st.one_of(st.just("acme"), _text), "")),
+        actions=draw(rarely(st.lists(st.one_of(_text, st.just("api_key.*"), st.just("*")), max_size=3), [])),
+        search=draw(rarely(_text, "")),
+        resource_id=draw(rarely(_text, "")),
+        resource_type=draw(rarely(_text, "")),
+        cluster_id=draw(rarely(_text, "")),
+        actor_slugs=draw(rarely(st.lists(_text, max_size=3), [])),
+        actor_ids=draw(rarely(st.lists(_text, max_size=3), [])),
+        actor_types=draw(rarely(st.lists(st.one_of(_VALID_ENUM, _enum), max_size=3), [])),
+        outcomes=draw(rarely(st.lists(st.one_of(_VALID_ENUM, _enum), max_size=3), [])),
+        trace_id=draw(rarely(_text, "")),
+        condition_join=draw(rarely(_enum, 0)),
+        query=draw(rarely(_query, "")),
     )
-    for name in ("start_time", "end_time"):
-        if draw(st.booleans()):
-            getattr(f, name).CopyFrom(draw(_timestamp))
-    for _ in range(draw(st.integers(0, 3))):
-        f.conditions.add(field=draw(_enum), operator=draw(_enum), values=draw(st.lists(_text, max_size=3)))
+    if draw(st.booleans()):  # a valid window, so histograms reach the database
+        start = draw(st.integers(_TIMESTAMP_SECONDS[0], _TIMESTAMP_SECONDS[1] - 1))
+        f.start_time.seconds = start
+        f.end_time.seconds = draw(st.integers(start + 1, _TIMESTAMP_SECONDS[1]))
+    else:
+        for name in ("start_time", "end_time"):
+            if draw(st.booleans()):
+                getattr(f, name).CopyFrom(draw(_timestamp))
+    for _ in range(draw(rarely(st.integers(1, 3), 0))):
+        f.conditions.add(
+            field=draw(st.one_of(_VALID_ENUM, _enum)),
+            operator=draw(st.one_of(_VALID_ENUM, _enum)),
+            values=draw(st.lists(_text, max_size=3)),
+        )
     return f
 
 
@@ -150,7 +182,9 @@ async def outcome_of(call) -> grpc.StatusCode:
     except grpc.aio.AioRpcError as error:
         assert error.code() in _ALLOWED, (error.code(), error.details())
         assert "Traceback" not in (error.details() or "")
+        label_example(f"status {error.code().name}")
         return error.code()
+    label_example("status OK")
     return grpc.StatusCode.OK
 
 
@@ -203,6 +237,8 @@ async def test_fuzzed_requests_get_a_clear_status_never_internal(
         ),
         (pb.EventFilter(query='action:a "unterminated'), "filter.query"),
         (pb.EventFilter(query="colour:red"), "filter.query"),
+        (pb.EventFilter(query="after:0001-01-01T00:00:00+01:00"), "filter.query"),  # before year 1 in UTC
+        (pb.EventFilter(query="before:9999-12-31T23:59:59-01:00"), "filter.query"),  # after 9999 in UTC
     ],
 )
 async def test_each_malformed_filter_field_is_named(api, request_filter, field):
@@ -214,14 +250,29 @@ async def test_each_malformed_filter_field_is_named(api, request_filter, field):
 
 async def test_count_arguments_are_checked(api):
     day = pb.EventFilter(start_time=timestamp_pb2.Timestamp(seconds=0), end_time=timestamp_pb2.Timestamp(seconds=86400))
+    searched_day = pb.EventFilter(search="x", start_time=day.start_time, end_time=day.end_time)  # counted from the log
     cases = [
         (pb.CountEventsRequest(interval=duration_pb2.Duration(seconds=3600)), "filter.start_time"),
         (pb.CountEventsRequest(filter=day, interval=duration_pb2.Duration(seconds=0, nanos=5)), "interval"),
         (pb.CountEventsRequest(filter=day, interval=duration_pb2.Duration(seconds=1)), "interval"),  # 86,400 buckets
         (pb.CountEventsRequest(filter=day, group_by=17), "group_by"),
+        (pb.CountEventsRequest(filter=day, interval=duration_pb2.Duration(seconds=10**14)), "interval"),
+        (pb.CountEventsRequest(filter=searched_day, interval=duration_pb2.Duration(seconds=2**62)), "interval"),
     ]
     for request, field in cases:
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await api.CountEvents(request)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error.value.details().startswith(f"{field}:"), error.value.details()
+
+
+async def test_a_request_that_does_not_parse_is_invalid_argument_not_unknown(api):
+    # ListEventsRequest{filter: {search: <the bytes ff fe>}}: not UTF-8, so not a valid proto3 string.
+    malformed = b"\x0a\x04\x1a\x02\xff\xfe"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{api.port}") as channel:
+        raw_call = channel.unary_unary("/audit.v1.AuditService/ListEvents")
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await raw_call(malformed)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.details().startswith("request: ") and "UTF-8" in error.value.details()
+        assert pb.ListEventsResponse.FromString(await raw_call(b"")).next_page_token == "", "an empty request is fine"

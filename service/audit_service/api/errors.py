@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from ..errors import (
@@ -62,10 +63,25 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error (ref {reference})"
 
 
-def _wrap_coroutine(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    async def wrapper(request: Any, context: aio.ServicerContext) -> Any:
+Deserializer = Callable[[bytes], Any] | None
+
+
+def _parse(deserializer: Deserializer, raw: bytes) -> Any:
+    """The request message, parsed here rather than by grpc, which answers a malformed one with UNKNOWN."""
+    if deserializer is None:
+        return raw
+    try:
+        return deserializer(raw)
+    except DecodeError as error:
+        raise InvalidArgumentError("request", f"{error} (string fields must be valid UTF-8)") from None
+
+
+def _wrap_coroutine(
+    behavior: Callable[..., Awaitable[Any]], deserializer: Deserializer
+) -> Callable[..., Awaitable[Any]]:
+    async def wrapper(raw: bytes, context: aio.ServicerContext) -> Any:
         try:
-            return await behavior(request, context)
+            return await behavior(_parse(deserializer, raw), context)
         except aio.AbortError:
             raise
         except Exception as error:
@@ -74,10 +90,12 @@ def _wrap_coroutine(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Aw
     return wrapper
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    async def wrapper(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+def _wrap_stream(
+    behavior: Callable[..., AsyncIterator[Any]], deserializer: Deserializer
+) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapper(raw: bytes, context: aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for response in behavior(request, context):
+            async for response in behavior(_parse(deserializer, raw), context):
                 yield response
         except aio.AbortError:
             raise
@@ -88,7 +106,7 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., A
 
 
 class ErrorMappingInterceptor(aio.ServerInterceptor):
-    """Maps exceptions escaping any RPC handler to a gRPC status."""
+    """Maps exceptions escaping any RPC handler, and requests that do not parse, to a gRPC status."""
 
     async def intercept_service(
         self,
@@ -98,19 +116,19 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
+        # The wrappers get the request's bytes (no deserializer here) and parse them themselves.
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_coroutine(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                _wrap_coroutine(handler.unary_unary, handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
-            behavior = handler.unary_stream
+            behavior, deserializer = handler.unary_stream, handler.request_deserializer
             # Async generators yield their responses; coroutines (grpc's Health.Watch) use context.write().
-            wrapped = _wrap_stream(behavior) if inspect.isasyncgenfunction(behavior) else _wrap_coroutine(behavior)
-            return grpc.unary_stream_rpc_method_handler(
-                wrapped,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+            wrapped = (
+                _wrap_stream(behavior, deserializer)
+                if inspect.isasyncgenfunction(behavior)
+                else _wrap_coroutine(behavior, deserializer)
             )
+            return grpc.unary_stream_rpc_method_handler(wrapped, response_serializer=handler.response_serializer)
         return handler

@@ -26,6 +26,8 @@ from .convert import row_to_event
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MIN_INTERVAL_MICROS = 1_000_000
+MAX_INTERVAL_SECONDS = 315_576_000_000
+"""10,000 years: google.protobuf.Duration's range."""
 _PAGE_RESERVE_BYTES = 1024
 """Room left in a page for next_page_token, total_size and framing."""
 _EVENT_FRAMING_BYTES = 6
@@ -188,6 +190,8 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         interval = request.interval
         if interval.nanos < 0 or interval.seconds < 0 or not -999_999_999 <= interval.nanos <= 999_999_999:
             raise InvalidArgumentError("interval", "is not a valid positive duration")
+        if interval.seconds > MAX_INTERVAL_SECONDS:
+            raise InvalidArgumentError("interval", f"is longer than {MAX_INTERVAL_SECONDS}s (10,000 years)")
         interval_micros = interval.seconds * 1_000_000 + interval.nanos // 1000
         if interval_micros < MIN_INTERVAL_MICROS:
             raise InvalidArgumentError("interval", "must be at least 1s")

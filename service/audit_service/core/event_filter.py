@@ -16,6 +16,8 @@ from google.protobuf import timestamp_pb2
 from ..errors import InvalidArgumentError
 from .filters import (
     INT_COLUMNS,
+    MAX_TIME_SECONDS,
+    MIN_TIME_SECONDS,
     AnyOf,
     Expr,
     Not,
@@ -34,8 +36,6 @@ MAX_VALUES = 100
 MAX_CONDITIONS = 50
 MAX_TEXT_CHARS = 1024
 MAX_SEARCH_CHARS = 256
-_MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z, the range of google.protobuf.Timestamp
-_MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 _OUTCOMES = frozenset(event_pb2.Outcome.values()) - {event_pb2.OUTCOME_UNSPECIFIED}
 _SUBJECT_TYPES = frozenset(event_pb2.SubjectType.values()) - {event_pb2.SUBJECT_TYPE_UNSPECIFIED}
@@ -97,7 +97,7 @@ def _count(values: object, field: str) -> None:
 
 def timestamp_micros(timestamp: timestamp_pb2.Timestamp, field: str) -> int:
     """A valid Timestamp in microseconds since the epoch (truncated, as PostgreSQL stores it)."""
-    if not _MIN_SECONDS <= timestamp.seconds <= _MAX_SECONDS:
+    if not MIN_TIME_SECONDS <= timestamp.seconds <= MAX_TIME_SECONDS:
         raise InvalidArgumentError(field, "is outside 0001-01-01..9999-12-31")
     if not 0 <= timestamp.nanos < 1_000_000_000:
         raise InvalidArgumentError(field, "nanos must be in [0, 1e9)")

@@ -94,6 +94,12 @@ def has_control_characters(text: str) -> bool:
     return any(ord(char) < 32 or ord(char) == 127 for char in text)
 
 
+MIN_TIME_SECONDS = -62_135_596_800
+"""0001-01-01T00:00:00Z: the earliest time bound (google.protobuf.Timestamp's range)."""
+MAX_TIME_SECONDS = 253_402_300_799
+"""9999-12-31T23:59:59Z: the latest whole second of a time bound."""
+
+
 @dataclass(frozen=True, slots=True)
 class OccurredBetween:
     """start <= occurred_at < end, in microseconds since the epoch; None is unbounded."""

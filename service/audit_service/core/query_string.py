@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError
 from .filters import (
+    MAX_TIME_SECONDS,
+    MIN_TIME_SECONDS,
     AnyOf,
     Expr,
     Not,
@@ -132,7 +134,10 @@ def _timestamp_micros(value: str, position: int) -> int:
         raise _error(position, f"{value!r} is not an RFC 3339 time such as 2026-01-31T12:00:00Z") from None
     if moment.tzinfo is None:
         raise _error(position, f"{value!r} has no time zone; add Z or an offset")
-    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+    micros = (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+    if not MIN_TIME_SECONDS * 1_000_000 <= micros < (MAX_TIME_SECONDS + 1) * 1_000_000:
+        raise _error(position, f"{value!r} is outside 0001-01-01..9999-12-31 in UTC")
+    return micros
 
 
 def _action(value: str, position: int) -> Expr:
