@@ -21,6 +21,7 @@ import pytest
 from audit.v1 import audit_service_pb2_grpc
 from audit_client import Publisher
 from audit_client import connect as connect_publisher
+from audit_service.api.server import RunningServer
 from audit_service.config import Config, load_config
 from audit_service.devstack.nats import NatsServer
 from audit_service.devstack.postgres import EmbeddedPostgres
@@ -31,6 +32,8 @@ from audit_service.store.migrate import migrate
 from nats.aio.client import Client as NatsClient
 
 APP_ROLE = "audit_test_app"
+JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+"""The HS256 key of tests that serve with authentication on."""
 
 
 @dataclass(frozen=True)
@@ -227,22 +230,43 @@ async def start_worker(config: Config) -> AsyncIterator[Callable[..., Awaitable[
             await worker.shutdown()
 
 
-@pytest.fixture
-async def api(config: Config) -> AsyncIterator[audit_service_pb2_grpc.AuditServiceStub]:
-    """A real gRPC server on a free port, and a stub connected to it."""
+@contextlib.asynccontextmanager
+async def serving_api(config: Config) -> AsyncIterator[RunningServer]:
+    """Runs the gRPC API in-process (the same code path as `audit-service serve`) for the block."""
     stop = asyncio.Event()
-    started: asyncio.Future = asyncio.get_running_loop().create_future()
+    started: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run_api(config, stop, on_ready=started.set_result))
     await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED, timeout=30)
     if task.done():
-        task.result()
-    port = started.result().port
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        task.result()  # raises the start-up error
+    try:
+        yield started.result()
+    finally:
+        stop.set()
+        await task
+
+
+@contextlib.asynccontextmanager
+async def serving_with_auth(service_env: dict[str, str], auth_env: dict[str, str]) -> AsyncIterator[tuple[Config, int]]:
+    """The API with authentication on, configured by `auth_env`: its configuration and port."""
+    env = {key: value for key, value in service_env.items() if key != "AUDIT_AUTH_DISABLED"} | auth_env
+    config = load_config(env=env)
+    async with serving_api(config) as server:
+        yield config, server.port
+
+
+def bearer(token: str) -> tuple[tuple[str, str]]:
+    """gRPC metadata carrying a bearer token."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.fixture
+async def api(config: Config) -> AsyncIterator[audit_service_pb2_grpc.AuditServiceStub]:
+    """A real gRPC server on a free port, and a stub connected to it."""
+    async with serving_api(config) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = audit_service_pb2_grpc.AuditServiceStub(channel)
-        stub.port = port  # type: ignore[attr-defined]
+        stub.port = server.port  # type: ignore[attr-defined]
         yield stub
-    stop.set()
-    await task
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 30.0, what: str = "condition") -> None:

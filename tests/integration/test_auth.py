@@ -9,6 +9,7 @@ import datetime as dt
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -18,19 +19,16 @@ import pytest
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import audit_service_pb2_grpc, event_pb2
 from audit_service.auth.tokens import mint_token
-from audit_service.config import AuthConfig, load_config
+from audit_service.config import AuthConfig
 from audit_service.core.page_token import PageToken, encode_page_token, query_digest
-from audit_service.runtime import run_api
 from audit_service.store.append import LogAppender
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ..conftest import REPO_ROOT
+from ..conftest import JWT_SECRET, REPO_ROOT, bearer, serving_with_auth
 from ..factories import content_of, make_event, stamp
-
-SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 
 
 @dataclasses.dataclass
@@ -43,29 +41,13 @@ class SecuredApi:
         return mint_token(self.auth, subject=subject, tenant=tenant, admin=admin, ttl_seconds=ttl)
 
 
-def bearer(token: str) -> tuple[tuple[str, str]]:
-    return (("authorization", f"Bearer {token}"),)
-
-
-async def serve(service_env: dict[str, str], auth_env: dict[str, str]):
-    env = {key: value for key, value in service_env.items() if key != "AUDIT_AUTH_DISABLED"} | auth_env
-    config = load_config(env=env)
-    stop = asyncio.Event()
-    started: asyncio.Future = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_api(config, stop, on_ready=started.set_result))
-    await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED, timeout=30)
-    if task.done():
-        task.result()
-    return config, stop, task, started.result().port
-
-
 @pytest.fixture
-async def secured(service_env):
-    config, stop, task, port = await serve(service_env, {"AUDIT_AUTH_JWT_SECRET": SECRET})
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+async def secured(service_env) -> AsyncIterator[SecuredApi]:
+    async with (
+        serving_with_auth(service_env, {"AUDIT_AUTH_JWT_SECRET": JWT_SECRET}) as (config, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
         yield SecuredApi(audit_service_pb2_grpc.AuditServiceStub(channel), channel, config.auth)
-    stop.set()
-    await task
 
 
 @pytest.fixture
@@ -239,8 +221,7 @@ def write_pem(path: Path, key) -> Path:
 async def test_public_key_verification(service_env, stored, tmp_path, algorithm, key_factory):
     private = tmp_path / "signing.pem"
     public = write_pem(private, key_factory())
-    config, stop, task, port = await serve(service_env, {"AUDIT_AUTH_JWT_PUBLIC_KEY_FILE": str(public)})
-    try:
+    async with serving_with_auth(service_env, {"AUDIT_AUTH_JWT_PUBLIC_KEY_FILE": str(public)}) as (config, port):
         signer = dataclasses.replace(config.auth, jwt_private_key_file=str(private))
         token = mint_token(signer, subject="u-bob", tenant="acme", admin=False, ttl_seconds=60)
         assert jwt.get_unverified_header(token)["alg"] == algorithm
@@ -255,16 +236,13 @@ async def test_public_key_verification(service_env, stored, tmp_path, algorithm,
             )
             code, _ = await status_of(stub.ListEvents(pb.ListEventsRequest(), metadata=bearer(confused)))
             assert code == grpc.StatusCode.UNAUTHENTICATED
-    finally:
-        stop.set()
-        await task
 
 
 async def test_the_token_command_mints_what_the_server_accepts(secured, stored):
     result = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "audit_service.cli", "token", "--tenant", "acme", "--subject", "u-bob", "--ttl", "60"],
-        env={"PATH": "/usr/bin:/bin", "AUDIT_AUTH_JWT_SECRET": SECRET},
+        env={"PATH": "/usr/bin:/bin", "AUDIT_AUTH_JWT_SECRET": JWT_SECRET},
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,

@@ -9,18 +9,22 @@ import random
 from dataclasses import dataclass
 
 import asyncpg
+import grpc
 import pytest
 from audit.v1 import audit_service_pb2 as pb
-from audit.v1 import event_pb2
+from audit.v1 import audit_service_pb2_grpc, event_pb2
+from audit_service.auth.tokens import mint_token
 from audit_service.core.counts import HOUR_MICROS, CountSource
 from audit_service.core.event_filter import UNRESTRICTED, compile_filter
 from audit_service.store.append import LogAppender
+from audit_service.store.migrate import migrate
 from audit_service.store.queries import CountQuery, count_source
 from google.protobuf import duration_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ..factories import content_of, stamp
+from ..conftest import JWT_SECRET, bearer, serving_with_auth
+from ..factories import content_of, make_event, stamp
 
 TENANTS = ("t-one", "t-two")
 ACTIONS = ("api_key.create", "api_key.delete", "secret.read", "Login", "deploy.create")
@@ -36,12 +40,18 @@ RESOURCES = (  # (type, id, name, fqn)
     ("api_key", "k-2", "deploy_key%", "stage/ws-b/deploy-key"),
     ("", "", "", ""),
 )
+PARENTS = (("workspace", "ws-a"), ("cluster", "c-1"), ("", ""))  # (type, id)
+ROUTES = ("/api/v1/keys", "/api/v1/secrets/{id}", "")
+IPS = ("10.0.0.1", "2001:db8::7", "")
 CLUSTERS = ("c-1", "c-2", "")
 WORKSPACES = ("ws-a", "")
 TRACES = ("", "4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211c80319c")
 OUTCOMES = (event_pb2.OUTCOME_SUCCESS, event_pb2.OUTCOME_FAILURE, event_pb2.OUTCOME_DENIED)
-MESSAGE_WORDS = ("Rotated", "key", "ÉLAN", "password", "reset", "100%", "under_score", "deployed", "Login")
-SEARCH_WORDS = ("rotated", "KEY", "élan", "pass", "100%", "under_", "alice", "ci key", "ws-a", "nothing", "o")
+MESSAGE_WORDS = ("Rotated", "key", "ÉLAN", "password", "reset", "100%", "under_score", "deployed", "Login", "ΟΔΟΣ")
+SEARCH_WORDS = (
+    *("rotated", "KEY", "élan", "pass", "100%", "under_", "alice", "ci key", "ws-a", "nothing", "o"),
+    *("οδος", "ΟΔΟΣ", "Οδοσ"),  # a final sigma, typed lower or upper case, finds the word stored in capitals
+)
 BASE = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0) - dt.timedelta(days=4)
 WINDOW_HOURS = 72
 
@@ -61,8 +71,13 @@ def build_events(count: int, seed: int) -> list[event_pb2.AuditEvent]:
             cluster_id=rng.choice(CLUSTERS),
             workspace_id=rng.choice(WORKSPACES),
             message=" ".join(rng.sample(MESSAGE_WORDS, rng.randint(0, 4))),
-            request=event_pb2.RequestContext(method=rng.choice(("GET", "POST", ""))),
+            request=event_pb2.RequestContext(
+                method=rng.choice(("GET", "POST", "")), route=rng.choice(ROUTES), ip_address=rng.choice(IPS)
+            ),
         )
+        parent_type, parent_id = rng.choice(PARENTS)
+        if parent_id:
+            event.parent_resource.type, event.parent_resource.id = parent_type, parent_id
         trace = rng.choice(TRACES)
         if trace:
             event.trace_id, event.span_id = trace, "00f067aa0ba902b7"
@@ -103,6 +118,10 @@ def micros(timestamp) -> int:
     return timestamp.seconds * 1_000_000 + timestamp.nanos // 1000
 
 
+def rfc3339_micros(text: str) -> int:
+    return (dt.datetime.fromisoformat(text) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+
+
 def searched_texts(event) -> list[str]:
     return [
         event.message,
@@ -116,7 +135,8 @@ def searched_texts(event) -> list[str]:
 
 
 def contains(event, term: str) -> bool:
-    return any(term.lower() in text.lower() for text in searched_texts(event))
+    # Case folding (for the words used here, Python's full folding and PostgreSQL's simple folding agree).
+    return any(term.casefold() in text.casefold() for text in searched_texts(event))
 
 
 CONDITION_VALUE = {
@@ -126,6 +146,12 @@ CONDITION_VALUE = {
     pb.CONDITION_FIELD_ACTOR_EMAIL: lambda e: e.actor.email,
     pb.CONDITION_FIELD_RESOURCE_TYPE: lambda e: e.resource.type,
     pb.CONDITION_FIELD_RESOURCE_ID: lambda e: e.resource.id,
+    pb.CONDITION_FIELD_RESOURCE_NAME: lambda e: e.resource.name,
+    pb.CONDITION_FIELD_RESOURCE_FQN: lambda e: e.resource.fqn,
+    pb.CONDITION_FIELD_PARENT_RESOURCE_TYPE: lambda e: e.parent_resource.type,
+    pb.CONDITION_FIELD_PARENT_RESOURCE_ID: lambda e: e.parent_resource.id,
+    pb.CONDITION_FIELD_REQUEST_ROUTE: lambda e: e.request.route,
+    pb.CONDITION_FIELD_IP_ADDRESS: lambda e: e.request.ip_address,
     pb.CONDITION_FIELD_CLUSTER_ID: lambda e: e.cluster_id,
     pb.CONDITION_FIELD_WORKSPACE_ID: lambda e: e.workspace_id,
     pb.CONDITION_FIELD_TRACE_ID: lambda e: e.trace_id,
@@ -152,6 +178,15 @@ def condition_holds(condition: pb.Condition, event) -> bool:
 QUERY_FIELDS = {
     "action": lambda e, v: e.action.startswith(v[:-1]) if v.endswith("*") else e.action == v,
     "actor": lambda e, v: v in (e.actor.id, e.actor.slug, e.actor.email) and v != "",
+    "actor.id": lambda e, v: e.actor.id == v,
+    "actor.slug": lambda e, v: e.actor.slug == v,
+    "actor.email": lambda e, v: e.actor.email == v,
+    "resource.id": lambda e, v: e.resource.id == v,
+    "resource.name": lambda e, v: e.resource.name == v,
+    "resource.fqn": lambda e, v: e.resource.fqn == v,
+    "trace": lambda e, v: e.trace_id == v,
+    "after": lambda e, v: micros(e.occurred_at) >= rfc3339_micros(v),
+    "before": lambda e, v: micros(e.occurred_at) < rfc3339_micros(v),
     "actor.type": lambda e, v: event_pb2.SubjectType.Name(e.actor.type) == "SUBJECT_TYPE_" + v.upper(),
     "resource.type": lambda e, v: e.resource.type == v,
     "outcome": lambda e, v: event_pb2.Outcome.Name(e.outcome) == "OUTCOME_" + v.upper(),
@@ -171,6 +206,10 @@ class QueryTerm:
         return ("-" if self.negated else "") + (f"{self.field}:{value}" if self.field else value)
 
 
+TIME_FIELDS = ("after", "before")
+"""Query fields that are bounds: each must hold (the others: one of a field's values must)."""
+
+
 def query_holds(terms: list[QueryTerm], event) -> bool:
     by_field: dict[str, list[str]] = collections.defaultdict(list)
     for term in terms:
@@ -178,7 +217,7 @@ def query_holds(terms: list[QueryTerm], event) -> bool:
         if term.negated:
             if matched:
                 return False
-        elif term.field:
+        elif term.field and term.field not in TIME_FIELDS:
             by_field[term.field].append(term.value)
         elif not matched:
             return False
@@ -194,6 +233,7 @@ def matches(f: pb.EventFilter, terms: list[QueryTerm], event) -> bool:
         not f.resource_type or event.resource.type == f.resource_type,
         not f.resource_id or event.resource.id == f.resource_id,
         not f.resource_name or event.resource.name == f.resource_name,
+        not f.resource_fqn or event.resource.fqn == f.resource_fqn,
         not f.cluster_id or event.cluster_id == f.cluster_id,
         not f.workspace_id or event.workspace_id == f.workspace_id,
         not f.actor_slugs or event.actor.slug in f.actor_slugs,
@@ -249,6 +289,12 @@ def conditions(draw):
         pb.CONDITION_FIELD_ACTOR_EMAIL: ("bob@example.com", ""),
         pb.CONDITION_FIELD_RESOURCE_TYPE: ("secret", "api_key", ""),
         pb.CONDITION_FIELD_RESOURCE_ID: ("s-1", "k-2", ""),
+        pb.CONDITION_FIELD_RESOURCE_NAME: ("CI Key", "deploy_key%", ""),
+        pb.CONDITION_FIELD_RESOURCE_FQN: ("prod/ws-a/db-password", ""),
+        pb.CONDITION_FIELD_PARENT_RESOURCE_TYPE: ("workspace", "cluster", ""),
+        pb.CONDITION_FIELD_PARENT_RESOURCE_ID: ("ws-a", ""),
+        pb.CONDITION_FIELD_REQUEST_ROUTE: ROUTES,
+        pb.CONDITION_FIELD_IP_ADDRESS: IPS,
         pb.CONDITION_FIELD_CLUSTER_ID: CLUSTERS,
         pb.CONDITION_FIELD_WORKSPACE_ID: WORKSPACES,
         pb.CONDITION_FIELD_TRACE_ID: TRACES,
@@ -276,7 +322,18 @@ def query_terms(draw):
             "outcome": st.sampled_from(("success", "DENIED", "failure")),
             "cluster": st.sampled_from(("c-1", "c-2")),
             "workspace": st.just("ws-a"),
+            "actor.id": st.sampled_from(("u-2", "sa-9")),
+            "actor.slug": st.sampled_from(("alice", "autopilot")),
+            "actor.email": st.just("bob@example.com"),
+            "resource.id": st.sampled_from(("s-1", "k-2")),
+            "resource.name": st.sampled_from(("CI Key", "db-password")),
+            "resource.fqn": st.sampled_from(("stage/ws-b/deploy-key", "prod/ws-a/ci-key")),
+            "trace": st.sampled_from(TRACES[1:]),
+            "after": _hour.map(lambda hours: (BASE + dt.timedelta(hours=hours, minutes=7)).isoformat()),
+            "before": _hour.map(lambda hours: (BASE + dt.timedelta(hours=hours)).isoformat()),
         }[kind]
+        if kind in TIME_FIELDS:
+            negated = False  # a bound cannot be negated (the other bound says it)
         terms.append(QueryTerm(negated, "" if kind == "search" else kind, draw(value)))
     return terms
 
@@ -294,6 +351,7 @@ def filters(draw):
         ("resource_type", ("secret", "api_key")),
         ("resource_id", ("s-1", "k-1")),
         ("resource_name", ("CI Key", "deploy_key%")),
+        ("resource_fqn", ("prod/ws-a/db-password", "stage/ws-b/deploy-key")),
         ("cluster_id", ("c-1", "c-2")),
         ("workspace_id", ("ws-a",)),
         ("trace_id", TRACES[1:]),
@@ -322,16 +380,49 @@ def filters(draw):
     return f, terms
 
 
-async def list_all(api, request_filter: pb.EventFilter, order: int, page_size: int) -> list[str]:
+async def list_all(api, request_filter: pb.EventFilter, order: int, page_size: int, metadata=()) -> list[str]:
     ids, token = [], ""
     while True:
         page = await api.ListEvents(
-            pb.ListEventsRequest(filter=request_filter, page_size=page_size, page_token=token, order=order)
+            pb.ListEventsRequest(filter=request_filter, page_size=page_size, page_token=token, order=order),
+            metadata=metadata,
         )
         ids.extend(event.event_id for event in page.events)
         token = page.next_page_token
         if not token:
             return ids
+
+
+GROUP_KEY = {
+    pb.GROUP_BY_ACTOR: lambda e: e.actor.id or e.actor.slug,
+    pb.GROUP_BY_ACTION: lambda e: e.action,
+    pb.GROUP_BY_RESOURCE_TYPE: lambda e: e.resource.type,
+    pb.GROUP_BY_OUTCOME: lambda e: event_pb2.Outcome.Name(e.outcome),
+}
+
+
+def with_whole_window(request_filter: pb.EventFilter) -> pb.EventFilter:
+    """The filter with the bounds it lacks set around every event of the dataset (a histogram needs both)."""
+    if not request_filter.HasField("start_time"):
+        request_filter.start_time.FromDatetime(BASE - dt.timedelta(hours=1))
+    if not request_filter.HasField("end_time"):
+        request_filter.end_time.FromDatetime(BASE + dt.timedelta(hours=WINDOW_HOURS + 1))
+    return request_filter
+
+
+def assert_histogram(counted, matched, request_filter, interval, group_by) -> None:
+    """`counted` has every bucket of the filter's range, each with the count (and groups) of `matched`."""
+    start, end, width = micros(request_filter.start_time), micros(request_filter.end_time), interval.seconds * 1_000_000
+    assert counted.total == len(matched)
+    assert [micros(bucket.start_time) for bucket in counted.buckets] == list(range(start, end, width))
+    per_bucket = collections.Counter((micros(event.occurred_at) - start) // width for event in matched)
+    assert [bucket.count for bucket in counted.buckets] == [per_bucket[i] for i in range(len(counted.buckets))]
+    if group_by != pb.GROUP_BY_UNSPECIFIED:
+        key = GROUP_KEY[group_by]
+        assert {g.key: g.count for g in counted.groups} == collections.Counter(key(e) for e in matched)
+        for index, bucket in enumerate(counted.buckets):
+            in_bucket = [e for e in matched if (micros(e.occurred_at) - start) // width == index]
+            assert {g.key: g.count for g in bucket.groups} == collections.Counter(key(e) for e in in_bucket)
 
 
 _SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -368,31 +459,13 @@ async def test_list_and_count_return_exactly_what_the_filter_means(api, dataset,
 )
 async def test_histograms_and_groups_add_up_to_the_listed_events(api, dataset, drawn, interval_hours, group_by):
     request_filter, terms = drawn
-    if not request_filter.HasField("start_time"):
-        request_filter.start_time.FromDatetime(BASE - dt.timedelta(hours=1))
-    if not request_filter.HasField("end_time"):
-        request_filter.end_time.FromDatetime(BASE + dt.timedelta(hours=WINDOW_HOURS + 1))
+    with_whole_window(request_filter)
     interval = duration_pb2.Duration(seconds=int(interval_hours * 3600))
     matched = [event for event in dataset.events if matches(request_filter, terms, event)]
 
     counted = await api.CountEvents(pb.CountEventsRequest(filter=request_filter, interval=interval, group_by=group_by))
 
-    start, end, width = micros(request_filter.start_time), micros(request_filter.end_time), interval.seconds * 1_000_000
-    assert counted.total == len(matched)
-    assert [micros(bucket.start_time) for bucket in counted.buckets] == list(range(start, end, width))
-    per_bucket = collections.Counter((micros(event.occurred_at) - start) // width for event in matched)
-    assert [bucket.count for bucket in counted.buckets] == [per_bucket[i] for i in range(len(counted.buckets))]
-    if group_by != pb.GROUP_BY_UNSPECIFIED:
-        key = {
-            pb.GROUP_BY_ACTOR: lambda e: e.actor.id or e.actor.slug,
-            pb.GROUP_BY_ACTION: lambda e: e.action,
-            pb.GROUP_BY_RESOURCE_TYPE: lambda e: e.resource.type,
-            pb.GROUP_BY_OUTCOME: lambda e: event_pb2.Outcome.Name(e.outcome),
-        }[group_by]
-        assert {g.key: g.count for g in counted.groups} == collections.Counter(key(e) for e in matched)
-        for index, bucket in enumerate(counted.buckets):
-            in_bucket = [e for e in matched if (micros(e.occurred_at) - start) // width == index]
-            assert {g.key: g.count for g in bucket.groups} == collections.Counter(key(e) for e in in_bucket)
+    assert_histogram(counted, matched, request_filter, interval, group_by)
 
 
 async def test_counts_come_from_the_projection_when_it_can_answer_and_agree_with_the_log(api, dataset):
@@ -421,6 +494,52 @@ async def test_counts_come_from_the_projection_when_it_can_answer_and_agree_with
     unaligned.CopyFrom(day)
     unaligned.start_time.FromDatetime(BASE + dt.timedelta(minutes=30))
     assert (await api.CountEvents(pb.CountEventsRequest(filter=unaligned))).source == pb.COUNT_SOURCE_LOG
+
+
+async def test_search_ignores_case_beyond_ascii(api, database):
+    messages = ("Rebuilt ΟΔΟΣ ΑΘΗΝΑΣ index", "Opened the İstanbul office", "Closed Rue de l'Élysée")
+    events = [stamp(make_event(message=message)) for message in messages]
+    conn = await asyncpg.connect(database.app_url)
+    try:
+        await LogAppender().append(conn, [content_of(event) for event in events])
+    finally:
+        await conn.close()
+
+    async def found(search: str) -> list[str]:
+        page = await api.ListEvents(pb.ListEventsRequest(filter=pb.EventFilter(search=search)))
+        return [event.message for event in page.events]
+
+    # The stored word, and the same word typed in other cases (a final or a medial small sigma, a plain i).
+    for search in ("ΟΔΟΣ", "οδος", "Οδοσ", "αθηνας"):
+        assert await found(search) == [messages[0]], search
+    for search in ("İstanbul", "istanbul", "ISTANBUL"):
+        assert await found(search) == [messages[1]], search
+    for search in ("élysée", "ÉLYSÉE"):
+        assert await found(search) == [messages[2]], search
+    assert await found("elysee") == [], "accents are not ignored, only case"
+
+
+async def test_the_search_fold_migration_refolds_an_existing_log(api, database, owner):
+    event = stamp(make_event(message="Rebuilt ΟΔΟΣ index"))
+    conn = await asyncpg.connect(database.app_url)
+    try:
+        await LogAppender().append(conn, [content_of(event)])
+    finally:
+        await conn.close()
+    # As on a database migrated before 0004: text folded by lower(), so a final sigma typed in lower case misses.
+    await owner.execute(
+        """
+        CREATE OR REPLACE FUNCTION audit_search_fold(value text) RETURNS text
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT RETURN lower(value COLLATE "pg_c_utf8")
+        """
+    )
+    await owner.execute("REINDEX TABLE audit_events")  # its own statement: not in a transaction block
+    await owner.execute("DELETE FROM audit_schema_migrations WHERE version = 4")
+    searched = pb.ListEventsRequest(filter=pb.EventFilter(search="οδος"))
+    assert not (await api.ListEvents(searched)).events
+
+    assert [migration.name for migration in await migrate(owner)] == ["search_casefold"]
+    assert [e.event_id for e in (await api.ListEvents(searched)).events] == [event.event_id]
 
 
 # --- the per-action projection --------------------------------------------------------------------------------
@@ -487,3 +606,62 @@ async def test_the_per_action_projection_counts_exactly_what_the_filter_means(
         assert bucket.count == in_bucket.total()
         ranked = sorted(in_bucket.items(), key=lambda kv: (-kv[1], kv[0])) if grouping else []
         assert [(g.key, g.count) for g in bucket.groups] == ranked
+
+
+# --- the same, under bearer tokens: the caller's scope narrows every answer ---------------------------------
+
+CALLERS = (  # (tenant, subject, admin)
+    ("t-one", "admin-1", True),
+    ("t-two", "admin-2", True),
+    ("t-one", "u-1", False),
+    ("t-two", "u-2", False),
+    ("t-one", "sa-9", False),
+)
+
+
+@pytest.fixture
+async def secured(service_env):
+    """The API with authentication on: (stub, auth configuration)."""
+    async with (
+        serving_with_auth(service_env, {"AUDIT_AUTH_JWT_SECRET": JWT_SECRET}) as (config, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        yield audit_service_pb2_grpc.AuditServiceStub(channel), config.auth
+
+
+@_SETTINGS
+@given(
+    drawn=st.one_of(filters(), tenant_action_filters()),
+    caller=st.sampled_from(CALLERS),
+    group_by=st.sampled_from((pb.GROUP_BY_UNSPECIFIED, pb.GROUP_BY_ACTION, pb.GROUP_BY_ACTOR)),
+)
+async def test_under_a_token_every_answer_is_the_filter_within_the_callers_scope(
+    secured, dataset, drawn, caller, group_by
+):
+    stub, auth = secured
+    request_filter, terms = drawn
+    tenant, subject, admin = caller
+    metadata = bearer(mint_token(auth, subject=subject, tenant=tenant, admin=admin, ttl_seconds=600))
+    if request_filter.tenant and request_filter.tenant != tenant:
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await stub.ListEvents(pb.ListEventsRequest(filter=request_filter), metadata=metadata)
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        return
+
+    def visible(event) -> bool:
+        return event.tenant == tenant and (admin or event.actor.id == subject)
+
+    expected = sorted(
+        (e.event_id for e in dataset.events if visible(e) and matches(request_filter, terms, e)),
+        key=dataset.positions.__getitem__,
+        reverse=True,
+    )
+    assert await list_all(stub, request_filter, pb.ORDER_NEWEST_FIRST, 25, metadata) == expected
+
+    hourly = duration_pb2.Duration(seconds=3600)
+    with_whole_window(request_filter)
+    matched = [e for e in dataset.events if visible(e) and matches(request_filter, terms, e)]
+    counted = await stub.CountEvents(
+        pb.CountEventsRequest(filter=request_filter, interval=hourly, group_by=group_by), metadata=metadata
+    )
+    assert_histogram(counted, matched, request_filter, hourly, group_by)

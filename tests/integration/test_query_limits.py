@@ -14,11 +14,10 @@ import pytest
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import audit_service_pb2_grpc
 from audit_service.config import load_config
-from audit_service.runtime import run_api
 from audit_service.store.append import LogAppender
 from google.protobuf import duration_pb2
 
-from ..conftest import eventually
+from ..conftest import eventually, serving_api
 from ..factories import content_of, make_event, stamp
 
 DEFAULT_CLIENT_LIMIT = 4 * 1024 * 1024
@@ -29,19 +28,12 @@ DEFAULT_CLIENT_LIMIT = 4 * 1024 * 1024
 async def serving(
     service_env: dict[str, str], **settings: str
 ) -> AsyncIterator[audit_service_pb2_grpc.AuditServiceStub]:
-    """The API with extra AUDIT_* settings, and a stub with a default gRPC channel."""
-    stop = asyncio.Event()
-    started: asyncio.Future = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_api(load_config(env=service_env | settings), stop, on_ready=started.set_result))
-    await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED, timeout=30)
-    if task.done():
-        task.result()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{started.result().port}") as channel:
-            yield audit_service_pb2_grpc.AuditServiceStub(channel)
-    finally:
-        stop.set()
-        await task
+    """The API with extra AUDIT_* settings, and a stub on a default gRPC channel."""
+    async with (
+        serving_api(load_config(env=service_env | settings)) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        yield audit_service_pb2_grpc.AuditServiceStub(channel)
 
 
 async def append(database, events) -> list[str]:

@@ -56,8 +56,8 @@ def test_conditions_join_with_any_and_negate_with_not():
     )
     assert compile_filter(f, UNRESTRICTED) == And(
         (
-            Search("rotated"),
-            Search("key"),
+            Search("Rotated"),  # as typed: the database folds case, on both sides alike
+            Search("KEY"),
             Or(
                 (
                     Not(AnyOf("resource_type", ("secret",))),

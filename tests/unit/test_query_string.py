@@ -43,7 +43,7 @@ def test_words_phrases_times_and_exclusions():
     )
     assert expr == And(
         (
-            Search("deploy"),
+            Search("Deploy"),  # as typed: the database folds case
             Not(Search("dry run")),
             OccurredBetween(1_767_225_600_000_000, None),
             OccurredBetween(None, 1_767_312_000_000_000),

@@ -189,7 +189,7 @@ def compile_filter(event_filter: pb.EventFilter, scope: Scope) -> Expr:
         parts.append(any_of(_action(value, f"filter.actions[{i}]") for i, value in enumerate(event_filter.actions)))
     if event_filter.search:
         search = _text(event_filter.search, "filter.search", MAX_SEARCH_CHARS)
-        words = search.lower().split()
+        words = search.split()
         if not words:
             raise InvalidArgumentError("filter.search", "has no words")
         if any(has_control_characters(word) for word in words):

@@ -84,7 +84,9 @@ class AnyOf:
 
 @dataclass(frozen=True, slots=True)
 class Search:
-    """`term` (lowercase) appears in one of SEARCHED_COLUMNS, compared lowercase."""
+    """`term`, as typed, appears in one of SEARCHED_COLUMNS, ignoring case. Both sides are case-folded by the
+    database, with one function (migration 0004), never here: Python's str.lower() and PostgreSQL's folding
+    disagree on some letters (a final capital sigma)."""
 
     term: str
 

@@ -192,7 +192,7 @@ def compile_query(text: str) -> Expr:
         if not term.field:
             if has_control_characters(term.value) or not term.value.strip():
                 raise _error(term.position, "an empty search term, or one with control characters")
-            expr: Expr = Search(term.value.lower())
+            expr: Expr = Search(term.value)
         else:
             build = _FIELDS.get(term.field.lower())
             if build is None:
