@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import logging
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import pytest
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import audit_service_pb2_grpc, event_pb2
 from audit_service.auth.tokens import mint_token
-from audit_service.config import AuthConfig
+from audit_service.config import AuthConfig, load_config
 from audit_service.core.page_token import PageToken, encode_page_token, query_digest
 from audit_service.store.append import LogAppender
 from cryptography.hazmat.primitives import serialization
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ..conftest import JWT_SECRET, REPO_ROOT, bearer, serving_with_auth
+from ..conftest import JWT_SECRET, REPO_ROOT, bearer, serving_api, serving_with_auth
 from ..factories import content_of, make_event, stamp
 
 
@@ -250,3 +251,19 @@ async def test_the_token_command_mints_what_the_server_accepts(secured, stored):
     )
     assert result.returncode == 0, result.stderr
     assert await listed_ids(secured.stub, result.stdout.strip()) == ids(stored["acme/bob"])
+
+
+async def test_serving_without_authentication_takes_an_explicit_setting_and_is_logged_loudly(
+    service_env, stored, caplog
+):
+    assert service_env["AUDIT_AUTH_DISABLED"] == "true"
+    with caplog.at_level(logging.WARNING, logger="audit_service"):
+        async with (
+            serving_api(load_config(env=service_env)) as server,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            stub = audit_service_pb2_grpc.AuditServiceStub(channel)
+            everything = set().union(*(ids(events) for events in stored.values()))
+            assert ids((await stub.ListEvents(pb.ListEventsRequest(page_size=100))).events) == everything
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("AUTHENTICATION IS DISABLED (AUDIT_AUTH_DISABLED=true)" in message for message in warnings), warnings
