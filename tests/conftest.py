@@ -18,18 +18,22 @@ import asyncpg
 import grpc
 import nats
 import pytest
-from audit.v1 import audit_service_pb2_grpc
+from audit.v1 import audit_service_pb2_grpc, event_pb2
 from audit_client import Publisher
 from audit_client import connect as connect_publisher
 from audit_service.api.server import RunningServer
-from audit_service.config import Config, load_config
+from audit_service.auth.tokens import mint_token
+from audit_service.config import AuthConfig, Config, load_config
 from audit_service.devstack.nats import NatsServer
 from audit_service.devstack.postgres import EmbeddedPostgres
 from audit_service.devstack.processes import free_port
 from audit_service.ingest.worker import IngestWorker
 from audit_service.runtime import run_api, run_ingest
+from audit_service.store.append import LogAppender
 from audit_service.store.migrate import migrate
 from nats.aio.client import Client as NatsClient
+
+from .factories import content_of, stamp
 
 APP_ROLE = "audit_test_app"
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -247,6 +251,16 @@ async def serving_api(config: Config) -> AsyncIterator[RunningServer]:
 
 
 @contextlib.asynccontextmanager
+async def serving_stub(env: dict[str, str]) -> AsyncIterator[audit_service_pb2_grpc.AuditServiceStub]:
+    """The API configured by `env`, and a stub on a default gRPC channel to it."""
+    async with (
+        serving_api(load_config(env=env)) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        yield audit_service_pb2_grpc.AuditServiceStub(channel)
+
+
+@contextlib.asynccontextmanager
 async def serving_with_auth(service_env: dict[str, str], auth_env: dict[str, str]) -> AsyncIterator[tuple[Config, int]]:
     """The API with authentication on, configured by `auth_env`: its configuration and port."""
     env = {key: value for key, value in service_env.items() if key != "AUDIT_AUTH_DISABLED"} | auth_env
@@ -258,6 +272,38 @@ async def serving_with_auth(service_env: dict[str, str], auth_env: dict[str, str
 def bearer(token: str) -> tuple[tuple[str, str]]:
     """gRPC metadata carrying a bearer token."""
     return (("authorization", f"Bearer {token}"),)
+
+
+@dataclass
+class SecuredApi:
+    stub: audit_service_pb2_grpc.AuditServiceStub
+    channel: grpc.aio.Channel
+    auth: AuthConfig
+
+    def token(self, tenant: str = "acme", subject: str = "u-alice", *, admin: bool = False, ttl: int = 600) -> str:
+        return mint_token(self.auth, subject=subject, tenant=tenant, admin=admin, ttl_seconds=ttl)
+
+
+@pytest.fixture
+async def secured(service_env: dict[str, str]) -> AsyncIterator[SecuredApi]:
+    """The API with authentication on (HS256 with JWT_SECRET), a stub, and a way to mint its tokens."""
+    async with (
+        serving_with_auth(service_env, {"AUDIT_AUTH_JWT_SECRET": JWT_SECRET}) as (config, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        yield SecuredApi(audit_service_pb2_grpc.AuditServiceStub(channel), channel, config.auth)
+
+
+async def store_events(database: TestDatabase, events: list[event_pb2.AuditEvent]) -> list[str]:
+    """Appends the events (stamped as a publisher would) as the worker does, in batches; returns their ids."""
+    conn = await asyncpg.connect(database.app_url)
+    try:
+        appender = LogAppender()
+        for start in range(0, len(events), 500):
+            await appender.append(conn, [content_of(stamp(event)) for event in events[start : start + 500]])
+    finally:
+        await conn.close()
+    return [event.event_id for event in events]
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -20,7 +19,6 @@ import pytest
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import audit_service_pb2_grpc, event_pb2
 from audit_service.auth.tokens import mint_token
-from audit_service.config import AuthConfig, load_config
 from audit_service.core.page_token import PageToken, encode_page_token, query_digest
 from audit_service.store.append import LogAppender
 from cryptography.hazmat.primitives import serialization
@@ -28,27 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ..conftest import JWT_SECRET, REPO_ROOT, bearer, serving_api, serving_with_auth
+from ..conftest import JWT_SECRET, REPO_ROOT, bearer, serving_stub, serving_with_auth
 from ..factories import content_of, make_event, stamp
-
-
-@dataclasses.dataclass
-class SecuredApi:
-    stub: audit_service_pb2_grpc.AuditServiceStub
-    channel: grpc.aio.Channel
-    auth: AuthConfig
-
-    def token(self, tenant: str = "acme", subject: str = "u-alice", *, admin: bool = False, ttl: int = 600) -> str:
-        return mint_token(self.auth, subject=subject, tenant=tenant, admin=admin, ttl_seconds=ttl)
-
-
-@pytest.fixture
-async def secured(service_env) -> AsyncIterator[SecuredApi]:
-    async with (
-        serving_with_auth(service_env, {"AUDIT_AUTH_JWT_SECRET": JWT_SECRET}) as (config, port),
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
-        yield SecuredApi(audit_service_pb2_grpc.AuditServiceStub(channel), channel, config.auth)
 
 
 @pytest.fixture
@@ -258,11 +237,7 @@ async def test_serving_without_authentication_takes_an_explicit_setting_and_is_l
 ):
     assert service_env["AUDIT_AUTH_DISABLED"] == "true"
     with caplog.at_level(logging.WARNING, logger="audit_service"):
-        async with (
-            serving_api(load_config(env=service_env)) as server,
-            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-        ):
-            stub = audit_service_pb2_grpc.AuditServiceStub(channel)
+        async with serving_stub(service_env) as stub:
             everything = set().union(*(ids(events) for events in stored.values()))
             assert ids((await stub.ListEvents(pb.ListEventsRequest(page_size=100))).events) == everything
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -12,8 +12,7 @@ import asyncpg
 import grpc
 import pytest
 from audit.v1 import audit_service_pb2 as pb
-from audit.v1 import audit_service_pb2_grpc, event_pb2
-from audit_service.auth.tokens import mint_token
+from audit.v1 import event_pb2
 from audit_service.core.counts import HOUR_MICROS, CountSource
 from audit_service.core.event_filter import UNRESTRICTED, compile_filter
 from audit_service.store.append import LogAppender
@@ -23,7 +22,7 @@ from google.protobuf import duration_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ..conftest import JWT_SECRET, bearer, serving_with_auth
+from ..conftest import bearer, store_events
 from ..factories import content_of, make_event, stamp
 
 TENANTS = ("t-one", "t-two")
@@ -498,12 +497,7 @@ async def test_counts_come_from_the_projection_when_it_can_answer_and_agree_with
 
 async def test_search_ignores_case_beyond_ascii(api, database):
     messages = ("Rebuilt ΟΔΟΣ ΑΘΗΝΑΣ index", "Opened the İstanbul office", "Closed Rue de l'Élysée")
-    events = [stamp(make_event(message=message)) for message in messages]
-    conn = await asyncpg.connect(database.app_url)
-    try:
-        await LogAppender().append(conn, [content_of(event) for event in events])
-    finally:
-        await conn.close()
+    await store_events(database, [make_event(message=message) for message in messages])
 
     async def found(search: str) -> list[str]:
         page = await api.ListEvents(pb.ListEventsRequest(filter=pb.EventFilter(search=search)))
@@ -520,12 +514,7 @@ async def test_search_ignores_case_beyond_ascii(api, database):
 
 
 async def test_the_search_fold_migration_refolds_an_existing_log(api, database, owner):
-    event = stamp(make_event(message="Rebuilt ΟΔΟΣ index"))
-    conn = await asyncpg.connect(database.app_url)
-    try:
-        await LogAppender().append(conn, [content_of(event)])
-    finally:
-        await conn.close()
+    [event_id] = await store_events(database, [make_event(message="Rebuilt ΟΔΟΣ index")])
     # As on a database migrated before 0004: text folded by lower(), so a final sigma typed in lower case misses.
     await owner.execute(
         """
@@ -539,7 +528,7 @@ async def test_the_search_fold_migration_refolds_an_existing_log(api, database, 
     assert not (await api.ListEvents(searched)).events
 
     assert [migration.name for migration in await migrate(owner)] == ["search_casefold"]
-    assert [e.event_id for e in (await api.ListEvents(searched)).events] == [event.event_id]
+    assert [e.event_id for e in (await api.ListEvents(searched)).events] == [event_id]
 
 
 # --- the per-action projection --------------------------------------------------------------------------------
@@ -619,16 +608,6 @@ CALLERS = (  # (tenant, subject, admin)
 )
 
 
-@pytest.fixture
-async def secured(service_env):
-    """The API with authentication on: (stub, auth configuration)."""
-    async with (
-        serving_with_auth(service_env, {"AUDIT_AUTH_JWT_SECRET": JWT_SECRET}) as (config, port),
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
-        yield audit_service_pb2_grpc.AuditServiceStub(channel), config.auth
-
-
 @_SETTINGS
 @given(
     drawn=st.one_of(filters(), tenant_action_filters()),
@@ -638,10 +617,10 @@ async def secured(service_env):
 async def test_under_a_token_every_answer_is_the_filter_within_the_callers_scope(
     secured, dataset, drawn, caller, group_by
 ):
-    stub, auth = secured
+    stub = secured.stub
     request_filter, terms = drawn
     tenant, subject, admin = caller
-    metadata = bearer(mint_token(auth, subject=subject, tenant=tenant, admin=admin, ttl_seconds=600))
+    metadata = bearer(secured.token(tenant, subject, admin=admin))
     if request_filter.tenant and request_filter.tenant != tenant:
         with pytest.raises(grpc.aio.AioRpcError) as denied:
             await stub.ListEvents(pb.ListEventsRequest(filter=request_filter), metadata=metadata)

@@ -12,43 +12,17 @@ import asyncpg
 import grpc
 import pytest
 from audit.v1 import audit_service_pb2 as pb
-from audit.v1 import audit_service_pb2_grpc
-from audit_service.config import load_config
-from audit_service.store.append import LogAppender
 from google.protobuf import duration_pb2
 
-from ..conftest import eventually, serving_api
-from ..factories import content_of, make_event, stamp
+from ..conftest import eventually, serving_stub, store_events
+from ..factories import make_event
 
 DEFAULT_CLIENT_LIMIT = 4 * 1024 * 1024
 """What a gRPC client accepts per message unless told otherwise."""
 
 
-@contextlib.asynccontextmanager
-async def serving(
-    service_env: dict[str, str], **settings: str
-) -> AsyncIterator[audit_service_pb2_grpc.AuditServiceStub]:
-    """The API with extra AUDIT_* settings, and a stub on a default gRPC channel."""
-    async with (
-        serving_api(load_config(env=service_env | settings)) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        yield audit_service_pb2_grpc.AuditServiceStub(channel)
-
-
-async def append(database, events) -> list[str]:
-    conn = await asyncpg.connect(database.app_url)
-    try:
-        appender = LogAppender()
-        for start in range(0, len(events), 500):
-            await appender.append(conn, [content_of(stamp(event)) for event in events[start : start + 500]])
-    finally:
-        await conn.close()
-    return [event.event_id for event in events]
-
-
 async def test_page_size_defaults_to_100_and_is_coerced_to_1000(api, database):
-    await append(database, [make_event() for _ in range(1005)])
+    await store_events(database, [make_event() for _ in range(1005)])
 
     assert len((await api.ListEvents(pb.ListEventsRequest())).events) == 100
     first = await api.ListEvents(pb.ListEventsRequest(page_size=5000))
@@ -64,7 +38,7 @@ async def test_pages_of_large_events_end_early_so_a_default_client_receives_them
         event = make_event()
         event.change.after.update({"manifest": f"{i:04d}" + "x" * 100_000})
         events.append(event)
-    stored = await append(database, events)
+    stored = await store_events(database, events)
 
     listed, token, pages = [], "", 0
     while True:
@@ -80,13 +54,13 @@ async def test_pages_of_large_events_end_early_so_a_default_client_receives_them
 
 
 async def test_a_count_answer_over_the_response_limit_is_refused_naming_the_field(service_env, database):
-    await append(database, [make_event() for _ in range(10)])
+    await store_events(database, [make_event() for _ in range(10)])
     start = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0) - dt.timedelta(days=3)
     window = pb.EventFilter()
     window.start_time.FromDatetime(start)
     window.end_time.FromDatetime(start + dt.timedelta(days=4))
 
-    async with serving(service_env, AUDIT_MAX_RESPONSE_BYTES="16384") as api:
+    async with serving_stub(service_env | {"AUDIT_MAX_RESPONSE_BYTES": "16384"}) as api:
         hourly = await api.CountEvents(
             pb.CountEventsRequest(filter=window, interval=duration_pb2.Duration(seconds=3600))
         )
@@ -107,8 +81,8 @@ async def api_statements_waiting(owner, database) -> int:
 
 
 async def test_a_statement_over_the_query_time_limit_is_cancelled_and_deadline_exceeded(service_env, database, owner):
-    await append(database, [make_event() for _ in range(3)])
-    async with serving(service_env, AUDIT_QUERY_TIMEOUT_SECONDS="0.5") as api:
+    await store_events(database, [make_event() for _ in range(3)])
+    async with serving_stub(service_env | {"AUDIT_QUERY_TIMEOUT_SECONDS": "0.5"}) as api:
         async with locked_log_of(database):
             with pytest.raises(grpc.aio.AioRpcError) as error:
                 await api.ListEvents(pb.ListEventsRequest())
@@ -123,7 +97,7 @@ async def test_a_statement_over_the_query_time_limit_is_cancelled_and_deadline_e
 
 
 async def test_a_client_deadline_cancels_the_statement_in_postgresql(api, database, owner):
-    await append(database, [make_event() for _ in range(3)])
+    await store_events(database, [make_event() for _ in range(3)])
     async with locked_log_of(database):
         call = asyncio.ensure_future(api.ListEvents(pb.ListEventsRequest(), timeout=3))
 

@@ -9,6 +9,7 @@ import grpc
 import pytest
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import event_pb2
+from audit_service.core.filters import MAX_TIME_SECONDS, MIN_TIME_SECONDS
 from google.protobuf import duration_pb2, timestamp_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import event as label_example
@@ -96,7 +97,7 @@ async def test_walking_pages_while_events_are_ingested_yields_each_match_once_in
 _text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=40)
 _enum = st.integers(-3, 40)
 _INT64 = st.integers(-(2**63), 2**63 - 1)
-_TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)  # 0001-01-01 .. 9999-12-31, google.protobuf.Timestamp's range
+_TIMESTAMP_SECONDS = (MIN_TIME_SECONDS, MAX_TIME_SECONDS)
 _timestamp = st.builds(
     timestamp_pb2.Timestamp,
     seconds=st.one_of(st.integers(_TIMESTAMP_SECONDS[0] - 10, _TIMESTAMP_SECONDS[1] + 10), _INT64),
