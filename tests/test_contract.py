@@ -42,6 +42,8 @@ def test_the_client_public_surface_is_pinned():
         "AuditClientError",
         "AuditEvent",
         "Change",
+        "EventFilter",
+        "EventTail",
         "EventTooLargeError",
         "InvalidEventError",
         "Limits",
@@ -55,6 +57,7 @@ def test_the_client_public_surface_is_pinned():
         "SubjectType",
         "connect",
         "new_event_id",
+        "tail_events",
         "validate_event",
     ]
     for name in audit_client.__all__:

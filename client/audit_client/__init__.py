@@ -1,10 +1,14 @@
-"""Audit log client: publish audit events to the audit log service.
+"""Audit log client: publish audit events to the audit log service, and tail the log.
 
 Example:
     async with audit_client.connect("nats://127.0.0.1:4222") as publisher:
         await publisher.publish(AuditEvent(tenant="acme", action="api_key.create", ...))
+
+    async for event in audit_client.tail_events(channel, EventFilter(tenant="acme")):
+        ...
 """
 
+from audit.v1.audit_service_pb2 import EventFilter
 from audit.v1.event_pb2 import (
     AuditEvent,
     Change,
@@ -17,12 +21,15 @@ from audit.v1.event_pb2 import (
 
 from .errors import AuditClientError, EventTooLargeError, InvalidEventError, PublishError
 from .publisher import PublishAck, Publisher, connect, new_event_id
+from .tail import EventTail, tail_events
 from .validation import Limits, validate_event
 
 __all__ = [
     "AuditClientError",
     "AuditEvent",
     "Change",
+    "EventFilter",
+    "EventTail",
     "EventTooLargeError",
     "InvalidEventError",
     "Limits",
@@ -36,5 +43,6 @@ __all__ = [
     "SubjectType",
     "connect",
     "new_event_id",
+    "tail_events",
     "validate_event",
 ]

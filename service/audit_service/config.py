@@ -60,6 +60,10 @@ class NatsConfig:
         return f"{self.subject_prefix}.dead"
 
     @property
+    def committed_subject_prefix(self) -> str:
+        return f"{self.subject_prefix}.committed"
+
+    @property
     def servers(self) -> list[str]:
         return [server.strip() for server in self.url.split(",") if server.strip()]
 
@@ -90,6 +94,20 @@ class ApiConfig:
     max_response_bytes: int = 4 * 1024 * 1024
     """Largest response message: a ListEvents page ends early rather than exceed it, and a CountEvents answer
     that would exceed it is refused. 4 MiB is what gRPC clients accept by default."""
+
+
+@dataclass(frozen=True, slots=True)
+class TailConfig:
+    buffer_events: int = 10_000
+    """Most live events held for one TailEvents subscriber that is slower than the log; beyond that it is moved
+    back to reading from PostgreSQL (no loss), and its buffer is freed."""
+    heartbeat_seconds: float = 5.0
+    """An idle tail sends a heartbeat this often."""
+    checkpoint_seconds: float = 1.0
+    """While everything is filtered out, a tail sends its checkpoint at most this often."""
+    poll_seconds: float = 1.0
+    """How often each API replica reads the log's head, to find appends whose announcements it missed (the
+    most they are delayed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +146,7 @@ class Config:
     nats: NatsConfig = field(default_factory=NatsConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    tail: TailConfig = field(default_factory=TailConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log_level: str = "INFO"
     """Python logging level name."""
@@ -246,7 +265,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     Args:
         env: the variables to read (os.environ by default).
         **overrides: explicit values that win over the environment, by Config field name
-            (database, nats, ingest, api, auth, log_level).
+            (database, nats, ingest, api, tail, auth, log_level).
 
     Raises:
         ConfigError: one line naming the bad variable.
@@ -295,8 +314,16 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     )
     if api.max_response_bytes < MIN_RESPONSE_BYTES:
         raise ConfigError("AUDIT_MAX_RESPONSE_BYTES", f"must be at least {MIN_RESPONSE_BYTES}")
+    tail = TailConfig(
+        buffer_events=_positive_int(env, "AUDIT_TAIL_BUFFER_EVENTS", TailConfig().buffer_events),
+        heartbeat_seconds=_positive_float(env, "AUDIT_TAIL_HEARTBEAT_SECONDS", TailConfig().heartbeat_seconds),
+        checkpoint_seconds=_positive_float(env, "AUDIT_TAIL_CHECKPOINT_SECONDS", TailConfig().checkpoint_seconds),
+        poll_seconds=_positive_float(env, "AUDIT_TAIL_POLL_SECONDS", TailConfig().poll_seconds),
+    )
     log_level = (env.get("AUDIT_LOG_LEVEL") or "INFO").upper()
     if log_level not in _LOG_LEVELS:
         raise ConfigError("AUDIT_LOG_LEVEL", f"expected one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
-    config = Config(database=database, nats=nats, ingest=ingest, api=api, auth=_auth(env), log_level=log_level)
+    config = Config(
+        database=database, nats=nats, ingest=ingest, api=api, tail=tail, auth=_auth(env), log_level=log_level
+    )
     return replace(config, **overrides) if overrides else config

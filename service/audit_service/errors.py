@@ -47,5 +47,5 @@ class UnavailableError(AuditServiceError):
     """A dependency (PostgreSQL, NATS) cannot be reached right now; retrying later may succeed."""
 
 
-class NotImplementedYetError(AuditServiceError):
-    """The RPC is declared in the contract but not served by this version."""
+class ShuttingDownError(UnavailableError):
+    """The server is shutting down; the call may be retried (a tail resumes from its last checkpoint)."""

@@ -14,6 +14,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
+from .api.live_feed import LiveFeed
 from .api.server import RunningServer, start_server
 from .config import Config
 from .ingest.worker import IngestWorker
@@ -104,12 +105,21 @@ async def run_api(
 ) -> None:
     """Serves the gRPC API until `stop` is set, then shuts down gracefully."""
     config.auth.require_verification()  # before connecting to anything
-    async with database_pool(
-        config.database.url,
-        max_size=config.database.pool_max_size,
-        command_timeout=config.api.query_timeout_seconds,
-    ) as pool:
-        running = await start_server(config.api, config.auth, pool)
+    async with (
+        database_pool(
+            config.database.url,
+            max_size=config.database.pool_max_size,
+            command_timeout=config.api.query_timeout_seconds,
+        ) as pool,
+        nats_connection(config, "audit-api") as nc,
+    ):
+        feed = LiveFeed(nc, pool, config.tail, config.nats.committed_subject_prefix)
+        await feed.start()
+        try:
+            running = await start_server(config.api, config.auth, pool, feed=feed, tail=config.tail)
+        except BaseException:
+            await feed.close()
+            raise
         # What start-up allocated (modules, descriptors, the server) lives as long as the process: keep it out
         # of the collector's full passes, which otherwise show up as latency spikes on large responses.
         gc.freeze()

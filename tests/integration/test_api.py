@@ -114,13 +114,6 @@ async def test_count_events_is_exact(api, stored):
     assert (await api.CountEvents(pb.CountEventsRequest())).total == 300
 
 
-async def test_tail_events_says_unimplemented_instead_of_failing(api):
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        async for _ in api.TailEvents(pb.TailEventsRequest()):
-            pass
-    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 async def test_health_reports_serving(api):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{api.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)

@@ -235,15 +235,23 @@ class GroupCount(_message.Message):
     def __init__(self, key: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class TailEventsRequest(_message.Message):
-    __slots__ = ("filter", "after_position")
+    __slots__ = ("filter", "after_position", "from_time")
     FILTER_FIELD_NUMBER: _ClassVar[int]
     AFTER_POSITION_FIELD_NUMBER: _ClassVar[int]
+    FROM_TIME_FIELD_NUMBER: _ClassVar[int]
     filter: EventFilter
     after_position: int
-    def __init__(self, filter: _Optional[_Union[EventFilter, _Mapping]] = ..., after_position: _Optional[int] = ...) -> None: ...
+    from_time: _timestamp_pb2.Timestamp
+    def __init__(self, filter: _Optional[_Union[EventFilter, _Mapping]] = ..., after_position: _Optional[int] = ..., from_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TailEventsResponse(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "checkpoint_position", "caught_up", "heartbeat")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_POSITION_FIELD_NUMBER: _ClassVar[int]
+    CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[_event_pb2.AuditEvent]
-    def __init__(self, events: _Optional[_Iterable[_Union[_event_pb2.AuditEvent, _Mapping]]] = ...) -> None: ...
+    checkpoint_position: int
+    caught_up: bool
+    heartbeat: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[_event_pb2.AuditEvent, _Mapping]]] = ..., checkpoint_position: _Optional[int] = ..., caught_up: _Optional[bool] = ..., heartbeat: _Optional[bool] = ...) -> None: ...

@@ -83,7 +83,9 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TailEvents(self, request, context):
-        """Streams committed events from a cursor, then live.
+        """Streams committed events in position order: history from a cursor or a time, then live, with checkpoints
+        and heartbeats. Resuming after the last checkpoint_position never skips or repeats an event. Ends with
+        UNAVAILABLE when the server shuts down: call again from the last checkpoint.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

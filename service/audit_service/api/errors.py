@@ -21,8 +21,8 @@ from grpc import aio
 from ..errors import (
     InvalidArgumentError,
     NotFoundError,
-    NotImplementedYetError,
     PermissionDeniedError,
+    ShuttingDownError,
     UnauthenticatedError,
     UnavailableError,
 )
@@ -49,13 +49,13 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.PERMISSION_DENIED, str(error)
     if isinstance(error, NotFoundError):
         return grpc.StatusCode.NOT_FOUND, str(error)
-    if isinstance(error, NotImplementedYetError):
-        return grpc.StatusCode.UNIMPLEMENTED, str(error)
     if isinstance(error, TimeoutError):  # a statement over AUDIT_QUERY_TIMEOUT_SECONDS (before OSError, its base)
         return grpc.StatusCode.DEADLINE_EXCEEDED, (
             "the query ran longer than the service allows and was cancelled; narrow the filter "
             "(a shorter time range, an actor or a resource) and retry"
         )
+    if isinstance(error, ShuttingDownError):
+        return grpc.StatusCode.UNAVAILABLE, str(error)
     if isinstance(error, (UnavailableError, *_UNAVAILABLE_ERRORS)):
         return grpc.StatusCode.UNAVAILABLE, "the audit log database is unavailable; retry later"
     reference = uuid.uuid4().hex[:12]

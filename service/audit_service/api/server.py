@@ -13,10 +13,11 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from ..auth.tokens import TokenVerifier
-from ..config import ApiConfig, AuthConfig
+from ..config import ApiConfig, AuthConfig, TailConfig
 from ..errors import ConfigError
 from .auth import AuthInterceptor
 from .errors import ErrorMappingInterceptor
+from .live_feed import LiveFeed
 from .servicer import AuditServicer
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,15 @@ class RunningServer:
     health: health_aio.HealthServicer
     port: int
     """The bound port (useful when the configured port is 0)."""
+    feed: LiveFeed | None = None
+    """The live feed of TailEvents."""
 
     async def stop(self, grace: float) -> None:
-        """Reports NOT_SERVING, stops accepting calls and lets in-flight ones finish within `grace` seconds."""
+        """Reports NOT_SERVING, ends live tails with UNAVAILABLE (their clients resume elsewhere from their
+        checkpoint), stops accepting calls and lets in-flight ones finish within `grace` seconds."""
         await self.health.enter_graceful_shutdown()
+        if self.feed is not None:
+            await self.feed.close()
         await self.server.stop(grace)
 
 
@@ -54,12 +60,23 @@ def token_verifier(auth: AuthConfig) -> TokenVerifier | None:
     return verifier
 
 
-async def start_server(config: ApiConfig, auth: AuthConfig, pool: asyncpg.Pool) -> RunningServer:
-    """Starts serving; the caller stops it with `RunningServer.stop`."""
+async def start_server(
+    config: ApiConfig,
+    auth: AuthConfig,
+    pool: asyncpg.Pool,
+    *,
+    feed: LiveFeed | None = None,
+    tail: TailConfig | None = None,
+) -> RunningServer:
+    """Starts serving; the caller stops it with `RunningServer.stop`.
+
+    Args:
+        feed: a started live feed for TailEvents (without one, TailEvents is UNAVAILABLE).
+    """
     # The error mapper comes first, so it also turns authentication failures into statuses.
     server = aio.server(interceptors=[ErrorMappingInterceptor(), AuthInterceptor(token_verifier(auth), SERVICE_NAME)])
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-        AuditServicer(pool, max_response_bytes=config.max_response_bytes), server
+        AuditServicer(pool, max_response_bytes=config.max_response_bytes, feed=feed, tail_config=tail), server
     )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -74,4 +91,4 @@ async def start_server(config: ApiConfig, auth: AuthConfig, pool: asyncpg.Pool) 
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info("gRPC API listening on %s (port %d)", config.grpc_address, port)
-    return RunningServer(server=server, health=health, port=port)
+    return RunningServer(server=server, health=health, port=port, feed=feed)

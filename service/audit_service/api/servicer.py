@@ -14,14 +14,18 @@ from audit.v1 import event_pb2
 from grpc import aio
 
 from ..auth.tokens import Principal
+from ..config import TailConfig
 from ..core.counts import MAX_BUCKETS, CountSource
 from ..core.event_filter import UNRESTRICTED, Scope, compile_filter, filter_tenant, timestamp_micros
 from ..core.filters import Expr
 from ..core.page_token import PageToken, decode_page_token, encode_page_token, query_digest
-from ..errors import InvalidArgumentError, NotFoundError, NotImplementedYetError, PermissionDeniedError
+from ..core.records import micros_to_datetime
+from ..core.stored_event import row_to_event
+from ..errors import InvalidArgumentError, NotFoundError, PermissionDeniedError, UnavailableError
 from ..store import queries
 from .auth import current_caller
-from .convert import row_to_event
+from .live_feed import LiveFeed
+from .tail import TailPlan, TailStream
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -88,14 +92,25 @@ def _add_groups(target: Any, groups: Iterable[tuple[str, int]], rename: Mapping[
 
 
 class AuditServicer(pb_grpc.AuditServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, *, max_response_bytes: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_response_bytes: int,
+        feed: LiveFeed | None = None,
+        tail_config: TailConfig | None = None,
+    ) -> None:
         """
         Args:
             pool: connections of the service role.
             max_response_bytes: the largest response message (AUDIT_MAX_RESPONSE_BYTES).
+            feed: committed appends for TailEvents (UNAVAILABLE without one).
+            tail_config: TailEvents settings.
         """
         self._pool = pool
         self._max_response_bytes = max_response_bytes
+        self._feed = feed
+        self._tail_config = tail_config or TailConfig()
 
     def _where(self, request_filter: pb.EventFilter) -> tuple[Principal | None, Expr]:
         caller = current_caller()
@@ -207,7 +222,31 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     async def TailEvents(
         self, request: pb.TailEventsRequest, context: aio.ServicerContext
     ) -> AsyncIterator[pb.TailEventsResponse]:
-        raise NotImplementedYetError(
-            "TailEvents is not served by this version yet; poll ListEvents with ORDER_OLDEST_FIRST"
-        )
-        yield  # makes this an async generator, as the stream handler expects
+        if self._feed is None:
+            raise UnavailableError("this server was started without a live feed")
+        caller = current_caller()
+        scope = scope_of(caller, request.filter)
+        where = compile_filter(request.filter, scope)
+        after_position = await self._tail_start(request)
+        tenant = scope.tenant or filter_tenant(request.filter)
+        plan = TailPlan(where=where, tenant=tenant, after_position=after_position)
+        stream = TailStream(plan, self._feed, self._pool, self._tail_config, self._max_response_bytes)
+        async for response in stream.responses():
+            yield response
+
+    async def _tail_start(self, request: pb.TailEventsRequest) -> int | None:
+        """The position a tail starts after (None: now), checked against the log."""
+        start = request.WhichOneof("start")
+        if start == "from_time":
+            moment = micros_to_datetime(timestamp_micros(request.from_time, "from_time"))
+            return await queries.last_position_before(self._pool, moment)
+        if start == "after_position":
+            if request.after_position < 0:
+                raise InvalidArgumentError("after_position", f"must not be negative, got {request.after_position}")
+            head = await queries.log_head(self._pool)
+            if request.after_position > head:
+                raise InvalidArgumentError(
+                    "after_position", f"{request.after_position} is beyond the log's last position {head}"
+                )
+            return request.after_position
+        return None

@@ -25,6 +25,7 @@ from ..core.tracecontext import parse_traceparent
 from ..errors import UnavailableError
 from ..store.append import AppendResult, LogAppender
 from ..store.pool import acquire
+from .announce import Announcer
 from .dead_letter import dead_letter_message
 from .pull import PullReader
 from .streams import provision
@@ -74,6 +75,7 @@ class IngestWorker:
         self._js = nc.jetstream()
         self._pool = pool
         self._appender = LogAppender()
+        self._announcer = Announcer(nc, config.nats.committed_subject_prefix)
         self._stop: asyncio.Event | None = None
         self.stats = IngestStats()
 
@@ -200,6 +202,7 @@ class IngestWorker:
             ]
         for msg, _ in accepted:
             await msg.ack()  # a buffered write each; no task per message
+        await self._announcer.announce(result.prev_position, result.last_position, result.rows)
         self.stats.appended += result.appended
         self.stats.duplicates += result.duplicates
         return []

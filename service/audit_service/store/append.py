@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -84,6 +85,8 @@ class AppendResult:
     """The log's last position after it (equal to prev_position when nothing new was stored)."""
     duplicates: int
     """Events of the batch that were already stored (or repeated within the batch)."""
+    rows: tuple[tuple[Any, ...], ...] = ()
+    """The stored rows (LOG_COLUMNS order), for the commit announcement."""
 
     @property
     def appended(self) -> int:
@@ -205,4 +208,4 @@ class LogAppender:
             )
             await add_counts(conn, hourly_counts(appended))
             await add_action_counts(conn, action_counts(appended))
-        return AppendResult(prev_position, position, 0)
+        return AppendResult(prev_position, position, 0, tuple(rows))

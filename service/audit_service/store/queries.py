@@ -44,6 +44,8 @@ class PageQuery:
     after_position: int | None
     """Keyset cursor: strictly beyond this position in the listing order; None for the first page."""
     limit: int
+    up_to_position: int | None = None
+    """When set, only positions up to this one (a tail's catch-up reads a bounded window)."""
 
 
 def page_sql(query: PageQuery) -> tuple[str, list[object]]:
@@ -52,6 +54,8 @@ def page_sql(query: PageQuery) -> tuple[str, list[object]]:
     conditions = [FilterSql(params, "e").condition(query.where)]
     if query.after_position is not None:
         conditions.append(f"e.position {'<' if query.newest_first else '>'} {params.add(query.after_position)}")
+    if query.up_to_position is not None:
+        conditions.append(f"e.position <= {params.add(query.up_to_position)}")
     direction = "DESC" if query.newest_first else "ASC"
     sql = (
         f"SELECT {_COLUMNS} FROM audit_events e WHERE {' AND '.join(f'({c})' for c in conditions)} "
@@ -65,6 +69,58 @@ async def list_events(pool: asyncpg.Pool, query: PageQuery) -> list[asyncpg.Reco
     sql, args = page_sql(query)
     async with acquire(pool) as conn:
         return await conn.fetch(sql, *args)
+
+
+async def log_head(pool: asyncpg.Pool) -> int:
+    """The last committed position of the log (0 when empty)."""
+    async with acquire(pool) as conn:
+        return await conn.fetchval("SELECT last_position FROM audit_log_head")
+
+
+async def read_range(pool: asyncpg.Pool, after_position: int, up_to_position: int, limit: int) -> list[asyncpg.Record]:
+    """Every stored event (any tenant) in (after_position, up_to_position], in position order, at most `limit`."""
+    async with acquire(pool) as conn:
+        return await conn.fetch(
+            f"SELECT {_COLUMNS} FROM audit_events e WHERE e.position > $1 AND e.position <= $2 "
+            "ORDER BY e.position LIMIT $3",
+            after_position,
+            up_to_position,
+            limit,
+        )
+
+
+async def matching_positions(pool: asyncpg.Pool, positions: list[int], where: Expr) -> set[int]:
+    """Which of `positions` hold an event matching `where`."""
+    params = Parameters()
+    params.add(positions)
+    condition = FilterSql(params, "e").condition(where)
+    async with acquire(pool) as conn:
+        rows = await conn.fetch(
+            f"SELECT e.position FROM audit_events e WHERE e.position = ANY($1::bigint[]) AND ({condition})",
+            *params.values,
+        )
+    return {row[0] for row in rows}
+
+
+_FIRST_AT_OR_AFTER = "SELECT position, recorded_at FROM audit_events WHERE position >= $1 ORDER BY position LIMIT 1"
+
+
+async def last_position_before(pool: asyncpg.Pool, moment: dt.datetime) -> int:
+    """The last position recorded (committed) before `moment`, 0 if none: a tail from `moment` starts after it.
+
+    recorded_at never decreases with position (append.py), so this is a binary search over positions with
+    primary-key probes: about 25 for 10M events, and no index on recorded_at to maintain on every append.
+    """
+    async with acquire(pool) as conn:
+        low, high = 0, await conn.fetchval("SELECT last_position FROM audit_log_head")
+        while low < high:  # the answer is in [low, high]
+            middle = (low + high + 1) // 2
+            row = await conn.fetchrow(_FIRST_AT_OR_AFTER, middle)
+            if row is None or row["recorded_at"] >= moment:
+                high = middle - 1
+            else:
+                low = min(row["position"], high)
+        return low
 
 
 async def get_event(pool: asyncpg.Pool, event_id: str, where: Expr) -> asyncpg.Record | None:

@@ -1,14 +1,17 @@
-"""Stored rows to protobuf messages."""
+"""Rows of the log as AuditEvent messages, as ListEvents, TailEvents and the commit announcements carry them.
+Pure: a row is any mapping of LOG_COLUMNS (an asyncpg.Record, or a row the appender has just sealed)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
-import asyncpg
 from audit.v1 import event_pb2
 
-from ..core.records import datetime_to_micros
+from .records import datetime_to_micros
+
+Row = Mapping[str, Any]
 
 
 def set_timestamp(target: Any, micros: int) -> None:
@@ -17,7 +20,7 @@ def set_timestamp(target: Any, micros: int) -> None:
     target.nanos = remainder * 1000
 
 
-def _resource(row: asyncpg.Record, prefix: str) -> event_pb2.Resource | None:
+def _resource(row: Row, prefix: str) -> event_pb2.Resource | None:
     """The resource, or None when the event has none (so the field stays unset)."""
     values = [row[f"{prefix}_{name}"] for name in ("type", "id", "name", "fqn")]
     if not any(values):
@@ -26,7 +29,7 @@ def _resource(row: asyncpg.Record, prefix: str) -> event_pb2.Resource | None:
     return event_pb2.Resource(type=kind, id=id_, name=name, fqn=fqn)
 
 
-def _request(row: asyncpg.Record) -> event_pb2.RequestContext | None:
+def _request(row: Row) -> event_pb2.RequestContext | None:
     values = [row[column] for column in ("request_route", "request_method", "ip_address", "user_agent")]
     if not any(values):
         return None
@@ -34,7 +37,7 @@ def _request(row: asyncpg.Record) -> event_pb2.RequestContext | None:
     return event_pb2.RequestContext(route=route, method=method, ip_address=ip_address, user_agent=user_agent)
 
 
-def row_to_event(row: asyncpg.Record) -> event_pb2.AuditEvent:
+def row_to_event(row: Row) -> event_pb2.AuditEvent:
     """The stored event as an AuditEvent, with the service-set fields filled."""
     event = event_pb2.AuditEvent(
         event_id=str(row["event_id"]),

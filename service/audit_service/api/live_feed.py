@@ -1,0 +1,250 @@
+"""The live feed of one API replica: commit announcements from NATS, put in order, holes filled from the log,
+fanned out to the TailEvents subscribers of this process, each through its own bounded buffer.
+
+Correctness never depends on NATS: a missed or reordered announcement is a hole that is read from PostgreSQL,
+and the log's head is polled, so even the last announcement before a quiet period cannot be lost. Nothing is
+shared between replicas, nor between a replica and the ingest workers, beyond NATS and the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import nats.errors
+from audit.v1 import committed_pb2, event_pb2
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from ..config import TailConfig
+from ..core.matching import event_columns
+from ..core.sequencer import Sequencer
+from ..core.stored_event import row_to_event
+from ..errors import ShuttingDownError
+from ..store import queries
+
+log = logging.getLogger(__name__)
+
+HOLE_GRACE_SECONDS = 0.25
+"""How long a hole may stay open before it is read from the log: two workers' announcements of consecutive
+appends can arrive out of order, a few milliseconds apart."""
+FILL_CHUNK = 1000
+"""Events read from the log at a time when filling a hole."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveEvent:
+    """A committed event, with the columns live filters look at (computed once for every subscriber)."""
+
+    event: event_pb2.AuditEvent
+    columns: dict[str, object]
+
+    @property
+    def position(self) -> int:
+        return self.event.position
+
+
+@dataclass(eq=False, slots=True)
+class LiveSubscription:
+    """One subscriber's view of the feed: the appends committed since it (re)joined, minus what it has taken."""
+
+    tenant: str | None
+    """Only this tenant's events are buffered; None: every tenant's."""
+    max_buffered: int
+    examined: int
+    """The feed's head when the last append was handed over (everything up to it was offered)."""
+    pending: deque[tuple[int, Sequence[LiveEvent]]] = field(default_factory=deque)
+    buffered: int = 0
+    overflowed: bool = False
+    """It fell more than max_buffered events behind: the buffer was dropped; read from the log, then resync."""
+    closed: bool = False
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def offer(self, last_position: int, events: Sequence[LiveEvent]) -> None:
+        if self.overflowed:
+            return
+        if events:
+            if self.buffered + len(events) > self.max_buffered:
+                self.overflowed = True
+                self.pending.clear()
+                self.buffered = 0
+                self.wakeup.set()
+                return
+            self.pending.append((last_position, events))
+            self.buffered += len(events)
+            self.wakeup.set()
+        self.examined = last_position
+
+    def take(self) -> tuple[list[tuple[int, Sequence[LiveEvent]]], int]:
+        """Everything buffered, and the position examined up to (one consistent snapshot)."""
+        taken = list(self.pending)
+        self.pending.clear()
+        self.buffered = 0
+        self.wakeup.clear()
+        return taken, self.examined
+
+
+class LiveFeed:
+    """Committed appends in position order, for the tails of this process.
+
+    Args:
+        nc: a NATS connection (the feed subscribes to <committed_subject_prefix>.>).
+        pool: connections to the log, for holes and the head poll.
+    """
+
+    def __init__(self, nc: NatsClient, pool: asyncpg.Pool, config: TailConfig, committed_subject_prefix: str) -> None:
+        self._nc = nc
+        self._pool = pool
+        self._config = config
+        self._subject = f"{committed_subject_prefix}.>"
+        self._subscriptions: set[LiveSubscription] = set()
+        self._sequencer: Sequencer[event_pb2.AuditEvent] | None = None
+        self._nats_subscription: Subscription | None = None
+        self._announced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._delivered: int | None = None
+        self.holes_filled = 0
+        """Appends, or parts of them, read from the log rather than taken from an announcement."""
+
+    @property
+    def head(self) -> int:
+        """The last position handed out: a subscription joining now is offered everything after it."""
+        if self._delivered is None:
+            raise RuntimeError("the live feed is not started")
+        return self._delivered
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscriptions)
+
+    async def start(self) -> None:
+        """Listens for announcements, then reads the log's head: nothing committed after that is missed."""
+        self._nats_subscription = await self._nc.subscribe(self._subject, cb=self._on_announcement)
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await self._nc.flush(timeout=5)
+        self._delivered = await queries.log_head(self._pool)
+        self._sequencer = Sequencer(self._delivered)
+        self._task = asyncio.create_task(self._run(), name="live-feed")
+        log.info("live feed listening on %s from position %d", self._subject, self._sequencer.head)
+
+    async def close(self) -> None:
+        """Ends every subscription (their streams end with UNAVAILABLE) and stops listening."""
+        self._closing = True
+        for subscription in self._subscriptions:
+            subscription.closed = True
+            subscription.wakeup.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._nats_subscription is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._nats_subscription.unsubscribe()
+
+    def subscribe(self, tenant: str | None) -> LiveSubscription:
+        """Joins the feed: every append after `head` (now) will be offered to the subscription."""
+        if self._closing:
+            raise ShuttingDownError("the server is shutting down; retry on another replica or later")
+        subscription = LiveSubscription(tenant=tenant, max_buffered=self._config.buffer_events, examined=self.head)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: LiveSubscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    def resync(self, subscription: LiveSubscription) -> int:
+        """Rejoins a subscription that overflowed: empty again, offered what follows `head`; returns `head`."""
+        subscription.pending.clear()
+        subscription.buffered = 0
+        subscription.overflowed = False
+        subscription.examined = self.head
+        return self.head
+
+    async def _on_announcement(self, msg: Msg) -> None:
+        if self._sequencer is None:
+            return
+        try:
+            part = committed_pb2.CommittedBatch.FromString(msg.data)
+        except DecodeError as error:
+            log.warning("ignoring a malformed announcement on %s: %s", msg.subject, error)
+            return
+        self._sequencer.add(part.prev_position, part.last_position, part.events, part.omitted_events)
+        self._announced.set()
+
+    async def _run(self) -> None:
+        assert self._sequencer is not None
+        sequencer = self._sequencer
+        next_poll = 0.0
+        hole_seen_at: float | None = None
+        while True:
+            try:
+                now = time.monotonic()
+                if now >= next_poll:
+                    sequencer.observe_head(await queries.log_head(self._pool))
+                    next_poll = now + self._config.poll_seconds
+                for append in sequencer.ready():
+                    if append.events is None:
+                        await self._fill(append.prev_position, append.last_position)
+                    else:
+                        self._deliver(append.last_position, sorted(append.events, key=_position))
+                up_to = sequencer.hole()
+                if up_to is None:
+                    hole_seen_at = None
+                elif hole_seen_at is None:
+                    hole_seen_at = now
+                elif now - hole_seen_at >= HOLE_GRACE_SECONDS:
+                    log.info(
+                        "positions %d..%d were not announced here; reading them from the log", sequencer.head + 1, up_to
+                    )
+                    await self._fill(sequencer.head, up_to)
+                    sequencer.filled(up_to)
+                    hole_seen_at = None
+                    continue
+                timeout = min(next_poll - time.monotonic(), HOLE_GRACE_SECONDS if up_to is not None else 3600)
+                self._announced.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(timeout, 0.001)):
+                        await self._announced.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # the database is away: the feed waits; tails keep their cursors
+                log.warning("live feed paused (%s: %s); retrying", type(error).__name__, error)
+                await asyncio.sleep(0.5)
+
+    async def _fill(self, after_position: int, up_to_position: int) -> None:
+        """Reads (after_position, up_to_position] from the log and hands it out, in chunks."""
+        self.holes_filled += 1
+        cursor = after_position
+        while cursor < up_to_position:
+            if not self._subscriptions:  # nobody to hand it to: skip the reads
+                self._delivered = up_to_position
+                return
+            rows = await queries.read_range(self._pool, cursor, up_to_position, FILL_CHUNK)
+            events = [row_to_event(row) for row in rows]
+            cursor = events[-1].position if len(rows) == FILL_CHUNK else up_to_position
+            self._deliver(cursor, events)
+
+    def _deliver(self, last_position: int, events: Sequence[event_pb2.AuditEvent]) -> None:
+        self._delivered = last_position
+        if not self._subscriptions:
+            return
+        live = [LiveEvent(event, event_columns(event)) for event in events]
+        by_tenant: dict[str, list[LiveEvent]] = {}
+        for item in live:
+            by_tenant.setdefault(item.event.tenant, []).append(item)
+        for subscription in self._subscriptions:
+            chosen = live if subscription.tenant is None else by_tenant.get(subscription.tenant, ())
+            subscription.offer(last_position, chosen)
+
+
+def _position(event: event_pb2.AuditEvent) -> int:
+    return event.position

@@ -1,0 +1,99 @@
+"""Puts announced appends back into commit order and finds what was missed. Pure: no I/O, no clock.
+
+Ingest workers announce each committed append in parts (one tenant's events each; see
+proto/audit/v1/committed.proto). Parts of different appends arrive in any order (two workers publish on two
+connections) and some never arrive (core NATS is at most once). The sequencer releases whole appends strictly
+in position order from `head`, and names the hole in front of it, which the caller reads from the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+E = TypeVar("E")
+
+
+@dataclass(slots=True)
+class _Assembling(Generic[E]):
+    last_position: int
+    events: list[E] = field(default_factory=list)
+    omitted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Append(Generic[E]):
+    """A whole append, next in position order."""
+
+    prev_position: int
+    last_position: int
+    events: Sequence[E] | None
+    """Its events (in any order), or None when some were too large to announce: read them from the log."""
+
+
+class Sequencer(Generic[E]):
+    """Releases announced appends in position order after `head`, each exactly once.
+
+    Args:
+        head: the last position already released (the log's head when the caller started listening).
+    """
+
+    def __init__(self, head: int) -> None:
+        self.head = head
+        self._known_head = head
+        self._pending: dict[int, _Assembling[E]] = {}
+
+    @property
+    def known_head(self) -> int:
+        """The highest committed position heard of (announced, or observed in the log)."""
+        return self._known_head
+
+    def add(self, prev_position: int, last_position: int, events: Sequence[E], omitted: int = 0) -> None:
+        """Takes one announced part. Parts of appends already released (or filled) are ignored."""
+        if prev_position < self.head or last_position <= prev_position:
+            return
+        assembling = self._pending.get(prev_position)
+        if assembling is None or assembling.last_position != last_position:
+            assembling = self._pending[prev_position] = _Assembling(last_position)
+        assembling.events.extend(events)
+        assembling.omitted += omitted
+        self._known_head = max(self._known_head, last_position)
+
+    def observe_head(self, position: int) -> None:
+        """Records the log's head read from the database (it shows appends whose announcements were lost)."""
+        self._known_head = max(self._known_head, position)
+
+    def ready(self) -> list[Append[E]]:
+        """The whole appends that continue from `head`, in order; `head` moves past them."""
+        released: list[Append[E]] = []
+        while (assembling := self._pending.get(self.head)) is not None:
+            size = assembling.last_position - self.head
+            received = len(assembling.events) + assembling.omitted
+            if received < size:
+                break
+            del self._pending[self.head]
+            events = assembling.events if assembling.omitted == 0 and received == size else None
+            released.append(Append(self.head, assembling.last_position, events))
+            self.head = assembling.last_position
+        return released
+
+    def hole(self) -> int | None:
+        """The end of the positions after `head` known to be committed but not (wholly) announced yet: read
+        (head, hole()] from the log once it has stayed open long enough. None when there is no hole."""
+        if self._known_head <= self.head:
+            return None
+        assembling = self._pending.get(self.head)
+        if assembling is not None:
+            return assembling.last_position
+        later = [prev for prev in self._pending if prev > self.head]
+        return min(later) if later else self._known_head
+
+    def filled(self, up_to: int) -> None:
+        """Records that the caller read and released everything up to `up_to` from the log."""
+        if up_to <= self.head:
+            return
+        self.head = up_to
+        self._known_head = max(self._known_head, up_to)
+        for prev in [prev for prev in self._pending if prev < up_to]:
+            del self._pending[prev]
