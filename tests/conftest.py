@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -322,6 +325,57 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 30
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f"timed out waiting for: {what}")
         await asyncio.sleep(0.05)
+
+
+class WorkerProcess:
+    """`python -m audit_service.cli ingest` with the test's environment."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "audit_service.cli", "ingest"],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    async def ready(self) -> None:
+        async def consuming() -> bool:
+            assert self.process.poll() is None, self.log_path.read_text()
+            return "ingest worker consuming" in self.log_path.read_text()
+
+        await eventually(consuming, what=f"worker {self.process.pid} consuming")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    async def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.process.wait, 60)
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def spawn_worker(service_env, tmp_path):
+    workers: list[WorkerProcess] = []
+
+    def spawn(**extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess({**service_env, **extra_env}, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)
+        return worker
+
+    yield spawn
+    for worker in workers:
+        worker.close()
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

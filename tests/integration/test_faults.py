@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from audit_service.ingest.streams import provision
@@ -17,57 +12,6 @@ from ..conftest import eventually
 from ..factories import make_event
 
 pytestmark = pytest.mark.slow
-
-
-class WorkerProcess:
-    """`python -m audit_service.cli ingest` with the test's environment."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "audit_service.cli", "ingest"],
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    async def ready(self) -> None:
-        async def consuming() -> bool:
-            assert self.process.poll() is None, self.log_path.read_text()
-            return "ingest worker consuming" in self.log_path.read_text()
-
-        await eventually(consuming, what=f"worker {self.process.pid} consuming")
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-    async def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.process.wait, 60)
-
-    def output(self) -> str:
-        return self.log_path.read_text()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.kill()
-        self._log.close()
-
-
-@pytest.fixture
-def spawn_worker(service_env, tmp_path):
-    workers: list[WorkerProcess] = []
-
-    def spawn(**extra_env: str) -> WorkerProcess:
-        worker = WorkerProcess({**service_env, **extra_env}, tmp_path / f"worker-{len(workers)}.log")
-        workers.append(worker)
-        return worker
-
-    yield spawn
-    for worker in workers:
-        worker.close()
 
 
 async def count(owner) -> int:

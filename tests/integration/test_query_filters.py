@@ -15,6 +15,7 @@ from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import event_pb2
 from audit_service.core.counts import HOUR_MICROS, CountSource
 from audit_service.core.event_filter import UNRESTRICTED, compile_filter
+from audit_service.core.matching import compile_matcher, event_columns
 from audit_service.store.append import LogAppender
 from audit_service.store.migrate import migrate
 from audit_service.store.queries import CountQuery, count_source
@@ -644,3 +645,20 @@ async def test_under_a_token_every_answer_is_the_filter_within_the_callers_scope
         pb.CountEventsRequest(filter=request_filter, interval=hourly, group_by=group_by), metadata=metadata
     )
     assert_histogram(counted, matched, request_filter, hourly, group_by)
+
+
+@_SETTINGS
+@given(drawn=filters())
+async def test_the_live_tail_matcher_decides_each_event_as_the_database_does(api, dataset, drawn):
+    request_filter, _ = drawn
+    matcher = compile_matcher(compile_filter(request_filter, UNRESTRICTED))
+    selected = set(await list_all(api, request_filter, pb.ORDER_OLDEST_FIRST, 1000))
+    stored = (await api.ListEvents(pb.ListEventsRequest(order=pb.ORDER_OLDEST_FIRST, page_size=1000))).events
+    assert len(stored) == len(dataset.events)
+    for event in stored:
+        verdict = matcher(event_columns(event))
+        if verdict is None:  # only a search outside ASCII is left to the database
+            terms = request_filter.search + request_filter.query
+            assert not terms.isascii() or any(not text.isascii() for text in searched_texts(event))
+        else:
+            assert verdict == (event.event_id in selected), event

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 from audit_client.validation import Limits
-from audit_service.config import ApiConfig, Config, DatabaseConfig, NatsConfig, load_config, parse_grpc_address
+from audit_service.config import (
+    ApiConfig,
+    Config,
+    DatabaseConfig,
+    NatsConfig,
+    TailConfig,
+    load_config,
+    parse_grpc_address,
+)
 from audit_service.errors import ConfigError
 
 
@@ -47,6 +55,10 @@ def test_environment_is_read() -> None:
         "AUDIT_SHUTDOWN_GRACE_SECONDS": "2",
         "AUDIT_QUERY_TIMEOUT_SECONDS": "7.5",
         "AUDIT_MAX_RESPONSE_BYTES": "65536",
+        "AUDIT_TAIL_BUFFER_EVENTS": "500",
+        "AUDIT_TAIL_HEARTBEAT_SECONDS": "2.5",
+        "AUDIT_TAIL_CHECKPOINT_SECONDS": "0.5",
+        "AUDIT_TAIL_POLL_SECONDS": "3",
         "AUDIT_LOG_LEVEL": "debug",
     }
     config = load_config(env=env)
@@ -66,6 +78,8 @@ def test_environment_is_read() -> None:
     assert config.api == ApiConfig(
         grpc_address="[::1]:0", shutdown_grace_seconds=2.0, query_timeout_seconds=7.5, max_response_bytes=65536
     )
+    assert config.tail == TailConfig(buffer_events=500, heartbeat_seconds=2.5, checkpoint_seconds=0.5, poll_seconds=3)
+    assert config.nats.committed_subject_prefix == "acme.audit.committed"
     assert config.log_level == "DEBUG"
 
 
@@ -117,6 +131,10 @@ def test_empty_variables_mean_default() -> None:
         ("AUDIT_SUBJECT_PREFIX", "audit.*"),
         ("AUDIT_STREAM_PREFIX", "AUDIT.X"),
         ("AUDIT_INGEST_DURABLE", "a b"),
+        ("AUDIT_TAIL_BUFFER_EVENTS", "0"),
+        ("AUDIT_TAIL_HEARTBEAT_SECONDS", "never"),
+        ("AUDIT_TAIL_CHECKPOINT_SECONDS", "-1"),
+        ("AUDIT_TAIL_POLL_SECONDS", "0"),
     ],
 )
 def test_bad_variable_is_named(name: str, value: str) -> None:

@@ -1,0 +1,151 @@
+"""TailEvents under load: subscribers with random filters and start cursors, disconnecting and resuming from
+their checkpoints at random, while two ingest workers append tens of thousands of events."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import grpc
+import pytest
+from audit.v1 import audit_service_pb2 as pb
+from audit.v1 import event_pb2
+
+from ..conftest import eventually
+from ..factories import make_event
+
+pytestmark = pytest.mark.slow
+
+EVENTS = 20_000
+ACTIONS = ("api_key.create", "api_key.delete", "user.login", "secret.read", "deploy.create")
+OUTCOMES = (event_pb2.OUTCOME_SUCCESS, event_pb2.OUTCOME_FAILURE, event_pb2.OUTCOME_DENIED)
+
+
+def random_event(rng: random.Random) -> event_pb2.AuditEvent:
+    words = rng.choice(("rotated the key", "ΟΔΟΣ closed", "logged in", "read a secret"))
+    return make_event(
+        tenant=rng.choice(("acme", "globex")),
+        action=rng.choice(ACTIONS),
+        outcome=rng.choice(OUTCOMES),
+        actor=event_pb2.Subject(id=f"user-{rng.randrange(10)}", type=event_pb2.SUBJECT_TYPE_USER, slug="someone"),
+        message=f"{words} #{rng.randrange(10**6)}",
+    )
+
+
+not_secret_reads = pb.Condition(
+    field=pb.CONDITION_FIELD_ACTION, operator=pb.CONDITION_OPERATOR_NOT_EQUAL, values=["secret.read"]
+)
+
+
+def random_filter(rng: random.Random) -> pb.EventFilter:
+    return rng.choice(
+        (
+            pb.EventFilter(),
+            pb.EventFilter(tenant="acme"),
+            pb.EventFilter(tenant="globex", actions=["api_key.*"]),
+            pb.EventFilter(actor_ids=[f"user-{rng.randrange(10)}", f"user-{rng.randrange(10)}"]),
+            pb.EventFilter(tenant="acme", outcomes=[event_pb2.OUTCOME_DENIED]),
+            pb.EventFilter(search="ROTATED"),
+            pb.EventFilter(tenant="globex", search="οδος"),  # outside ASCII: decided by the database
+            pb.EventFilter(query="-action:user.login actor.id:user-3"),
+            pb.EventFilter(
+                conditions=[
+                    pb.Condition(
+                        field=pb.CONDITION_FIELD_ACTION,
+                        operator=pb.CONDITION_OPERATOR_NOT_EQUAL,
+                        values=["secret.read"],
+                    )
+                ]
+            ),
+        )
+    )
+
+
+class Subscriber:
+    """Tails with one filter; disconnects at random and resumes after its last checkpoint."""
+
+    def __init__(self, api, rng: random.Random, request_filter: pb.EventFilter, start: int | None) -> None:
+        self.api, self.rng, self.filter = api, rng, request_filter
+        self.start = start
+        self.checkpoint = start
+        self.positions: list[int] = []
+        self.ids: list[str] = []
+        self.reconnects = 0
+
+    async def run(self, final_head: asyncio.Future[int]) -> None:
+        while not (final_head.done() and self.checkpoint is not None and self.checkpoint >= final_head.result()):
+            request = pb.TailEventsRequest(filter=self.filter)
+            if self.checkpoint is not None:
+                request.after_position = self.checkpoint
+            call = self.api.TailEvents(request)
+            budget = self.rng.randrange(1, 60)  # responses before this subscriber drops the connection
+            try:
+                async for response in call:
+                    if self.start is None:  # started "now": the first checkpoint is where it starts
+                        self.start = response.checkpoint_position
+                    self.positions.extend(event.position for event in response.events)
+                    self.ids.extend(event.event_id for event in response.events)
+                    self.checkpoint = response.checkpoint_position
+                    budget -= 1
+                    if budget == 0 or (final_head.done() and self.checkpoint >= final_head.result()):
+                        break
+            except grpc.aio.AioRpcError as error:
+                pytest.fail(f"tail failed: {error.code()} {error.details()}")
+            finally:
+                call.cancel()
+            self.reconnects += 1
+
+
+async def expected_ids(api, request_filter: pb.EventFilter, after: int) -> list[tuple[int, str]]:
+    """What the filter selects after `after`, as ListEvents (SQL) says, oldest first."""
+    found, token = [], ""
+    while True:
+        page = await api.ListEvents(
+            pb.ListEventsRequest(filter=request_filter, order=pb.ORDER_OLDEST_FIRST, page_size=1000, page_token=token)
+        )
+        found.extend((event.position, event.event_id) for event in page.events if event.position > after)
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+async def test_random_subscribers_receive_exactly_their_filtered_sequence_while_two_workers_ingest(
+    api, start_worker, publisher, owner
+):
+    seed = random.randrange(10**6)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    await start_worker()
+    await start_worker()
+
+    async def publish(count: int) -> None:
+        for start in range(0, count, 200):
+            await asyncio.gather(*(publisher.publish(random_event(rng)) for _ in range(min(200, count - start))))
+
+    await publish(2_000)  # some history before anyone subscribes
+    await eventually(lambda: _stored(owner, 2_000), within=60, what="the first events stored")
+    final_head: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    subscribers = [
+        Subscriber(api, random.Random(rng.random()), random_filter(rng), rng.choice((0, rng.randrange(2_000), None)))
+        for _ in range(8)
+    ]
+    subscribers.append(Subscriber(api, random.Random(rng.random()), pb.EventFilter(), 0))  # the whole log
+    tasks = [asyncio.create_task(subscriber.run(final_head)) for subscriber in subscribers]
+    await publish(EVENTS - 2_000)
+    await eventually(lambda: _stored(owner, EVENTS), within=120, what="every event stored")
+    final_head.set_result(await owner.fetchval("SELECT last_position FROM audit_log_head"))
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
+
+    for subscriber in subscribers:
+        expected = await expected_ids(api, subscriber.filter, subscriber.start)
+        assert subscriber.positions == [position for position, _ in expected], (
+            f"filter {subscriber.filter} after {subscriber.start}"
+        )
+        assert subscriber.ids == [event_id for _, event_id in expected]
+        assert subscriber.reconnects > 1
+    assert len(subscribers[-1].ids) == EVENTS
+    assert sum(len(subscriber.ids) for subscriber in subscribers) > EVENTS
+
+
+async def _stored(owner, count: int) -> bool:
+    return await owner.fetchval("SELECT count(*) FROM audit_events") >= count

@@ -1,0 +1,93 @@
+"""core/sequencer.py: announced appends are released in position order, exactly once, and what never arrives
+is named as a hole. Pure: no servers."""
+
+from __future__ import annotations
+
+from audit_service.core.sequencer import Sequencer
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+@st.composite
+def announced_log(draw):
+    """Appends of a log from position 0, split into parts, delivered shuffled with some parts lost."""
+    sizes = draw(st.lists(st.integers(1, 6), min_size=1, max_size=25))
+    parts = []
+    prev = 0
+    for size in sizes:
+        positions = list(range(prev + 1, prev + size + 1))
+        cut = draw(st.integers(0, size))  # two parts (two tenants), the second possibly empty
+        for chunk in (positions[:cut], positions[cut:]):
+            if chunk:
+                omitted = draw(st.integers(0, 1)) if len(chunk) == 1 and draw(st.booleans()) else 0
+                parts.append((prev, prev + size, [] if omitted else chunk, omitted))
+        prev += size
+    order = draw(st.permutations(parts))
+    lost = draw(st.sets(st.integers(0, max(len(parts) - 1, 0)), max_size=3))
+    return prev, [part for index, part in enumerate(order) if index not in lost]
+
+
+def drain(sequencer: Sequencer[int], released: list[int], read_from_log) -> None:
+    for append in sequencer.ready():
+        if append.events is None:
+            released.extend(read_from_log(append.prev_position, append.last_position))
+        else:
+            released.extend(sorted(append.events))
+
+
+@given(announced_log())
+def test_every_position_is_released_once_in_order_whatever_arrives(log):
+    head, parts = log
+    sequencer: Sequencer[int] = Sequencer(0)
+    released: list[int] = []
+
+    def read_from_log(after: int, up_to: int) -> list[int]:
+        return list(range(after + 1, up_to + 1))
+
+    for part in parts:
+        sequencer.add(*part)
+        drain(sequencer, released, read_from_log)
+    sequencer.observe_head(head)  # the head poll
+    while (up_to := sequencer.hole()) is not None:
+        released.extend(read_from_log(sequencer.head, up_to))
+        sequencer.filled(up_to)
+        drain(sequencer, released, read_from_log)
+    assert released == list(range(1, head + 1))
+    assert sequencer.head == head
+    for part in parts:  # late or repeated announcements change nothing
+        sequencer.add(*part)
+    assert sequencer.ready() == [] and sequencer.hole() is None
+
+
+def test_parts_of_one_append_are_released_together_once_complete():
+    sequencer: Sequencer[str] = Sequencer(10)
+    sequencer.add(10, 13, ["b"])
+    assert sequencer.ready() == [] and sequencer.hole() == 13
+    sequencer.add(10, 13, ["a", "c"])
+    [append] = sequencer.ready()
+    assert (append.prev_position, append.last_position, sorted(append.events)) == (10, 13, ["a", "b", "c"])
+    assert sequencer.head == 13 and sequencer.hole() is None
+
+
+def test_an_append_after_a_missing_one_waits_and_the_hole_ends_where_it_starts():
+    sequencer: Sequencer[str] = Sequencer(0)
+    sequencer.add(5, 7, ["f", "g"])
+    assert sequencer.ready() == []
+    assert sequencer.hole() == 5  # read 1..5 from the log, then the announced 6..7 follow
+    sequencer.filled(5)
+    [append] = sequencer.ready()
+    assert append.events == ["f", "g"]
+
+
+def test_omitted_events_make_the_append_a_read_from_the_log():
+    sequencer: Sequencer[str] = Sequencer(0)
+    sequencer.add(0, 3, ["a"], omitted=2)
+    [append] = sequencer.ready()
+    assert append.events is None and (append.prev_position, append.last_position) == (0, 3)
+
+
+def test_the_polled_head_reveals_a_lost_last_announcement():
+    sequencer: Sequencer[str] = Sequencer(4)
+    assert sequencer.hole() is None
+    sequencer.observe_head(9)
+    assert sequencer.hole() == 9
