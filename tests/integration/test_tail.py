@@ -2,58 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 
-import grpc
-import pytest
 from audit.v1 import audit_service_pb2 as pb
-from audit.v1 import event_pb2
 
 from ..conftest import store_events
 from ..factories import make_event
-
-
-class Reader:
-    """Reads a TailEvents stream in the background, keeping every response."""
-
-    def __init__(self, call) -> None:
-        self.call = call
-        self.responses: list[pb.TailEventsResponse] = []
-        self.error: grpc.aio.AioRpcError | None = None
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for response in self.call:
-                self.responses.append(response)
-        except grpc.aio.AioRpcError as error:
-            self.error = error
-
-    @property
-    def events(self) -> list[event_pb2.AuditEvent]:
-        return [event for response in self.responses for event in response.events]
-
-    @property
-    def ids(self) -> list[str]:
-        return [event.event_id for event in self.events]
-
-    async def until(self, check, within: float = 30.0, what: str = "the stream") -> None:
-        deadline = asyncio.get_running_loop().time() + within
-        while not check(self):
-            if self.task.done():
-                pytest.fail(f"stream ended ({self.error}) before {what}")
-            if asyncio.get_running_loop().time() > deadline:
-                pytest.fail(f"timed out waiting for {what}; got {len(self.responses)} responses")
-            await asyncio.sleep(0.02)
-
-    async def close(self) -> None:
-        self.call.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-
-
-def caught_up(reader: Reader) -> bool:
-    return any(response.caught_up for response in reader.responses)
+from ..tail_helpers import Reader, caught_up
 
 
 async def test_history_then_live_in_position_order_without_repeats(api, database, start_worker, publisher):

@@ -15,7 +15,6 @@ from pathlib import Path
 import grpc
 import pytest
 from audit.v1 import audit_service_pb2 as pb
-from audit.v1 import audit_service_pb2_grpc
 from audit_client import PublishError, tail_events
 from audit_client import connect as connect_publisher
 from audit_service.config import load_config
@@ -24,60 +23,9 @@ from audit_service.devstack.processes import free_port
 
 from ..conftest import eventually, serving_api, store_events
 from ..factories import make_event
+from ..tail_helpers import Reader, assert_same_sequence
 
 pytestmark = pytest.mark.slow
-
-
-class Tail:
-    """Reads one TailEvents stream in the background (optionally only when told to)."""
-
-    def __init__(self, port: int, request: pb.TailEventsRequest, *, reading: bool = True) -> None:
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        self.call = audit_service_pb2_grpc.AuditServiceStub(self.channel).TailEvents(request)
-        self.responses: list[pb.TailEventsResponse] = []
-        self.received_at: dict[str, float] = {}
-        self.reading = asyncio.Event()
-        if reading:
-            self.reading.set()
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            await self.reading.wait()
-            response = await self.call.read()
-            if response is grpc.aio.EOF:
-                return
-            now = time.time()
-            self.responses.append(response)
-            for event in response.events:
-                self.received_at[event.event_id] = now
-
-    @property
-    def ids(self) -> list[str]:
-        return [event.event_id for response in self.responses for event in response.events]
-
-    @property
-    def positions(self) -> list[int]:
-        return [event.position for response in self.responses for event in response.events]
-
-    async def caught_up(self) -> None:
-        async def check() -> bool:
-            assert not self.task.done() or self.task.exception() is None, self.task.exception()
-            return any(response.caught_up for response in self.responses)
-
-        await eventually(check, what="caught_up")
-
-    async def received(self, count: int, within: float = 60) -> None:
-        async def check() -> bool:
-            assert not self.task.done() or self.task.exception() is None, self.task.exception()
-            return len(self.ids) >= count
-
-        await eventually(check, within=within, what=f"{count} events on the tail")
-
-    async def close(self) -> None:
-        self.call.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-        await self.channel.close()
 
 
 async def publish(publisher, count: int, tenant: str = "acme") -> list[str]:
@@ -96,10 +44,6 @@ async def log_ids(owner, tenant: str = "acme") -> list[str]:
     return [row[0] for row in rows]
 
 
-def in_order_once(tail: Tail) -> bool:
-    return tail.positions == sorted(set(tail.positions))
-
-
 async def test_two_replicas_fill_an_append_whose_announcement_was_lost(
     service_env, database, start_worker, publisher, owner
 ):
@@ -107,7 +51,10 @@ async def test_two_replicas_fill_an_append_whose_announcement_was_lost(
     config = load_config(env={**service_env, "AUDIT_TAIL_POLL_SECONDS": "3600"})
     await start_worker()
     async with serving_api(config) as one, serving_api(config) as two:
-        tails = [Tail(server.port, pb.TailEventsRequest(filter=pb.EventFilter(tenant="acme"))) for server in (one, two)]
+        tails = [
+            Reader.on_port(server.port, pb.TailEventsRequest(filter=pb.EventFilter(tenant="acme")))
+            for server in (one, two)
+        ]
         for tail in tails:
             await tail.caught_up()
         before = await publish(publisher, 50)
@@ -118,7 +65,7 @@ async def test_two_replicas_fill_an_append_whose_announcement_was_lost(
             await tail.received(130)
             assert tail.ids == await log_ids(owner)
             assert set(tail.ids) == {*before, *unannounced, *after}
-            assert in_order_once(tail)
+            assert tail.in_order_once()
         assert one.feed.holes_filled >= 1 and two.feed.holes_filled >= 1
         for tail in tails:
             await tail.close()
@@ -127,7 +74,7 @@ async def test_two_replicas_fill_an_append_whose_announcement_was_lost(
 async def test_an_unannounced_last_append_arrives_through_the_head_poll(service_env, database):
     config = load_config(env={**service_env, "AUDIT_TAIL_POLL_SECONDS": "0.2"})
     async with serving_api(config) as server:
-        tail = Tail(server.port, pb.TailEventsRequest())
+        tail = Reader.on_port(server.port, pb.TailEventsRequest())
         await tail.caught_up()
         unannounced = await store_events(database, [make_event() for _ in range(25)])
         await tail.received(25)
@@ -153,7 +100,7 @@ async def test_restarting_nats_loses_nothing_on_two_replicas(service_env, own_na
         serving_api(config) as one,
         serving_api(config) as two,
     ):
-        tails = [Tail(server.port, pb.TailEventsRequest(after_position=0)) for server in (one, two)]
+        tails = [Reader.on_port(server.port, pb.TailEventsRequest(after_position=0)) for server in (one, two)]
         ids = await publish(publisher, 200)
         for tail in tails:
             await tail.received(200)
@@ -305,11 +252,11 @@ async def test_a_stalled_subscriber_is_bounded_and_resumes_without_loss_while_20
     worker = spawn_worker()
     await worker.ready()
     port = int(api.env["AUDIT_GRPC_ADDRESS"].rsplit(":", 1)[1])
-    stalled = Tail(port, pb.TailEventsRequest(filter=pb.EventFilter(tenant="acme")))
-    others = [Tail(port, pb.TailEventsRequest(filter=pb.EventFilter(tenant="acme"))) for _ in range(20)]
+    stalled = Reader.on_port(port, pb.TailEventsRequest(filter=pb.EventFilter(tenant="acme")))
+    others = [Reader.on_port(port, pb.TailEventsRequest(filter=pb.EventFilter(tenant="acme"))) for _ in range(20)]
     for tail in (stalled, *others):
         await tail.caught_up()
-    stalled.reading.clear()  # this client stops reading: gRPC flow control soon stalls the server's writes
+    stalled.pause()  # this client stops reading: gRPC flow control soon stalls the server's writes
     rss_before = api.rss_bytes()
     rss_peak = rss_before
 
@@ -337,12 +284,12 @@ async def test_a_stalled_subscriber_is_bounded_and_resumes_without_loss_while_20
     in_log = await log_ids(owner)
     assert set(in_log) == set(ids)
     for tail in others:
-        assert tail.ids == in_log
+        assert_same_sequence(tail.ids, in_log, "a reader that kept up")
 
-    stalled.reading.set()
+    stalled.resume()
     await stalled.received(50_000, within=120)
-    assert stalled.ids == in_log
-    assert in_order_once(stalled)
+    assert_same_sequence(stalled.ids, in_log, "the stalled reader")
+    assert stalled.in_order_once()
     assert sum(response.caught_up for response in stalled.responses) >= 2, "it fell back to the log and caught up"
     # Holding 50k events (~50 MB as messages) for the stalled stream would show; its buffer is 2,000 events.
     assert rss_peak - rss_before < 100 * 2**20

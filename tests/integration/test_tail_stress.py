@@ -1,5 +1,6 @@
 """TailEvents under load: subscribers with random filters and start cursors, disconnecting and resuming from
-their checkpoints at random, while two ingest workers append tens of thousands of events."""
+their checkpoints at random and pausing past their buffer, while two ingest workers append tens of thousands
+of events."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import event_pb2
 
-from ..conftest import eventually
+from ..conftest import eventually, serving_stub
 from ..factories import make_event
 
 pytestmark = pytest.mark.slow
@@ -71,6 +72,8 @@ class Subscriber:
         self.positions: list[int] = []
         self.ids: list[str] = []
         self.reconnects = 0
+        self.fell_behind = 0
+        """Times it caught up again on one connection: it overflowed its buffer and went back to the log."""
 
     async def run(self, final_head: asyncio.Future[int]) -> None:
         while not (final_head.done() and self.checkpoint is not None and self.checkpoint >= final_head.result()):
@@ -79,13 +82,18 @@ class Subscriber:
                 request.after_position = self.checkpoint
             call = self.api.TailEvents(request)
             budget = self.rng.randrange(1, 60)  # responses before this subscriber drops the connection
+            caught_up = 0
             try:
                 async for response in call:
+                    if self.rng.random() < 0.02:  # a pause long enough to overflow its small buffer
+                        await asyncio.sleep(self.rng.uniform(0.1, 0.6))
                     if self.start is None:  # started "now": the first checkpoint is where it starts
                         self.start = response.checkpoint_position
                     self.positions.extend(event.position for event in response.events)
                     self.ids.extend(event.event_id for event in response.events)
                     self.checkpoint = response.checkpoint_position
+                    caught_up += response.caught_up
+                    self.fell_behind += caught_up > 1 and response.caught_up
                     budget -= 1
                     if budget == 0 or (final_head.done() and self.checkpoint >= final_head.result()):
                         break
@@ -110,11 +118,16 @@ async def expected_ids(api, request_filter: pb.EventFilter, after: int) -> list[
 
 
 async def test_random_subscribers_receive_exactly_their_filtered_sequence_while_two_workers_ingest(
-    api, start_worker, publisher, owner
+    service_env, start_worker, publisher, owner
 ):
     seed = random.randrange(10**6)
     print(f"seed {seed}")
     rng = random.Random(seed)
+    async with serving_stub({**service_env, "AUDIT_TAIL_BUFFER_EVENTS": "300"}) as api:
+        await run_subscribers(api, rng, start_worker, publisher, owner)
+
+
+async def run_subscribers(api, rng: random.Random, start_worker, publisher, owner) -> None:
     await start_worker()
     await start_worker()
 
@@ -145,6 +158,7 @@ async def test_random_subscribers_receive_exactly_their_filtered_sequence_while_
         assert subscriber.reconnects > 1
     assert len(subscribers[-1].ids) == EVENTS
     assert sum(len(subscriber.ids) for subscriber in subscribers) > EVENTS
+    assert sum(subscriber.fell_behind for subscriber in subscribers) > 0, "some paused past their buffer"
 
 
 async def _stored(owner, count: int) -> bool:

@@ -23,6 +23,28 @@ from .servicer import AuditServicer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
+_GRPC_CORE_LOGGER = "grpc._cython.cygrpc"
+
+
+class ClientGoneFilter(logging.Filter):
+    """gRPC logs an ERROR with a traceback when a client goes away while a response is being written to it
+    (grpc/grpc#32551): for a live tail that is a normal disconnect. Such records become one DEBUG line."""
+
+    _PREFIX = "ExecuteBatchError raised in core by servicer method"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith(self._PREFIX):
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.DEBUG, "DEBUG", None, None
+            record.msg = f"{record.getMessage()}: the client went away while a response was being sent"
+            record.args = None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _quiet_client_disconnects() -> None:
+    grpc_logger = logging.getLogger(_GRPC_CORE_LOGGER)
+    if not any(isinstance(existing, ClientGoneFilter) for existing in grpc_logger.filters):
+        grpc_logger.addFilter(ClientGoneFilter())
 
 
 @dataclass
@@ -73,6 +95,7 @@ async def start_server(
     Args:
         feed: a started live feed for TailEvents (without one, TailEvents is UNAVAILABLE).
     """
+    _quiet_client_disconnects()
     # The error mapper comes first, so it also turns authentication failures into statuses.
     server = aio.server(interceptors=[ErrorMappingInterceptor(), AuthInterceptor(token_verifier(auth), SERVICE_NAME)])
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(

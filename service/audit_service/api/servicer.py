@@ -3,6 +3,7 @@ caller was authenticated by api/auth.py and everything is scoped to what it may 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -231,8 +232,9 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         tenant = scope.tenant or filter_tenant(request.filter)
         plan = TailPlan(where=where, tenant=tenant, after_position=after_position)
         stream = TailStream(plan, self._feed, self._pool, self._tail_config, self._max_response_bytes)
-        async for response in stream.responses():
-            yield response
+        async with contextlib.aclosing(stream.responses()) as responses:  # leaves the feed as soon as the call ends
+            async for response in responses:
+                yield response
 
     async def _tail_start(self, request: pb.TailEventsRequest) -> int | None:
         """The position a tail starts after (None: now), checked against the log."""

@@ -69,11 +69,14 @@ class TailStream:
             target = await self._target(subscription.examined)
             self._cursor = target if self._plan.after_position is None else self._plan.after_position
             while True:
-                async for response in self._history(subscription, target):
-                    yield response
+                # aclosing: a stream cancelled mid-read stops its prefetch now, not when collected.
+                async with contextlib.aclosing(self._history(subscription, target)) as history:
+                    async for response in history:
+                        yield response
                 yield self._response(caught_up=True)
-                async for response in self._live(subscription):
-                    yield response
+                async with contextlib.aclosing(self._live(subscription)) as live:
+                    async for response in live:
+                        yield response
                 # It fell behind: back to the log, then live again.
                 target = await self._target(self._feed.resync(subscription))
         finally:
