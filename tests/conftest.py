@@ -327,25 +327,42 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 30
         await asyncio.sleep(0.05)
 
 
-class WorkerProcess:
-    """`python -m audit_service.cli ingest` with the test's environment."""
+class ServiceProcess:
+    """`python -m audit_service.cli <command>` with the test's environment; `start()` again restarts it."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, command: str, env: dict[str, str], log_path: Path, ready_line: str) -> None:
+        self.command = command
+        self.env = env
         self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "audit_service.cli", "ingest"],
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        self.ready_line = ready_line
+        self.process: subprocess.Popen[bytes] | None = None
+        self._offset = 0
+
+    def start(self) -> ServiceProcess:
+        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "audit_service.cli", self.command],
+                env={**os.environ, **self.env},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        return self
 
     async def ready(self) -> None:
-        async def consuming() -> bool:
-            assert self.process.poll() is None, self.log_path.read_text()
-            return "ingest worker consuming" in self.log_path.read_text()
+        """Waits for the ready line of the last start."""
 
-        await eventually(consuming, what=f"worker {self.process.pid} consuming")
+        async def started() -> bool:
+            assert self.process.poll() is None, self.output()
+            return self.ready_line in self.output()[self._offset :]
+
+        await eventually(started, what=f"{self.command} {self.process.pid}: {self.ready_line!r}")
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
 
     def kill(self) -> None:
         self.process.kill()
@@ -359,23 +376,41 @@ class WorkerProcess:
         return self.log_path.read_text()
 
     def close(self) -> None:
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             self.kill()
-        self._log.close()
 
 
 @pytest.fixture
 def spawn_worker(service_env, tmp_path):
-    workers: list[WorkerProcess] = []
+    """Starts `audit-service ingest` processes (`await worker.ready()` before relying on one)."""
+    workers: list[ServiceProcess] = []
 
-    def spawn(**extra_env: str) -> WorkerProcess:
-        worker = WorkerProcess({**service_env, **extra_env}, tmp_path / f"worker-{len(workers)}.log")
-        workers.append(worker)
+    def spawn(**extra_env: str) -> ServiceProcess:
+        log_path = tmp_path / f"worker-{len(workers)}.log"
+        worker = ServiceProcess("ingest", {**service_env, **extra_env}, log_path, "ingest worker consuming")
+        workers.append(worker.start())
         return worker
 
     yield spawn
     for worker in workers:
         worker.close()
+
+
+@pytest.fixture
+def api_process(service_env, tmp_path):
+    """`audit-service serve` processes, each on a fixed port of its own (so a restarted one is found again);
+    call `start()` and `await ready()`."""
+    processes: list[ServiceProcess] = []
+
+    def spawn(**extra_env: str) -> ServiceProcess:
+        env = {**service_env, **extra_env, "AUDIT_GRPC_ADDRESS": f"127.0.0.1:{free_port()}"}
+        process = ServiceProcess("serve", env, tmp_path / f"api-{len(processes)}.log", "gRPC API listening")
+        processes.append(process)
+        return process
+
+    yield spawn
+    for process in processes:
+        process.close()
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

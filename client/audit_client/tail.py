@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import grpc
 from audit.v1 import audit_service_pb2 as pb
@@ -40,6 +41,16 @@ RETRYABLE_CODES = frozenset(
 
 class EventTail:
     """An endless, reconnecting TailEvents stream. Iterate it for events, or `batches()` for whole responses.
+
+    Args:
+        channel: a channel to the API.
+        request_filter: which events (the fields and access rules of ListEvents).
+        after_position: start after this position (a saved checkpoint; 0 for the whole log).
+        from_time: start with the first event committed at or after this time. Neither: start now.
+        metadata: call metadata such as ("authorization", "Bearer ..."), or a function returning it for each
+            (re)connect, so that a refreshed token is used.
+        initial_backoff, max_backoff: seconds between reconnect attempts (doubling, with full jitter).
+        idle_timeout: reconnect when nothing, not even a heartbeat, arrives for this long.
 
     Attributes:
         checkpoint: the last checkpoint_position received (None before the first response): every matching
@@ -124,39 +135,14 @@ class EventTail:
                 yield event
 
 
-def tail_events(
-    channel: grpc.aio.Channel,
-    request_filter: pb.EventFilter | None = None,
-    *,
-    after_position: int | None = None,
-    from_time: dt.datetime | None = None,
-    metadata: Metadata | Callable[[], Metadata] = (),
-    initial_backoff: float = 0.1,
-    max_backoff: float = 10.0,
-    idle_timeout: float = 30.0,
-) -> EventTail:
+def tail_events(channel: grpc.aio.Channel, request_filter: pb.EventFilter | None = None, **options: Any) -> EventTail:
     """Tails the audit log through `channel`, reconnecting with backoff from the last checkpoint.
 
     Args:
         request_filter: which events (the fields and access rules of ListEvents).
-        after_position: start after this position (a saved checkpoint; 0 for the whole log).
-        from_time: start with the first event committed at or after this time.
-            Neither: start now.
-        metadata: call metadata such as ("authorization", "Bearer ..."), or a function returning it for each
-            (re)connect, so a refreshed token is used.
-        initial_backoff, max_backoff: seconds between reconnect attempts (doubling, with full jitter).
-        idle_timeout: reconnect when nothing, not even a heartbeat, arrives for this long.
+        **options: keyword options of EventTail (after_position, from_time, metadata, backoff, idle_timeout).
 
     Raises (while iterating):
         grpc.aio.AioRpcError: a status that retrying cannot fix (INVALID_ARGUMENT, PERMISSION_DENIED...).
     """
-    return EventTail(
-        channel,
-        request_filter,
-        after_position=after_position,
-        from_time=from_time,
-        metadata=metadata,
-        initial_backoff=initial_backoff,
-        max_backoff=max_backoff,
-        idle_timeout=idle_timeout,
-    )
+    return EventTail(channel, request_filter, **options)

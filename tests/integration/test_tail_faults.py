@@ -4,11 +4,7 @@ restarted under a reconnecting client, and a subscriber that stops reading while
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -124,69 +120,11 @@ async def test_restarting_nats_loses_nothing_on_two_replicas(service_env, own_na
             await tail.close()
 
 
-class ApiProcess:
-    """`python -m audit_service.cli serve` on a fixed port, so that a restarted one is reached at the same address."""
-
-    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
-        self.env = {**os.environ, **env, "AUDIT_GRPC_ADDRESS": f"127.0.0.1:{port}"}
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as log_file:
-            self.process = await asyncio.to_thread(
-                subprocess.Popen,
-                [sys.executable, "-m", "audit_service.cli", "serve"],
-                env=self.env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-
-        async def listening() -> bool:
-            assert self.process.poll() is None, self.log_path.read_text()
-            return "gRPC API listening" in self.log_path.read_text()[offset:]
-
-        await eventually(listening, what="the API listening")
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-    async def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.process.wait, 60)
-
-    def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.kill()
-
-
-@pytest.fixture
-def api_process(service_env, tmp_path):
-    processes: list[ApiProcess] = []
-
-    def spawn(**extra_env: str) -> ApiProcess:
-        process = ApiProcess({**service_env, **extra_env}, free_port(), tmp_path / f"api-{len(processes)}.log")
-        processes.append(process)
-        return process
-
-    yield spawn
-    for process in processes:
-        process.close()
-
-
 async def test_the_client_iterator_continues_without_gap_or_repeat_across_api_kill_and_restart(
     api_process, start_worker, publisher, owner
 ):
     api = api_process()
-    await api.start()
+    await api.start().ready()
     await start_worker()
     received: list[str] = []
     async with grpc.aio.insecure_channel(
@@ -207,13 +145,13 @@ async def test_the_client_iterator_continues_without_gap_or_repeat_across_api_ki
 
         api.kill()  # kill -9 mid-stream
         ids += await publish(publisher, 300)  # committed while no API runs
-        await api.start()
+        await api.start().ready()
         ids += await publish(publisher, 300)
         await eventually(lambda: _has(received, 900), what="the events after the kill")
 
         assert await api.terminate() == 0  # a graceful stop ends the stream with UNAVAILABLE
         ids += await publish(publisher, 100)
-        await api.start()
+        await api.start().ready()
         await eventually(lambda: _has(received, 1000), what="the events after the graceful restart")
 
         assert received == await log_ids(owner)
@@ -248,7 +186,7 @@ async def test_a_stalled_subscriber_is_bounded_and_resumes_without_loss_while_20
     api_process, spawn_worker, publisher, owner
 ):
     api = api_process(AUDIT_TAIL_BUFFER_EVENTS="2000")
-    await api.start()
+    await api.start().ready()
     worker = spawn_worker()
     await worker.ready()
     port = int(api.env["AUDIT_GRPC_ADDRESS"].rsplit(":", 1)[1])

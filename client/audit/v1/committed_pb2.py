@@ -22,16 +22,17 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from audit.v1 import event_pb2 as audit_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61udit/v1/committed.proto\x12\x08\x61udit.v1\x1a\x14\x61udit/v1/event.proto\"|\n\x0e\x43ommittedBatch\x12\x15\n\rprev_position\x18\x01 \x01(\x03\x12\x15\n\rlast_position\x18\x02 \x01(\x03\x12$\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x14.audit.v1.AuditEvent\x12\x16\n\x0eomitted_events\x18\x04 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61udit/v1/committed.proto\x12\x08\x61udit.v1\"\x80\x01\n\x0e\x43ommittedBatch\x12\x15\n\rprev_position\x18\x01 \x01(\x03\x12\x15\n\rlast_position\x18\x02 \x01(\x03\x12(\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x18.audit.v1.CommittedEvent\x12\x16\n\x0eomitted_events\x18\x04 \x01(\x03\"D\n\x0e\x43ommittedEvent\x12\x11\n\tcanonical\x18\x01 \x01(\x0c\x12\x11\n\tprev_hash\x18\x02 \x01(\x0c\x12\x0c\n\x04hash\x18\x03 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'audit.v1.committed_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMITTEDBATCH']._serialized_start=60
-  _globals['_COMMITTEDBATCH']._serialized_end=184
+  _globals['_COMMITTEDBATCH']._serialized_start=39
+  _globals['_COMMITTEDBATCH']._serialized_end=167
+  _globals['_COMMITTEDEVENT']._serialized_start=169
+  _globals['_COMMITTEDEVENT']._serialized_end=237
 # @@protoc_insertion_point(module_scope)

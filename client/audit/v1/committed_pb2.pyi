@@ -1,4 +1,3 @@
-from audit.v1 import event_pb2 as _event_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -15,6 +14,16 @@ class CommittedBatch(_message.Message):
     OMITTED_EVENTS_FIELD_NUMBER: _ClassVar[int]
     prev_position: int
     last_position: int
-    events: _containers.RepeatedCompositeFieldContainer[_event_pb2.AuditEvent]
+    events: _containers.RepeatedCompositeFieldContainer[CommittedEvent]
     omitted_events: int
-    def __init__(self, prev_position: _Optional[int] = ..., last_position: _Optional[int] = ..., events: _Optional[_Iterable[_Union[_event_pb2.AuditEvent, _Mapping]]] = ..., omitted_events: _Optional[int] = ...) -> None: ...
+    def __init__(self, prev_position: _Optional[int] = ..., last_position: _Optional[int] = ..., events: _Optional[_Iterable[_Union[CommittedEvent, _Mapping]]] = ..., omitted_events: _Optional[int] = ...) -> None: ...
+
+class CommittedEvent(_message.Message):
+    __slots__ = ("canonical", "prev_hash", "hash")
+    CANONICAL_FIELD_NUMBER: _ClassVar[int]
+    PREV_HASH_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    canonical: bytes
+    prev_hash: bytes
+    hash: bytes
+    def __init__(self, canonical: _Optional[bytes] = ..., prev_hash: _Optional[bytes] = ..., hash: _Optional[bytes] = ...) -> None: ...

@@ -27,7 +27,7 @@ from nats.aio.subscription import Subscription
 from ..config import TailConfig
 from ..core.matching import event_columns
 from ..core.sequencer import Sequencer
-from ..core.stored_event import row_to_event
+from ..core.stored_event import event_from_canonical, row_to_event
 from ..errors import ShuttingDownError
 from ..store import queries
 
@@ -106,7 +106,7 @@ class LiveFeed:
         self._config = config
         self._subject = f"{committed_subject_prefix}.>"
         self._subscriptions: set[LiveSubscription] = set()
-        self._sequencer: Sequencer[event_pb2.AuditEvent] | None = None
+        self._sequencer: Sequencer[committed_pb2.CommittedEvent] | None = None
         self._nats_subscription: Subscription | None = None
         self._announced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -195,7 +195,7 @@ class LiveFeed:
                     if append.events is None:
                         await self._fill(append.prev_position, append.last_position)
                     else:
-                        self._deliver(append.last_position, sorted(append.events, key=_position))
+                        self._deliver_announced(append.last_position, append.events)
                 up_to = sequencer.hole()
                 if up_to is None:
                     hole_seen_at = None
@@ -232,6 +232,16 @@ class LiveFeed:
             events = [row_to_event(row) for row in rows]
             cursor = events[-1].position if len(rows) == FILL_CHUNK else up_to_position
             self._deliver(cursor, events)
+
+    def _deliver_announced(self, last_position: int, announced: Sequence[committed_pb2.CommittedEvent]) -> None:
+        """Hands out an announced append, its events rebuilt only when someone is listening."""
+        events: list[event_pb2.AuditEvent] = []
+        if self._subscriptions:
+            events = sorted(
+                (event_from_canonical(event.canonical, event.prev_hash, event.hash) for event in announced),
+                key=_position,
+            )
+        self._deliver(last_position, events)
 
     def _deliver(self, last_position: int, events: Sequence[event_pb2.AuditEvent]) -> None:
         self._delivered = last_position

@@ -72,32 +72,26 @@ def compile_matcher(expr: Expr) -> Matcher:
 
         return negation
     if isinstance(expr, And):
-        children = tuple(compile_matcher(child) for child in expr.children)
-
-        def conjunction(columns: EventColumns) -> Verdict:
-            undecided = False
-            for child in children:
-                verdict = child(columns)
-                if verdict is False:
-                    return False
-                undecided = undecided or verdict is None
-            return None if undecided else True
-
-        return conjunction
+        return _connective(tuple(compile_matcher(child) for child in expr.children), decisive=False)
     if isinstance(expr, Or):
-        children = tuple(compile_matcher(child) for child in expr.children)
-
-        def disjunction(columns: EventColumns) -> Verdict:
-            undecided = False
-            for child in children:
-                verdict = child(columns)
-                if verdict is True:
-                    return True
-                undecided = undecided or verdict is None
-            return None if undecided else False
-
-        return disjunction
+        return _connective(tuple(compile_matcher(child) for child in expr.children), decisive=True)
     raise TypeError(f"not a filter expression: {expr!r}")
+
+
+def _connective(children: tuple[Matcher, ...], *, decisive: bool) -> Matcher:
+    """AND (decisive False) or OR (decisive True) in three-valued logic: one decisive verdict settles it;
+    otherwise an undecided child leaves it undecided."""
+
+    def connective(columns: EventColumns) -> Verdict:
+        undecided = False
+        for child in children:
+            verdict = child(columns)
+            if verdict is decisive:
+                return decisive
+            undecided = undecided or verdict is None
+        return None if undecided else not decisive
+
+    return connective
 
 
 def _any_of(expr: AnyOf) -> Matcher:

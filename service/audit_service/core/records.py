@@ -189,8 +189,25 @@ def log_row(
 
 def seal(position: int, recorded_at: dt.datetime, content: Content, prev_hash: bytes) -> tuple[bytes, tuple[Any, ...]]:
     """Hashes one event onto its tenant's chain; returns its hash and its row."""
-    digest = chain_hash(prev_hash, canonical_bytes(position, datetime_to_micros(recorded_at), content))
-    return digest, log_row(position, recorded_at, content, prev_hash, digest)
+    _, digest, row = seal_canonical(position, recorded_at, content, prev_hash)
+    return digest, row
+
+
+def seal_canonical(
+    position: int, recorded_at: dt.datetime, content: Content, prev_hash: bytes
+) -> tuple[bytes, bytes, tuple[Any, ...]]:
+    """As seal(), also returning the canonical bytes the hash covers (the commit announcement carries them)."""
+    canonical = canonical_bytes(position, datetime_to_micros(recorded_at), content)
+    digest = chain_hash(prev_hash, canonical)
+    return canonical, digest, log_row(position, recorded_at, content, prev_hash, digest)
+
+
+def row_from_canonical(canonical: bytes, prev_hash: bytes, hash_: bytes) -> tuple[Any, ...]:
+    """The log row of an event given its canonical bytes and hashes (the inverse of seal_canonical)."""
+    version, position, recorded_at_micros, *content = orjson.loads(canonical)
+    if version != CANONICAL_VERSION:
+        raise ValueError(f"unknown canonical version {version!r}")
+    return log_row(position, micros_to_datetime(recorded_at_micros), tuple(content), prev_hash, hash_)
 
 
 def columns_sql(prefix: str = "", columns: Sequence[str] = LOG_COLUMNS) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from audit.v1 import event_pb2
 
-from .records import datetime_to_micros
+from .records import LOG_COLUMNS, datetime_to_micros, row_from_canonical
 
 Row = Mapping[str, Any]
 
@@ -75,3 +75,8 @@ def row_to_event(row: Row) -> event_pb2.AuditEvent:
     set_timestamp(event.occurred_at, datetime_to_micros(row["occurred_at"]))
     set_timestamp(event.recorded_at, datetime_to_micros(row["recorded_at"]))
     return event
+
+
+def event_from_canonical(canonical: bytes, prev_hash: bytes, hash_: bytes) -> event_pb2.AuditEvent:
+    """The stored event rebuilt from a commit announcement: equal to what row_to_event gives for its row."""
+    return row_to_event(dict(zip(LOG_COLUMNS, row_from_canonical(canonical, prev_hash, hash_), strict=True)))

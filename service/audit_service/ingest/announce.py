@@ -9,43 +9,42 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import nats.errors
-from audit.v1 import committed_pb2, event_pb2
+from audit.v1 import committed_pb2
 from nats.aio.client import Client as NatsClient
 
-from ..core.records import LOG_COLUMNS
-from ..core.stored_event import row_to_event
+from ..store.append import SealedEvent
 
 log = logging.getLogger(__name__)
 
-_FRAMING_BYTES = 64
-"""Room in a part for its positions, omitted_events and each event's field tag and length prefix."""
-_TENANT = LOG_COLUMNS.index("tenant")
+_FRAMING_BYTES = 16
+"""Room for one event's tags and length prefixes in a part."""
+_PART_BYTES = 64
+"""Room for a part's own fields."""
 
 
 def announcement_parts(
-    prev_position: int, last_position: int, rows: Sequence[tuple[Any, ...]], max_bytes: int
+    prev_position: int, last_position: int, sealed: Sequence[SealedEvent], max_bytes: int
 ) -> Iterator[tuple[str, committed_pb2.CommittedBatch]]:
-    """The parts announcing one append of sealed `rows` (LOG_COLUMNS order): (tenant, part), each part at most
-    `max_bytes` serialized, one tenant's events in position order; an event too large on its own is omitted."""
-    by_tenant: dict[str, list[event_pb2.AuditEvent]] = {}
-    for row in rows:
-        by_tenant.setdefault(row[_TENANT], []).append(row_to_event(dict(zip(LOG_COLUMNS, row, strict=True))))
+    """The parts announcing one append: (tenant, part), each part at most `max_bytes` serialized, one tenant's
+    events in position order; an event too large on its own is omitted (the replicas read it from the log)."""
+    by_tenant: dict[str, list[SealedEvent]] = {}
+    for event in sealed:
+        by_tenant.setdefault(event.tenant, []).append(event)
     for tenant, events in by_tenant.items():
         part = committed_pb2.CommittedBatch(prev_position=prev_position, last_position=last_position)
-        size = _FRAMING_BYTES
+        size = _PART_BYTES
         for event in events:
-            event_size = event.ByteSize() + _FRAMING_BYTES
-            if event_size > max_bytes:
+            event_size = len(event.canonical) + len(event.prev_hash) + len(event.hash) + _FRAMING_BYTES
+            if event_size + _PART_BYTES > max_bytes:
                 part.omitted_events += 1
                 continue
             if size + event_size > max_bytes:
                 yield tenant, part
                 part = committed_pb2.CommittedBatch(prev_position=prev_position, last_position=last_position)
-                size = _FRAMING_BYTES
-            part.events.append(event)
+                size = _PART_BYTES
+            part.events.add(canonical=event.canonical, prev_hash=event.prev_hash, hash=event.hash)
             size += event_size
         yield tenant, part
 
@@ -57,12 +56,12 @@ class Announcer:
         self._nc = nc
         self._prefix = subject_prefix
 
-    async def announce(self, prev_position: int, last_position: int, rows: Sequence[tuple[Any, ...]]) -> None:
+    async def announce(self, prev_position: int, last_position: int, sealed: Sequence[SealedEvent]) -> None:
         """Announces an append that has committed (nothing when it stored nothing)."""
         if last_position == prev_position:
             return
         try:
-            for tenant, part in announcement_parts(prev_position, last_position, rows, self._nc.max_payload):
+            for tenant, part in announcement_parts(prev_position, last_position, sealed, self._nc.max_payload):
                 await self._nc.publish(f"{self._prefix}.{tenant}", part.SerializeToString())
         except (nats.errors.Error, OSError) as error:
             log.warning(

@@ -202,7 +202,7 @@ class IngestWorker:
             ]
         for msg, _ in accepted:
             await msg.ack()  # a buffered write each; no task per message
-        await self._announcer.announce(result.prev_position, result.last_position, result.rows)
+        await self._announcer.announce(result.prev_position, result.last_position, result.sealed)
         self.stats.appended += result.appended
         self.stats.duplicates += result.duplicates
         return []

@@ -14,12 +14,11 @@ import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
 from ..core.counts import ActionCounts, action_counts, hourly_counts
-from ..core.records import GENESIS_HASH, LOG_COLUMNS, Content, micros_to_datetime, seal
+from ..core.records import GENESIS_HASH, LOG_COLUMNS, Content, micros_to_datetime, seal_canonical
 from ..errors import UnavailableError
 
 log = logging.getLogger(__name__)
@@ -76,6 +75,16 @@ _NO_PARTITION = "no partition of relation"
 
 
 @dataclass(frozen=True, slots=True)
+class SealedEvent:
+    """A stored event as the commit announcement carries it: its canonical bytes and its chain hashes."""
+
+    tenant: str
+    canonical: bytes
+    prev_hash: bytes
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class AppendResult:
     """What one append stored."""
 
@@ -85,8 +94,8 @@ class AppendResult:
     """The log's last position after it (equal to prev_position when nothing new was stored)."""
     duplicates: int
     """Events of the batch that were already stored (or repeated within the batch)."""
-    rows: tuple[tuple[Any, ...], ...] = ()
-    """The stored rows (LOG_COLUMNS order), for the commit announcement."""
+    sealed: tuple[SealedEvent, ...] = ()
+    """What the commit announcement carries of each stored event, in position order."""
 
     @property
     def appended(self) -> int:
@@ -177,6 +186,7 @@ class LogAppender:
             chain_heads: dict[str, bytes] = dict(zip(known["head_tenants"], known["head_hashes"], strict=True))
 
             rows = []
+            sealed = []
             id_rows = []
             appended: list[Content] = []
             tenant_last_position: dict[str, int] = {}
@@ -186,7 +196,9 @@ class LogAppender:
                     continue
                 position += 1
                 tenant = content[1]
-                digest, row = seal(position, recorded_at, content, chain_heads.get(tenant, GENESIS_HASH))
+                prev_hash = chain_heads.get(tenant, GENESIS_HASH)
+                canonical, digest, row = seal_canonical(position, recorded_at, content, prev_hash)
+                sealed.append(SealedEvent(tenant, canonical, prev_hash, digest))
                 chain_heads[tenant] = digest
                 tenant_last_position[tenant] = position
                 rows.append(row)
@@ -208,4 +220,4 @@ class LogAppender:
             )
             await add_counts(conn, hourly_counts(appended))
             await add_action_counts(conn, action_counts(appended))
-        return AppendResult(prev_position, position, 0, tuple(rows))
+        return AppendResult(prev_position, position, 0, tuple(sealed))
