@@ -25,6 +25,9 @@ from audit.v1 import event_pb2
 
 log = logging.getLogger(__name__)
 
+_CLOCK_MARGIN = dt.timedelta(seconds=5)
+"""How much earlier than this machine's "now" a retried first call starts, for clock skew with the database."""
+
 Metadata = Sequence[tuple[str, str]]
 
 RETRYABLE_CODES = frozenset(
@@ -53,8 +56,9 @@ class EventTail:
         idle_timeout: reconnect when nothing, not even a heartbeat, arrives for this long.
 
     Attributes:
-        checkpoint: the last checkpoint_position received (None before the first response): every matching
-            event up to it has been yielded. Persist it to resume later with `after_position=checkpoint`.
+        checkpoint: every matching event up to this position has been yielded and the consumer has come back
+            for more (None before that): persist it to resume later with `after_position=checkpoint`. To
+            resume after a single event instead, persist that event's `position`.
         caught_up: whether the stream has read history up to the live head (since the last (re)connect).
         reconnects: how many times the stream was re-established.
     """
@@ -81,19 +85,26 @@ class EventTail:
         self._max_backoff = max_backoff
         self._idle_timeout = idle_timeout
         self.checkpoint: int | None = after_position
+        self._resume_after = after_position
+        """Where a reconnect resumes: the checkpoint of the last response received."""
         self.caught_up = False
         self.reconnects = 0
 
     def _request(self) -> pb.TailEventsRequest:
         request = pb.TailEventsRequest(filter=self._filter)
-        if self.checkpoint is not None:
-            request.after_position = self.checkpoint
+        if self._resume_after is not None:
+            request.after_position = self._resume_after
         elif self._from_time is not None:
             request.from_time.FromDatetime(self._from_time)
+        else:
+            # Starting "now": should this first call fail before its first message, the next one starts from
+            # this moment rather than from a later "now", so nothing committed in between is skipped.
+            self._from_time = dt.datetime.now(dt.UTC) - _CLOCK_MARGIN
         return request
 
     async def batches(self) -> AsyncIterator[pb.TailEventsResponse]:
-        """Every response but heartbeats, events after the checkpoint only; `checkpoint` moves after each."""
+        """Every response but heartbeats, without events already yielded; `checkpoint` moves past a response
+        when the consumer comes back for the next one."""
         backoff = self._initial_backoff
         while True:
             metadata = self._metadata() if callable(self._metadata) else self._metadata
@@ -108,20 +119,21 @@ class EventTail:
                     if response.heartbeat:
                         continue
                     self.caught_up = self.caught_up or response.caught_up
-                    if self.checkpoint is not None and any(e.position <= self.checkpoint for e in response.events):
-                        kept = [event for event in response.events if event.position > self.checkpoint]
+                    after = self._resume_after
+                    if after is not None and any(event.position <= after for event in response.events):
+                        kept = [event for event in response.events if event.position > after]
                         del response.events[:]
                         response.events.extend(kept)
-                    self.checkpoint = max(self.checkpoint or 0, response.checkpoint_position)
+                    self._resume_after = max(after or 0, response.checkpoint_position)
                     yield response
+                    self.checkpoint = self._resume_after  # the consumer is back: it has handled the batch
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRYABLE_CODES:
                     raise
-                log.info(
-                    "tail interrupted (%s: %s); resuming after %s", error.code().name, error.details(), self.checkpoint
-                )
+                code, after = error.code().name, self._resume_after
+                log.info("tail interrupted (%s: %s); resuming after %s", code, error.details(), after)
             except TimeoutError:
-                log.info("tail silent for %.0f s; reconnecting after %s", self._idle_timeout, self.checkpoint)
+                log.info("tail silent for %.0f s; reconnecting after %s", self._idle_timeout, self._resume_after)
             finally:
                 call.cancel()
             self.caught_up = False

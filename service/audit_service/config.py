@@ -101,6 +101,8 @@ class TailConfig:
     buffer_events: int = 10_000
     """Most live events held for one TailEvents subscriber that is slower than the log; beyond that it is moved
     back to reading from PostgreSQL (no loss), and its buffer is freed."""
+    buffer_bytes: int = 64 * 1024 * 1024
+    """The same bound in serialized bytes (events can be large)."""
     heartbeat_seconds: float = 5.0
     """An idle tail sends a heartbeat this often."""
     checkpoint_seconds: float = 1.0
@@ -316,6 +318,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         raise ConfigError("AUDIT_MAX_RESPONSE_BYTES", f"must be at least {MIN_RESPONSE_BYTES}")
     tail = TailConfig(
         buffer_events=_positive_int(env, "AUDIT_TAIL_BUFFER_EVENTS", TailConfig().buffer_events),
+        buffer_bytes=_positive_int(env, "AUDIT_TAIL_BUFFER_BYTES", TailConfig().buffer_bytes),
         heartbeat_seconds=_positive_float(env, "AUDIT_TAIL_HEARTBEAT_SECONDS", TailConfig().heartbeat_seconds),
         checkpoint_seconds=_positive_float(env, "AUDIT_TAIL_CHECKPOINT_SECONDS", TailConfig().checkpoint_seconds),
         poll_seconds=_positive_float(env, "AUDIT_TAIL_POLL_SECONDS", TailConfig().poll_seconds),

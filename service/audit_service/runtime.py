@@ -17,6 +17,7 @@ from nats.aio.client import Client as NatsClient
 from .api.live_feed import LiveFeed
 from .api.server import RunningServer, start_server
 from .config import Config
+from .errors import UnavailableError
 from .ingest.worker import IngestWorker
 from .store.migrate import migrate
 from .store.pool import create_pool
@@ -114,17 +115,19 @@ async def run_api(
         nats_connection(config, "audit-api") as nc,
     ):
         feed = LiveFeed(nc, pool, config.tail, config.nats.committed_subject_prefix)
-        await feed.start()
+        try:
+            await feed.start()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError) as error:
+            raise StartupError(f"cannot read the log's head from PostgreSQL: {error}") from None
         try:
             running = await start_server(config.api, config.auth, pool, feed=feed, tail=config.tail)
-        except BaseException:
+            # What start-up allocated (modules, descriptors, the server) lives as long as the process: keep it
+            # out of the collector's full passes, which otherwise show up as latency spikes on large responses.
+            gc.freeze()
+            if on_ready is not None:
+                on_ready(running)
+            await stop.wait()
+            log.info("gRPC API shutting down (grace %.0f s)", config.api.shutdown_grace_seconds)
+            await running.stop(config.api.shutdown_grace_seconds)
+        finally:
             await feed.close()
-            raise
-        # What start-up allocated (modules, descriptors, the server) lives as long as the process: keep it out
-        # of the collector's full passes, which otherwise show up as latency spikes on large responses.
-        gc.freeze()
-        if on_ready is not None:
-            on_ready(running)
-        await stop.wait()
-        log.info("gRPC API shutting down (grace %.0f s)", config.api.shutdown_grace_seconds)
-        await running.stop(config.api.shutdown_grace_seconds)

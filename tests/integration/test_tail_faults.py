@@ -233,3 +233,26 @@ async def test_a_stalled_subscriber_is_bounded_and_resumes_without_loss_while_20
     assert rss_peak - rss_before < 100 * 2**20
     for tail in (stalled, *others):
         await tail.close()
+
+
+async def test_the_client_iterator_started_now_misses_nothing_committed_before_the_api_answers(
+    api_process, database, owner
+):
+    api = api_process()
+    async with grpc.aio.insecure_channel(api.env["AUDIT_GRPC_ADDRESS"]) as channel:
+        tail = tail_events(channel, initial_backoff=0.05, max_backoff=0.2)  # from now, while no API runs
+        received: list[str] = []
+
+        async def consume() -> None:
+            async for event in tail:
+                received.append(event.event_id)
+
+        consuming = asyncio.create_task(consume())
+        await asyncio.sleep(0.5)  # the first attempt fails: nothing listens yet
+        committed_meanwhile = await store_events(database, [make_event() for _ in range(5)])
+        await api.start().ready()
+        await eventually(lambda: _has(received, 5), what="the events committed before the API answered")
+        assert received == committed_meanwhile
+        assert tail.reconnects >= 1
+        consuming.cancel()
+        await asyncio.gather(consuming, return_exceptions=True)

@@ -56,6 +56,7 @@ def test_environment_is_read() -> None:
         "AUDIT_QUERY_TIMEOUT_SECONDS": "7.5",
         "AUDIT_MAX_RESPONSE_BYTES": "65536",
         "AUDIT_TAIL_BUFFER_EVENTS": "500",
+        "AUDIT_TAIL_BUFFER_BYTES": "1000000",
         "AUDIT_TAIL_HEARTBEAT_SECONDS": "2.5",
         "AUDIT_TAIL_CHECKPOINT_SECONDS": "0.5",
         "AUDIT_TAIL_POLL_SECONDS": "3",
@@ -78,7 +79,9 @@ def test_environment_is_read() -> None:
     assert config.api == ApiConfig(
         grpc_address="[::1]:0", shutdown_grace_seconds=2.0, query_timeout_seconds=7.5, max_response_bytes=65536
     )
-    assert config.tail == TailConfig(buffer_events=500, heartbeat_seconds=2.5, checkpoint_seconds=0.5, poll_seconds=3)
+    assert config.tail == TailConfig(
+        buffer_events=500, buffer_bytes=1_000_000, heartbeat_seconds=2.5, checkpoint_seconds=0.5, poll_seconds=3
+    )
     assert config.nats.committed_subject_prefix == "acme.audit.committed"
     assert config.log_level == "DEBUG"
 
@@ -132,6 +135,7 @@ def test_empty_variables_mean_default() -> None:
         ("AUDIT_STREAM_PREFIX", "AUDIT.X"),
         ("AUDIT_INGEST_DURABLE", "a b"),
         ("AUDIT_TAIL_BUFFER_EVENTS", "0"),
+        ("AUDIT_TAIL_BUFFER_BYTES", "64MiB"),
         ("AUDIT_TAIL_HEARTBEAT_SECONDS", "never"),
         ("AUDIT_TAIL_CHECKPOINT_SECONDS", "-1"),
         ("AUDIT_TAIL_POLL_SECONDS", "0"),

@@ -50,7 +50,7 @@ def test_every_position_is_released_once_in_order_whatever_arrives(log):
     sequencer.observe_head(head)  # the head poll
     while (up_to := sequencer.hole()) is not None:
         released.extend(read_from_log(sequencer.head, up_to))
-        sequencer.filled(up_to)
+        sequencer.reset(up_to)
         drain(sequencer, released, read_from_log)
     assert released == list(range(1, head + 1))
     assert sequencer.head == head
@@ -74,7 +74,7 @@ def test_an_append_after_a_missing_one_waits_and_the_hole_ends_where_it_starts()
     sequencer.add(5, 7, ["f", "g"])
     assert sequencer.ready() == []
     assert sequencer.hole() == 5  # read 1..5 from the log, then the announced 6..7 follow
-    sequencer.filled(5)
+    sequencer.reset(5)
     [append] = sequencer.ready()
     assert append.events == ["f", "g"]
 
@@ -91,3 +91,27 @@ def test_the_polled_head_reveals_a_lost_last_announcement():
     assert sequencer.hole() is None
     sequencer.observe_head(9)
     assert sequencer.hole() == 9
+
+
+def test_a_release_that_could_not_be_handed_out_becomes_a_hole_again():
+    sequencer: Sequencer[str] = Sequencer(0)
+    sequencer.add(0, 2, ["a", "b"])
+    sequencer.add(2, 3, ["c"])
+    assert len(sequencer.ready()) == 2 and sequencer.head == 3
+    sequencer.reset(0)  # the caller failed before handing them out
+    assert sequencer.hole() == 3
+
+
+def test_too_many_waiting_events_are_dropped_but_their_positions_stay_known():
+    sequencer: Sequencer[str] = Sequencer(0, max_pending_events=3)
+    sequencer.add(5, 7, ["f", "g"])
+    sequencer.add(7, 9, ["h", "i"])  # over the cap: dropped, to be read from the log
+    assert sequencer.ready() == [] and sequencer.hole() == 9
+
+
+def test_positions_claimed_beyond_the_log_head_are_forgotten():
+    sequencer: Sequencer[str] = Sequencer(10)
+    sequencer.add(5_000_000, 5_000_001, ["forged"])
+    assert sequencer.hole() == 5_000_000
+    sequencer.forget_beyond(10)
+    assert sequencer.hole() is None and sequencer.ready() == []

@@ -26,7 +26,7 @@ from nats.aio.subscription import Subscription
 
 from ..config import TailConfig
 from ..core.matching import event_columns
-from ..core.sequencer import Sequencer
+from ..core.sequencer import Append, Sequencer
 from ..core.stored_event import event_from_canonical, row_to_event
 from ..errors import ShuttingDownError
 from ..store import queries
@@ -46,6 +46,8 @@ class LiveEvent:
 
     event: event_pb2.AuditEvent
     columns: dict[str, object]
+    size: int
+    """Serialized bytes, counted against a subscriber's buffer."""
 
     @property
     def position(self) -> int:
@@ -59,10 +61,12 @@ class LiveSubscription:
     tenant: str | None
     """Only this tenant's events are buffered; None: every tenant's."""
     max_buffered: int
+    max_buffered_bytes: int
     examined: int
     """The feed's head when the last append was handed over (everything up to it was offered)."""
     pending: deque[tuple[int, Sequence[LiveEvent]]] = field(default_factory=deque)
     buffered: int = 0
+    buffered_bytes: int = 0
     overflowed: bool = False
     """It fell more than max_buffered events behind: the buffer was dropped; read from the log, then resync."""
     closed: bool = False
@@ -72,14 +76,16 @@ class LiveSubscription:
         if self.overflowed:
             return
         if events:
-            if self.buffered + len(events) > self.max_buffered:
+            size = sum(item.size for item in events)
+            if self.buffered + len(events) > self.max_buffered or self.buffered_bytes + size > self.max_buffered_bytes:
                 self.overflowed = True
                 self.pending.clear()
-                self.buffered = 0
+                self.buffered = self.buffered_bytes = 0
                 self.wakeup.set()
                 return
             self.pending.append((last_position, events))
             self.buffered += len(events)
+            self.buffered_bytes += size
             self.wakeup.set()
         self.examined = last_position
 
@@ -87,7 +93,7 @@ class LiveSubscription:
         """Everything buffered, and the position examined up to (one consistent snapshot)."""
         taken = list(self.pending)
         self.pending.clear()
-        self.buffered = 0
+        self.buffered = self.buffered_bytes = 0
         self.wakeup.clear()
         return taken, self.examined
 
@@ -154,7 +160,12 @@ class LiveFeed:
         """Joins the feed: every append after `head` (now) will be offered to the subscription."""
         if self._closing:
             raise ShuttingDownError("the server is shutting down; retry on another replica or later")
-        subscription = LiveSubscription(tenant=tenant, max_buffered=self._config.buffer_events, examined=self.head)
+        subscription = LiveSubscription(
+            tenant=tenant,
+            max_buffered=self._config.buffer_events,
+            max_buffered_bytes=self._config.buffer_bytes,
+            examined=self.head,
+        )
         self._subscriptions.add(subscription)
         return subscription
 
@@ -164,7 +175,7 @@ class LiveFeed:
     def resync(self, subscription: LiveSubscription) -> int:
         """Rejoins a subscription that overflowed: empty again, offered what follows `head`; returns `head`."""
         subscription.pending.clear()
-        subscription.buffered = 0
+        subscription.buffered = subscription.buffered_bytes = 0
         subscription.overflowed = False
         subscription.examined = self.head
         return self.head
@@ -184,33 +195,31 @@ class LiveFeed:
         assert self._sequencer is not None
         sequencer = self._sequencer
         next_poll = 0.0
-        hole_seen_at: float | None = None
+        hole: tuple[int, int] | None = None
+        hole_seen_at = 0.0
         while True:
             try:
+                self._announced.clear()  # before reading the sequencer: a part arriving later wakes the next pass
                 now = time.monotonic()
                 if now >= next_poll:
-                    sequencer.observe_head(await queries.log_head(self._pool))
                     next_poll = now + self._config.poll_seconds
+                    sequencer.observe_head(await queries.log_head(self._pool))
                 for append in sequencer.ready():
-                    if append.events is None:
-                        await self._fill(append.prev_position, append.last_position)
-                    else:
-                        self._deliver_announced(append.last_position, append.events)
+                    if append.events is not None and self._deliver_announced(append):
+                        continue
+                    if await self._fill(append.prev_position, append.last_position) < append.last_position:
+                        sequencer.reset(self.head)  # the rest of this release waits for the log
+                        break
                 up_to = sequencer.hole()
                 if up_to is None:
-                    hole_seen_at = None
-                elif hole_seen_at is None:
-                    hole_seen_at = now
+                    hole = None
+                elif hole != (sequencer.head, up_to):  # a new hole: give its announcement time to arrive
+                    hole, hole_seen_at = (sequencer.head, up_to), now
                 elif now - hole_seen_at >= HOLE_GRACE_SECONDS:
-                    log.info(
-                        "positions %d..%d were not announced here; reading them from the log", sequencer.head + 1, up_to
-                    )
-                    await self._fill(sequencer.head, up_to)
-                    sequencer.filled(up_to)
-                    hole_seen_at = None
+                    log.info("positions %d..%d were not announced here; reading them from the log", hole[0] + 1, up_to)
+                    sequencer.reset(await self._fill(sequencer.head, up_to))
                     continue
                 timeout = min(next_poll - time.monotonic(), HOLE_GRACE_SECONDS if up_to is not None else 3600)
-                self._announced.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(timeout, 0.001)):
                         await self._announced.wait()
@@ -218,36 +227,58 @@ class LiveFeed:
                 raise
             except Exception as error:  # the database is away: the feed waits; tails keep their cursors
                 log.warning("live feed paused (%s: %s); retrying", type(error).__name__, error)
+                # Whatever was released but not handed out is a hole again, read from the log once it is back.
+                sequencer.reset(self.head)
                 await asyncio.sleep(0.5)
 
-    async def _fill(self, after_position: int, up_to_position: int) -> None:
-        """Reads (after_position, up_to_position] from the log and hands it out, in chunks."""
+    async def _fill(self, after_position: int, up_to_position: int) -> int:
+        """Reads (after_position, up_to_position] from the log and hands it out in chunks; returns the position
+        reached. Never past the log's own head, and only over gapless positions: announcements claiming more
+        (a foreign publisher, a database that went back) cannot move the feed ahead of the log."""
+        assert self._sequencer is not None
         self.holes_filled += 1
+        log_head = await queries.log_head(self._pool)
+        if log_head < up_to_position:  # announced only after COMMIT, so never beyond the head read after it
+            log.warning("announced positions up to %d are beyond the log's head %d: ignored", up_to_position, log_head)
+            self._sequencer.forget_beyond(log_head)
+            up_to_position = log_head
         cursor = after_position
         while cursor < up_to_position:
             if not self._subscriptions:  # nobody to hand it to: skip the reads
-                self._delivered = up_to_position
-                return
+                cursor = up_to_position
+                self._delivered = cursor
+                break
             rows = await queries.read_range(self._pool, cursor, up_to_position, FILL_CHUNK)
-            events = [row_to_event(row) for row in rows]
-            cursor = events[-1].position if len(rows) == FILL_CHUNK else up_to_position
-            self._deliver(cursor, events)
+            positions = [row["position"] for row in rows]
+            if positions != list(range(cursor + 1, cursor + 1 + len(positions))) or (
+                len(rows) < FILL_CHUNK and cursor + len(rows) != up_to_position
+            ):
+                raise RuntimeError(f"positions {cursor + 1}..{up_to_position} are not all in the log yet")
+            cursor = positions[-1]
+            self._deliver(cursor, [row_to_event(row) for row in rows])
+        return max(cursor, after_position)
 
-    def _deliver_announced(self, last_position: int, announced: Sequence[committed_pb2.CommittedEvent]) -> None:
-        """Hands out an announced append, its events rebuilt only when someone is listening."""
-        events: list[event_pb2.AuditEvent] = []
-        if self._subscriptions:
-            events = sorted(
-                (event_from_canonical(event.canonical, event.prev_hash, event.hash) for event in announced),
-                key=_position,
-            )
-        self._deliver(last_position, events)
+    def _deliver_announced(self, append: Append[committed_pb2.CommittedEvent]) -> bool:
+        """Hands out an announced append, its events rebuilt only when someone is listening. False when its
+        parts do not hold exactly its positions (a repeated or foreign part): the caller reads the log."""
+        assert append.events is not None
+        if not self._subscriptions:
+            self._delivered = append.last_position
+            return True
+        events = sorted(
+            (event_from_canonical(event.canonical, event.prev_hash, event.hash) for event in append.events),
+            key=_position,
+        )
+        if [event.position for event in events] != list(range(append.prev_position + 1, append.last_position + 1)):
+            return False
+        self._deliver(append.last_position, events)
+        return True
 
     def _deliver(self, last_position: int, events: Sequence[event_pb2.AuditEvent]) -> None:
         self._delivered = last_position
         if not self._subscriptions:
             return
-        live = [LiveEvent(event, event_columns(event)) for event in events]
+        live = [LiveEvent(event, event_columns(event), event.ByteSize()) for event in events]
         by_tenant: dict[str, list[LiveEvent]] = {}
         for item in live:
             by_tenant.setdefault(item.event.tenant, []).append(item)

@@ -232,6 +232,8 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         tenant = scope.tenant or filter_tenant(request.filter)
         plan = TailPlan(where=where, tenant=tenant, after_position=after_position)
         stream = TailStream(plan, self._feed, self._pool, self._tail_config, self._max_response_bytes)
+        # grpc never closes a handler's generator itself: when the call ends mid-write, leave the feed at once.
+        context.add_done_callback(lambda _: stream.leave())
         async with contextlib.aclosing(stream.responses()) as responses:  # leaves the feed as soon as the call ends
             async for response in responses:
                 yield response

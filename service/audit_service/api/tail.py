@@ -62,9 +62,15 @@ class TailStream:
         self._cursor = 0
         self._last_sent = time.monotonic()
         self._sent_cursor = -1
+        self._subscription: LiveSubscription | None = None
+
+    def leave(self) -> None:
+        """Stops taking live events (the call is over); idempotent."""
+        if self._subscription is not None:
+            self._feed.unsubscribe(self._subscription)
 
     async def responses(self) -> AsyncIterator[pb.TailEventsResponse]:
-        subscription = self._feed.subscribe(self._plan.tenant)
+        subscription = self._subscription = self._feed.subscribe(self._plan.tenant)
         try:
             target = await self._target(subscription.examined)
             self._cursor = target if self._plan.after_position is None else self._plan.after_position

@@ -39,10 +39,12 @@ class Sequencer(Generic[E]):
         head: the last position already released (the log's head when the caller started listening).
     """
 
-    def __init__(self, head: int) -> None:
+    def __init__(self, head: int, *, max_pending_events: int = 100_000) -> None:
         self.head = head
         self._known_head = head
         self._pending: dict[int, _Assembling[E]] = {}
+        self._pending_events = 0
+        self._max_pending_events = max_pending_events
 
     @property
     def known_head(self) -> int:
@@ -50,7 +52,8 @@ class Sequencer(Generic[E]):
         return self._known_head
 
     def add(self, prev_position: int, last_position: int, events: Sequence[E], omitted: int = 0) -> None:
-        """Takes one announced part. Parts of appends already released (or filled) are ignored."""
+        """Takes one announced part. Parts of appends already released (or filled) are ignored. Beyond
+        `max_pending_events` waiting, all are dropped but the highest position, which stays known as a hole."""
         if prev_position < self.head or last_position <= prev_position:
             return
         assembling = self._pending.get(prev_position)
@@ -58,7 +61,12 @@ class Sequencer(Generic[E]):
             assembling = self._pending[prev_position] = _Assembling(last_position)
         assembling.events.extend(events)
         assembling.omitted += omitted
+        self._pending_events += len(events)
         self._known_head = max(self._known_head, last_position)
+        if self._pending_events > self._max_pending_events:
+            # The caller is not keeping up (its database is away): keep only the head, read the rest from the log.
+            self._pending.clear()
+            self._pending_events = 0
 
     def observe_head(self, position: int) -> None:
         """Records the log's head read from the database (it shows appends whose announcements were lost)."""
@@ -73,6 +81,7 @@ class Sequencer(Generic[E]):
             if received < size:
                 break
             del self._pending[self.head]
+            self._pending_events -= len(assembling.events)
             events = assembling.events if assembling.omitted == 0 and received == size else None
             released.append(Append(self.head, assembling.last_position, events))
             self.head = assembling.last_position
@@ -89,11 +98,18 @@ class Sequencer(Generic[E]):
         later = [prev for prev in self._pending if prev > self.head]
         return min(later) if later else self._known_head
 
-    def filled(self, up_to: int) -> None:
-        """Records that the caller read and released everything up to `up_to` from the log."""
-        if up_to <= self.head:
-            return
-        self.head = up_to
-        self._known_head = max(self._known_head, up_to)
-        for prev in [prev for prev in self._pending if prev < up_to]:
+    def reset(self, head: int) -> None:
+        """Continues after `head`: forward after the caller read up to it from the log, or back when what was
+        released could not be handed out (then it is a hole again). Parts before `head` are dropped."""
+        self.head = head
+        self._known_head = max(self._known_head, head)
+        for prev in [prev for prev in self._pending if prev < head]:
             del self._pending[prev]
+        self._pending_events = sum(len(part.events) for part in self._pending.values())
+
+    def forget_beyond(self, position: int) -> None:
+        """Drops what was heard of positions after `position` (the log's head): no append ends beyond it."""
+        for prev in [prev for prev, part in self._pending.items() if part.last_position > position]:
+            del self._pending[prev]
+        self._pending_events = sum(len(part.events) for part in self._pending.values())
+        self._known_head = max(self.head, min(self._known_head, position))
