@@ -57,3 +57,15 @@ async def test_a_tail_from_a_time_starts_with_the_first_event_recorded_then(api,
     await reader.until(caught_up, what="caught_up")
     assert reader.ids == later
     await reader.close()
+
+
+async def test_a_tail_from_a_future_time_sends_nothing_recorded_before_it(api, database):
+    await store_events(database, [make_event() for _ in range(3)])
+    request = pb.TailEventsRequest()
+    request.from_time.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    reader = Reader(api.TailEvents(request))
+    await reader.until(caught_up, what="caught_up")
+    await store_events(database, [make_event() for _ in range(4)])  # recorded now: before from_time
+    await reader.until(lambda r: r.responses[-1].checkpoint_position >= 7, what="a checkpoint past them")
+    assert reader.ids == []
+    await reader.close()

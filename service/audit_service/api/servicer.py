@@ -230,7 +230,10 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         where = compile_filter(request.filter, scope)
         after_position = await self._tail_start(request)
         tenant = scope.tenant or filter_tenant(request.filter)
-        plan = TailPlan(where=where, tenant=tenant, after_position=after_position)
+        recorded_from = None
+        if request.WhichOneof("start") == "from_time":
+            recorded_from = timestamp_micros(request.from_time, "from_time")
+        plan = TailPlan(where=where, tenant=tenant, after_position=after_position, recorded_from=recorded_from)
         stream = TailStream(plan, self._feed, self._pool, self._tail_config, self._max_response_bytes)
         # grpc never closes a handler's generator itself: when the call ends mid-write, leave the feed at once.
         context.add_done_callback(lambda _: stream.leave())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -19,10 +20,12 @@ from dataclasses import dataclass
 import asyncpg
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import event_pb2
+from google.protobuf import timestamp_pb2
 
 from ..config import TailConfig
 from ..core.filters import Expr
 from ..core.matching import Matcher, compile_matcher
+from ..core.records import datetime_to_micros
 from ..core.stored_event import row_to_event
 from ..errors import ShuttingDownError
 from ..store import queries
@@ -45,6 +48,8 @@ class TailPlan:
     """The one tenant the stream can see (for the feed to hand it only those events), or None."""
     after_position: int | None
     """Start after this position; None: at the live head (now)."""
+    recorded_from: int | None = None
+    """from_time in µs: events recorded before it are not sent (it matters when from_time is in the future)."""
 
 
 class TailStream:
@@ -125,6 +130,13 @@ class TailStream:
             responses.append(self._response(chunk))
         return responses
 
+    def _recorded_in_time(self, recorded_at: dt.datetime | timestamp_pb2.Timestamp) -> bool:
+        if self._plan.recorded_from is None:
+            return True
+        if isinstance(recorded_at, dt.datetime):
+            return datetime_to_micros(recorded_at) >= self._plan.recorded_from
+        return recorded_at.seconds * 1_000_000 + recorded_at.nanos // 1000 >= self._plan.recorded_from
+
     def _check_open(self, subscription: LiveSubscription) -> None:
         if subscription.closed:
             raise ShuttingDownError(
@@ -154,7 +166,7 @@ class TailStream:
                 if examined < target:
                     reading = asyncio.ensure_future(read(examined))
                 self._check_open(subscription)
-                if rows:
+                if rows := [row for row in rows if self._recorded_in_time(row["recorded_at"])]:
                     for response in self._sized([row_to_event(row) for row in rows], examined):
                         yield response
                 else:
@@ -198,6 +210,8 @@ class TailStream:
         for _, events in taken:
             for item in events:
                 if item.position <= cursor:
+                    continue
+                if not self._recorded_in_time(item.event.recorded_at):
                     continue
                 verdict = matcher(item.columns)
                 if verdict is None:
