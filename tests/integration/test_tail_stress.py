@@ -10,9 +10,10 @@ import random
 import grpc
 import pytest
 from audit.v1 import audit_service_pb2 as pb
-from audit.v1 import event_pb2
+from audit.v1 import audit_service_pb2_grpc, event_pb2
+from audit_service.config import load_config
 
-from ..conftest import eventually, serving_stub
+from ..conftest import eventually, serving_api
 from ..factories import make_event
 
 pytestmark = pytest.mark.slow
@@ -65,8 +66,18 @@ def random_filter(rng: random.Random) -> pb.EventFilter:
 class Subscriber:
     """Tails with one filter; disconnects at random and resumes after its last checkpoint."""
 
-    def __init__(self, api, rng: random.Random, request_filter: pb.EventFilter, start: int | None) -> None:
+    def __init__(
+        self,
+        api,
+        rng: random.Random,
+        request_filter: pb.EventFilter,
+        start: int | None,
+        *,
+        stall_until: asyncio.Event | None = None,
+    ) -> None:
         self.api, self.rng, self.filter = api, rng, request_filter
+        self.stall_until = stall_until
+        """When set: after its first caught_up, this subscriber stops reading until the event is set."""
         self.start = start
         self.checkpoint = start
         self.positions: list[int] = []
@@ -81,7 +92,9 @@ class Subscriber:
             if self.checkpoint is not None:
                 request.after_position = self.checkpoint
             call = self.api.TailEvents(request)
-            budget = self.rng.randrange(1, 60)  # responses before this subscriber drops the connection
+            # Responses before this subscriber drops the connection; a staller keeps its first one until it fell behind.
+            stalling = self.stall_until is not None and not self.reconnects
+            budget = self.rng.randrange(1, 60)
             caught_up = 0
             try:
                 async for response in call:
@@ -94,7 +107,10 @@ class Subscriber:
                     self.checkpoint = response.checkpoint_position
                     caught_up += response.caught_up
                     self.fell_behind += caught_up > 1 and response.caught_up
-                    budget -= 1
+                    if stalling and caught_up == 1 and response.caught_up:
+                        await self.stall_until.wait()
+                    stalling = stalling and not self.fell_behind
+                    budget -= 0 if stalling else 1
                     if budget == 0 or (final_head.done() and self.checkpoint >= final_head.result()):
                         break
             except grpc.aio.AioRpcError as error:
@@ -123,11 +139,18 @@ async def test_random_subscribers_receive_exactly_their_filtered_sequence_while_
     seed = random.randrange(10**6)
     print(f"seed {seed}")
     rng = random.Random(seed)
-    async with serving_stub({**service_env, "AUDIT_TAIL_BUFFER_EVENTS": "300"}) as api:
-        await run_subscribers(api, rng, start_worker, publisher, owner)
+    config = load_config(env={**service_env, "AUDIT_TAIL_BUFFER_EVENTS": "300"})
+    async with (
+        serving_api(config) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        # Without BDP probing the stream window stays at 64 KB: a stalled reader stalls the server's writes soon.
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.http2.bdp_probe", 0)]) as narrow,
+    ):
+        api = audit_service_pb2_grpc.AuditServiceStub(channel)
+        await run_subscribers(api, audit_service_pb2_grpc.AuditServiceStub(narrow), rng, start_worker, publisher, owner)
 
 
-async def run_subscribers(api, rng: random.Random, start_worker, publisher, owner) -> None:
+async def run_subscribers(api, narrow_api, rng: random.Random, start_worker, publisher, owner) -> None:
     await start_worker()
     await start_worker()
 
@@ -143,8 +166,13 @@ async def run_subscribers(api, rng: random.Random, start_worker, publisher, owne
         for _ in range(8)
     ]
     subscribers.append(Subscriber(api, random.Random(rng.random()), pb.EventFilter(), 0))  # the whole log
+    half_published = asyncio.Event()
+    staller = Subscriber(narrow_api, random.Random(rng.random()), pb.EventFilter(), None, stall_until=half_published)
+    subscribers.append(staller)
     tasks = [asyncio.create_task(subscriber.run(final_head)) for subscriber in subscribers]
-    await publish(EVENTS - 2_000)
+    await publish(EVENTS // 2)
+    half_published.set()  # the staller reads again while events still arrive, so it also drops and resumes later
+    await publish(EVENTS // 2 - 2_000)
     await eventually(lambda: _stored(owner, EVENTS), within=120, what="every event stored")
     final_head.set_result(await owner.fetchval("SELECT last_position FROM audit_log_head"))
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
@@ -156,9 +184,10 @@ async def run_subscribers(api, rng: random.Random, start_worker, publisher, owne
         )
         assert subscriber.ids == [event_id for _, event_id in expected]
         assert subscriber.reconnects > 1
-    assert len(subscribers[-1].ids) == EVENTS
+    assert len(subscribers[-2].ids) == EVENTS
     assert sum(len(subscriber.ids) for subscriber in subscribers) > EVENTS
     assert sum(subscriber.fell_behind for subscriber in subscribers) > 0, "some paused past their buffer"
+    assert staller.fell_behind > 0, "the staller overflowed its buffer, read the log and caught up again"
 
 
 async def _stored(owner, count: int) -> bool:
