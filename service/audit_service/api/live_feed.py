@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import asyncpg
 import nats.errors
@@ -78,9 +79,8 @@ class LiveSubscription:
         if events:
             size = sum(item.size for item in events)
             if self.buffered + len(events) > self.max_buffered or self.buffered_bytes + size > self.max_buffered_bytes:
+                self._empty()
                 self.overflowed = True
-                self.pending.clear()
-                self.buffered = self.buffered_bytes = 0
                 self.wakeup.set()
                 return
             self.pending.append((last_position, events))
@@ -92,10 +92,19 @@ class LiveSubscription:
     def take(self) -> tuple[list[tuple[int, Sequence[LiveEvent]]], int]:
         """Everything buffered, and the position examined up to (one consistent snapshot)."""
         taken = list(self.pending)
-        self.pending.clear()
-        self.buffered = self.buffered_bytes = 0
+        self._empty()
         self.wakeup.clear()
         return taken, self.examined
+
+    def restart(self, examined: int) -> None:
+        """Empty again and no longer overflowed, offered what follows `examined` (after a fallback to the log)."""
+        self._empty()
+        self.overflowed = False
+        self.examined = examined
+
+    def _empty(self) -> None:
+        self.pending.clear()
+        self.buffered = self.buffered_bytes = 0
 
 
 class LiveFeed:
@@ -174,10 +183,7 @@ class LiveFeed:
 
     def resync(self, subscription: LiveSubscription) -> int:
         """Rejoins a subscription that overflowed: empty again, offered what follows `head`; returns `head`."""
-        subscription.pending.clear()
-        subscription.buffered = subscription.buffered_bytes = 0
-        subscription.overflowed = False
-        subscription.examined = self.head
+        subscription.restart(self.head)
         return self.head
 
     async def _on_announcement(self, msg: Msg) -> None:
@@ -267,7 +273,7 @@ class LiveFeed:
             return True
         events = sorted(
             (event_from_canonical(event.canonical, event.prev_hash, event.hash) for event in append.events),
-            key=_position,
+            key=attrgetter("position"),
         )
         if [event.position for event in events] != list(range(append.prev_position + 1, append.last_position + 1)):
             return False
@@ -278,14 +284,16 @@ class LiveFeed:
         self._delivered = last_position
         if not self._subscriptions:
             return
-        live = [LiveEvent(event, event_columns(event), event.ByteSize()) for event in events]
+        tenants = {subscription.tenant for subscription in self._subscriptions}
+        # Filter columns and sizes only for events someone may take: not for tenants nobody here tails.
+        live = [
+            LiveEvent(event, event_columns(event), event.ByteSize())
+            for event in events
+            if None in tenants or event.tenant in tenants
+        ]
         by_tenant: dict[str, list[LiveEvent]] = {}
         for item in live:
             by_tenant.setdefault(item.event.tenant, []).append(item)
         for subscription in self._subscriptions:
             chosen = live if subscription.tenant is None else by_tenant.get(subscription.tenant, ())
             subscription.offer(last_position, chosen)
-
-
-def _position(event: event_pb2.AuditEvent) -> int:
-    return event.position

@@ -228,11 +228,8 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         caller = current_caller()
         scope = scope_of(caller, request.filter)
         where = compile_filter(request.filter, scope)
-        after_position = await self._tail_start(request)
+        after_position, recorded_from = await self._tail_start(request)
         tenant = scope.tenant or filter_tenant(request.filter)
-        recorded_from = None
-        if request.WhichOneof("start") == "from_time":
-            recorded_from = timestamp_micros(request.from_time, "from_time")
         plan = TailPlan(where=where, tenant=tenant, after_position=after_position, recorded_from=recorded_from)
         stream = TailStream(plan, self._feed, self._pool, self._tail_config, self._max_response_bytes)
         # grpc never closes a handler's generator itself: when the call ends mid-write, leave the feed at once.
@@ -241,19 +238,15 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             async for response in responses:
                 yield response
 
-    async def _tail_start(self, request: pb.TailEventsRequest) -> int | None:
-        """The position a tail starts after (None: now), checked against the log."""
+    async def _tail_start(self, request: pb.TailEventsRequest) -> tuple[int | None, int | None]:
+        """The position a tail starts after (None: now; the stream checks it against the log's head) and, for a
+        start at from_time, that time in µs."""
         start = request.WhichOneof("start")
         if start == "from_time":
-            moment = micros_to_datetime(timestamp_micros(request.from_time, "from_time"))
-            return await queries.last_position_before(self._pool, moment)
+            from_time = timestamp_micros(request.from_time, "from_time")
+            return await queries.last_position_before(self._pool, micros_to_datetime(from_time)), from_time
         if start == "after_position":
             if request.after_position < 0:
                 raise InvalidArgumentError("after_position", f"must not be negative, got {request.after_position}")
-            head = await queries.log_head(self._pool)
-            if request.after_position > head:
-                raise InvalidArgumentError(
-                    "after_position", f"{request.after_position} is beyond the log's last position {head}"
-                )
-            return request.after_position
-        return None
+            return request.after_position, None
+        return None, None

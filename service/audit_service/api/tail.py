@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -20,14 +19,13 @@ from dataclasses import dataclass
 import asyncpg
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import event_pb2
-from google.protobuf import timestamp_pb2
 
 from ..config import TailConfig
 from ..core.filters import Expr
 from ..core.matching import Matcher, compile_matcher
-from ..core.records import datetime_to_micros
+from ..core.records import timestamp_micros
 from ..core.stored_event import row_to_event
-from ..errors import ShuttingDownError
+from ..errors import InvalidArgumentError, ShuttingDownError
 from ..store import queries
 from .live_feed import LiveEvent, LiveFeed, LiveSubscription
 
@@ -78,7 +76,11 @@ class TailStream:
         subscription = self._subscription = self._feed.subscribe(self._plan.tenant)
         try:
             target = await self._target(subscription.examined)
-            self._cursor = target if self._plan.after_position is None else self._plan.after_position
+            after_position = self._plan.after_position
+            if after_position is not None and after_position > target:
+                beyond = f"{after_position} is beyond the log's last position {target}"
+                raise InvalidArgumentError("after_position", beyond)
+            self._cursor = target if after_position is None else after_position
             while True:
                 # aclosing: a stream cancelled mid-read stops its prefetch now, not when collected.
                 async with contextlib.aclosing(self._history(subscription, target)) as history:
@@ -130,12 +132,9 @@ class TailStream:
             responses.append(self._response(chunk))
         return responses
 
-    def _recorded_in_time(self, recorded_at: dt.datetime | timestamp_pb2.Timestamp) -> bool:
-        if self._plan.recorded_from is None:
-            return True
-        if isinstance(recorded_at, dt.datetime):
-            return datetime_to_micros(recorded_at) >= self._plan.recorded_from
-        return recorded_at.seconds * 1_000_000 + recorded_at.nanos // 1000 >= self._plan.recorded_from
+    def _recorded_in_time(self, event: event_pb2.AuditEvent) -> bool:
+        recorded_from, recorded_at = self._plan.recorded_from, event.recorded_at
+        return recorded_from is None or timestamp_micros(recorded_at.seconds, recorded_at.nanos) >= recorded_from
 
     def _check_open(self, subscription: LiveSubscription) -> None:
         if subscription.closed:
@@ -166,8 +165,8 @@ class TailStream:
                 if examined < target:
                     reading = asyncio.ensure_future(read(examined))
                 self._check_open(subscription)
-                if rows := [row for row in rows if self._recorded_in_time(row["recorded_at"])]:
-                    for response in self._sized([row_to_event(row) for row in rows], examined):
+                if events := [event for event in map(row_to_event, rows) if self._recorded_in_time(event)]:
+                    for response in self._sized(events, examined):
                         yield response
                 else:
                     self._cursor = examined
@@ -211,7 +210,7 @@ class TailStream:
             for item in events:
                 if item.position <= cursor:
                     continue
-                if not self._recorded_in_time(item.event.recorded_at):
+                if not self._recorded_in_time(item.event):
                     continue
                 verdict = matcher(item.columns)
                 if verdict is None:

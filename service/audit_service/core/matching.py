@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from audit.v1 import event_pb2
 
 from .filters import SEARCHED_COLUMNS, And, AnyOf, Expr, Not, OccurredBetween, Or, Search
+from .records import timestamp_micros
 
 EventColumns = Mapping[str, object]
 """An event's filterable columns: TEXT_COLUMNS as str ("" for NULL), outcome and actor_type as int, occurred_at
@@ -48,7 +49,7 @@ def event_columns(event: event_pb2.AuditEvent) -> dict[str, object]:
         "request_route": request.route,
         "ip_address": request.ip_address,
         "message": event.message,
-        "occurred_at": occurred.seconds * 1_000_000 + occurred.nanos // 1000,
+        "occurred_at": timestamp_micros(occurred.seconds, occurred.nanos),
     }
 
 
