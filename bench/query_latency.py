@@ -5,7 +5,7 @@ What is measured, on a real embedded PostgreSQL started in a temporary directory
 1. A log of N events (default 1M) of realistic shape is loaded: 20 tenants, 300 actors, 5,000 resources,
    106 actions, recorded over 90 days. Rows are built by the service's own code (canonical content, hash
    chains) and COPYed into the migrated schema with all its indexes; the count projection is then built by
-   the service's `rebuild_count_projection`, and the table is vacuumed and analyzed (as autovacuum would).
+   the service's `rebuild_projections`, and the table is vacuumed and analyzed (as autovacuum would).
    Loading is not timed against anything (PostgreSQL runs with fsync off for it).
 2. The API runs as its own process (`python -m audit_service.cli serve`, JWT auth on). This process is the
    client: for each query kind it makes --calls sequential calls (after a warm-up) with admin tokens of
@@ -54,7 +54,7 @@ from audit_service.devstack.processes import free_port
 from audit_service.devstack.stack import APP_ROLE, grant_app_role
 from audit_service.store import queries
 from audit_service.store.migrate import migrate
-from audit_service.store.projections import rebuild_count_projection
+from audit_service.store.projections import rebuild_projections
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -191,7 +191,7 @@ async def load(owner_url: str, count: int, seed: int) -> dict[str, Any]:
             "INSERT INTO audit_chain_heads (tenant, last_position, last_hash) VALUES ($1, $2, $3)",
             [(tenant, position, digest) for tenant, (position, digest) in heads.items()],
         )
-        report = await rebuild_count_projection(conn)
+        report = await rebuild_projections(conn)
         print(
             f"  count projections: {report.rows:,} rows (per action: {report.action_rows:,}) "
             f"for {report.events:,} events",

@@ -254,7 +254,7 @@ def validate_event(event: event_pb2.AuditEvent, *, now_seconds: float, limits: L
     return structs
 
 
-SERVICE_FIELDS = ("position", "recorded_at", "hash", "prev_hash")
+SERVICE_FIELDS = ("position", "recorded_at", "hash", "prev_hash", "stream_revision")
 """Fields the service sets on stored events; whatever a producer puts there is discarded."""
 
 

@@ -1,4 +1,5 @@
-"""`audit-service`: dev | migrate | ingest | serve | verify | rebuild-projections | token."""
+"""`audit-service`: dev | migrate | ingest | serve | verify | verify-file | checkpoint | retention |
+rebuild-projections | token."""
 
 from __future__ import annotations
 
@@ -36,11 +37,38 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply database migrations (AUDIT_MIGRATE_DATABASE_URL or AUDIT_DATABASE_URL)")
     commands.add_parser("ingest", help="run an ingest worker (AUDIT_DATABASE_URL, AUDIT_NATS_URL)")
     commands.add_parser("serve", help="serve the gRPC API (AUDIT_DATABASE_URL, AUDIT_GRPC_ADDRESS)")
-    verify = commands.add_parser("verify", help="recompute the hash chains and report the first break")
+    verify = commands.add_parser(
+        "verify", help="recompute the hash chains, check them against the signed checkpoints, report the first break"
+    )
     verify.add_argument("--tenant", help="only this tenant's chain")
+    verify.add_argument("--from-position", type=int, default=0, help="only events at or after this position")
+    verify.add_argument("--to-position", type=int, default=0, help="only events at or before this position")
+    verify.add_argument(
+        "--checkpoints", type=Path, help="also check against signed checkpoints kept in this file (JSON lines)"
+    )
+    verify_file = commands.add_parser(
+        "verify-file", help="verify NDJSON exports and retention archives offline (no database needed)"
+    )
+    verify_file.add_argument("files", nargs="+", type=Path, help="*.ndjson, *.ndjson.gz or *.manifest.json files")
+    verify_file.add_argument(
+        "--checkpoints", type=Path, help="also check against signed checkpoints kept in this file (JSON lines)"
+    )
+    checkpoint = commands.add_parser(
+        "checkpoint", help="sign a checkpoint of the chain heads now (AUDIT_CHECKPOINT_SIGNING_KEY_FILE)"
+    )
+    checkpoint.add_argument("--output", type=Path, help="also append the signed checkpoint to this file")
+    retention = commands.add_parser(
+        "retention",
+        help="archive the partitions older than AUDIT_RETENTION_DAYS to AUDIT_ARCHIVE_DIR, then drop them "
+        "(AUDIT_MIGRATE_DATABASE_URL)",
+    )
+    retention.add_argument("--days", type=int, help="retention in days (default $AUDIT_RETENTION_DAYS or 90)")
+    retention.add_argument("--archive-dir", type=Path, help="where archives go (default $AUDIT_ARCHIVE_DIR)")
+    retention.add_argument("--dry-run", action="store_true", help="only list the partitions that would be archived")
     commands.add_parser(
         "rebuild-projections",
-        help="recompute the count projection from the log (AUDIT_MIGRATE_DATABASE_URL; appends wait meanwhile)",
+        help="recompute the projections (counts, resource streams) from the log "
+        "(AUDIT_MIGRATE_DATABASE_URL; appends wait meanwhile)",
     )
     token = commands.add_parser(
         "token", help="mint a bearer token with the configured key (AUDIT_AUTH_JWT_SECRET or ..._PRIVATE_KEY_FILE)"
@@ -59,43 +87,26 @@ async def _until_signalled(main: Coroutine[Any, Any, Any], stop: asyncio.Event) 
     return await main
 
 
-async def _verify(config: Config, tenant: str | None) -> int:
-    import asyncpg
-
-    from .store.verify import verify_log
-
-    conn = await asyncpg.connect(config.database.url)
-    try:
-        report = await verify_log(conn, tenant=tenant)
-    finally:
-        await conn.close()
-    if report.ok:
-        print(f"ok: {report.checked} events in {report.tenants} tenant chains verified")
-        return 0
-    print(f"FAILED after {report.checked} events: {report.first_break}")
-    return 1
-
-
 async def _rebuild_projections(config: Config) -> int:
     import asyncpg
     from tqdm import tqdm
 
-    from .store.projections import rebuild_count_projection
+    from .store.projections import rebuild_projections
 
     conn = await asyncpg.connect(config.database.migrate_url or config.database.url)
     try:
-        with tqdm(total=0, unit="ev", unit_scale=True, desc="count projections", file=sys.stderr) as bar:
+        with tqdm(total=0, unit="ev", unit_scale=True, desc="projections", file=sys.stderr) as bar:
 
             def progress(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            report = await rebuild_count_projection(conn, on_progress=progress)
+            report = await rebuild_projections(conn, on_progress=progress)
     finally:
         await conn.close()
     print(
-        f"rebuilt count projections: {report.events} events in {report.rows} rows of audit_counts_hourly "
-        f"and {report.action_rows} rows of audit_action_counts_hourly"
+        f"rebuilt projections: {report.events} events in {report.rows} rows of audit_counts_hourly "
+        f"and {report.action_rows} rows of audit_action_counts_hourly; {report.streams} resource streams"
     )
     return 0
 
@@ -131,13 +142,27 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "token":
             return _mint(config, args)
+        if args.command == "verify-file":
+            from .offline_verify import verify_files_command
+
+            return verify_files_command(config, args)
         config = config.require_database()
         if args.command == "migrate":
             applied = asyncio.run(run_migrate(config))
             print(f"applied {len(applied)} migrations: {', '.join(applied)}" if applied else "schema is up to date")
             return 0
         if args.command == "verify":
-            return asyncio.run(_verify(config, args.tenant))
+            from .store.verify import verify_command
+
+            return asyncio.run(verify_command(config, args))
+        if args.command == "checkpoint":
+            from .store.checkpoints import checkpoint_command
+
+            return asyncio.run(checkpoint_command(config, args))
+        if args.command == "retention":
+            from .store.retention import retention_command
+
+            return asyncio.run(retention_command(config, args))
         if args.command == "rebuild-projections":
             return asyncio.run(_rebuild_projections(config))
         stop = asyncio.Event()

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from audit_client.validation import Limits
 
+from .core.masking import DEFAULT_SECRET_KEYS, SecretMask, compile_secret_keys
 from .errors import ConfigError
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
@@ -80,6 +81,28 @@ class IngestConfig:
     """Seconds before JetStream redelivers a message that was fetched but not acknowledged."""
     limits: Limits = field(default_factory=Limits)
     """Event size and time limits."""
+    mask: SecretMask = field(default_factory=SecretMask)
+    """Which keys' values are masked at ingest in metadata and states (AUDIT_SECRET_KEYS: a regular expression
+    found in the key folded to lower case without '-', '_', '.' and spaces)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    days: int = 90
+    """Events are kept this long after they were recorded; `audit-service retention` archives and drops the
+    monthly partitions that ended longer ago."""
+    archive_dir: str = "audit-archives"
+    """Directory the archives (compressed NDJSON and their manifests) are written to."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointConfig:
+    signing_key_file: str = ""
+    """PEM file of the Ed25519 private key that signs checkpoints of the chain heads (unset: no checkpoints)."""
+    verify_key_file: str = ""
+    """PEM file of the Ed25519 public key checkpoints are verified with (default: the signing key's)."""
+    interval_seconds: float = 60.0
+    """How often the ingest worker signs a checkpoint of the chain heads (when the log has grown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +175,8 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     log_level: str = "INFO"
     """Python logging level name."""
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def require_database(self) -> Config:
         """Returns self, or raises ConfigError when no database URL is configured."""
@@ -234,6 +259,14 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
     raise ConfigError(name, f"expected true or false, got {raw!r}")
 
 
+def _secret_mask(env: Mapping[str, str]) -> SecretMask:
+    rule = env.get("AUDIT_SECRET_KEYS") or DEFAULT_SECRET_KEYS
+    try:
+        return compile_secret_keys(rule)
+    except re.error as error:
+        raise ConfigError("AUDIT_SECRET_KEYS", f"is not a regular expression: {error}") from None
+
+
 def _readable_file(env: Mapping[str, str], name: str) -> str:
     path = env.get(name, "")
     if path and not os.access(path, os.R_OK):
@@ -305,6 +338,16 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
                 env, "AUDIT_MAX_CLOCK_SKEW_SECONDS", default_limits.max_clock_skew_seconds
             ),
         ),
+        mask=_secret_mask(env),
+    )
+    retention = RetentionConfig(
+        days=_positive_int(env, "AUDIT_RETENTION_DAYS", RetentionConfig().days),
+        archive_dir=env.get("AUDIT_ARCHIVE_DIR") or RetentionConfig().archive_dir,
+    )
+    checkpoints = CheckpointConfig(
+        signing_key_file=_readable_file(env, "AUDIT_CHECKPOINT_SIGNING_KEY_FILE"),
+        verify_key_file=_readable_file(env, "AUDIT_CHECKPOINT_VERIFY_KEY_FILE"),
+        interval_seconds=_positive_float(env, "AUDIT_CHECKPOINT_INTERVAL_SECONDS", CheckpointConfig().interval_seconds),
     )
     grpc_address = env.get("AUDIT_GRPC_ADDRESS") or ApiConfig().grpc_address
     parse_grpc_address(grpc_address)
@@ -327,6 +370,14 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     if log_level not in _LOG_LEVELS:
         raise ConfigError("AUDIT_LOG_LEVEL", f"expected one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
     config = Config(
-        database=database, nats=nats, ingest=ingest, api=api, tail=tail, auth=_auth(env), log_level=log_level
+        database=database,
+        nats=nats,
+        ingest=ingest,
+        api=api,
+        tail=tail,
+        auth=_auth(env),
+        log_level=log_level,
+        retention=retention,
+        checkpoints=checkpoints,
     )
     return replace(config, **overrides) if overrides else config

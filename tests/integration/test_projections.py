@@ -16,6 +16,7 @@ from ..factories import make_event
 
 PROJECTION_ROWS = "SELECT * FROM audit_counts_hourly ORDER BY tenant, hour, action, resource_type, outcome, actor_type"
 ACTION_PROJECTION_ROWS = "SELECT * FROM audit_action_counts_hourly ORDER BY tenant, hour"
+STREAM_ROWS = "SELECT * FROM audit_resource_heads ORDER BY tenant, resource_type, resource_id"
 
 
 async def test_rebuild_projections_reproduces_exactly_the_rows_written_online(publisher, start_worker, owner, database):
@@ -29,6 +30,8 @@ async def test_rebuild_projections_reproduces_exactly_the_rows_written_online(pu
         )
         if i % 4 == 0:
             event.ClearField("resource")
+        elif i % 4 == 1:
+            event.resource.id = f"shared-{i % 3}"  # streams of several revisions
         event.occurred_at.FromDatetime(now - dt.timedelta(hours=i % 30, minutes=i))
         await publisher.publish(event)
 
@@ -46,7 +49,12 @@ async def test_rebuild_projections_reproduces_exactly_the_rows_written_online(pu
         pairs = list(zip(actions, counts, strict=True))
         assert pairs == sorted(pairs, key=lambda kv: (-kv[1], kv[0]))
 
+    streams = [tuple(row) for row in await owner.fetch(STREAM_ROWS)]
+    assert len(streams) == 3 + 60 and max(row[3] for row in streams) > 5  # shared streams have many revisions
+
     # Damage the read model (it is not evidence, the owner may), then rebuild it from the log.
+    await owner.execute("DELETE FROM audit_resource_heads WHERE resource_id LIKE 'shared-%'")
+    await owner.execute("UPDATE audit_resource_heads SET revision = revision + 1, state = NULL")
     await owner.execute("DELETE FROM audit_counts_hourly WHERE tenant = 'acme'")
     await owner.execute("UPDATE audit_counts_hourly SET events = events + 5")
     await owner.execute("DELETE FROM audit_action_counts_hourly WHERE tenant = 'globex'")
@@ -66,12 +74,13 @@ async def test_rebuild_projections_reproduces_exactly_the_rows_written_online(pu
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
-        f"rebuilt count projections: 120 events in {len(online)} rows of audit_counts_hourly "
-        f"and {len(online_by_action)} rows of audit_action_counts_hourly"
+        f"rebuilt projections: 120 events in {len(online)} rows of audit_counts_hourly "
+        f"and {len(online_by_action)} rows of audit_action_counts_hourly; {len(streams)} resource streams"
     )
     assert "120/120" in result.stderr  # the progress bar
     assert [tuple(row) for row in await owner.fetch(PROJECTION_ROWS)] == online
     assert [tuple(row) for row in await owner.fetch(ACTION_PROJECTION_ROWS)] == online_by_action
+    assert [tuple(row) for row in await owner.fetch(STREAM_ROWS)] == streams
 
 
 async def test_the_migration_that_adds_the_per_action_projection_counts_the_existing_log(

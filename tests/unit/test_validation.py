@@ -305,12 +305,14 @@ def test_clear_service_fields_discards_only_service_fields() -> None:
     event.recorded_at.FromSeconds(int(NOW))
     event.hash = "ab" * 32
     event.prev_hash = "cd" * 32
+    event.stream_revision = 7
     expected = valid_event()
 
     clear_service_fields(event)
 
-    assert SERVICE_FIELDS == ("position", "recorded_at", "hash", "prev_hash")
+    assert SERVICE_FIELDS == ("position", "recorded_at", "hash", "prev_hash", "stream_revision")
     assert event.position == 0
+    assert event.stream_revision == 0
     assert not event.HasField("recorded_at")
     assert event.hash == ""
     assert event.prev_hash == ""

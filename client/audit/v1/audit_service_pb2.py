@@ -24,52 +24,75 @@ _sym_db = _symbol_database.Default()
 
 from audit.v1 import event_pb2 as audit_dot_v1_dot_event__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61udit/v1/audit_service.proto\x12\x08\x61udit.v1\x1a\x14\x61udit/v1/event.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x04\n\x0b\x45ventFilter\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x02 \x03(\t\x12\x0e\n\x06search\x18\x03 \x01(\t\x12\x13\n\x0bresource_id\x18\x04 \x01(\t\x12\x15\n\rresource_type\x18\x05 \x01(\t\x12\x15\n\rresource_name\x18\x06 \x01(\t\x12\x14\n\x0cresource_fqn\x18\x07 \x01(\t\x12\x12\n\ncluster_id\x18\x08 \x01(\t\x12\x14\n\x0cworkspace_id\x18\t \x01(\t\x12\x13\n\x0b\x61\x63tor_slugs\x18\n \x03(\t\x12\x11\n\tactor_ids\x18\x0b \x03(\t\x12*\n\x0b\x61\x63tor_types\x18\x0c \x03(\x0e\x32\x15.audit.v1.SubjectType\x12#\n\x08outcomes\x18\r \x03(\x0e\x32\x11.audit.v1.Outcome\x12.\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x10 \x01(\t\x12\'\n\nconditions\x18\x11 \x03(\x0b\x32\x13.audit.v1.Condition\x12/\n\x0e\x63ondition_join\x18\x12 \x01(\x0e\x32\x17.audit.v1.ConditionJoin\x12\r\n\x05query\x18\x13 \x01(\t\"s\n\tCondition\x12\'\n\x05\x66ield\x18\x01 \x01(\x0e\x32\x18.audit.v1.ConditionField\x12-\n\x08operator\x18\x02 \x01(\x0e\x32\x1b.audit.v1.ConditionOperator\x12\x0e\n\x06values\x18\x03 \x03(\t\"\x9d\x01\n\x11ListEventsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.audit.v1.EventFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x1e\n\x05order\x18\x04 \x01(\x0e\x32\x0f.audit.v1.Order\x12\x1a\n\x12include_total_size\x18\x05 \x01(\x08\"g\n\x12ListEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.audit.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"#\n\x0fGetEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"7\n\x10GetEventResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.audit.v1.AuditEvent\"\x8d\x01\n\x12\x43ountEventsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.audit.v1.EventFilter\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12#\n\x08group_by\x18\x03 \x01(\x0e\x32\x11.audit.v1.GroupBy\"\x99\x01\n\x13\x43ountEventsResponse\x12\r\n\x05total\x18\x01 \x01(\x03\x12&\n\x07\x62uckets\x18\x02 \x03(\x0b\x32\x15.audit.v1.CountBucket\x12$\n\x06groups\x18\x03 \x03(\x0b\x32\x14.audit.v1.GroupCount\x12%\n\x06source\x18\x04 \x01(\x0e\x32\x15.audit.v1.CountSource\"r\n\x0b\x43ountBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12$\n\x06groups\x18\x03 \x03(\x0b\x32\x14.audit.v1.GroupCount\"(\n\nGroupCount\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x8e\x01\n\x11TailEventsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.audit.v1.EventFilter\x12\x18\n\x0e\x61\x66ter_position\x18\x02 \x01(\x03H\x00\x12/\n\tfrom_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\x07\n\x05start\"}\n\x12TailEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.audit.v1.AuditEvent\x12\x1b\n\x13\x63heckpoint_position\x18\x02 \x01(\x03\x12\x11\n\tcaught_up\x18\x03 \x01(\x08\x12\x11\n\theartbeat\x18\x04 \x01(\x08*\x8b\x05\n\x0e\x43onditionField\x12\x1f\n\x1b\x43ONDITION_FIELD_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONDITION_FIELD_ACTION\x10\x01\x12\x1c\n\x18\x43ONDITION_FIELD_ACTOR_ID\x10\x02\x12\x1e\n\x1a\x43ONDITION_FIELD_ACTOR_SLUG\x10\x03\x12\x1f\n\x1b\x43ONDITION_FIELD_ACTOR_EMAIL\x10\x04\x12\x1e\n\x1a\x43ONDITION_FIELD_ACTOR_TYPE\x10\x05\x12!\n\x1d\x43ONDITION_FIELD_RESOURCE_TYPE\x10\x06\x12\x1f\n\x1b\x43ONDITION_FIELD_RESOURCE_ID\x10\x07\x12!\n\x1d\x43ONDITION_FIELD_RESOURCE_NAME\x10\x08\x12 \n\x1c\x43ONDITION_FIELD_RESOURCE_FQN\x10\t\x12(\n$CONDITION_FIELD_PARENT_RESOURCE_TYPE\x10\n\x12&\n\"CONDITION_FIELD_PARENT_RESOURCE_ID\x10\x0b\x12\x1e\n\x1a\x43ONDITION_FIELD_CLUSTER_ID\x10\x0c\x12 \n\x1c\x43ONDITION_FIELD_WORKSPACE_ID\x10\r\x12\x1b\n\x17\x43ONDITION_FIELD_OUTCOME\x10\x0e\x12\x1c\n\x18\x43ONDITION_FIELD_TRACE_ID\x10\x0f\x12\"\n\x1e\x43ONDITION_FIELD_REQUEST_METHOD\x10\x10\x12!\n\x1d\x43ONDITION_FIELD_REQUEST_ROUTE\x10\x11\x12\x1e\n\x1a\x43ONDITION_FIELD_IP_ADDRESS\x10\x12*\xb1\x01\n\x11\x43onditionOperator\x12\"\n\x1e\x43ONDITION_OPERATOR_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONDITION_OPERATOR_EQUAL\x10\x01\x12 \n\x1c\x43ONDITION_OPERATOR_NOT_EQUAL\x10\x02\x12\x19\n\x15\x43ONDITION_OPERATOR_IN\x10\x03\x12\x1d\n\x19\x43ONDITION_OPERATOR_NOT_IN\x10\x04*_\n\rConditionJoin\x12\x1e\n\x1a\x43ONDITION_JOIN_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ONDITION_JOIN_ALL\x10\x01\x12\x16\n\x12\x43ONDITION_JOIN_ANY\x10\x02*N\n\x05Order\x12\x15\n\x11ORDER_UNSPECIFIED\x10\x00\x12\x16\n\x12ORDER_NEWEST_FIRST\x10\x01\x12\x16\n\x12ORDER_OLDEST_FIRST\x10\x02*~\n\x07GroupBy\x12\x18\n\x14GROUP_BY_UNSPECIFIED\x10\x00\x12\x12\n\x0eGROUP_BY_ACTOR\x10\x01\x12\x13\n\x0fGROUP_BY_ACTION\x10\x02\x12\x1a\n\x16GROUP_BY_RESOURCE_TYPE\x10\x03\x12\x14\n\x10GROUP_BY_OUTCOME\x10\x04*^\n\x0b\x43ountSource\x12\x1c\n\x18\x43OUNT_SOURCE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43OUNT_SOURCE_PROJECTION\x10\x01\x12\x14\n\x10\x43OUNT_SOURCE_LOG\x10\x02\x32\xb1\x02\n\x0c\x41uditService\x12G\n\nListEvents\x12\x1b.audit.v1.ListEventsRequest\x1a\x1c.audit.v1.ListEventsResponse\x12\x41\n\x08GetEvent\x12\x19.audit.v1.GetEventRequest\x1a\x1a.audit.v1.GetEventResponse\x12J\n\x0b\x43ountEvents\x12\x1c.audit.v1.CountEventsRequest\x1a\x1d.audit.v1.CountEventsResponse\x12I\n\nTailEvents\x12\x1b.audit.v1.TailEventsRequest\x1a\x1c.audit.v1.TailEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61udit/v1/audit_service.proto\x12\x08\x61udit.v1\x1a\x14\x61udit/v1/event.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x04\n\x0b\x45ventFilter\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x02 \x03(\t\x12\x0e\n\x06search\x18\x03 \x01(\t\x12\x13\n\x0bresource_id\x18\x04 \x01(\t\x12\x15\n\rresource_type\x18\x05 \x01(\t\x12\x15\n\rresource_name\x18\x06 \x01(\t\x12\x14\n\x0cresource_fqn\x18\x07 \x01(\t\x12\x12\n\ncluster_id\x18\x08 \x01(\t\x12\x14\n\x0cworkspace_id\x18\t \x01(\t\x12\x13\n\x0b\x61\x63tor_slugs\x18\n \x03(\t\x12\x11\n\tactor_ids\x18\x0b \x03(\t\x12*\n\x0b\x61\x63tor_types\x18\x0c \x03(\x0e\x32\x15.audit.v1.SubjectType\x12#\n\x08outcomes\x18\r \x03(\x0e\x32\x11.audit.v1.Outcome\x12.\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x10 \x01(\t\x12\'\n\nconditions\x18\x11 \x03(\x0b\x32\x13.audit.v1.Condition\x12/\n\x0e\x63ondition_join\x18\x12 \x01(\x0e\x32\x17.audit.v1.ConditionJoin\x12\r\n\x05query\x18\x13 \x01(\t\"s\n\tCondition\x12\'\n\x05\x66ield\x18\x01 \x01(\x0e\x32\x18.audit.v1.ConditionField\x12-\n\x08operator\x18\x02 \x01(\x0e\x32\x1b.audit.v1.ConditionOperator\x12\x0e\n\x06values\x18\x03 \x03(\t\"\x9d\x01\n\x11ListEventsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.audit.v1.EventFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x1e\n\x05order\x18\x04 \x01(\x0e\x32\x0f.audit.v1.Order\x12\x1a\n\x12include_total_size\x18\x05 \x01(\x08\"g\n\x12ListEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.audit.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"#\n\x0fGetEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"r\n\x10GetEventResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.audit.v1.AuditEvent\x12&\n\x07\x63hanges\x18\x02 \x03(\x0b\x32\x15.audit.v1.FieldChange\x12\x11\n\tyaml_diff\x18\x03 \x01(\t\"\x95\x01\n\x0b\x46ieldChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.audit.v1.ChangeKind\x12)\n\told_value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12)\n\tnew_value\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\"\x9f\x01\n\x1aListResourceHistoryRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x15\n\rresource_type\x18\x02 \x01(\t\x12\x13\n\x0bresource_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x1e\n\x05order\x18\x06 \x01(\x0e\x32\x0f.audit.v1.Order\"e\n\x1bListResourceHistoryResponse\x12-\n\trevisions\x18\x01 \x03(\x0b\x32\x1a.audit.v1.ResourceRevision\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"r\n\x10ResourceRevision\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.audit.v1.AuditEvent\x12&\n\x07\x63hanges\x18\x02 \x03(\x0b\x32\x15.audit.v1.FieldChange\x12\x11\n\tyaml_diff\x18\x03 \x01(\t\"|\n\x13\x45xportEventsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.audit.v1.EventFilter\x12&\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x16.audit.v1.ExportFormat\x12\x16\n\x0e\x61\x66ter_position\x18\x03 \x01(\x03\"e\n\x14\x45xportEventsResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x03\x12\x15\n\rlast_position\x18\x03 \x01(\x03\x12\x18\n\x10through_position\x18\x04 \x01(\x03\"R\n\x12VerifyChainRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x16\n\x0estart_position\x18\x02 \x01(\x03\x12\x14\n\x0c\x65nd_position\x18\x03 \x01(\x03\"\x97\x01\n\x13VerifyChainResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x16\n\x0e\x65vents_checked\x18\x02 \x01(\x03\x12\x0f\n\x07tenants\x18\x03 \x01(\x03\x12 \n\x18\x63heckpoint_heads_checked\x18\x04 \x01(\x03\x12)\n\x0b\x66irst_break\x18\x05 \x01(\x0b\x32\x14.audit.v1.ChainBreak\">\n\nChainBreak\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x8d\x01\n\x12\x43ountEventsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.audit.v1.EventFilter\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12#\n\x08group_by\x18\x03 \x01(\x0e\x32\x11.audit.v1.GroupBy\"\x99\x01\n\x13\x43ountEventsResponse\x12\r\n\x05total\x18\x01 \x01(\x03\x12&\n\x07\x62uckets\x18\x02 \x03(\x0b\x32\x15.audit.v1.CountBucket\x12$\n\x06groups\x18\x03 \x03(\x0b\x32\x14.audit.v1.GroupCount\x12%\n\x06source\x18\x04 \x01(\x0e\x32\x15.audit.v1.CountSource\"r\n\x0b\x43ountBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12$\n\x06groups\x18\x03 \x03(\x0b\x32\x14.audit.v1.GroupCount\"(\n\nGroupCount\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x8e\x01\n\x11TailEventsRequest\x12%\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x15.audit.v1.EventFilter\x12\x18\n\x0e\x61\x66ter_position\x18\x02 \x01(\x03H\x00\x12/\n\tfrom_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\x07\n\x05start\"}\n\x12TailEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.audit.v1.AuditEvent\x12\x1b\n\x13\x63heckpoint_position\x18\x02 \x01(\x03\x12\x11\n\tcaught_up\x18\x03 \x01(\x08\x12\x11\n\theartbeat\x18\x04 \x01(\x08*\x8b\x05\n\x0e\x43onditionField\x12\x1f\n\x1b\x43ONDITION_FIELD_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONDITION_FIELD_ACTION\x10\x01\x12\x1c\n\x18\x43ONDITION_FIELD_ACTOR_ID\x10\x02\x12\x1e\n\x1a\x43ONDITION_FIELD_ACTOR_SLUG\x10\x03\x12\x1f\n\x1b\x43ONDITION_FIELD_ACTOR_EMAIL\x10\x04\x12\x1e\n\x1a\x43ONDITION_FIELD_ACTOR_TYPE\x10\x05\x12!\n\x1d\x43ONDITION_FIELD_RESOURCE_TYPE\x10\x06\x12\x1f\n\x1b\x43ONDITION_FIELD_RESOURCE_ID\x10\x07\x12!\n\x1d\x43ONDITION_FIELD_RESOURCE_NAME\x10\x08\x12 \n\x1c\x43ONDITION_FIELD_RESOURCE_FQN\x10\t\x12(\n$CONDITION_FIELD_PARENT_RESOURCE_TYPE\x10\n\x12&\n\"CONDITION_FIELD_PARENT_RESOURCE_ID\x10\x0b\x12\x1e\n\x1a\x43ONDITION_FIELD_CLUSTER_ID\x10\x0c\x12 \n\x1c\x43ONDITION_FIELD_WORKSPACE_ID\x10\r\x12\x1b\n\x17\x43ONDITION_FIELD_OUTCOME\x10\x0e\x12\x1c\n\x18\x43ONDITION_FIELD_TRACE_ID\x10\x0f\x12\"\n\x1e\x43ONDITION_FIELD_REQUEST_METHOD\x10\x10\x12!\n\x1d\x43ONDITION_FIELD_REQUEST_ROUTE\x10\x11\x12\x1e\n\x1a\x43ONDITION_FIELD_IP_ADDRESS\x10\x12*\xb1\x01\n\x11\x43onditionOperator\x12\"\n\x1e\x43ONDITION_OPERATOR_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONDITION_OPERATOR_EQUAL\x10\x01\x12 \n\x1c\x43ONDITION_OPERATOR_NOT_EQUAL\x10\x02\x12\x19\n\x15\x43ONDITION_OPERATOR_IN\x10\x03\x12\x1d\n\x19\x43ONDITION_OPERATOR_NOT_IN\x10\x04*_\n\rConditionJoin\x12\x1e\n\x1a\x43ONDITION_JOIN_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ONDITION_JOIN_ALL\x10\x01\x12\x16\n\x12\x43ONDITION_JOIN_ANY\x10\x02*N\n\x05Order\x12\x15\n\x11ORDER_UNSPECIFIED\x10\x00\x12\x16\n\x12ORDER_NEWEST_FIRST\x10\x01\x12\x16\n\x12ORDER_OLDEST_FIRST\x10\x02*s\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43HANGE_KIND_ADDED\x10\x01\x12\x17\n\x13\x43HANGE_KIND_REMOVED\x10\x02\x12\x18\n\x14\x43HANGE_KIND_MODIFIED\x10\x03*{\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45XPORT_FORMAT_CSV\x10\x01\x12\x18\n\x14\x45XPORT_FORMAT_NDJSON\x10\x02\x12\x1b\n\x17\x45XPORT_FORMAT_LOG_LINES\x10\x03*~\n\x07GroupBy\x12\x18\n\x14GROUP_BY_UNSPECIFIED\x10\x00\x12\x12\n\x0eGROUP_BY_ACTOR\x10\x01\x12\x13\n\x0fGROUP_BY_ACTION\x10\x02\x12\x1a\n\x16GROUP_BY_RESOURCE_TYPE\x10\x03\x12\x14\n\x10GROUP_BY_OUTCOME\x10\x04*^\n\x0b\x43ountSource\x12\x1c\n\x18\x43OUNT_SOURCE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43OUNT_SOURCE_PROJECTION\x10\x01\x12\x14\n\x10\x43OUNT_SOURCE_LOG\x10\x02\x32\xb2\x04\n\x0c\x41uditService\x12G\n\nListEvents\x12\x1b.audit.v1.ListEventsRequest\x1a\x1c.audit.v1.ListEventsResponse\x12\x41\n\x08GetEvent\x12\x19.audit.v1.GetEventRequest\x1a\x1a.audit.v1.GetEventResponse\x12\x62\n\x13ListResourceHistory\x12$.audit.v1.ListResourceHistoryRequest\x1a%.audit.v1.ListResourceHistoryResponse\x12O\n\x0c\x45xportEvents\x12\x1d.audit.v1.ExportEventsRequest\x1a\x1e.audit.v1.ExportEventsResponse0\x01\x12J\n\x0bVerifyChain\x12\x1c.audit.v1.VerifyChainRequest\x1a\x1d.audit.v1.VerifyChainResponse\x12J\n\x0b\x43ountEvents\x12\x1c.audit.v1.CountEventsRequest\x1a\x1d.audit.v1.CountEventsResponse\x12I\n\nTailEvents\x12\x1b.audit.v1.TailEventsRequest\x1a\x1c.audit.v1.TailEventsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'audit.v1.audit_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONDITIONFIELD']._serialized_start=1870
-  _globals['_CONDITIONFIELD']._serialized_end=2521
-  _globals['_CONDITIONOPERATOR']._serialized_start=2524
-  _globals['_CONDITIONOPERATOR']._serialized_end=2701
-  _globals['_CONDITIONJOIN']._serialized_start=2703
-  _globals['_CONDITIONJOIN']._serialized_end=2798
-  _globals['_ORDER']._serialized_start=2800
-  _globals['_ORDER']._serialized_end=2878
-  _globals['_GROUPBY']._serialized_start=2880
-  _globals['_GROUPBY']._serialized_end=3006
-  _globals['_COUNTSOURCE']._serialized_start=3008
-  _globals['_COUNTSOURCE']._serialized_end=3102
-  _globals['_EVENTFILTER']._serialized_start=130
-  _globals['_EVENTFILTER']._serialized_end=661
-  _globals['_CONDITION']._serialized_start=663
-  _globals['_CONDITION']._serialized_end=778
-  _globals['_LISTEVENTSREQUEST']._serialized_start=781
-  _globals['_LISTEVENTSREQUEST']._serialized_end=938
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=940
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1043
-  _globals['_GETEVENTREQUEST']._serialized_start=1045
-  _globals['_GETEVENTREQUEST']._serialized_end=1080
-  _globals['_GETEVENTRESPONSE']._serialized_start=1082
-  _globals['_GETEVENTRESPONSE']._serialized_end=1137
-  _globals['_COUNTEVENTSREQUEST']._serialized_start=1140
-  _globals['_COUNTEVENTSREQUEST']._serialized_end=1281
-  _globals['_COUNTEVENTSRESPONSE']._serialized_start=1284
-  _globals['_COUNTEVENTSRESPONSE']._serialized_end=1437
-  _globals['_COUNTBUCKET']._serialized_start=1439
-  _globals['_COUNTBUCKET']._serialized_end=1553
-  _globals['_GROUPCOUNT']._serialized_start=1555
-  _globals['_GROUPCOUNT']._serialized_end=1595
-  _globals['_TAILEVENTSREQUEST']._serialized_start=1598
-  _globals['_TAILEVENTSREQUEST']._serialized_end=1740
-  _globals['_TAILEVENTSRESPONSE']._serialized_start=1742
-  _globals['_TAILEVENTSRESPONSE']._serialized_end=1867
-  _globals['_AUDITSERVICE']._serialized_start=3105
-  _globals['_AUDITSERVICE']._serialized_end=3410
+  _globals['_CONDITIONFIELD']._serialized_start=3023
+  _globals['_CONDITIONFIELD']._serialized_end=3674
+  _globals['_CONDITIONOPERATOR']._serialized_start=3677
+  _globals['_CONDITIONOPERATOR']._serialized_end=3854
+  _globals['_CONDITIONJOIN']._serialized_start=3856
+  _globals['_CONDITIONJOIN']._serialized_end=3951
+  _globals['_ORDER']._serialized_start=3953
+  _globals['_ORDER']._serialized_end=4031
+  _globals['_CHANGEKIND']._serialized_start=4033
+  _globals['_CHANGEKIND']._serialized_end=4148
+  _globals['_EXPORTFORMAT']._serialized_start=4150
+  _globals['_EXPORTFORMAT']._serialized_end=4273
+  _globals['_GROUPBY']._serialized_start=4275
+  _globals['_GROUPBY']._serialized_end=4401
+  _globals['_COUNTSOURCE']._serialized_start=4403
+  _globals['_COUNTSOURCE']._serialized_end=4497
+  _globals['_EVENTFILTER']._serialized_start=160
+  _globals['_EVENTFILTER']._serialized_end=691
+  _globals['_CONDITION']._serialized_start=693
+  _globals['_CONDITION']._serialized_end=808
+  _globals['_LISTEVENTSREQUEST']._serialized_start=811
+  _globals['_LISTEVENTSREQUEST']._serialized_end=968
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=970
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1073
+  _globals['_GETEVENTREQUEST']._serialized_start=1075
+  _globals['_GETEVENTREQUEST']._serialized_end=1110
+  _globals['_GETEVENTRESPONSE']._serialized_start=1112
+  _globals['_GETEVENTRESPONSE']._serialized_end=1226
+  _globals['_FIELDCHANGE']._serialized_start=1229
+  _globals['_FIELDCHANGE']._serialized_end=1378
+  _globals['_LISTRESOURCEHISTORYREQUEST']._serialized_start=1381
+  _globals['_LISTRESOURCEHISTORYREQUEST']._serialized_end=1540
+  _globals['_LISTRESOURCEHISTORYRESPONSE']._serialized_start=1542
+  _globals['_LISTRESOURCEHISTORYRESPONSE']._serialized_end=1643
+  _globals['_RESOURCEREVISION']._serialized_start=1645
+  _globals['_RESOURCEREVISION']._serialized_end=1759
+  _globals['_EXPORTEVENTSREQUEST']._serialized_start=1761
+  _globals['_EXPORTEVENTSREQUEST']._serialized_end=1885
+  _globals['_EXPORTEVENTSRESPONSE']._serialized_start=1887
+  _globals['_EXPORTEVENTSRESPONSE']._serialized_end=1988
+  _globals['_VERIFYCHAINREQUEST']._serialized_start=1990
+  _globals['_VERIFYCHAINREQUEST']._serialized_end=2072
+  _globals['_VERIFYCHAINRESPONSE']._serialized_start=2075
+  _globals['_VERIFYCHAINRESPONSE']._serialized_end=2226
+  _globals['_CHAINBREAK']._serialized_start=2228
+  _globals['_CHAINBREAK']._serialized_end=2290
+  _globals['_COUNTEVENTSREQUEST']._serialized_start=2293
+  _globals['_COUNTEVENTSREQUEST']._serialized_end=2434
+  _globals['_COUNTEVENTSRESPONSE']._serialized_start=2437
+  _globals['_COUNTEVENTSRESPONSE']._serialized_end=2590
+  _globals['_COUNTBUCKET']._serialized_start=2592
+  _globals['_COUNTBUCKET']._serialized_end=2706
+  _globals['_GROUPCOUNT']._serialized_start=2708
+  _globals['_GROUPCOUNT']._serialized_end=2748
+  _globals['_TAILEVENTSREQUEST']._serialized_start=2751
+  _globals['_TAILEVENTSREQUEST']._serialized_end=2893
+  _globals['_TAILEVENTSRESPONSE']._serialized_start=2895
+  _globals['_TAILEVENTSRESPONSE']._serialized_end=3020
+  _globals['_AUDITSERVICE']._serialized_start=4500
+  _globals['_AUDITSERVICE']._serialized_end=5062
 # @@protoc_insertion_point(module_scope)

@@ -2,6 +2,7 @@ import datetime
 
 from audit.v1 import event_pb2 as _event_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -54,6 +55,20 @@ class Order(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ORDER_NEWEST_FIRST: _ClassVar[Order]
     ORDER_OLDEST_FIRST: _ClassVar[Order]
 
+class ChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANGE_KIND_UNSPECIFIED: _ClassVar[ChangeKind]
+    CHANGE_KIND_ADDED: _ClassVar[ChangeKind]
+    CHANGE_KIND_REMOVED: _ClassVar[ChangeKind]
+    CHANGE_KIND_MODIFIED: _ClassVar[ChangeKind]
+
+class ExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORT_FORMAT_UNSPECIFIED: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_CSV: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_NDJSON: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_LOG_LINES: _ClassVar[ExportFormat]
+
 class GroupBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     GROUP_BY_UNSPECIFIED: _ClassVar[GroupBy]
@@ -97,6 +112,14 @@ CONDITION_JOIN_ANY: ConditionJoin
 ORDER_UNSPECIFIED: Order
 ORDER_NEWEST_FIRST: Order
 ORDER_OLDEST_FIRST: Order
+CHANGE_KIND_UNSPECIFIED: ChangeKind
+CHANGE_KIND_ADDED: ChangeKind
+CHANGE_KIND_REMOVED: ChangeKind
+CHANGE_KIND_MODIFIED: ChangeKind
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat
+EXPORT_FORMAT_CSV: ExportFormat
+EXPORT_FORMAT_NDJSON: ExportFormat
+EXPORT_FORMAT_LOG_LINES: ExportFormat
 GROUP_BY_UNSPECIFIED: GroupBy
 GROUP_BY_ACTOR: GroupBy
 GROUP_BY_ACTION: GroupBy
@@ -189,10 +212,116 @@ class GetEventRequest(_message.Message):
     def __init__(self, event_id: _Optional[str] = ...) -> None: ...
 
 class GetEventResponse(_message.Message):
-    __slots__ = ("event",)
+    __slots__ = ("event", "changes", "yaml_diff")
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    YAML_DIFF_FIELD_NUMBER: _ClassVar[int]
     event: _event_pb2.AuditEvent
-    def __init__(self, event: _Optional[_Union[_event_pb2.AuditEvent, _Mapping]] = ...) -> None: ...
+    changes: _containers.RepeatedCompositeFieldContainer[FieldChange]
+    yaml_diff: str
+    def __init__(self, event: _Optional[_Union[_event_pb2.AuditEvent, _Mapping]] = ..., changes: _Optional[_Iterable[_Union[FieldChange, _Mapping]]] = ..., yaml_diff: _Optional[str] = ...) -> None: ...
+
+class FieldChange(_message.Message):
+    __slots__ = ("path", "kind", "old_value", "new_value")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OLD_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NEW_VALUE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    kind: ChangeKind
+    old_value: _struct_pb2.Value
+    new_value: _struct_pb2.Value
+    def __init__(self, path: _Optional[str] = ..., kind: _Optional[_Union[ChangeKind, str]] = ..., old_value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., new_value: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
+
+class ListResourceHistoryRequest(_message.Message):
+    __slots__ = ("tenant", "resource_type", "resource_id", "page_size", "page_token", "order")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    resource_type: str
+    resource_id: str
+    page_size: int
+    page_token: str
+    order: Order
+    def __init__(self, tenant: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order: _Optional[_Union[Order, str]] = ...) -> None: ...
+
+class ListResourceHistoryResponse(_message.Message):
+    __slots__ = ("revisions", "next_page_token")
+    REVISIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    revisions: _containers.RepeatedCompositeFieldContainer[ResourceRevision]
+    next_page_token: str
+    def __init__(self, revisions: _Optional[_Iterable[_Union[ResourceRevision, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ResourceRevision(_message.Message):
+    __slots__ = ("event", "changes", "yaml_diff")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    YAML_DIFF_FIELD_NUMBER: _ClassVar[int]
+    event: _event_pb2.AuditEvent
+    changes: _containers.RepeatedCompositeFieldContainer[FieldChange]
+    yaml_diff: str
+    def __init__(self, event: _Optional[_Union[_event_pb2.AuditEvent, _Mapping]] = ..., changes: _Optional[_Iterable[_Union[FieldChange, _Mapping]]] = ..., yaml_diff: _Optional[str] = ...) -> None: ...
+
+class ExportEventsRequest(_message.Message):
+    __slots__ = ("filter", "format", "after_position")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_POSITION_FIELD_NUMBER: _ClassVar[int]
+    filter: EventFilter
+    format: ExportFormat
+    after_position: int
+    def __init__(self, filter: _Optional[_Union[EventFilter, _Mapping]] = ..., format: _Optional[_Union[ExportFormat, str]] = ..., after_position: _Optional[int] = ...) -> None: ...
+
+class ExportEventsResponse(_message.Message):
+    __slots__ = ("data", "events", "last_position", "through_position")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_POSITION_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_POSITION_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    events: int
+    last_position: int
+    through_position: int
+    def __init__(self, data: _Optional[bytes] = ..., events: _Optional[int] = ..., last_position: _Optional[int] = ..., through_position: _Optional[int] = ...) -> None: ...
+
+class VerifyChainRequest(_message.Message):
+    __slots__ = ("tenant", "start_position", "end_position")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    START_POSITION_FIELD_NUMBER: _ClassVar[int]
+    END_POSITION_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    start_position: int
+    end_position: int
+    def __init__(self, tenant: _Optional[str] = ..., start_position: _Optional[int] = ..., end_position: _Optional[int] = ...) -> None: ...
+
+class VerifyChainResponse(_message.Message):
+    __slots__ = ("ok", "events_checked", "tenants", "checkpoint_heads_checked", "first_break")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_HEADS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    FIRST_BREAK_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    events_checked: int
+    tenants: int
+    checkpoint_heads_checked: int
+    first_break: ChainBreak
+    def __init__(self, ok: _Optional[bool] = ..., events_checked: _Optional[int] = ..., tenants: _Optional[int] = ..., checkpoint_heads_checked: _Optional[int] = ..., first_break: _Optional[_Union[ChainBreak, _Mapping]] = ...) -> None: ...
+
+class ChainBreak(_message.Message):
+    __slots__ = ("tenant", "position", "reason")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    position: int
+    reason: str
+    def __init__(self, tenant: _Optional[str] = ..., position: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CountEventsRequest(_message.Message):
     __slots__ = ("filter", "interval", "group_by")

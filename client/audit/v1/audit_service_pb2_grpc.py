@@ -45,6 +45,21 @@ class AuditServiceStub:
                 request_serializer=audit_dot_v1_dot_audit__service__pb2.GetEventRequest.SerializeToString,
                 response_deserializer=audit_dot_v1_dot_audit__service__pb2.GetEventResponse.FromString,
                 _registered_method=True)
+        self.ListResourceHistory = channel.unary_unary(
+                '/audit.v1.AuditService/ListResourceHistory',
+                request_serializer=audit_dot_v1_dot_audit__service__pb2.ListResourceHistoryRequest.SerializeToString,
+                response_deserializer=audit_dot_v1_dot_audit__service__pb2.ListResourceHistoryResponse.FromString,
+                _registered_method=True)
+        self.ExportEvents = channel.unary_stream(
+                '/audit.v1.AuditService/ExportEvents',
+                request_serializer=audit_dot_v1_dot_audit__service__pb2.ExportEventsRequest.SerializeToString,
+                response_deserializer=audit_dot_v1_dot_audit__service__pb2.ExportEventsResponse.FromString,
+                _registered_method=True)
+        self.VerifyChain = channel.unary_unary(
+                '/audit.v1.AuditService/VerifyChain',
+                request_serializer=audit_dot_v1_dot_audit__service__pb2.VerifyChainRequest.SerializeToString,
+                response_deserializer=audit_dot_v1_dot_audit__service__pb2.VerifyChainResponse.FromString,
+                _registered_method=True)
         self.CountEvents = channel.unary_unary(
                 '/audit.v1.AuditService/CountEvents',
                 request_serializer=audit_dot_v1_dot_audit__service__pb2.CountEventsRequest.SerializeToString,
@@ -69,7 +84,28 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetEvent(self, request, context):
-        """Returns one stored event by its event_id.
+        """Returns one stored event by its event_id, with the fields its change changed and a YAML diff.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListResourceHistory(self, request, context):
+        """Lists the events of one resource's stream in revision order, each with what it changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportEvents(self, request, context):
+        """Streams the events matching a filter, oldest first, as CSV, NDJSON or key=value log lines, in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyChain(self, request, context):
+        """Recomputes hash chains, checks them against the signed checkpoints and reports the first break.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +139,21 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.GetEvent,
                     request_deserializer=audit_dot_v1_dot_audit__service__pb2.GetEventRequest.FromString,
                     response_serializer=audit_dot_v1_dot_audit__service__pb2.GetEventResponse.SerializeToString,
+            ),
+            'ListResourceHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResourceHistory,
+                    request_deserializer=audit_dot_v1_dot_audit__service__pb2.ListResourceHistoryRequest.FromString,
+                    response_serializer=audit_dot_v1_dot_audit__service__pb2.ListResourceHistoryResponse.SerializeToString,
+            ),
+            'ExportEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportEvents,
+                    request_deserializer=audit_dot_v1_dot_audit__service__pb2.ExportEventsRequest.FromString,
+                    response_serializer=audit_dot_v1_dot_audit__service__pb2.ExportEventsResponse.SerializeToString,
+            ),
+            'VerifyChain': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyChain,
+                    request_deserializer=audit_dot_v1_dot_audit__service__pb2.VerifyChainRequest.FromString,
+                    response_serializer=audit_dot_v1_dot_audit__service__pb2.VerifyChainResponse.SerializeToString,
             ),
             'CountEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.CountEvents,
@@ -170,6 +221,87 @@ class AuditService:
             '/audit.v1.AuditService/GetEvent',
             audit_dot_v1_dot_audit__service__pb2.GetEventRequest.SerializeToString,
             audit_dot_v1_dot_audit__service__pb2.GetEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResourceHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audit.v1.AuditService/ListResourceHistory',
+            audit_dot_v1_dot_audit__service__pb2.ListResourceHistoryRequest.SerializeToString,
+            audit_dot_v1_dot_audit__service__pb2.ListResourceHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/audit.v1.AuditService/ExportEvents',
+            audit_dot_v1_dot_audit__service__pb2.ExportEventsRequest.SerializeToString,
+            audit_dot_v1_dot_audit__service__pb2.ExportEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyChain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audit.v1.AuditService/VerifyChain',
+            audit_dot_v1_dot_audit__service__pb2.VerifyChainRequest.SerializeToString,
+            audit_dot_v1_dot_audit__service__pb2.VerifyChainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -95,7 +95,7 @@ class Change(_message.Message):
     def __init__(self, before: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., after: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class AuditEvent(_message.Message):
-    __slots__ = ("event_id", "tenant", "action", "outcome", "actor", "resource", "parent_resource", "request", "cluster_id", "workspace_id", "message", "metadata", "change", "occurred_at", "trace_id", "span_id", "position", "recorded_at", "hash", "prev_hash")
+    __slots__ = ("event_id", "tenant", "action", "outcome", "actor", "resource", "parent_resource", "request", "cluster_id", "workspace_id", "message", "metadata", "change", "occurred_at", "trace_id", "span_id", "position", "recorded_at", "hash", "prev_hash", "stream_revision")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class AuditEvent(_message.Message):
     RECORDED_AT_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
     PREV_HASH_FIELD_NUMBER: _ClassVar[int]
+    STREAM_REVISION_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     tenant: str
     action: str
@@ -136,4 +137,5 @@ class AuditEvent(_message.Message):
     recorded_at: _timestamp_pb2.Timestamp
     hash: str
     prev_hash: str
-    def __init__(self, event_id: _Optional[str] = ..., tenant: _Optional[str] = ..., action: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., actor: _Optional[_Union[Subject, _Mapping]] = ..., resource: _Optional[_Union[Resource, _Mapping]] = ..., parent_resource: _Optional[_Union[Resource, _Mapping]] = ..., request: _Optional[_Union[RequestContext, _Mapping]] = ..., cluster_id: _Optional[str] = ..., workspace_id: _Optional[str] = ..., message: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., change: _Optional[_Union[Change, _Mapping]] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., position: _Optional[int] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hash: _Optional[str] = ..., prev_hash: _Optional[str] = ...) -> None: ...
+    stream_revision: int
+    def __init__(self, event_id: _Optional[str] = ..., tenant: _Optional[str] = ..., action: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., actor: _Optional[_Union[Subject, _Mapping]] = ..., resource: _Optional[_Union[Resource, _Mapping]] = ..., parent_resource: _Optional[_Union[Resource, _Mapping]] = ..., request: _Optional[_Union[RequestContext, _Mapping]] = ..., cluster_id: _Optional[str] = ..., workspace_id: _Optional[str] = ..., message: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., change: _Optional[_Union[Change, _Mapping]] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., position: _Optional[int] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hash: _Optional[str] = ..., prev_hash: _Optional[str] = ..., stream_revision: _Optional[int] = ...) -> None: ...

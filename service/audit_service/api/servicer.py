@@ -24,6 +24,7 @@ from ..core.records import micros_to_datetime
 from ..core.stored_event import row_to_event
 from ..errors import InvalidArgumentError, NotFoundError, PermissionDeniedError, UnavailableError
 from ..store import queries
+from . import export, history, verification
 from .auth import current_caller
 from .live_feed import LiveFeed
 from .tail import TailPlan, TailStream
@@ -100,6 +101,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         max_response_bytes: int,
         feed: LiveFeed | None = None,
         tail_config: TailConfig | None = None,
+        checkpoint_keys: verification.CheckpointKeys | None = None,
     ) -> None:
         """
         Args:
@@ -107,11 +109,13 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             max_response_bytes: the largest response message (AUDIT_MAX_RESPONSE_BYTES).
             feed: committed appends for TailEvents (UNAVAILABLE without one).
             tail_config: TailEvents settings.
+            checkpoint_keys: the public keys VerifyChain checks signed checkpoints with (none: not checked).
         """
         self._pool = pool
         self._max_response_bytes = max_response_bytes
         self._feed = feed
         self._tail_config = tail_config or TailConfig()
+        self._checkpoint_keys = checkpoint_keys
 
     def _where(self, request_filter: pb.EventFilter) -> tuple[Principal | None, Expr]:
         caller = current_caller()
@@ -161,6 +165,26 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         if row is None:  # also when it exists but the caller may not see it: its existence is not disclosed
             raise NotFoundError(f"event {event_id} not found")
         return pb.GetEventResponse(event=row_to_event(row))
+
+    async def ListResourceHistory(
+        self, request: pb.ListResourceHistoryRequest, context: aio.ServicerContext
+    ) -> pb.ListResourceHistoryResponse:
+        return await history.list_resource_history(
+            self._pool, request, current_caller(), max_response_bytes=self._max_response_bytes
+        )
+
+    async def ExportEvents(
+        self, request: pb.ExportEventsRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.ExportEventsResponse]:
+        _, where = self._where(request.filter)
+        async with contextlib.aclosing(
+            export.export_events(self._pool, request, where, max_response_bytes=self._max_response_bytes)
+        ) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def VerifyChain(self, request: pb.VerifyChainRequest, context: aio.ServicerContext) -> pb.VerifyChainResponse:
+        return await verification.verify_chain(self._pool, request, current_caller(), self._checkpoint_keys)
 
     async def CountEvents(self, request: pb.CountEventsRequest, context: aio.ServicerContext) -> pb.CountEventsResponse:
         if request.group_by not in _GROUP_BY:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .records import GENESIS_HASH, canonical_bytes, chain_hash, content_from_row, datetime_to_micros
+from .records import GENESIS_HASH, chain_hash, row_canonical_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +46,7 @@ class ChainVerifier:
             return ChainBreak(
                 tenant, position, "prev_hash is not the hash of the previous event (an event is missing or moved)"
             )
-        canonical = canonical_bytes(position, datetime_to_micros(row["recorded_at"]), content_from_row(row))
-        digest = chain_hash(prev_hash, canonical)
+        digest = chain_hash(prev_hash, row_canonical_bytes(row))
         if digest != bytes(row["hash"]):
             return ChainBreak(tenant, position, "hash does not match the event's content (the event was altered)")
         self._expected_prev = digest

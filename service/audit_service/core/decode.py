@@ -8,16 +8,18 @@ from typing import NamedTuple
 
 from audit.v1 import event_pb2
 from audit_client.errors import EventTooLargeError, InvalidEventError
-from audit_client.validation import Limits, clear_service_fields, validate_event
+from audit_client.validation import Limits, StructValues, clear_service_fields, validate_event
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from .masking import SecretMask
 from .records import Content, content_from_event
 from .tracecontext import parse_traceparent
 
 JSON_CONTENT_TYPE = "application/json"
 PROTOBUF_CONTENT_TYPES = frozenset({"", "application/x-protobuf", "application/protobuf"})
+DEFAULT_MASK = SecretMask()
 
 
 def _media_type(headers: Mapping[str, str] | None) -> str:
@@ -62,11 +64,18 @@ class DecodedEvent(NamedTuple):
     event: event_pb2.AuditEvent
     """The event as validated (service-owned fields cleared, trace ids completed)."""
     content: Content
-    """Its canonical content, ready to be appended."""
+    """Its canonical content, secrets masked, ready to be appended."""
 
 
-def decode_event(data: bytes, headers: Mapping[str, str] | None, *, now_seconds: float, limits: Limits) -> DecodedEvent:
-    """Decodes and validates one published event.
+def decode_event(
+    data: bytes,
+    headers: Mapping[str, str] | None,
+    *,
+    now_seconds: float,
+    limits: Limits,
+    mask: SecretMask = DEFAULT_MASK,
+) -> DecodedEvent:
+    """Decodes and validates one published event, and masks its secret-looking values.
 
     Protobuf unless the Content-Type header says application/json. Service-owned fields are discarded;
     trace_id and span_id come from the W3C traceparent header when the event has none.
@@ -84,5 +93,6 @@ def decode_event(data: bytes, headers: Mapping[str, str] | None, *, now_seconds:
         if parent is not None:
             event.trace_id = parent.trace_id
             event.span_id = parent.span_id
-    structs = validate_event(event, now_seconds=now_seconds, limits=limits)
+    metadata, before, after = validate_event(event, now_seconds=now_seconds, limits=limits)
+    structs = StructValues(mask.mask(metadata), mask.mask(before), mask.mask(after))
     return DecodedEvent(event, content_from_event(event, structs))

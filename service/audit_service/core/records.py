@@ -9,6 +9,11 @@ content gives the same bytes whether it comes from the producer's protobuf or is
     written as its shortest round-trip form (1.0, 0.1, 1e16), -0.0 is 0.0;
   * object keys are sorted.
 hash = SHA-256(prev_hash || canonical), prev_hash of a tenant's first event is 32 zero bytes.
+
+An event of a resource stream (one with a resource id) also has a stream revision, set by the service. Its
+encoding is version 2, with the revision last: ["audit.v1/2", position, recorded_at, *content, revision]. Events
+without one keep version 1, so events stored before streams existed verify unchanged, and a revision added to,
+removed from or changed on a stored event breaks its hash.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from audit_client.validation import (
 )
 
 CANONICAL_VERSION = "audit.v1/1"
+CANONICAL_VERSION_STREAM = "audit.v1/2"
 _SORT_KEYS = orjson.OPT_SORT_KEYS
 GENESIS_HASH = bytes(32)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -72,7 +78,7 @@ CONTENT_COLUMNS: tuple[str, ...] = (
 )
 """The event's content, in canonical order."""
 
-LOG_COLUMNS: tuple[str, ...] = ("position", "recorded_at", *CONTENT_COLUMNS, "prev_hash", "hash")
+LOG_COLUMNS: tuple[str, ...] = ("position", "recorded_at", *CONTENT_COLUMNS, "stream_revision", "prev_hash", "hash")
 """Columns of audit_events, in the order of the rows built here."""
 
 _STRUCT_COLUMNS = frozenset({"metadata", "change_before", "change_after"})
@@ -84,6 +90,9 @@ _TEXT_INDEXES = tuple(
     if name not in _STRUCT_COLUMNS and name not in _INT_COLUMNS and name not in ("event_id", "occurred_at")
 )
 _OCCURRED_AT_INDEX = CONTENT_COLUMNS.index("occurred_at")
+CHANGE_BEFORE_INDEX = CONTENT_COLUMNS.index("change_before")
+CHANGE_AFTER_INDEX = CONTENT_COLUMNS.index("change_after")
+METADATA_INDEX = CONTENT_COLUMNS.index("metadata")
 
 Content = tuple[Any, ...]
 """Values of CONTENT_COLUMNS in canonical form: str ("" for empty), int, dict | None, occurred_at in µs."""
@@ -163,9 +172,11 @@ def content_from_row(row: Mapping[str, Any]) -> Content:
     return tuple(values)
 
 
-def canonical_bytes(position: int, recorded_at_micros: int, content: Content) -> bytes:
-    """The bytes the hash chain covers for one event."""
-    return orjson.dumps([CANONICAL_VERSION, position, recorded_at_micros, *content], option=_SORT_KEYS)
+def canonical_bytes(position: int, recorded_at_micros: int, content: Content, revision: int | None = None) -> bytes:
+    """The bytes the hash chain covers for one event (with its stream revision, if it has one)."""
+    if revision is None:
+        return orjson.dumps([CANONICAL_VERSION, position, recorded_at_micros, *content], option=_SORT_KEYS)
+    return orjson.dumps([CANONICAL_VERSION_STREAM, position, recorded_at_micros, *content, revision], option=_SORT_KEYS)
 
 
 def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:
@@ -173,7 +184,12 @@ def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:
 
 
 def log_row(
-    position: int, recorded_at: dt.datetime, content: Content, prev_hash: bytes, hash_: bytes
+    position: int,
+    recorded_at: dt.datetime,
+    content: Content,
+    prev_hash: bytes,
+    hash_: bytes,
+    revision: int | None = None,
 ) -> tuple[Any, ...]:
     """A row of audit_events in LOG_COLUMNS order, with NULL for empty values, ready for COPY."""
     values: list[Any] = list(content)
@@ -184,30 +200,47 @@ def log_row(
         if values[index] is not None:
             values[index] = orjson.dumps(values[index]).decode()
     values[_OCCURRED_AT_INDEX] = micros_to_datetime(values[_OCCURRED_AT_INDEX])
-    return (position, recorded_at, *values, prev_hash, hash_)
+    return (position, recorded_at, *values, revision, prev_hash, hash_)
 
 
-def seal(position: int, recorded_at: dt.datetime, content: Content, prev_hash: bytes) -> tuple[bytes, tuple[Any, ...]]:
+def seal(
+    position: int, recorded_at: dt.datetime, content: Content, prev_hash: bytes, revision: int | None = None
+) -> tuple[bytes, tuple[Any, ...]]:
     """Hashes one event onto its tenant's chain; returns its hash and its row."""
-    _, digest, row = seal_canonical(position, recorded_at, content, prev_hash)
+    _, digest, row = seal_canonical(position, recorded_at, content, prev_hash, revision)
     return digest, row
 
 
 def seal_canonical(
-    position: int, recorded_at: dt.datetime, content: Content, prev_hash: bytes
+    position: int, recorded_at: dt.datetime, content: Content, prev_hash: bytes, revision: int | None = None
 ) -> tuple[bytes, bytes, tuple[Any, ...]]:
     """As seal(), also returning the canonical bytes the hash covers (the commit announcement carries them)."""
-    canonical = canonical_bytes(position, datetime_to_micros(recorded_at), content)
+    canonical = canonical_bytes(position, datetime_to_micros(recorded_at), content, revision)
     digest = chain_hash(prev_hash, canonical)
-    return canonical, digest, log_row(position, recorded_at, content, prev_hash, digest)
+    return canonical, digest, log_row(position, recorded_at, content, prev_hash, digest, revision)
+
+
+def parse_canonical(canonical: bytes) -> tuple[int, int, Content, int | None]:
+    """(position, recorded_at in µs, content, stream revision) of canonical bytes."""
+    version, position, recorded_at_micros, *content = orjson.loads(canonical)
+    if version == CANONICAL_VERSION:
+        return position, recorded_at_micros, tuple(content), None
+    if version == CANONICAL_VERSION_STREAM:
+        return position, recorded_at_micros, tuple(content[:-1]), content[-1]
+    raise ValueError(f"unknown canonical version {version!r}")
+
+
+def row_canonical_bytes(row: Mapping[str, Any]) -> bytes:
+    """The canonical bytes of a stored row (what its hash should cover)."""
+    return canonical_bytes(
+        row["position"], datetime_to_micros(row["recorded_at"]), content_from_row(row), row["stream_revision"]
+    )
 
 
 def row_from_canonical(canonical: bytes, prev_hash: bytes, hash_: bytes) -> tuple[Any, ...]:
     """The log row of an event given its canonical bytes and hashes (the inverse of seal_canonical)."""
-    version, position, recorded_at_micros, *content = orjson.loads(canonical)
-    if version != CANONICAL_VERSION:
-        raise ValueError(f"unknown canonical version {version!r}")
-    return log_row(position, micros_to_datetime(recorded_at_micros), tuple(content), prev_hash, hash_)
+    position, recorded_at_micros, content, revision = parse_canonical(canonical)
+    return log_row(position, micros_to_datetime(recorded_at_micros), content, prev_hash, hash_, revision)
 
 
 def columns_sql(prefix: str = "", columns: Sequence[str] = LOG_COLUMNS) -> str:

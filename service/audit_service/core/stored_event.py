@@ -65,6 +65,7 @@ def row_to_event(row: Row) -> event_pb2.AuditEvent:
         position=row["position"],
         hash=bytes(row["hash"]).hex(),
         prev_hash=bytes(row["prev_hash"]).hex(),
+        stream_revision=row["stream_revision"] or 0,
     )
     if row["metadata"] is not None:
         event.metadata.update(json.loads(row["metadata"]))

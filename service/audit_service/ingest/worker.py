@@ -157,10 +157,11 @@ class IngestWorker:
         """Decodes and validates a fetched batch: what can be appended, and what must be dead-lettered."""
         now = time.time()
         limits = self._config.ingest.limits
+        mask = self._config.ingest.mask
         batch = _Batch(msgs)
         for msg in msgs:
             try:
-                decoded = decode_event(msg.data, msg.headers, now_seconds=now, limits=limits)
+                decoded = decode_event(msg.data, msg.headers, now_seconds=now, limits=limits, mask=mask)
             except InvalidEventError as error:
                 batch.refused.append(_Refusal(msg, error.reason, error.field, error.detail))
             except Exception as error:  # a decoder bug must not wedge the stream: keep the message aside

@@ -1,5 +1,5 @@
-"""The append transaction: de-duplicate, assign positions in commit order, extend the hash chains, COPY,
-and add the batch to the count projections.
+"""The append transaction: de-duplicate, assign positions in commit order, advance the resource streams (and
+fill change.before from them), extend the hash chains, COPY, and add the batch to the projections.
 
 Every append locks the single audit_log_head row first and holds it until COMMIT, so appends are
 serialized: positions are gapless, and position order is commit order (a reader that has seen position P
@@ -12,13 +12,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
+import orjson
 
 from ..core.counts import ActionCounts, action_counts, hourly_counts
-from ..core.records import GENESIS_HASH, LOG_COLUMNS, Content, micros_to_datetime, seal_canonical
+from ..core.records import GENESIS_HASH, LOG_COLUMNS, Content, micros_to_datetime, normalize_json, seal_canonical
+from ..core.streams import StreamHead, StreamKey, advance, stream_key
 from ..errors import UnavailableError
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,17 @@ SELECT {RANKED_ACTION_COUNTS}
 FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::bigint[]) AS per_action (tenant, hour, action, events)
 GROUP BY tenant, hour
 {ADD_TO_ACTION_COUNTS}
+"""
+_READ_STREAM_HEADS = """
+SELECT h.tenant, h.resource_type, h.resource_id, h.revision, h.last_position, h.state::text AS state
+FROM unnest($1::text[], $2::text[], $3::text[]) AS k (tenant, resource_type, resource_id)
+JOIN audit_resource_heads AS h USING (tenant, resource_type, resource_id)
+"""
+_MOVE_STREAM_HEADS = """
+INSERT INTO audit_resource_heads (tenant, resource_type, resource_id, revision, last_position, state)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::jsonb[])
+ON CONFLICT (tenant, resource_type, resource_id) DO UPDATE
+SET revision = excluded.revision, last_position = excluded.last_position, state = excluded.state
 """
 _DATABASE_NOW = "SELECT greatest(clock_timestamp(), last_recorded_at) FROM audit_log_head"
 _ID_COLUMNS = ("event_id", "position", "recorded_at")
@@ -184,6 +197,8 @@ class LogAppender:
             known = await conn.fetchrow(_READ_KNOWN, list(batch), tenants)
             existing = set(known["existing_ids"])
             chain_heads: dict[str, bytes] = dict(zip(known["head_tenants"], known["head_hashes"], strict=True))
+            stream_heads = await _read_stream_heads(conn, batch.values(), existing)
+            moved_streams: set[StreamKey] = set()
 
             rows = []
             sealed = []
@@ -196,8 +211,14 @@ class LogAppender:
                     continue
                 position += 1
                 tenant = content[1]
+                revision = None
+                if (key := stream_key(content)) is not None:
+                    content, head = advance(stream_heads.get(key), content, position)
+                    stream_heads[key] = head
+                    moved_streams.add(key)
+                    revision = head.revision
                 prev_hash = chain_heads.get(tenant, GENESIS_HASH)
-                canonical, digest, row = seal_canonical(position, recorded_at, content, prev_hash)
+                canonical, digest, row = seal_canonical(position, recorded_at, content, prev_hash, revision)
                 sealed.append(SealedEvent(tenant, canonical, prev_hash, digest))
                 chain_heads[tenant] = digest
                 tenant_last_position[tenant] = position
@@ -218,6 +239,39 @@ class LogAppender:
                 [tenant_last_position[tenant] for tenant in moved],
                 [chain_heads[tenant] for tenant in moved],
             )
+            if moved_streams:
+                await _move_stream_heads(conn, sorted(moved_streams), stream_heads)
             await add_counts(conn, hourly_counts(appended))
             await add_action_counts(conn, action_counts(appended))
         return AppendResult(prev_position, position, 0, tuple(sealed))
+
+
+async def _read_stream_heads(
+    conn: asyncpg.Connection, contents: Iterable[Content], existing: set[str]
+) -> dict[StreamKey, StreamHead]:
+    """The current heads of the streams the batch's new events belong to."""
+    keys = sorted({key for content in contents if content[0] not in existing and (key := stream_key(content))})
+    if not keys:
+        return {}
+    rows = await conn.fetch(_READ_STREAM_HEADS, *(list(column) for column in zip(*keys, strict=True)))
+    return {
+        (row["tenant"], row["resource_type"], row["resource_id"]): StreamHead(
+            row["revision"],
+            row["last_position"],
+            None if row["state"] is None else normalize_json(orjson.loads(row["state"])),
+        )
+        for row in rows
+    }
+
+
+async def _move_stream_heads(
+    conn: asyncpg.Connection, keys: Sequence[StreamKey], heads: Mapping[StreamKey, StreamHead]
+) -> None:
+    moved = [heads[key] for key in keys]
+    await conn.execute(
+        _MOVE_STREAM_HEADS,
+        *(list(column) for column in zip(*keys, strict=True)),
+        [head.revision for head in moved],
+        [head.last_position for head in moved],
+        [None if head.state is None else orjson.dumps(head.state).decode() for head in moved],
+    )

@@ -1,8 +1,10 @@
 """Rebuilding read models from the log: `audit-service rebuild-projections`.
 
-The count projections are normally kept by the append transaction (store/append.py). A rebuild recomputes
-them from audit_events alone, in position chunks, inside one transaction that holds the log head: appends
-wait meanwhile, readers keep reading the old rows until COMMIT.
+The projections (hourly counts, per-action counts, resource stream heads) are normally kept by the append
+transaction (store/append.py). A rebuild recomputes them from audit_events alone (the stream heads from
+audit_resource_baseline, the streams as they stood before the oldest retained event, then the log), in
+position chunks, inside one transaction that holds the log head: appends wait meanwhile, readers keep
+reading the old rows until COMMIT.
 """
 
 from __future__ import annotations
@@ -39,6 +41,47 @@ GROUP BY tenant, hour
 """
 
 
+# Folds the stream events of (low, high] of a source table into a table of stream heads, by the rule of
+# core/streams.py: the latest revision and position, and the change.after of the latest event with a change
+# (the head's own state when no event of the range has one).
+_FOLD_STREAMS = """
+WITH stream_events AS (
+    SELECT tenant, coalesce(resource_type, '') AS resource_type, resource_id, position, stream_revision,
+           change_after, change_before IS NOT NULL OR change_after IS NOT NULL AS changed
+    FROM {source}
+    WHERE position > $1 AND position <= $2 AND stream_revision IS NOT NULL
+), latest AS (
+    SELECT DISTINCT ON (tenant, resource_type, resource_id)
+           tenant, resource_type, resource_id, stream_revision, position
+    FROM stream_events
+    ORDER BY tenant, resource_type, resource_id, position DESC
+), last_change AS (
+    SELECT DISTINCT ON (tenant, resource_type, resource_id) tenant, resource_type, resource_id, change_after
+    FROM stream_events
+    WHERE changed
+    ORDER BY tenant, resource_type, resource_id, position DESC
+)
+INSERT INTO {target} (tenant, resource_type, resource_id, revision, last_position, state)
+SELECT l.tenant, l.resource_type, l.resource_id, l.stream_revision, l.position,
+       CASE WHEN c.resource_id IS NOT NULL THEN c.change_after ELSE h.state END
+FROM latest AS l
+LEFT JOIN last_change AS c USING (tenant, resource_type, resource_id)
+LEFT JOIN {target} AS h USING (tenant, resource_type, resource_id)
+ON CONFLICT (tenant, resource_type, resource_id) DO UPDATE
+SET revision = excluded.revision, last_position = excluded.last_position, state = excluded.state
+"""
+
+
+async def fold_streams(conn: asyncpg.Connection, *, source: str, target: str, low: int, high: int) -> None:
+    """Folds the stream events with positions in (low, high] of `source` into the heads in `target`.
+
+    Args:
+        source: audit_events or one of its partitions (a trusted identifier, not user input).
+        target: audit_resource_heads or audit_resource_baseline.
+    """
+    await conn.execute(_FOLD_STREAMS.format(source=source, target=target), low, high)
+
+
 @dataclass(frozen=True, slots=True)
 class RebuildReport:
     events: int
@@ -47,13 +90,15 @@ class RebuildReport:
     """Rows of the rebuilt audit_counts_hourly."""
     action_rows: int
     """Rows of the rebuilt audit_action_counts_hourly."""
+    streams: int
+    """Rows of the rebuilt audit_resource_heads."""
 
 
-async def rebuild_count_projection(
+async def rebuild_projections(
     conn: asyncpg.Connection, *, chunk_size: int = 100_000, on_progress: Callable[[int, int], None] | None = None
 ) -> RebuildReport:
-    """Replaces the count projections (audit_counts_hourly, audit_action_counts_hourly) with counts
-    recomputed from the log.
+    """Replaces the projections (audit_counts_hourly, audit_action_counts_hourly, audit_resource_heads) with
+    their values recomputed from the log.
 
     Args:
         conn: a connection of the schema owner.
@@ -66,14 +111,18 @@ async def rebuild_count_projection(
         first_position = await conn.fetchval("SELECT coalesce(min(position), 1) FROM audit_events")
         await conn.execute("DELETE FROM audit_counts_hourly")
         await conn.execute("DELETE FROM audit_action_counts_hourly")
+        await conn.execute("DELETE FROM audit_resource_heads")
+        await conn.execute("INSERT INTO audit_resource_heads SELECT * FROM audit_resource_baseline")
         for low in range(first_position - 1, last_position, chunk_size):
             high = min(low + chunk_size, last_position)
             await conn.execute(_ADD_CHUNK, low, high)
             await conn.execute(_ADD_ACTION_CHUNK, low, high)
+            await fold_streams(conn, source="audit_events", target="audit_resource_heads", low=low, high=high)
             if on_progress is not None:
                 on_progress(high - first_position + 1, last_position - first_position + 1)
-        events, rows, action_rows = await conn.fetchrow(
+        events, rows, action_rows, streams = await conn.fetchrow(
             "SELECT (SELECT coalesce(sum(events), 0) FROM audit_counts_hourly), "
-            "(SELECT count(*) FROM audit_counts_hourly), (SELECT count(*) FROM audit_action_counts_hourly)"
+            "(SELECT count(*) FROM audit_counts_hourly), (SELECT count(*) FROM audit_action_counts_hourly), "
+            "(SELECT count(*) FROM audit_resource_heads)"
         )
-    return RebuildReport(events=int(events), rows=rows, action_rows=action_rows)
+    return RebuildReport(events=int(events), rows=rows, action_rows=action_rows, streams=streams)

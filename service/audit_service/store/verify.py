@@ -70,3 +70,17 @@ def _check_head(verifier: ChainVerifier, tenant: str, heads: dict[str, asyncpg.R
     if head is None:
         return ChainBreak(tenant, 0, "the tenant has events but no chain head")
     return verifier.check_head(tenant, head["last_position"], head["last_hash"])
+
+
+async def verify_command(config, args) -> int:
+    """`audit-service verify`: prints one line, exit status 0 when the chains check out, 1 when not."""
+    conn = await asyncpg.connect(config.database.url)
+    try:
+        report = await verify_log(conn, tenant=args.tenant)
+    finally:
+        await conn.close()
+    if report.ok:
+        print(f"ok: {report.checked} events in {report.tenants} tenant chains verified")
+        return 0
+    print(f"FAILED after {report.checked} events: {report.first_break}")
+    return 1

@@ -1,0 +1,50 @@
+"""Masking of secret-looking values in an event's metadata and states, before the event is hashed and stored.
+Pure.
+
+A key is secret-looking when the rule (a regular expression) is found in the key folded to lower case with
+'-', '_', '.' and spaces removed: "apiKey", "api-key" and "API_KEY" all fold to "apikey". The whole value under
+such a key is replaced, whatever its type, at any depth (also inside lists).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_SECRET_KEYS = r"password|passwd|passphrase|secret|token|apikey|privatekey|credential"
+"""Found in a folded key, it marks the key's value as a secret (AUDIT_SECRET_KEYS overrides it)."""
+MASK = "[MASKED]"
+"""What a masked value is stored as."""
+
+_FOLDED_OUT = str.maketrans("", "", "-_. ")
+
+
+@dataclass(frozen=True, slots=True)
+class SecretMask:
+    """Replaces the values of secret-looking keys."""
+
+    rule: re.Pattern[str] = re.compile(DEFAULT_SECRET_KEYS, re.IGNORECASE)
+
+    def is_secret(self, key: str) -> bool:
+        return self.rule.search(key.lower().translate(_FOLDED_OUT)) is not None
+
+    def mask(self, value: Any) -> Any:
+        """The value with every secret-looking key's value masked (the same object when nothing is)."""
+        if isinstance(value, dict):
+            masked = {}
+            changed = False
+            for key, item in value.items():
+                new = MASK if self.is_secret(key) else self.mask(item)
+                changed = changed or new is not item
+                masked[key] = new
+            return masked if changed else value
+        if isinstance(value, list):
+            items = [self.mask(item) for item in value]
+            return items if any(new is not old for new, old in zip(items, value, strict=True)) else value
+        return value
+
+
+def compile_secret_keys(rule: str) -> SecretMask:
+    """A mask from a rule; raises re.error when the rule is not a regular expression."""
+    return SecretMask(re.compile(rule, re.IGNORECASE))
