@@ -22,9 +22,14 @@ class ChainBreak:
 
 
 class ChainVerifier:
-    """Recomputes each tenant's chain; rows must arrive grouped by tenant, in position order."""
+    """Recomputes each tenant's chain; rows must arrive grouped by tenant, in position order.
 
-    def __init__(self) -> None:
+    A tenant with an anchor (the position and hash of its last event archived and dropped by retention) starts
+    from it instead of the genesis hash.
+    """
+
+    def __init__(self, anchors: Mapping[str, tuple[int, bytes]] | None = None) -> None:
+        self._anchors = anchors or {}
         self._tenant: str | None = None
         self._expected_prev = GENESIS_HASH
         self._last_position = 0
@@ -36,8 +41,7 @@ class ChainVerifier:
         position = row["position"]
         if tenant != self._tenant:
             self._tenant = tenant
-            self._expected_prev = GENESIS_HASH
-            self._last_position = 0
+            self._last_position, self._expected_prev = self._anchors.get(tenant, (0, GENESIS_HASH))
         self.checked += 1
         if position <= self._last_position:
             return ChainBreak(tenant, position, f"position does not follow {self._last_position}")

@@ -26,7 +26,7 @@ from ..errors import UnavailableError
 log = logging.getLogger(__name__)
 
 _LOCK_HEAD = """
-SELECT last_position, greatest(clock_timestamp(), last_recorded_at) AS recorded_at
+SELECT last_position, greatest(coalesce($1, clock_timestamp()), last_recorded_at) AS recorded_at
 FROM audit_log_head FOR UPDATE
 """
 _READ_KNOWN = """
@@ -155,12 +155,16 @@ class LogAppender:
                 log.debug("partition %s is in place", name)
                 self._ensured_months.add(month)
 
-    async def append(self, conn: asyncpg.Connection, contents: Sequence[Content]) -> AppendResult:
+    async def append(
+        self, conn: asyncpg.Connection, contents: Sequence[Content], *, recorded_at: dt.datetime | None = None
+    ) -> AppendResult:
         """Stores the events not stored yet, in one transaction, in the given order.
 
         Args:
             conn: a connection of the service role.
             contents: canonical contents of validated events (core.decode / core.records).
+            recorded_at: the time to record instead of the database's clock, for importing history (and tests
+                that need a log spanning months). Never before the log's last recorded_at: it is raised to it.
 
         Idempotent on event_id: events already in the log (whenever they were stored) and repeats within
         the batch are skipped and counted as duplicates.
@@ -168,9 +172,9 @@ class LogAppender:
         batch: dict[str, Content] = {}
         for content in contents:
             batch.setdefault(content[0], content)
-        await self.ensure_partitions(conn, dt.datetime.now(dt.UTC))
+        await self.ensure_partitions(conn, recorded_at or dt.datetime.now(dt.UTC))
         try:
-            result = await self._append_once(conn, batch)
+            result = await self._append_once(conn, batch, recorded_at)
         except asyncpg.CheckViolationError as error:
             if _NO_PARTITION not in str(error):
                 raise
@@ -180,7 +184,7 @@ class LogAppender:
             database_now = await conn.fetchval(_DATABASE_NOW)
             await self.ensure_partitions(conn, database_now)
             try:
-                result = await self._append_once(conn, batch)
+                result = await self._append_once(conn, batch, recorded_at)
             except asyncpg.CheckViolationError as again:
                 if _NO_PARTITION not in str(again):
                     raise
@@ -188,9 +192,11 @@ class LogAppender:
                 raise UnavailableError(f"no partition for recorded_at {database_now.isoformat()}") from again
         return dataclasses.replace(result, duplicates=len(contents) - result.appended)
 
-    async def _append_once(self, conn: asyncpg.Connection, batch: dict[str, Content]) -> AppendResult:
+    async def _append_once(
+        self, conn: asyncpg.Connection, batch: dict[str, Content], recorded_at_override: dt.datetime | None
+    ) -> AppendResult:
         async with conn.transaction():
-            head = await conn.fetchrow(_LOCK_HEAD)
+            head = await conn.fetchrow(_LOCK_HEAD, recorded_at_override)
             prev_position: int = head["last_position"]
             recorded_at: dt.datetime = head["recorded_at"]
             tenants = sorted({content[1] for content in batch.values()})
