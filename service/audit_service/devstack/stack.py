@@ -16,7 +16,8 @@ import asyncpg
 
 from ..api.server import RunningServer
 from ..auth.tokens import mint_token
-from ..config import AuthConfig, Config, DatabaseConfig, parse_grpc_address
+from ..config import AuthConfig, CheckpointConfig, Config, DatabaseConfig, RetentionConfig, parse_grpc_address
+from ..core.signing import generate_private_key_pem
 from ..runtime import run_api, run_ingest, run_migrate
 from .nats import NatsServer
 from .postgres import EmbeddedPostgres
@@ -48,6 +49,25 @@ def dev_auth(auth: AuthConfig, data_dir: Path) -> AuthConfig:
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_urlsafe(48))
     return dataclasses.replace(auth, jwt_secret=secret_file.read_text().strip())
+
+
+def dev_checkpoints(checkpoints: CheckpointConfig, data_dir: Path) -> CheckpointConfig:
+    """The configured checkpoint key, or (when none is) an Ed25519 key generated into the data directory."""
+    if checkpoints.signing_key_file:
+        return checkpoints
+    key_file = data_dir / "checkpoint-signing-key.pem"
+    if not key_file.exists():
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(generate_private_key_pem())
+    return dataclasses.replace(checkpoints, signing_key_file=str(key_file))
+
+
+def dev_retention(retention: RetentionConfig, data_dir: Path) -> RetentionConfig:
+    """Archives go to the data directory unless AUDIT_ARCHIVE_DIR says otherwise."""
+    if os.environ.get("AUDIT_ARCHIVE_DIR"):
+        return retention
+    return dataclasses.replace(retention, archive_dir=str(data_dir / "archives"))
 
 
 async def prepare_database(postgres: EmbeddedPostgres) -> tuple[str, str]:
@@ -131,6 +151,8 @@ async def run_dev(
             database=DatabaseConfig(url=app_url, migrate_url=owner_url, pool_max_size=config.database.pool_max_size),
             nats=dataclasses.replace(config.nats, url=nats_server.url),
             auth=dev_auth(config.auth, settings.data_dir),
+            checkpoints=dev_checkpoints(config.checkpoints, settings.data_dir),
+            retention=dev_retention(config.retention, settings.data_dir),
         )
         await run_migrate(config)
         await grant_app_role(owner_url)
