@@ -28,6 +28,8 @@ from audit_service.core.records import (
     log_row,
     micros_to_datetime,
     normalize_json,
+    parse_canonical,
+    row_canonical_bytes,
     seal,
     struct_to_python,
     timestamp_micros,
@@ -274,6 +276,26 @@ def test_canonical_bytes_changes_with_position_and_recorded_at() -> None:
     original = canonical_bytes(7, RECORDED_MICROS, SAMPLE_CONTENT)
     assert canonical_bytes(8, RECORDED_MICROS, SAMPLE_CONTENT) != original
     assert canonical_bytes(7, RECORDED_MICROS + 1, SAMPLE_CONTENT) != original
+
+
+def test_a_stream_revision_is_hashed_and_changes_the_version() -> None:
+    """Events of a resource stream are encoded as version 2 with their revision last; events without one keep
+    version 1 byte for byte, so a revision added to, removed from or changed on a stored event breaks its hash."""
+    without = canonical_bytes(7, RECORDED_MICROS, SAMPLE_CONTENT)
+    with_revision = canonical_bytes(7, RECORDED_MICROS, SAMPLE_CONTENT, 3)
+    assert json.loads(without)[0] == "audit.v1/1" and json.loads(with_revision)[0] == "audit.v1/2"
+    assert json.loads(with_revision)[-1] == 3 and json.loads(with_revision)[1:-1] == json.loads(without)[1:]
+    hashes = {chain_hash(GENESIS_HASH, encoded) for encoded in (without, with_revision)}
+    hashes.add(chain_hash(GENESIS_HASH, canonical_bytes(7, RECORDED_MICROS, SAMPLE_CONTENT, 4)))
+    assert len(hashes) == 3
+    assert parse_canonical(with_revision) == (7, RECORDED_MICROS, SAMPLE_CONTENT, 3)
+    assert parse_canonical(without) == (7, RECORDED_MICROS, SAMPLE_CONTENT, None)
+    _, row = seal(7, micros_to_datetime(RECORDED_MICROS), SAMPLE_CONTENT, GENESIS_HASH, 3)
+    stored = dict(zip(LOG_COLUMNS, row, strict=True))
+    assert stored["stream_revision"] == 3
+    assert row_canonical_bytes(stored) == with_revision
+    with pytest.raises(ValueError, match="unknown canonical version"):
+        parse_canonical(with_revision.replace(b"audit.v1/2", b"audit.v1/9"))
 
 
 def test_canonical_bytes_is_compact_sorted_json() -> None:
