@@ -164,7 +164,9 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         row = await queries.get_event(self._pool, event_id, scope.expr())
         if row is None:  # also when it exists but the caller may not see it: its existence is not disclosed
             raise NotFoundError(f"event {event_id} not found")
-        return pb.GetEventResponse(event=row_to_event(row))
+        response = pb.GetEventResponse(event=row_to_event(row))
+        history.fill_diff(response, row)
+        return response
 
     async def ListResourceHistory(
         self, request: pb.ListResourceHistoryRequest, context: aio.ServicerContext
