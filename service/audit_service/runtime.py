@@ -19,6 +19,7 @@ from .api.server import RunningServer, start_server
 from .config import Config
 from .errors import UnavailableError
 from .ingest.worker import IngestWorker
+from .store.checkpoints import PeriodicCheckpointer, checkpoint_verifiers
 from .store.migrate import migrate
 from .store.pool import create_pool
 
@@ -91,10 +92,12 @@ async def run_migrate(config: Config) -> list[str]:
 
 
 async def run_ingest(config: Config, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> IngestWorker:
-    """Runs one ingest worker until `stop` is set."""
+    """Runs one ingest worker until `stop` is set (signing checkpoints periodically when a key is configured)."""
+    checkpointer = PeriodicCheckpointer.from_config(config.checkpoints)  # a bad key fails before connecting
     async with (
         database_pool(config.database.url, max_size=2) as pool,
         nats_connection(config, "audit-ingest") as nc,
+        checkpointer.running(pool),
     ):
         worker = IngestWorker(config, nc, pool)
         await worker.run(stop, ready=ready)
@@ -106,6 +109,7 @@ async def run_api(
 ) -> None:
     """Serves the gRPC API until `stop` is set, then shuts down gracefully."""
     config.auth.require_verification()  # before connecting to anything
+    checkpoint_keys = checkpoint_verifiers(config.checkpoints)
     async with (
         database_pool(
             config.database.url,
@@ -120,7 +124,9 @@ async def run_api(
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError) as error:
             raise StartupError(f"cannot read the log's head from PostgreSQL: {error}") from None
         try:
-            running = await start_server(config.api, config.auth, pool, feed=feed, tail=config.tail)
+            running = await start_server(
+                config.api, config.auth, pool, feed=feed, tail=config.tail, checkpoint_keys=checkpoint_keys
+            )
             # What start-up allocated (modules, descriptors, the server) lives as long as the process: keep it
             # out of the collector's full passes, which otherwise show up as latency spikes on large responses.
             gc.freeze()

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..auth.tokens import TokenVerifier
 from ..config import ApiConfig, AuthConfig, TailConfig
+from ..core.signing import Verifier
 from ..errors import ConfigError
 from .auth import AuthInterceptor
 from .errors import ErrorMappingInterceptor
@@ -89,17 +90,26 @@ async def start_server(
     *,
     feed: LiveFeed | None = None,
     tail: TailConfig | None = None,
+    checkpoint_keys: tuple[Verifier, ...] = (),
 ) -> RunningServer:
     """Starts serving; the caller stops it with `RunningServer.stop`.
 
     Args:
         feed: a started live feed for TailEvents (without one, TailEvents is UNAVAILABLE).
+        checkpoint_keys: the public keys VerifyChain checks signed checkpoints with.
     """
     _quiet_client_disconnects()
     # The error mapper comes first, so it also turns authentication failures into statuses.
     server = aio.server(interceptors=[ErrorMappingInterceptor(), AuthInterceptor(token_verifier(auth), SERVICE_NAME)])
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-        AuditServicer(pool, max_response_bytes=config.max_response_bytes, feed=feed, tail_config=tail), server
+        AuditServicer(
+            pool,
+            max_response_bytes=config.max_response_bytes,
+            feed=feed,
+            tail_config=tail,
+            checkpoint_keys=checkpoint_keys,
+        ),
+        server,
     )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

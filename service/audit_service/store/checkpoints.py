@@ -1,1 +1,156 @@
-"""Placeholder: being written."""
+"""Signed checkpoints of the chain heads: taken on demand (`audit-service checkpoint`) and periodically by the
+ingest worker, stored in audit_checkpoints, exported as JSON lines for parties that keep them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from ..config import CheckpointConfig, Config
+from ..core.checkpoints import (
+    ChainHead,
+    Checkpoint,
+    parse_json_line,
+    parse_json_lines,
+    sign_checkpoint,
+    to_json_line,
+)
+from ..core.signing import Signer, Verifier, load_signer, load_verifier
+from ..errors import ConfigError
+from .pool import acquire
+
+__all__ = [
+    "Checkpoint",
+    "PeriodicCheckpointer",
+    "checkpoint_command",
+    "checkpoint_verifiers",
+    "parse_json_line",
+    "parse_json_lines",
+    "take_checkpoint",
+    "to_json_line",
+]
+
+log = logging.getLogger(__name__)
+
+_INSERT = """
+INSERT INTO audit_checkpoints (log_position, created_at, statement, key_id, signature)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (log_position) DO NOTHING
+"""
+_SELECT = "SELECT statement, key_id, signature FROM audit_checkpoints WHERE log_position = $1"
+
+
+async def take_checkpoint(conn: asyncpg.Connection, signer: Signer) -> Checkpoint:
+    """Signs and stores a checkpoint of every tenant's chain head, read in one snapshot.
+
+    When no event was stored since the latest checkpoint (or another worker signed this log position first),
+    that checkpoint is returned instead of a new one.
+    """
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        log_position = await conn.fetchval("SELECT last_position FROM audit_log_head")
+        existing = await conn.fetchrow(_SELECT, log_position)
+        if existing is not None:
+            return _from_row(existing)
+        heads = {
+            row["tenant"]: ChainHead(row["last_position"], bytes(row["last_hash"]))
+            for row in await conn.fetch("SELECT tenant, last_position, last_hash FROM audit_chain_heads ORDER BY 1")
+        }
+    created_at = dt.datetime.now(dt.UTC)
+    checkpoint = sign_checkpoint(signer, log_position, created_at, heads)
+    # Outside the snapshot: two workers may sign the same position; the first one stored stands.
+    status = await conn.execute(
+        _INSERT, log_position, created_at, checkpoint.statement, checkpoint.key_id, checkpoint.signature
+    )
+    if status.endswith(" 0"):
+        return _from_row(await conn.fetchrow(_SELECT, log_position))
+    return checkpoint
+
+
+def _from_row(row: asyncpg.Record) -> Checkpoint:
+    return Checkpoint(statement=bytes(row["statement"]), key_id=row["key_id"], signature=bytes(row["signature"]))
+
+
+def checkpoint_signer(config: CheckpointConfig) -> Signer | None:
+    """The key checkpoints are signed with (None when unset); ConfigError (one line) when unusable."""
+    return load_signer(config.signing_key_file) if config.signing_key_file else None
+
+
+def checkpoint_verifiers(config: CheckpointConfig) -> tuple[Verifier, ...]:
+    """The public keys checkpoints are verified with: AUDIT_CHECKPOINT_VERIFY_KEY_FILE, else the signing key's
+    public half, else none (checkpoints are not checked)."""
+    if config.verify_key_file:
+        return (load_verifier(config.verify_key_file),)
+    if config.signing_key_file:
+        return (load_signer(config.signing_key_file).verifier,)
+    return ()
+
+
+class PeriodicCheckpointer:
+    """Signs a checkpoint every `interval_seconds` while running (nothing without a signing key). A failure
+    is logged and retried at the next interval; it never stops the process it runs in."""
+
+    def __init__(self, signer: Signer | None, interval_seconds: float) -> None:
+        self._signer = signer
+        self._interval = interval_seconds
+        self.taken = 0
+        """Checkpoints signed or found current so far."""
+
+    @classmethod
+    def from_config(cls, config: CheckpointConfig) -> PeriodicCheckpointer:
+        """Raises ConfigError when the signing key file is unusable (before anything connects)."""
+        return cls(checkpoint_signer(config), config.interval_seconds)
+
+    @contextlib.asynccontextmanager
+    async def running(self, pool: asyncpg.Pool) -> AsyncIterator[None]:
+        if self._signer is None:
+            yield
+            return
+        log.info("signing checkpoints of the chain heads every %.0f s with key %s", self._interval, self._signer.key_id)
+        task = asyncio.create_task(self._run(pool, self._signer), name="audit-checkpointer")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self, pool: asyncpg.Pool, signer: Signer) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                async with acquire(pool) as conn:
+                    checkpoint = await take_checkpoint(conn, signer)
+                self.taken += 1
+                log.debug("checkpoint at log position %d", checkpoint.parsed().log_position)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a checkpoint is retried at the next interval; ingest goes on
+                log.warning("cannot sign a checkpoint of the chain heads: %s: %s", type(error).__name__, error)
+
+
+async def checkpoint_command(config: Config, args: argparse.Namespace) -> int:
+    """`audit-service checkpoint`: signs a checkpoint now, prints it as a JSON line and appends it to --output."""
+    signer = checkpoint_signer(config.checkpoints)
+    if signer is None:
+        raise ConfigError("AUDIT_CHECKPOINT_SIGNING_KEY_FILE", "is required to sign checkpoints")
+    conn = await asyncpg.connect(config.database.url)
+    try:
+        checkpoint = await take_checkpoint(conn, signer)
+    finally:
+        await conn.close()
+    line = to_json_line(checkpoint)
+    if args.output:
+        await asyncio.to_thread(_append_line, args.output, line)
+    print(line)
+    return 0
+
+
+def _append_line(path: str, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as output:
+        output.write(line + "\n")

@@ -1,13 +1,20 @@
-"""Verification of the stored hash chains against the log."""
+"""Verification of the stored hash chains against the log, and against signed checkpoints of their heads."""
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
-from ..core.chain import ChainBreak, ChainVerifier
+from ..config import Config
+from ..core.chain import ChainBreak, ChainVerifier, CheckpointHeads
+from ..core.checkpoints import Checkpoint, parse_json_lines, signature_problem
 from ..core.records import columns_sql
+from ..core.signing import Verifier
+from ..errors import ConfigError
+from .checkpoints import checkpoint_verifiers
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,47 +22,129 @@ class VerifyReport:
     checked: int
     """Events whose hashes were recomputed."""
     tenants: int
+    """Tenant chains with events in the verified range."""
     first_break: ChainBreak | None
+    checkpoint_heads_checked: int = 0
+    """Chain heads of signed checkpoints compared with the recomputed chains."""
+    checkpoints: int = 0
+    """Signed checkpoints whose signatures were verified."""
 
     @property
     def ok(self) -> bool:
         return self.first_break is None
 
 
-async def verify_log(conn: asyncpg.Connection, *, tenant: str | None = None) -> VerifyReport:
-    """Recomputes every tenant's chain (or one tenant's) and compares it with the stored hashes and heads.
-    Chains whose oldest events were archived by retention start from their anchors (audit_chain_anchors).
+_STARTS_BEFORE = """
+SELECT h.tenant, e.position, e.hash
+FROM audit_chain_heads AS h
+CROSS JOIN LATERAL (
+    SELECT position, hash FROM audit_events
+    WHERE tenant = h.tenant AND position < $1
+    ORDER BY position DESC LIMIT 1
+) AS e
+"""
 
-    Reads in a REPEATABLE READ snapshot, streaming rows with a server-side cursor.
+
+async def verify_log(
+    conn: asyncpg.Connection,
+    *,
+    tenant: str | None = None,
+    from_position: int = 0,
+    to_position: int = 0,
+    verifiers: Sequence[Verifier] = (),
+    external_checkpoints: Iterable[Checkpoint] = (),
+) -> VerifyReport:
+    """Recomputes every tenant's chain (or one tenant's) and compares it with the stored hashes and heads, and
+    with the chain heads of the signed checkpoints (audit_checkpoints and `external_checkpoints`).
+
+    Chains whose oldest events were archived by retention start from their anchors (audit_chain_anchors); with
+    `from_position`, each chain starts from the stored hash of its last event before it. The recorded chain
+    heads are compared only when the range reaches the end of the log. Checkpoints are checked only with
+    `verifiers` (the public keys they must be signed with); a bad signature is a break.
+
+    Reads in a REPEATABLE READ snapshot, streaming rows with a server-side cursor; memory grows with the
+    tenants and the distinct checkpoint heads, not with the events.
+
+    Args:
+        from_position: only events at or after this position (0: from the first one retained).
+        to_position: only events at or before this position (0: up to the last one).
     """
-    tenant_filter = "WHERE tenant = $1" if tenant is not None else ""
-    args = [tenant] if tenant is not None else []
+    if from_position < 0 or to_position < 0 or (to_position and from_position > to_position):
+        raise ValueError(f"bad position range {from_position}..{to_position}")
+    external_checkpoints = list(external_checkpoints)
+    if external_checkpoints and not verifiers:
+        raise ValueError("external checkpoints need the public key they are signed with")
+    args: list[object] = []
+    tenant_filter = ""
+    if tenant is not None:
+        args.append(tenant)
+        tenant_filter = "WHERE tenant = $1"
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        anchors = {
+        log_head = await conn.fetchval("SELECT last_position FROM audit_log_head")
+        reaches_end = not to_position or to_position >= log_head
+        starts = {
             row["tenant"]: (row["position"], bytes(row["hash"]))
             for row in await conn.fetch(
                 f"SELECT tenant, position, hash FROM audit_chain_anchors {tenant_filter}", *args
             )
         }
-        verifier = ChainVerifier(anchors)
-        heads = {
-            row["tenant"]: row
-            for row in await conn.fetch(
-                f"SELECT tenant, last_position, last_hash FROM audit_chain_heads {tenant_filter}", *args
+        if from_position > 1:
+            query = _STARTS_BEFORE + (" WHERE h.tenant = $2" if tenant is not None else "")
+            for row in await conn.fetch(query, from_position, *args):
+                starts[row["tenant"]] = (row["position"], bytes(row["hash"]))
+
+        heads = CheckpointHeads()
+        checkpoints = 0
+        first_break: ChainBreak | None = None
+        if verifiers:
+            stored = conn.cursor(
+                "SELECT log_position, statement, key_id, signature FROM audit_checkpoints ORDER BY log_position"
             )
-        }
+            async for row in stored:
+                checkpoint = Checkpoint(bytes(row["statement"]), row["key_id"], bytes(row["signature"]))
+                first_break = _add_checkpoint(
+                    heads, checkpoint, verifiers, row["log_position"], tenant, from_position, to_position
+                )
+                checkpoints += 1
+                if first_break:
+                    break
+            for checkpoint in external_checkpoints:
+                if first_break:
+                    break
+                first_break = _add_checkpoint(heads, checkpoint, verifiers, None, tenant, from_position, to_position)
+                checkpoints += 1
+        verifier = ChainVerifier(starts, heads)
+        if first_break:
+            return VerifyReport(0, 0, first_break, checkpoints=checkpoints)
+
+        chain_heads = (
+            {
+                row["tenant"]: row
+                for row in await conn.fetch(
+                    f"SELECT tenant, last_position, last_hash FROM audit_chain_heads {tenant_filter}", *args
+                )
+            }
+            if reaches_end
+            else {}
+        )
+        conditions = [f"position >= ${len(args) + 1}"]
+        args.append(from_position)
+        if tenant is not None:
+            conditions.append("tenant = $1")
+        if to_position:
+            conditions.append(f"position <= ${len(args) + 1}")
+            args.append(to_position)
         current: str | None = None
         seen: set[str] = set()
-        first_break: ChainBreak | None = None
         cursor = conn.cursor(
-            f"SELECT {columns_sql()} FROM audit_events {tenant_filter} ORDER BY tenant, position",
+            f"SELECT {columns_sql()} FROM audit_events WHERE {' AND '.join(conditions)} ORDER BY tenant, position",
             *args,
             prefetch=2000,
         )
         async for row in cursor:
             if row["tenant"] != current:
                 if current is not None:
-                    first_break = _check_head(verifier, current, heads)
+                    first_break = _end_of_tenant(verifier, current, chain_heads, reaches_end)
                     if first_break:
                         break
                 current = row["tenant"]
@@ -64,33 +153,106 @@ async def verify_log(conn: asyncpg.Connection, *, tenant: str | None = None) -> 
             if first_break:
                 break
         if first_break is None and current is not None:
-            first_break = _check_head(verifier, current, heads)
+            first_break = _end_of_tenant(verifier, current, chain_heads, reaches_end)
         if first_break is None:
-            for missing in sorted(set(heads) - seen):
-                head = heads[missing]
-                if anchors.get(missing) == (head["last_position"], bytes(head["last_hash"])):
-                    continue  # every event of the chain was archived by retention
+            first_break = verifier.check_unseen(seen)
+        if first_break is None and reaches_end:
+            for missing in sorted(set(chain_heads) - seen):
+                head = chain_heads[missing]
+                if starts.get(missing) == (head["last_position"], bytes(head["last_hash"])):
+                    continue  # every event of the chain was archived by retention (or lies before the range)
                 first_break = ChainBreak(missing, head["last_position"], "every event of the chain is gone")
                 break
-    return VerifyReport(checked=verifier.checked, tenants=len(seen), first_break=first_break)
+    return VerifyReport(
+        checked=verifier.checked,
+        tenants=len(seen),
+        first_break=first_break,
+        checkpoint_heads_checked=verifier.checkpoint_heads_checked,
+        checkpoints=checkpoints,
+    )
 
 
-def _check_head(verifier: ChainVerifier, tenant: str, heads: dict[str, asyncpg.Record]) -> ChainBreak | None:
-    head = heads.get(tenant)
+def _add_checkpoint(
+    heads: CheckpointHeads,
+    checkpoint: Checkpoint,
+    verifiers: Sequence[Verifier],
+    stored_log_position: int | None,
+    tenant: str | None,
+    from_position: int,
+    to_position: int,
+) -> ChainBreak | None:
+    """Verifies one checkpoint's signature and adds its heads; a bad one is a break at its log position."""
+    try:
+        statement = checkpoint.parsed()
+    except ValueError as error:
+        return ChainBreak("", stored_log_position or 0, str(error))
+    problem = signature_problem(checkpoint, verifiers)
+    if problem:
+        return ChainBreak("", statement.log_position, problem)
+    if stored_log_position is not None and stored_log_position != statement.log_position:
+        return ChainBreak(
+            "",
+            stored_log_position,
+            f"the stored checkpoint's statement is signed for log position {statement.log_position}",
+        )
+    heads.add(statement, tenant=tenant, from_position=from_position, to_position=to_position)
+    return None
+
+
+def _end_of_tenant(
+    verifier: ChainVerifier, tenant: str, chain_heads: dict[str, asyncpg.Record], reaches_end: bool
+) -> ChainBreak | None:
+    broken = verifier.finish_tenant()
+    if broken or not reaches_end:
+        return broken
+    head = chain_heads.get(tenant)
     if head is None:
         return ChainBreak(tenant, 0, "the tenant has events but no chain head")
     return verifier.check_head(tenant, head["last_position"], head["last_hash"])
 
 
-async def verify_command(config, args) -> int:
+def read_checkpoints_file(path: str) -> list[Checkpoint]:
+    """The checkpoints of a JSON-lines file; ConfigError (one line naming --checkpoints) when unreadable."""
+    try:
+        with open(path, "rb") as file:
+            return parse_json_lines(file.read())
+    except OSError as error:
+        raise ConfigError("--checkpoints", f"cannot read {path}: {error.strerror}") from None
+    except ValueError as error:
+        raise ConfigError("--checkpoints", f"{path}: {error}") from None
+
+
+async def verify_command(config: Config, args: argparse.Namespace) -> int:
     """`audit-service verify`: prints one line, exit status 0 when the chains check out, 1 when not."""
+    if args.from_position < 0 or args.to_position < 0:
+        raise ConfigError("--from-position/--to-position", "must not be negative")
+    if args.to_position and args.from_position > args.to_position:
+        raise ConfigError("--from-position", f"{args.from_position} is after --to-position {args.to_position}")
+    verifiers = checkpoint_verifiers(config.checkpoints)
+    external = read_checkpoints_file(str(args.checkpoints)) if args.checkpoints else []
+    if external and not verifiers:
+        raise ConfigError(
+            "AUDIT_CHECKPOINT_VERIFY_KEY_FILE", "is required to check --checkpoints (the signers' public key)"
+        )
     conn = await asyncpg.connect(config.database.url)
     try:
-        report = await verify_log(conn, tenant=args.tenant)
+        report = await verify_log(
+            conn,
+            tenant=args.tenant,
+            from_position=args.from_position,
+            to_position=args.to_position,
+            verifiers=verifiers,
+            external_checkpoints=external,
+        )
     finally:
         await conn.close()
     if report.ok:
-        print(f"ok: {report.checked} events in {report.tenants} tenant chains verified")
+        signed = (
+            f"; {report.checkpoint_heads_checked} chain heads of {report.checkpoints} signed checkpoints matched"
+            if verifiers
+            else "; no checkpoint key configured, signed checkpoints not checked"
+        )
+        print(f"ok: {report.checked} events in {report.tenants} tenant chains verified{signed}")
         return 0
     print(f"FAILED after {report.checked} events: {report.first_break}")
     return 1
