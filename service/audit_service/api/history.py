@@ -18,9 +18,8 @@ from ..core.page_token import PageToken, decode_page_token, encode_page_token, q
 from ..core.stored_event import row_to_event
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..store import history
+from .paging import caller_identity, page_size_of
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 _PAGE_RESERVE_BYTES = 1024
 """Room left in a page for next_page_token and framing."""
 _REVISION_FRAMING_BYTES = 6
@@ -71,19 +70,6 @@ def _tenant_of(request: pb.ListResourceHistoryRequest, caller: Principal | None)
     return caller.tenant
 
 
-def _caller_identity(caller: Principal | None) -> bytes:
-    if caller is None:
-        return b"*"
-    return f"{caller.tenant}\x00{caller.subject}\x00{int(caller.admin)}".encode()
-
-
-def _page_size(request: pb.ListResourceHistoryRequest) -> int:
-    """AIP-158: 0 means the default, larger than the maximum is coerced to it, negative is an error."""
-    if request.page_size < 0:
-        raise InvalidArgumentError("page_size", f"must not be negative, got {request.page_size}")
-    return min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
 async def list_resource_history(
     pool: asyncpg.Pool, request: pb.ListResourceHistoryRequest, caller: Principal | None, *, max_response_bytes: int
 ) -> pb.ListResourceHistoryResponse:
@@ -101,11 +87,11 @@ async def list_resource_history(
         raise InvalidArgumentError("resource_id", "is required")
     resource_id = _text(request.resource_id, "resource_id")
     resource_type = _text(request.resource_type, "resource_type")
-    limit = _page_size(request)
+    limit = page_size_of(request)
     newest_first = request.order == pb.ORDER_NEWEST_FIRST
     # The token is bound to the stream, the order and the caller: reusing it elsewhere is refused.
     digest = query_digest(
-        tenant.encode(), resource_type.encode(), resource_id.encode(), bytes([newest_first]), _caller_identity(caller)
+        tenant.encode(), resource_type.encode(), resource_id.encode(), bytes([newest_first]), caller_identity(caller)
     )
     after = decode_page_token(request.page_token, digest).after_position if request.page_token else None
     query = history.StreamPageQuery(

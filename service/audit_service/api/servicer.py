@@ -27,10 +27,9 @@ from ..store import queries
 from . import export, history, verification
 from .auth import current_caller
 from .live_feed import LiveFeed
+from .paging import caller_identity, page_size_of
 from .tail import TailPlan, TailStream
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 MIN_INTERVAL_MICROS = 1_000_000
 MAX_INTERVAL_SECONDS = 315_576_000_000
 """10,000 years: google.protobuf.Duration's range."""
@@ -52,13 +51,6 @@ _GROUP_BY = {
 }
 
 
-def page_size_of(request: pb.ListEventsRequest) -> int:
-    """AIP-158: 0 means the default, larger than the maximum is coerced to it, negative is an error."""
-    if request.page_size < 0:
-        raise InvalidArgumentError("page_size", f"must not be negative, got {request.page_size}")
-    return min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
 def scope_of(caller: Principal | None, request_filter: pb.EventFilter) -> Scope:
     """What the caller may see; asking for another tenant is PERMISSION_DENIED."""
     tenant = filter_tenant(request_filter)
@@ -67,12 +59,6 @@ def scope_of(caller: Principal | None, request_filter: pb.EventFilter) -> Scope:
     if tenant is not None and tenant != caller.tenant:
         raise PermissionDeniedError(f"filter.tenant: the caller's token is for tenant {caller.tenant!r}")
     return Scope(tenant=caller.tenant, actor_id=None if caller.admin else caller.subject)
-
-
-def _caller_identity(caller: Principal | None) -> bytes:
-    if caller is None:
-        return b"*"
-    return f"{caller.tenant}\x00{caller.subject}\x00{int(caller.admin)}".encode()
 
 
 _OUTCOME_NAMES = {str(number): event_pb2.Outcome.Name(number) for number in event_pb2.Outcome.values()}
@@ -129,7 +115,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         newest_first = request.order != pb.ORDER_OLDEST_FIRST
         # The token is bound to the filter, the order and the caller: reusing it elsewhere is refused.
         digest = query_digest(
-            request.filter.SerializeToString(deterministic=True), bytes([newest_first]), _caller_identity(caller)
+            request.filter.SerializeToString(deterministic=True), bytes([newest_first]), caller_identity(caller)
         )
         after = decode_page_token(request.page_token, digest).after_position if request.page_token else None
         rows = await queries.list_events(
