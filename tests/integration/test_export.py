@@ -10,6 +10,8 @@ import csv
 import datetime as dt
 import io
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -168,6 +170,40 @@ async def test_ndjson_lines_are_the_listed_events_and_verify_offline_per_tenant_
         heads[sealed.tenant] = sealed.hash
     assert set(heads) == {"acme", "globex"}
     assert_counters(chunks, [event.position for event in expected], 0, 40)
+
+
+async def test_the_ndjson_export_file_verifies_with_verify_file_and_a_changed_line_does_not(
+    api, database, tmp_path
+) -> None:
+    """What an auditor does with an export: `audit-service verify-file`, no database, names the altered event."""
+    await store_events(database, varied_events("acme", 15) + varied_events("globex", 15))
+    data, _ = await export(api, pb.ExportEventsRequest(format=pb.EXPORT_FORMAT_NDJSON))
+    exported = tmp_path / "export.ndjson"
+    exported.write_bytes(data)
+    lines = data.splitlines(keepends=True)
+    altered_event = orjson.loads(lines[17])
+    altered_event["message"] = "nothing to see here"
+    tampered = tmp_path / "tampered.ndjson"
+    tampered.write_bytes(b"".join([*lines[:17], orjson.dumps(altered_event) + b"\n", *lines[18:]]))
+
+    verified = await verify_file_cli(exported)
+    refused = await verify_file_cli(tampered)
+
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.startswith(f"ok: {exported}: 30 events")
+    assert refused.returncode == 1
+    assert f"position {altered_event['position']} (line 18)" in refused.stdout, refused.stdout
+
+
+async def verify_file_cli(path) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "audit_service.cli", "verify-file", str(path)],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 async def test_log_lines_match_the_documented_format(api, database) -> None:
