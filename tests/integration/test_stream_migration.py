@@ -11,7 +11,7 @@ import orjson
 from audit.v1 import event_pb2
 from audit_service.core.records import CHANGE_BEFORE_INDEX, GENESIS_HASH, LOG_COLUMNS, seal
 from audit_service.store.append import LogAppender
-from audit_service.store.migrate import available_migrations, migrate
+from audit_service.store.migrate import migrate
 from audit_service.store.projections import rebuild_projections
 from audit_service.store.verify import verify_log
 
@@ -19,22 +19,6 @@ from ..conftest import run_as_superuser
 from ..factories import content_of, make_event, stamp
 
 HEADS = "SELECT * FROM audit_resource_heads ORDER BY tenant, resource_type, resource_id"
-
-
-async def _migrate_up_to(conn: asyncpg.Connection, version: int) -> None:
-    await conn.execute(
-        "CREATE TABLE audit_schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
-        "applied_at timestamptz NOT NULL DEFAULT now())"
-    )
-    for migration in available_migrations():
-        if migration.version <= version:
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO audit_schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
 
 
 async def _store_as_before_streams(conn: asyncpg.Connection, events: list[event_pb2.AuditEvent]) -> None:
@@ -62,7 +46,7 @@ async def test_streams_continue_the_events_stored_before_they_existed(postgres) 
     await run_as_superuser(postgres, f'CREATE DATABASE "{name}"')
     conn = await asyncpg.connect(postgres.url(name))
     try:
-        await _migrate_up_to(conn, 4)
+        await migrate(conn, up_to=4)
         old = []
         for i, replicas in enumerate((1, 2, 3)):
             event = make_event("acme", action="deployment.update")

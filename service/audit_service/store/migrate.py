@@ -32,8 +32,9 @@ def available_migrations() -> list[Migration]:
     return sorted(found, key=lambda migration: migration.version)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[Migration]:
-    """Applies the migrations this database lacks, each in its own transaction; returns those applied."""
+async def migrate(conn: asyncpg.Connection, *, up_to: int | None = None) -> list[Migration]:
+    """Applies the migrations this database lacks (up to version `up_to`, when given), each in its own
+    transaction; returns those applied."""
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
         await conn.execute(
@@ -48,7 +49,7 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
         applied_versions = {row["version"] for row in await conn.fetch("SELECT version FROM audit_schema_migrations")}
         applied = []
         for migration in available_migrations():
-            if migration.version in applied_versions:
+            if migration.version in applied_versions or (up_to is not None and migration.version > up_to):
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)
