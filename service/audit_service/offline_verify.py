@@ -21,7 +21,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,7 +30,7 @@ import orjson
 
 from .core.checkpoints import parse_json_lines, signature_problem
 from .core.ndjson import sealed_from_line
-from .core.records import chain_hash
+from .core.records import GENESIS_HASH, chain_hash
 from .core.signing import Verifier, load_verifier
 from .errors import ConfigError
 
@@ -414,6 +414,41 @@ def verify_file(path: Path, verifier: Verifier | None = None, signed_heads: Sign
     return verify_export(path, signed_heads)
 
 
+def verify_archive_sequence(manifests: Sequence[tuple[Path, Mapping[str, Any]]]) -> FileReport:
+    """Checks that archives which follow each other (the next starts at the position after the last one ends)
+    link up: each tenant's chain in the later one starts at the hash its previous archived event ended with (at
+    the genesis hash when the sequence starts at position 1). Run on manifests that verified one by one."""
+    ordered = sorted(
+        ((path, manifest) for path, manifest in manifests if manifest["events"]), key=lambda m: m[1]["first_position"]
+    )
+    links = 0
+    chain_ends: dict[str, str] = {}
+    previous_last: int | None = None
+    for path, manifest in ordered:
+        if previous_last is None or manifest["first_position"] != previous_last + 1:
+            chain_ends = {}  # a gap: no link to check across it
+            from_genesis = manifest["first_position"] == 1
+        for tenant, run in sorted(manifest["tenants"].items()):
+            expected = chain_ends.get(tenant, GENESIS_HASH.hex() if from_genesis else None)
+            if expected is not None:
+                links += 1
+                if run["first_prev_hash"] != expected:
+                    return FileReport(
+                        path,
+                        failures=(
+                            Failure(
+                                f"tenant {tenant!r} does not continue the chain of the archive before it (an archive "
+                                "was altered or replaced)",
+                                position=run["first_position"],
+                            ),
+                        ),
+                    )
+            chain_ends[tenant] = run["last_hash"]
+        previous_last = manifest["last_position"]
+    summary = f"{len(ordered)} archives in sequence; {links} tenant chain links between them checked"
+    return FileReport(Path("archive sequence"), summary)
+
+
 def verify_files_command(config, args) -> int:
     """`audit-service verify-file FILE...`: one line per file, exit status 0 only when every file verifies."""
     key_file = config.checkpoints.verify_key_file or config.checkpoints.signing_key_file
@@ -433,8 +468,15 @@ def verify_files_command(config, args) -> int:
             print(f"FAILED: {args.checkpoints}: {error}", flush=True)
             return 1
     all_ok = True
+    archives = []
     for path in args.files:
         report = verify_file(path, verifier, signed_heads)
+        all_ok = all_ok and report.ok
+        print(report, flush=True)
+        if report.ok and (manifest_path := manifest_of(path)) is not None:
+            archives.append((manifest_path, _read_manifest(manifest_path)))
+    if len(archives) > 1:
+        report = verify_archive_sequence(archives)
         all_ok = all_ok and report.ok
         print(report, flush=True)
     return 0 if all_ok else 1

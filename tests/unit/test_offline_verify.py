@@ -19,6 +19,7 @@ from audit_service.offline_verify import (
     load_checkpoints,
     manifest_signing_bytes,
     verify_archive,
+    verify_archive_sequence,
     verify_export,
     verify_file,
 )
@@ -250,3 +251,36 @@ def test_signed_checkpoints_pin_the_heads_they_name(tmp_path: Path, signer: Sign
 
 def forged_acme(signer: Signer):
     return sign_checkpoint(signer, 7, RECORDED_AT, {"acme": ChainHead(6, bytes(32))})
+
+
+def _manifest(first: int, last: int, tenants: dict[str, tuple[str, str]]) -> dict:
+    return {
+        "events": last - first + 1,
+        "first_position": first,
+        "last_position": last,
+        "tenants": {
+            tenant: {"first_position": first, "first_prev_hash": start, "last_hash": end}
+            for tenant, (start, end) in tenants.items()
+        },
+    }
+
+
+def test_archives_that_follow_each_other_must_continue_each_tenants_chain() -> None:
+    genesis, a1, a2, b1 = GENESIS_HASH.hex(), "a1" * 32, "a2" * 32, "b1" * 32
+    first = (Path("m1"), _manifest(1, 10, {"acme": (genesis, a1), "globex": (genesis, b1)}))
+    second = (Path("m2"), _manifest(11, 20, {"acme": (a1, a2)}))
+    third = (Path("m3"), _manifest(21, 30, {"acme": (a2, "a3" * 32), "globex": (b1, "b2" * 32)}))
+
+    linked = verify_archive_sequence([third, first, second])
+    assert linked.ok and "3 archives in sequence; 5 tenant chain links" in linked.summary
+
+    replaced = (Path("m2"), _manifest(11, 20, {"acme": ("ff" * 32, a2)}))
+    broken = verify_archive_sequence([first, replaced, third])
+    assert not broken.ok and str(broken).startswith("FAILED: m2: position 11: tenant 'acme' does not continue")
+
+    not_from_genesis = (Path("m1"), _manifest(1, 10, {"acme": ("ee" * 32, a1), "globex": (genesis, b1)}))
+    assert not verify_archive_sequence([not_from_genesis, second]).ok
+    # Across a gap (an archive not given) nothing can be linked, so nothing is claimed: only the genesis links of
+    # the first, then only acme's link from the second to the third (globex's start is in no archive given).
+    assert verify_archive_sequence([first, third]).summary.endswith("; 2 tenant chain links between them checked")
+    assert verify_archive_sequence([second, third]).summary.endswith("; 1 tenant chain links between them checked")
