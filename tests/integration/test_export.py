@@ -446,3 +446,30 @@ async def test_a_csv_export_of_1m_events_streams_in_flat_memory_and_equals_list_
     assert rows == chunk_events == MILLION
     assert exported_bytes > 200 * 2**20
     assert rss_peak - rss_before < 100 * 2**20
+
+
+async def test_pages_of_large_events_hold_few_of_them_so_memory_stays_bounded(api_process, database) -> None:
+    """600 events of ~150 KB (90 MB): read 1,000 to a page, one page alone would hold them all; read by size, the
+    API holds a few MiB of them at a time."""
+    events = []
+    for i in range(600):
+        event = make_event("acme", message=f"large event {i}")
+        event.metadata.update({f"field_{k}": f"{i:04d}-{k:03d}-" + "x" * 1000 for k in range(150)})
+        events.append(event)
+    await store_events(database, events)
+    api = api_process()
+    await api.start().ready()
+    port = int(api.env["AUDIT_GRPC_ADDRESS"].rsplit(":", 1)[1])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", -1)]) as ch:
+        stub = audit_service_pb2_grpc.AuditServiceStub(ch)
+        await stub.ListEvents(pb.ListEventsRequest(page_size=1))  # warm: imports, pool, plans
+        rss_before = rss_peak = api.rss_bytes()
+        exported = lines = 0
+        async for chunk in stub.ExportEvents(pb.ExportEventsRequest(format=pb.EXPORT_FORMAT_NDJSON)):
+            exported += len(chunk.data)
+            lines += chunk.data.count(b"\n")
+            rss_peak = max(rss_peak, api.rss_bytes())
+            await asyncio.sleep(0.002)  # a reader slower than the server: it waits on flow control
+    print(f"exported {exported / 2**20:.0f} MiB; API RSS {rss_before / 2**20:.0f} -> peak {rss_peak / 2**20:.0f} MiB")
+    assert lines == 600 and exported > 80 * 2**20
+    assert rss_peak - rss_before < 40 * 2**20

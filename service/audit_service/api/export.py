@@ -30,7 +30,13 @@ from ..store import queries
 CHUNK_BYTES = 256 * 1024
 """Data per chunk, at most (less when the response limit is lower)."""
 PAGE_EVENTS = 1000
-"""Events read per query."""
+"""Most events read per query."""
+FIRST_PAGE_EVENTS = 20
+"""Events of the first two queries, before the size of the events is known."""
+PAGE_BYTES = 4 * 1024 * 1024
+"""About how much one page should hold once encoded: pages of large events hold fewer (down to MIN_PAGE_EVENTS),
+so two pages in memory stay a few MiB even when every event is near the 256 KiB event limit."""
+MIN_PAGE_EVENTS = 10
 _RESPONSE_RESERVE_BYTES = 64
 """Room left in a response for its counters and framing."""
 
@@ -113,27 +119,34 @@ async def export_events(
         for chunk in chunker.add(csv_header(), None):
             yield chunk
 
-    def read_after(cursor: int) -> asyncio.Task[list[asyncpg.Record]]:
-        query = queries.PageQuery(
-            where, newest_first=False, after_position=cursor, limit=PAGE_EVENTS, up_to_position=through
-        )
+    def read_after(cursor: int, limit: int) -> asyncio.Task[list[asyncpg.Record]]:
+        query = queries.PageQuery(where, newest_first=False, after_position=cursor, limit=limit, up_to_position=through)
         return asyncio.create_task(queries.list_events(pool, query))
 
     sent_any = False
-    next_page = read_after(request.after_position) if request.after_position < through else None
+    limit = FIRST_PAGE_EVENTS  # of the pages read next: sized by the events encoded so far
+    pending = None
+    if request.after_position < through:
+        pending = (read_after(request.after_position, limit), limit)
     try:
-        while next_page is not None:
-            rows = await next_page
+        while pending is not None:
+            task, asked = pending
+            rows = await task
             # The next page is read while this one is encoded and sent.
-            next_page = read_after(rows[-1]["position"]) if len(rows) == PAGE_EVENTS else None
+            pending = (read_after(rows[-1]["position"], limit), limit) if len(rows) == asked else None
+            page_bytes = 0
             for row in rows:
-                for chunk in chunker.add(encode(row), row["position"]):
+                line = encode(row)
+                page_bytes += len(line)
+                for chunk in chunker.add(line, row["position"]):
                     sent_any = True
                     yield chunk
+            if rows:
+                limit = max(MIN_PAGE_EVENTS, min(PAGE_EVENTS, PAGE_BYTES * len(rows) // max(page_bytes, 1)))
         if chunker.pending or not sent_any:
             yield chunker.flush()
     finally:
-        if next_page is not None:  # the client went away, or a read failed: no page is left behind
-            next_page.cancel()
+        if pending is not None:  # the client went away, or a read failed: no page is left behind
+            pending[0].cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await next_page
+                await pending[0]
