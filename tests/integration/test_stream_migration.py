@@ -54,7 +54,8 @@ async def test_streams_continue_the_events_stored_before_they_existed(postgres) 
             event.resource.type = "deployment"
             event.change.after.Clear()
             event.change.after.update({"replicas": replicas, "image": "web:1"})
-            if i == 2:
+            if i == 2:  # stored before masking existed: the secret is in the old log for good, never copied on
+                event.change.after.update({"db": {"password": "hunter2"}})
                 event.change.before.update({"replicas": 2, "image": "web:1"})
             old.append(event)
         old.append(make_event("acme", action="login"))  # a stream of its own (key-n), no state change recorded
@@ -66,7 +67,7 @@ async def test_streams_continue_the_events_stored_before_they_existed(postgres) 
         heads = {(row["resource_type"], row["resource_id"]): row for row in await conn.fetch(HEADS)}
         web = heads[("deployment", "web")]
         assert (web["revision"], web["last_position"]) == (3, 3)
-        assert orjson.loads(web["state"]) == {"replicas": 3, "image": "web:1"}
+        assert orjson.loads(web["state"]) == {"replicas": 3, "image": "web:1", "db": {"password": "hunter2"}}
         login = heads[("api_key", old[-1].resource.id)]
         assert (login["revision"], login["state"]) == (1, None)
         assert [tuple(row) for row in await conn.fetch("SELECT * FROM audit_resource_baseline ORDER BY 1, 2, 3")] == [
@@ -83,7 +84,8 @@ async def test_streams_continue_the_events_stored_before_they_existed(postgres) 
             "SELECT stream_revision, change_before FROM audit_events WHERE event_id = $1", uuid.UUID(update.event_id)
         )
         assert stored["stream_revision"] == 4
-        assert orjson.loads(stored["change_before"]) == {"replicas": 3, "image": "web:1"}
+        masked_state = {"replicas": 3, "image": "web:1", "db": {"password": "[MASKED]"}}
+        assert orjson.loads(stored["change_before"]) == masked_state
         assert content_of(update)[CHANGE_BEFORE_INDEX] is None  # the producer sent none: the service filled it
         assert await conn.fetchval("SELECT count(*) FROM audit_events WHERE stream_revision IS NULL") == 4
 

@@ -35,6 +35,12 @@ from ..factories import make_event, stamp
         "passwd",
         "passphrase",
         "aws credentials",
+        "Authorization",
+        "proxy-authorization",
+        "Cookie",
+        "set_cookie",
+        "accessKey",
+        "aws_access_key_id",
     ],
 )
 def test_secret_looking_keys(key: str) -> None:

@@ -5,7 +5,8 @@ heads around it, and the rebuild (store/projections.py) applies the same rule in
 
 The rule, per event of a stream:
   * revision = the head's revision + 1 (1 for a new stream);
-  * change.before, when the event has change.after but no change.before, is the head's state (if it has one);
+  * change.before, when the event has change.after but no change.before, is the head's state (if it has one),
+    masked: a state stored before masking existed, or under a narrower rule, is never copied in clear;
   * the state becomes change.after when the event has one, NULL when it has only change.before (a deletion),
     and stays as it was when it has neither (e.g. a read or a failed attempt).
 """
@@ -15,12 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .masking import SecretMask
 from .records import CHANGE_AFTER_INDEX, CHANGE_BEFORE_INDEX, CONTENT_COLUMNS, Content
 
 _TENANT = CONTENT_COLUMNS.index("tenant")
 _RESOURCE_TYPE = CONTENT_COLUMNS.index("resource_type")
 _RESOURCE_ID = CONTENT_COLUMNS.index("resource_id")
 
+DEFAULT_MASK = SecretMask()
 StreamKey = tuple[str, str, str]
 """(tenant, resource type or "", resource id)."""
 
@@ -40,13 +43,15 @@ def stream_key(content: Content) -> StreamKey | None:
     return content[_TENANT], content[_RESOURCE_TYPE], resource_id
 
 
-def advance(head: StreamHead | None, content: Content, position: int) -> tuple[Content, StreamHead]:
+def advance(
+    head: StreamHead | None, content: Content, position: int, mask: SecretMask = DEFAULT_MASK
+) -> tuple[Content, StreamHead]:
     """The event as stored (change.before filled when the rule says so) and the stream's head after it."""
     before = content[CHANGE_BEFORE_INDEX]
     after = content[CHANGE_AFTER_INDEX]
     state = head.state if head is not None else None
     if after is not None and before is None and state is not None:
-        content = (*content[:CHANGE_BEFORE_INDEX], state, *content[CHANGE_BEFORE_INDEX + 1 :])
+        content = (*content[:CHANGE_BEFORE_INDEX], mask.mask(state), *content[CHANGE_BEFORE_INDEX + 1 :])
     if after is not None:
         state = after
     elif before is not None:

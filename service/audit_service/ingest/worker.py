@@ -74,7 +74,7 @@ class IngestWorker:
         self._nc = nc
         self._js = nc.jetstream()
         self._pool = pool
-        self._appender = LogAppender()
+        self._appender = LogAppender(config.ingest.mask)
         self._announcer = Announcer(nc, config.nats.committed_subject_prefix)
         self._stop: asyncio.Event | None = None
         self.stats = IngestStats()

@@ -19,6 +19,7 @@ import asyncpg
 import orjson
 
 from ..core.counts import ActionCounts, action_counts, hourly_counts
+from ..core.masking import SecretMask
 from ..core.records import GENESIS_HASH, LOG_COLUMNS, Content, micros_to_datetime, normalize_json, seal_canonical
 from ..core.streams import StreamHead, StreamKey, advance, stream_key
 from ..errors import UnavailableError
@@ -143,8 +144,15 @@ def _month_start(moment: dt.datetime) -> dt.datetime:
 class LogAppender:
     """Appends batches of validated events to the log. One per process; safe to share between tasks."""
 
-    def __init__(self) -> None:
+    def __init__(self, mask: SecretMask | None = None) -> None:
+        """
+        Args:
+            mask: applied to a resource's previous state before it fills an event's change.before, so a state
+                stored before masking existed (or under a narrower AUDIT_SECRET_KEYS) is never copied in clear
+                into a new event. Events arrive masked already (core/decode.py).
+        """
         self._ensured_months: set[dt.datetime] = set()
+        self._mask = mask or SecretMask()
 
     async def ensure_partitions(self, conn: asyncpg.Connection, moment: dt.datetime) -> None:
         """Makes sure the monthly partitions for `moment` and one day later exist (cached)."""
@@ -219,7 +227,7 @@ class LogAppender:
                 tenant = content[1]
                 revision = None
                 if (key := stream_key(content)) is not None:
-                    content, head = advance(stream_heads.get(key), content, position)
+                    content, head = advance(stream_heads.get(key), content, position, self._mask)
                     stream_heads[key] = head
                     moved_streams.add(key)
                     revision = head.revision
