@@ -94,7 +94,9 @@ class Subscriber:
             call = self.api.TailEvents(request)
             # Responses before this subscriber drops the connection; a staller keeps its first one until it fell behind.
             stalling = self.stall_until is not None and not self.reconnects
-            budget = self.rng.randrange(1, 60)
+            # The first connection drops early, so even a subscriber whose filter sends little (a caught_up, then a
+            # checkpoint a second) resumes at least once; later ones drop after 1 to 59 responses.
+            budget = self.rng.randrange(1, 60 if self.reconnects else 3)
             caught_up = 0
             try:
                 async for response in call:
