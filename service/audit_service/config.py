@@ -99,8 +99,10 @@ class RetentionConfig:
 class CheckpointConfig:
     signing_key_file: str = ""
     """PEM file of the Ed25519 private key that signs checkpoints of the chain heads (unset: no checkpoints)."""
-    verify_key_file: str = ""
-    """PEM file of the Ed25519 public key checkpoints are verified with (default: the signing key's)."""
+    verify_key_files: tuple[str, ...] = ()
+    """PEM files of the Ed25519 public keys checkpoints are verified with, besides the signing key's public half:
+    after a key rotation, the retired keys that signed older checkpoints (AUDIT_CHECKPOINT_VERIFY_KEY_FILE,
+    comma-separated)."""
     interval_seconds: float = 60.0
     """How often the ingest worker signs a checkpoint of the chain heads (when the log has grown)."""
 
@@ -274,6 +276,15 @@ def _readable_file(env: Mapping[str, str], name: str) -> str:
     return path
 
 
+def _readable_files(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of files, each readable."""
+    paths = tuple(path.strip() for path in env.get(name, "").split(",") if path.strip())
+    for path in paths:
+        if not os.access(path, os.R_OK):
+            raise ConfigError(name, f"cannot read {path!r}")
+    return paths
+
+
 def _auth(env: Mapping[str, str]) -> AuthConfig:
     secret = env.get("AUDIT_AUTH_JWT_SECRET", "")
     if secret and len(secret) < _MIN_SECRET_CHARS:
@@ -346,7 +357,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     )
     checkpoints = CheckpointConfig(
         signing_key_file=_readable_file(env, "AUDIT_CHECKPOINT_SIGNING_KEY_FILE"),
-        verify_key_file=_readable_file(env, "AUDIT_CHECKPOINT_VERIFY_KEY_FILE"),
+        verify_key_files=_readable_files(env, "AUDIT_CHECKPOINT_VERIFY_KEY_FILE"),
         interval_seconds=_positive_float(env, "AUDIT_CHECKPOINT_INTERVAL_SECONDS", CheckpointConfig().interval_seconds),
     )
     grpc_address = env.get("AUDIT_GRPC_ADDRESS") or ApiConfig().grpc_address

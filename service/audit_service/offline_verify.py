@@ -3,7 +3,8 @@
 No database is needed: every NDJSON line carries what its chain hash covers (core/ndjson.py).
 
 - An archive is named by its manifest (`<partition>.manifest.json`, written by store/retention.py). Checked: the
-  manifest's Ed25519 signature when a verify key is configured, the archive's SHA-256 and size, every line's
+  manifest's Ed25519 signature (with a verify key configured it must be signed with one of the configured keys;
+  unsigned is acceptable only when no key is configured), the archive's SHA-256 and size, every line's
   hash, gapless positions from the manifest's first to its last, and each tenant's chain from the manifest's
   first_prev_hash (the hash at the start boundary) to its last_hash, with its counts.
 - A plain export (`.ndjson` or `.ndjson.gz` without a manifest) may be filtered, so a tenant's consecutive
@@ -31,8 +32,9 @@ import orjson
 from .core.checkpoints import parse_json_lines, signature_problem
 from .core.ndjson import sealed_from_line
 from .core.records import GENESIS_HASH, chain_hash
-from .core.signing import Verifier, load_verifier
+from .core.signing import Verifier
 from .errors import ConfigError
+from .store.checkpoints import checkpoint_verifiers
 
 MANIFEST_FORMAT = "audit-archive/1"
 MANIFEST_SUFFIX = ".manifest.json"
@@ -297,21 +299,34 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _signature_status(manifest: Mapping[str, Any], verifier: Verifier | None) -> tuple[str, Failure | None]:
-    signature = manifest.get("signature")
+def manifest_signature_problem(manifest: Mapping[str, Any], verifiers: Sequence[Verifier]) -> str | None:
+    """Why the manifest's signature does not check out with any of the keys (an unsigned manifest included), or
+    None when it does."""
+    signature, key_id = manifest.get("signature"), manifest.get("key_id")
     if not signature:
-        return "unsigned", None
+        return "the manifest is unsigned, but a verify key is configured (it must be signed)"
+    by_id = {verifier.key_id: verifier for verifier in verifiers}
+    verifier = by_id.get(key_id)  # type: ignore[arg-type]
     if verifier is None:
-        return f"signed by key {manifest.get('key_id')}, signature not checked (no verify key configured)", None
-    if manifest.get("key_id") != verifier.key_id:
-        return "", Failure(f"signed by key {manifest.get('key_id')}, the verify key is {verifier.key_id}")
+        return f"signed by key {key_id}, the verify key is {', '.join(sorted(by_id)) or 'none'}"
     try:
         valid = verifier.verify(manifest_signing_bytes(manifest), bytes.fromhex(signature))
     except (ValueError, TypeError):
         valid = False
     if not valid:
-        return "", Failure(f"the manifest's signature does not match (key {verifier.key_id}): the manifest was altered")
-    return f"signature ok (key {verifier.key_id})", None
+        return f"the manifest's signature does not match (key {key_id}): the manifest was altered"
+    return None
+
+
+def _signature_status(manifest: Mapping[str, Any], verifiers: Sequence[Verifier]) -> tuple[str, Failure | None]:
+    if not verifiers:
+        if not manifest.get("signature"):
+            return "unsigned (no verify key configured)", None
+        return f"signed by key {manifest.get('key_id')}, signature not checked (no verify key configured)", None
+    problem = manifest_signature_problem(manifest, verifiers)
+    if problem is not None:
+        return "", Failure(problem)
+    return f"signature ok (key {manifest.get('key_id')})", None
 
 
 def _compare_runs(manifest: Mapping[str, Any], check: _LineCheck) -> Failure | None:
@@ -351,10 +366,10 @@ def _compare_runs(manifest: Mapping[str, Any], check: _LineCheck) -> Failure | N
 
 
 def verify_archive(
-    manifest_path: Path, verifier: Verifier | None = None, signed_heads: SignedHeads | None = None
+    manifest_path: Path, verifiers: Sequence[Verifier] = (), signed_heads: SignedHeads | None = None
 ) -> FileReport:
-    """Verifies a retention archive against its manifest (and the manifest's signature, given a verifier), and
-    the heads of signed checkpoints in its range."""
+    """Verifies a retention archive against its manifest, and the heads of signed checkpoints in its range. With
+    `verifiers` (the configured public keys), the manifest must be signed with one of them."""
     try:
         manifest = _read_manifest(manifest_path)
         expected_starts = {tenant: bytes.fromhex(run["first_prev_hash"]) for tenant, run in manifest["tenants"].items()}
@@ -363,7 +378,7 @@ def verify_archive(
     except (ValueError, TypeError) as error:
         return FileReport(manifest_path, failures=(Failure(str(error)),))
     failures: list[Failure] = []
-    signature, signature_failure = _signature_status(manifest, verifier)
+    signature, signature_failure = _signature_status(manifest, verifiers)
     archive_path = manifest_path.parent / manifest["archive_file"]
     check = _LineCheck(contiguous=True, expected_starts=expected_starts, signed_heads=signed_heads or {})
     try:
@@ -406,11 +421,11 @@ def manifest_of(path: Path) -> Path | None:
     return None
 
 
-def verify_file(path: Path, verifier: Verifier | None = None, signed_heads: SignedHeads | None = None) -> FileReport:
+def verify_file(path: Path, verifiers: Sequence[Verifier] = (), signed_heads: SignedHeads | None = None) -> FileReport:
     """Verifies an archive (by its manifest) or a plain export."""
     manifest = manifest_of(path)
     if manifest is not None:
-        return verify_archive(manifest, verifier, signed_heads)
+        return verify_archive(manifest, verifiers, signed_heads)
     return verify_export(path, signed_heads)
 
 
@@ -451,16 +466,15 @@ def verify_archive_sequence(manifests: Sequence[tuple[Path, Mapping[str, Any]]])
 
 def verify_files_command(config, args) -> int:
     """`audit-service verify-file FILE...`: one line per file, exit status 0 only when every file verifies."""
-    key_file = config.checkpoints.verify_key_file or config.checkpoints.signing_key_file
-    verifier = load_verifier(key_file) if key_file else None
+    verifiers = checkpoint_verifiers(config.checkpoints)
     signed_heads: SignedHeads | None = None
     if args.checkpoints is not None:
-        if verifier is None:
+        if not verifiers:
             raise ConfigError(
                 "AUDIT_CHECKPOINT_VERIFY_KEY_FILE", "--checkpoints needs the public key the checkpoints are signed with"
             )
         try:
-            signed_heads = load_checkpoints(Path(args.checkpoints).read_bytes(), (verifier,))
+            signed_heads = load_checkpoints(Path(args.checkpoints).read_bytes(), verifiers)
         except OSError as error:
             print(f"FAILED: {args.checkpoints}: cannot read the file: {error.strerror or error}", flush=True)
             return 1
@@ -470,7 +484,7 @@ def verify_files_command(config, args) -> int:
     all_ok = True
     archives = []
     for path in args.files:
-        report = verify_file(path, verifier, signed_heads)
+        report = verify_file(path, verifiers, signed_heads)
         all_ok = all_ok and report.ok
         print(report, flush=True)
         if report.ok and (manifest_path := manifest_of(path)) is not None:

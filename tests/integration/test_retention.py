@@ -3,6 +3,7 @@ verifies, counts what it holds, rebuilds its streams exactly and remembers every
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 import gzip
@@ -14,15 +15,18 @@ from pathlib import Path
 import asyncpg
 import orjson
 from audit.v1 import event_pb2
+from audit_service.config import Config, load_config
 from audit_service.core.checkpoints import ChainHead, Checkpoint, sign_checkpoint, to_json_line
 from audit_service.core.signing import Signer, generate_private_key_pem, load_signer
 from audit_service.store.append import LogAppender
 from audit_service.store.checkpoints import take_checkpoint
 from audit_service.store.projections import rebuild_projections
+from audit_service.store.retention import retention_command
 from audit_service.store.verify import verify_log
 
 from ..conftest import REPO_ROOT
 from ..factories import content_of, make_event, stamp
+from .test_tampering import rewrite_history
 
 COUNT_ROWS = "SELECT * FROM audit_counts_hourly ORDER BY tenant, hour, action, resource_type, outcome, actor_type"
 ACTION_COUNT_ROWS = "SELECT * FROM audit_action_counts_hourly ORDER BY tenant, hour"
@@ -330,3 +334,226 @@ async def test_retention_fails_in_one_line_without_dropping_and_a_rerun_complete
     verified = await cli("verify-file", str(not_a_directory / f"{name}.ndjson.gz"), env=env)
     assert verified.returncode == 0 and "5 events at positions 1-5 in 1 tenant chains" in verified.stdout
     assert "unsigned" in verified.stdout
+
+
+# A small history for the tests below: acme and globex alternate, six events in each of months -4 and -3
+# (positions 1-6 and 7-12, expired) and in the current month (13-18); acme holds the odd positions. A checkpoint
+# is signed after month -4: it names acme's head 5 and globex's 6.
+SMALL_TENANTS = ("acme", "globex")
+
+
+async def small_history(database, now: dt.datetime, signer: Signer) -> int:
+    """Stores the small history; returns the retention days after which months -4 and -3 are expired."""
+    conn = await asyncpg.connect(database.app_url)
+    try:
+        appender = LogAppender()
+        for months_back in (4, 3, 0):
+            recorded_at = month_start(now, months_back) + dt.timedelta(days=3) if months_back else None
+            events = [stamp(make_event(SMALL_TENANTS[i % 2])) for i in range(6)]
+            await appender.append(conn, [content_of(event) for event in events], recorded_at=recorded_at)
+            if months_back == 4:
+                await take_checkpoint(conn, signer)
+    finally:
+        await conn.close()
+    return (now - month_start(now, 2)).days
+
+
+def retention_config(database, tmp_path: Path, key_file: Path, days: int) -> Config:
+    return load_config(
+        env={
+            "AUDIT_DATABASE_URL": database.app_url,
+            "AUDIT_MIGRATE_DATABASE_URL": database.owner_url,
+            "AUDIT_ARCHIVE_DIR": str(tmp_path / "archives"),
+            "AUDIT_RETENTION_DAYS": str(days),
+            "AUDIT_CHECKPOINT_SIGNING_KEY_FILE": str(key_file),
+        }
+    )
+
+
+def new_signer(tmp_path: Path) -> tuple[Signer, Path]:
+    key_file = tmp_path / "signing.pem"
+    key_file.write_bytes(generate_private_key_pem())
+    return load_signer(str(key_file)), key_file
+
+
+RETENTION_ARGS = argparse.Namespace(days=None, archive_dir=None, dry_run=False)
+SNAPSHOT_QUERIES = (
+    "SELECT * FROM audit_chain_anchors ORDER BY tenant",
+    "SELECT * FROM audit_chain_heads ORDER BY tenant",
+    "SELECT * FROM audit_resource_baseline ORDER BY tenant, resource_type, resource_id",
+    STREAM_ROWS,
+    COUNT_ROWS,
+    ACTION_COUNT_ROWS,
+    "SELECT count(*) FROM audit_archives",
+    "SELECT position, hash FROM audit_events ORDER BY position",
+)
+
+
+async def snapshot(owner: asyncpg.Connection) -> list[list[tuple]]:
+    """What step 4 of retention changes (besides dropping the partition)."""
+    return [[tuple(row) for row in await owner.fetch(query)] for query in SNAPSHOT_QUERIES]
+
+
+async def superuser(owner: asyncpg.Connection, *statements: str) -> None:
+    """Runs statements with every trigger off (the append-only guards included), as a superuser can."""
+    async with owner.transaction():
+        await owner.execute("SET LOCAL session_replication_role = replica")
+        for statement in statements:
+            await owner.execute(statement)
+
+
+async def test_retained_events_deleted_behind_a_moved_anchor_or_an_altered_archive_record_fail_verification(
+    database, owner, tmp_path, capsys
+):
+    now = dt.datetime.now(dt.UTC)
+    signer, key_file = new_signer(tmp_path)
+    days = await small_history(database, now, signer)
+    assert await retention_command(retention_config(database, tmp_path, key_file, days), RETENTION_ARGS) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    keys = (signer.verifier,)
+    assert (await verify_log(owner, verifiers=keys)).ok
+    anchor = await owner.fetchrow("SELECT position, hash FROM audit_chain_anchors WHERE tenant = 'acme'")
+    assert anchor["position"] == 11
+
+    # acme's oldest retained event (13) deleted, and its anchor moved onto it: what is left links up again.
+    deleted_hash = await owner.fetchval("SELECT hash FROM audit_events WHERE position = 13")
+    async with owner.transaction():
+        await owner.execute("SET LOCAL session_replication_role = replica")
+        await owner.execute("DELETE FROM audit_events WHERE position = 13")
+        await owner.execute(
+            "UPDATE audit_chain_anchors SET position = 13, hash = $1 WHERE tenant = 'acme'", deleted_hash
+        )
+
+    for verifiers in (keys, ()):
+        broken = (await verify_log(owner, verifiers=verifiers)).first_break
+        assert (broken.tenant, broken.position) == ("acme", 15), broken
+        assert "previous event at position 11" in broken.reason and "missing" in broken.reason
+    cli_env = {"AUDIT_DATABASE_URL": database.app_url, "AUDIT_CHECKPOINT_SIGNING_KEY_FILE": str(key_file)}
+    checked = await cli("verify", "--tenant", "acme", env=cli_env)
+    assert checked.returncode == 1 and "tenant 'acme': chain broken at position 15" in checked.stdout
+
+    # Only the anchor moved (the events intact): the anchor no longer matches the archives' manifests.
+    await superuser(owner, "UPDATE audit_chain_anchors SET position = 9 WHERE tenant = 'globex'")
+    moved = await verify_log(owner, tenant="globex")
+    assert (moved.first_break.tenant, moved.first_break.position) == ("globex", 12)
+    assert "the anchor was moved" in moved.first_break.reason
+
+
+async def test_an_altered_or_deleted_archive_record_fails_verification(database, owner, tmp_path, capsys):
+    now = dt.datetime.now(dt.UTC)
+    signer, key_file = new_signer(tmp_path)
+    days = await small_history(database, now, signer)
+    assert await retention_command(retention_config(database, tmp_path, key_file, days), RETENTION_ARGS) == 0
+    capsys.readouterr()
+    keys = (signer.verifier,)
+    name = partition_name(month_start(now, 3))
+
+    async with owner.transaction():
+        await owner.execute("SET LOCAL session_replication_role = replica")
+        await owner.execute(
+            "UPDATE audit_archives SET manifest = jsonb_set(manifest, '{retention_days}', '1') "
+            "WHERE partition_name = $1",
+            name,
+        )
+    broken = (await verify_log(owner, verifiers=keys)).first_break
+    assert (broken.tenant, broken.position, broken.archive) == ("", 7, name)
+    assert "signature does not match" in broken.reason
+    assert str(broken).startswith(f"archive record at position 7: the record of archived partition {name}")
+
+    # An unsigned manifest is not accepted either once a key is configured.
+    async with owner.transaction():
+        await owner.execute("SET LOCAL session_replication_role = replica")
+        await owner.execute(
+            "UPDATE audit_archives SET manifest = manifest - 'signature' - 'key_id' WHERE partition_name = $1", name
+        )
+    assert "unsigned" in (await verify_log(owner, verifiers=keys)).first_break.reason
+
+    # The oldest archive's record deleted: the archives no longer cover the positions from 1 (with no key too).
+    await superuser(owner, f"DELETE FROM audit_archives WHERE partition_name = '{partition_name(month_start(now, 4))}'")
+    gap = (await verify_log(owner)).first_break
+    assert (gap.position, gap.archive) == (7, name) and "archives before it end at position 0" in gap.reason
+
+
+async def test_retention_refuses_a_partition_whose_history_was_rewritten_after_a_signed_checkpoint(
+    database, owner, tmp_path, capsys
+):
+    now = dt.datetime.now(dt.UTC)
+    signer, key_file = new_signer(tmp_path)
+    days = await small_history(database, now, signer)
+    # acme's event 3 altered and every later hash of acme recomputed: the chain links up, the checkpoint signed
+    # after month -4 names acme's head 5 with its old hash.
+    await rewrite_history(owner, "acme", 3)
+    assert (await verify_log(owner)).ok
+    before = await snapshot(owner)
+
+    status = await retention_command(retention_config(database, tmp_path, key_file, days), RETENTION_ARGS)
+
+    assert status == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1
+    name = partition_name(month_start(now, 4))
+    assert captured.err.startswith(f"audit-service retention: {name} does not verify in the log, nothing archived")
+    assert "tenant 'acme': chain broken at position 5" in captured.err
+    for months_back in (4, 3):
+        assert await owner.fetchval("SELECT to_regclass($1)", partition_name(month_start(now, months_back)))
+    assert await snapshot(owner) == before
+    assert not list((tmp_path / "archives").glob("*.manifest.json"))
+
+
+async def test_retention_gives_up_in_one_line_while_a_long_reader_holds_the_log(database, owner, tmp_path, capsys):
+    now = dt.datetime.now(dt.UTC)
+    signer, key_file = new_signer(tmp_path)
+    days = await small_history(database, now, signer)
+    config = retention_config(database, tmp_path, key_file, days)
+    before = await snapshot(owner)
+    reader = await asyncpg.connect(database.app_url)
+    try:
+        reading = reader.transaction(isolation="repeatable_read", readonly=True)
+        await reading.start()
+        assert await reader.fetchval("SELECT count(*) FROM audit_events") == 18
+
+        status = await retention_command(config, RETENTION_ARGS, lock_timeout_seconds=0.2)
+
+        assert status == 1
+        err = capsys.readouterr().err
+        name = partition_name(month_start(now, 4))
+        assert len(err.splitlines()) == 1
+        assert err.startswith(f"audit-service retention: {name}: the log stayed locked for 0.2 s") and "later" in err
+        assert await owner.fetchval("SELECT to_regclass($1)", name) is not None
+        assert await snapshot(owner) == before
+        await reading.rollback()
+    finally:
+        await reader.close()
+
+    assert await retention_command(config, RETENTION_ARGS, lock_timeout_seconds=0.2) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert await owner.fetchval("SELECT to_regclass($1)", name) is None
+    assert (await verify_log(owner, verifiers=(signer.verifier,))).ok
+
+
+async def test_a_failure_inside_the_dropping_transaction_changes_nothing(database, owner, tmp_path, capsys):
+    now = dt.datetime.now(dt.UTC)
+    signer, key_file = new_signer(tmp_path)
+    days = await small_history(database, now, signer)
+    config = retention_config(database, tmp_path, key_file, days)
+    before = await snapshot(owner)
+    # Fails the transaction of step 4 after the baseline fold, the anchors and the recount, at the archive record.
+    await owner.execute(
+        "CREATE FUNCTION fail_archive() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'injected failure while recording the archive'; END $$"
+    )
+    await owner.execute(
+        "CREATE TRIGGER fail_archive BEFORE INSERT ON audit_archives FOR EACH ROW EXECUTE FUNCTION fail_archive()"
+    )
+
+    assert await retention_command(config, RETENTION_ARGS) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "injected failure" in err
+    name = partition_name(month_start(now, 4))
+    assert await owner.fetchval("SELECT to_regclass($1)", name) is not None
+    assert await snapshot(owner) == before  # anchors, baseline, streams, counts, archives, events
+
+    await owner.execute("DROP TRIGGER fail_archive ON audit_archives")
+    assert await retention_command(config, RETENTION_ARGS) == 0
+    assert await owner.fetchval("SELECT to_regclass($1)", name) is None
+    assert await owner.fetchval("SELECT count(*) FROM audit_chain_anchors") == 2

@@ -16,6 +16,7 @@ import pytest
 from audit.v1 import audit_service_pb2 as pb
 from audit_service.config import load_config
 from audit_service.core.checkpoints import (
+    ChainHead,
     Checkpoint,
     parse_json_line,
     parse_json_lines,
@@ -23,7 +24,9 @@ from audit_service.core.checkpoints import (
     to_json_line,
 )
 from audit_service.core.signing import generate_private_key_pem, load_signer
+from audit_service.store.checkpoints import checkpoint_verifiers, take_checkpoint
 from audit_service.store.verify import verify_log
+from cryptography.hazmat.primitives import serialization
 
 from ..conftest import bearer, eventually, store_events
 from ..factories import make_event
@@ -250,3 +253,78 @@ async def test_checkpoints_kept_outside_need_a_readable_file_and_the_public_key(
     keyless = await asyncio.to_thread(cli, env, "verify", "--checkpoints", str(kept))
     assert keyless.returncode == 2 and keyless.stderr.count("\n") == 1
     assert "AUDIT_CHECKPOINT_VERIFY_KEY_FILE" in keyless.stderr
+
+
+def public_key_file(path: Path, private_key_file: Path) -> str:
+    signer = load_signer(str(private_key_file))
+    path.write_bytes(
+        signer.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return str(path)
+
+
+async def test_checkpoints_signed_before_a_key_rotation_verify_with_the_retired_key_configured(
+    log, database, app_conn, key_file, tmp_path
+):
+    retired_key_file = tmp_path / "retired-key.pem"
+    retired_key_file.write_bytes(generate_private_key_pem())
+    retired, current = load_signer(str(retired_key_file)), load_signer(str(key_file))
+    assert (await take_checkpoint(app_conn, retired)).parsed().log_position == 10
+    await store_events(database, [make_event(tenant="acme"), make_event(tenant="globex")])
+    # The key was rotated: the next checkpoint is signed with the new key, though the old one is still current.
+    rotated = await take_checkpoint(app_conn, current)
+    assert (rotated.key_id, rotated.parsed().log_position) == (current.key_id, 12)
+
+    retired_public = public_key_file(tmp_path / "retired.pub.pem", retired_key_file)
+    current_public = public_key_file(tmp_path / "current.pub.pem", key_file)
+    both = load_config(env={"AUDIT_CHECKPOINT_VERIFY_KEY_FILE": f"{retired_public},{current_public}"})
+    report = await verify_log(app_conn, verifiers=checkpoint_verifiers(both.checkpoints))
+    assert (report.ok, report.checkpoints, report.checkpoint_heads_checked) == (True, 2, 4), report.first_break
+
+    only_current = load_config(env={"AUDIT_CHECKPOINT_VERIFY_KEY_FILE": current_public})
+    report = await verify_log(app_conn, verifiers=checkpoint_verifiers(only_current.checkpoints))
+    assert (report.first_break.tenant, report.first_break.position) == ("", 10)
+    assert f"signed with key {retired.key_id!r}, not a configured key" in report.first_break.reason
+
+    # The signing key's public half counts too; the CLI reads the same variables.
+    env = {
+        "AUDIT_DATABASE_URL": database.app_url,
+        "AUDIT_CHECKPOINT_SIGNING_KEY_FILE": str(key_file),
+        "AUDIT_CHECKPOINT_VERIFY_KEY_FILE": retired_public,
+    }
+    verified = await asyncio.to_thread(cli, env, "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "4 chain heads of 2 signed checkpoints matched" in verified.stdout
+    unverified = await asyncio.to_thread(cli, {**env, "AUDIT_CHECKPOINT_VERIFY_KEY_FILE": ""}, "verify")
+    assert unverified.returncode == 1
+    assert "checkpoint at log position 10:" in unverified.stdout and retired.key_id in unverified.stdout
+
+
+async def test_a_row_forged_at_the_next_log_position_does_not_keep_the_genuine_checkpoint_out(
+    log, app_conn, owner, key_file
+):
+    signer = load_signer(str(key_file))
+    # The service role may insert checkpoints: one for the position the next checkpoint will state, claiming the
+    # real key, vouching for a rewritten head.
+    claimed = sign_checkpoint(signer, 10, dt.datetime.now(dt.UTC), {"acme": ChainHead(9, b"\x00" * 32)})
+    forged_statement = claimed.statement.replace(b'"position":9', b'"position":7')
+    insert = "INSERT INTO audit_checkpoints VALUES (10, now(), $1, $2, $3)"
+    await app_conn.execute(insert, forged_statement, signer.key_id, claimed.signature)
+
+    checkpoint = await take_checkpoint(app_conn, signer)
+    assert checkpoint.statement != forged_statement
+    assert signer.verifier.verify(checkpoint.statement, checkpoint.signature)
+    statement = checkpoint.parsed()
+    assert statement.log_position == 10
+    assert {tenant: head.position for tenant, head in statement.heads.items()} == {"acme": 9, "globex": 10}
+    stored = await owner.fetch("SELECT statement FROM audit_checkpoints WHERE log_position = 10")
+    assert sorted(bytes(row["statement"]) for row in stored) == sorted([forged_statement, checkpoint.statement])
+    # Asked again, the stored genuine checkpoint is the current one, never the forged row.
+    assert await take_checkpoint(app_conn, signer) == checkpoint
+    assert await owner.fetchval("SELECT count(*) FROM audit_checkpoints") == 2
+
+    report = await verify_log(app_conn, verifiers=(signer.verifier,))
+    assert (report.first_break.tenant, report.first_break.position) == ("", 10)
+    assert "signature does not verify" in report.first_break.reason

@@ -232,3 +232,11 @@ def test_head_of_a_tenant_whose_rows_were_not_fed_breaks() -> None:
 def test_chain_break_describes_itself() -> None:
     text = str(ChainBreak("acme", 5, "hash does not match"))
     assert "'acme'" in text and "position 5" in text and "hash does not match" in text
+
+
+def test_a_break_in_an_archive_record_names_the_archive() -> None:
+    broken = ChainBreak(
+        "", 41, "the record of archived partition audit_events_2025_01 in audit_archives: x", "audit_events_2025_01"
+    )
+    assert str(broken) == f"archive record at position 41: {broken.reason}"
+    assert str(ChainBreak("", 13, "forged")) == "checkpoint at log position 13: forged"

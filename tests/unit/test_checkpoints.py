@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from audit_service.config import CheckpointConfig
 from audit_service.core.chain import ChainVerifier, CheckpointHeads
 from audit_service.core.checkpoints import (
     CHECKPOINT_VERSION,
@@ -24,6 +26,9 @@ from audit_service.core.checkpoints import (
 )
 from audit_service.core.records import LOG_COLUMNS, content_from_event, seal
 from audit_service.core.signing import Signer, load_signer
+from audit_service.errors import ConfigError
+from audit_service.store.checkpoints import checkpoint_verifiers
+from cryptography.hazmat.primitives import serialization
 
 from .test_chain import RECORDED_AT, build_log, find, make_event
 
@@ -103,6 +108,52 @@ def test_signature_verifies_with_the_signing_key_only(signer: Signer, other_sign
 
     unknown = signature_problem(checkpoint, [other_signer.verifier])
     assert unknown is not None and signer.key_id in unknown and "not a configured key" in unknown
+
+
+def public_key_file(path: Path, signer: Signer) -> str:
+    path.write_bytes(
+        signer.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return str(path)
+
+
+def test_verifiers_are_every_configured_key_and_the_signing_keys_public_half(
+    tmp_path: Path, signer: Signer, other_signer: Signer
+) -> None:
+    # After a rotation: `other_signer` signed the older checkpoints, `signer` signs from now on.
+    retired = public_key_file(tmp_path / "retired.pub.pem", other_signer)
+    current = public_key_file(tmp_path / "current.pub.pem", signer)
+    signing_key_file = tmp_path / "signing.pem"
+    signing_key_file.write_bytes(
+        signer.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+    def key_ids(**fields: Any) -> list[str]:
+        return [verifier.key_id for verifier in checkpoint_verifiers(CheckpointConfig(**fields))]
+
+    assert key_ids(verify_key_files=(retired,), signing_key_file=str(signing_key_file)) == [
+        other_signer.key_id,
+        signer.key_id,
+    ]
+    # The signing key's public half configured again counts once.
+    assert key_ids(verify_key_files=(retired, current), signing_key_file=str(signing_key_file)) == [
+        other_signer.key_id,
+        signer.key_id,
+    ]
+    assert key_ids(verify_key_files=(retired, current)) == [other_signer.key_id, signer.key_id]
+    assert key_ids(signing_key_file=str(signing_key_file)) == [signer.key_id]
+    assert key_ids() == []
+
+    not_a_key = tmp_path / "not-a-key.pem"
+    not_a_key.write_text("nope")
+    with pytest.raises(ConfigError) as caught:
+        checkpoint_verifiers(CheckpointConfig(verify_key_files=(retired, str(not_a_key))))
+    assert caught.value.setting == "AUDIT_CHECKPOINT_VERIFY_KEY_FILE"
+    assert "not-a-key.pem" in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_an_altered_statement_or_signature_does_not_verify(signer: Signer) -> None:

@@ -150,6 +150,23 @@ def test_bad_variable_is_named(name: str, value: str) -> None:
     assert "\n" not in message
 
 
+def test_checkpoint_verify_keys_are_a_comma_separated_list_of_readable_files(tmp_path) -> None:
+    old, new = tmp_path / "old.pub.pem", tmp_path / "new.pub.pem"
+    old.write_text("old")
+    new.write_text("new")
+    assert load_config(env={}).checkpoints.verify_key_files == ()
+
+    one = load_config(env={"AUDIT_CHECKPOINT_VERIFY_KEY_FILE": str(old)})
+    assert one.checkpoints.verify_key_files == (str(old),)
+    several = load_config(env={"AUDIT_CHECKPOINT_VERIFY_KEY_FILE": f"{old}, {new},"})
+    assert several.checkpoints.verify_key_files == (str(old), str(new))
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={"AUDIT_CHECKPOINT_VERIFY_KEY_FILE": f"{old},{tmp_path / 'missing.pem'}"})
+    assert caught.value.setting == "AUDIT_CHECKPOINT_VERIFY_KEY_FILE"
+    assert "missing.pem" in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_explicit_override_wins_over_environment() -> None:
     env = {"AUDIT_LOG_LEVEL": "DEBUG", "AUDIT_NATS_URL": "nats://env:4222", "AUDIT_GRPC_ADDRESS": "127.0.0.1:1"}
     config = load_config(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime as dt
 import gzip
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from audit_service.config import CheckpointConfig, Config
 from audit_service.core.checkpoints import ChainHead, sign_checkpoint, to_json_line
 from audit_service.core.ndjson import event_line
 from audit_service.core.records import GENESIS_HASH, LOG_COLUMNS, seal_canonical
-from audit_service.core.signing import Signer
+from audit_service.core.signing import Signer, generate_private_key_pem
 from audit_service.offline_verify import (
     MANIFEST_FORMAT,
     load_checkpoints,
@@ -22,6 +24,7 @@ from audit_service.offline_verify import (
     verify_archive_sequence,
     verify_export,
     verify_file,
+    verify_files_command,
 )
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -101,7 +104,7 @@ def signer() -> Signer:
 def test_an_archive_verifies_against_its_manifest_and_its_signature(tmp_path: Path, signer: Signer) -> None:
     manifest = write_archive(tmp_path, chain_lines(20, first_position=41), signer)
 
-    report = verify_archive(manifest, signer.verifier)
+    report = verify_archive(manifest, (signer.verifier,))
 
     assert report.ok, str(report)
     assert "20 events at positions 41-60 in 2 tenant chains" in str(report)
@@ -165,20 +168,20 @@ def test_a_changed_archive_or_manifest_fails_even_when_every_line_checks_out(tmp
     manifest = write_archive(tmp_path, lines, signer)
     archive = manifest.with_name("audit_events_2026_07.ndjson.gz")
     archive.write_bytes(gzip.compress(b"".join(lines), compresslevel=1, mtime=1))  # same lines, other bytes
-    assert "sha256 or size does not match" in str(verify_archive(manifest, signer.verifier))
+    assert "sha256 or size does not match" in str(verify_archive(manifest, (signer.verifier,)))
 
     write_archive(tmp_path, lines, signer)
     document = orjson.loads(manifest.read_bytes())
     document["retention_days"] = 1
     manifest.write_bytes(orjson.dumps(document))
-    assert str(verify_archive(manifest, signer.verifier)).endswith(
+    assert str(verify_archive(manifest, (signer.verifier,))).endswith(
         f"the manifest's signature does not match (key {signer.key_id}): the manifest was altered"
     )
     assert verify_archive(manifest).ok, "without a key the signature is not checked"
 
     other = Signer(Ed25519PrivateKey.generate())
     assert f"signed by key {signer.key_id}, the verify key is {other.key_id}" in str(
-        verify_archive(manifest, other.verifier)
+        verify_archive(manifest, (other.verifier,))
     )
 
 
@@ -284,3 +287,20 @@ def test_archives_that_follow_each_other_must_continue_each_tenants_chain() -> N
     # the first, then only acme's link from the second to the third (globex's start is in no archive given).
     assert verify_archive_sequence([first, third]).summary.endswith("; 2 tenant chain links between them checked")
     assert verify_archive_sequence([second, third]).summary.endswith("; 1 tenant chain links between them checked")
+
+
+def test_an_unsigned_manifest_fails_when_a_verify_key_is_configured(tmp_path: Path, capsys) -> None:
+    manifest = write_archive(tmp_path, chain_lines(4))
+    assert "unsigned (no verify key configured)" in str(verify_archive(manifest))
+
+    report = verify_archive(manifest, (Signer(Ed25519PrivateKey.generate()).verifier,))
+    assert not report.ok
+    assert "the manifest is unsigned, but a verify key is configured" in str(report)
+
+    # verify-file with the configured key (the signing key's public half) fails it the same way.
+    key_file = tmp_path / "signing.pem"
+    key_file.write_bytes(generate_private_key_pem())
+    config = Config(checkpoints=CheckpointConfig(signing_key_file=str(key_file)))
+    assert verify_files_command(config, argparse.Namespace(files=[manifest], checkpoints=None)) == 1
+    assert capsys.readouterr().out.startswith(f"FAILED: {manifest}: the manifest is unsigned")
+    assert verify_files_command(Config(), argparse.Namespace(files=[manifest], checkpoints=None)) == 0

@@ -21,14 +21,19 @@ class ChainBreak:
     """The first event whose stored hashes do not match its content and predecessor (or a signed checkpoint).
 
     A break in no tenant's chain (a checkpoint whose signature does not verify) has tenant "" and the
-    checkpoint's log position.
+    checkpoint's log position; one in the record of an archived partition (audit_archives) names it in `archive`
+    (and in the reason, which is what the API returns).
     """
 
     tenant: str
     position: int
     reason: str
+    archive: str = ""
+    """The archived partition whose record in audit_archives is at fault."""
 
     def __str__(self) -> str:
+        if self.archive:
+            return f"archive record at position {self.position}: {self.reason}"
         if not self.tenant:
             return f"checkpoint at log position {self.position}: {self.reason}"
         return f"tenant {self.tenant!r}: chain broken at position {self.position}: {self.reason}"

@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_SECRET_KEYS = r"password|passwd|passphrase|secret|token|apikey|accesskey|privatekey|credential|authorization|cookie"
+DEFAULT_SECRET_KEYS = (
+    r"password|passwd|passphrase|secret|token|apikey|accesskey|privatekey|credential|authorization|cookie"
+)
 """Found in a folded key, it marks the key's value as a secret (AUDIT_SECRET_KEYS overrides it)."""
 MASK = "[MASKED]"
 """What a masked value is stored as."""

@@ -19,6 +19,7 @@ from ..core.checkpoints import (
     parse_json_line,
     parse_json_lines,
     sign_checkpoint,
+    signature_problem,
     to_json_line,
 )
 from ..core.signing import Signer, Verifier, load_signer, load_verifier
@@ -39,37 +40,44 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _INSERT = """
-INSERT INTO audit_checkpoints (log_position, created_at, statement, key_id, signature)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (log_position) DO NOTHING
+INSERT INTO audit_checkpoints (log_position, created_at, statement, key_id, signature) VALUES ($1, $2, $3, $4, $5)
 """
-_SELECT = "SELECT statement, key_id, signature FROM audit_checkpoints WHERE log_position = $1"
+_AT_POSITION = "SELECT statement, key_id, signature FROM audit_checkpoints WHERE log_position = $1 ORDER BY created_at"
 
 
 async def take_checkpoint(conn: asyncpg.Connection, signer: Signer) -> Checkpoint:
     """Signs and stores a checkpoint of every tenant's chain head, read in one snapshot.
 
-    When no event was stored since the latest checkpoint (or another worker signed this log position first),
-    that checkpoint is returned instead of a new one.
+    When no event was stored since the latest checkpoint signed with `signer`'s key, that checkpoint is returned
+    instead of a new one. The service role may insert rows too, so a stored row counts only when its signature
+    verifies with the key and it states this log position; any other row there is ignored (verification
+    reports it as a break).
     """
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         log_position = await conn.fetchval("SELECT last_position FROM audit_log_head")
-        existing = await conn.fetchrow(_SELECT, log_position)
-        if existing is not None:
-            return _from_row(existing)
+        for row in await conn.fetch(_AT_POSITION, log_position):
+            stored = _from_row(row)
+            if _signed_at(stored, signer.verifier, log_position):
+                return stored
         heads = {
             row["tenant"]: ChainHead(row["last_position"], bytes(row["last_hash"]))
             for row in await conn.fetch("SELECT tenant, last_position, last_hash FROM audit_chain_heads ORDER BY 1")
         }
     created_at = dt.datetime.now(dt.UTC)
     checkpoint = sign_checkpoint(signer, log_position, created_at, heads)
-    # Outside the snapshot: two workers may sign the same position; the first one stored stands.
-    status = await conn.execute(
-        _INSERT, log_position, created_at, checkpoint.statement, checkpoint.key_id, checkpoint.signature
-    )
-    if status.endswith(" 0"):
-        return _from_row(await conn.fetchrow(_SELECT, log_position))
+    # Outside the snapshot: two workers may both sign this position and store two checkpoints; both are true.
+    await conn.execute(_INSERT, log_position, created_at, checkpoint.statement, checkpoint.key_id, checkpoint.signature)
     return checkpoint
+
+
+def _signed_at(checkpoint: Checkpoint, verifier: Verifier, log_position: int) -> bool:
+    """Whether the checkpoint is signed with the verifier's key and states `log_position`."""
+    if signature_problem(checkpoint, (verifier,)) is not None:
+        return False
+    try:
+        return checkpoint.parsed().log_position == log_position
+    except ValueError:
+        return False
 
 
 def _from_row(row: asyncpg.Record) -> Checkpoint:
@@ -82,13 +90,14 @@ def checkpoint_signer(config: CheckpointConfig) -> Signer | None:
 
 
 def checkpoint_verifiers(config: CheckpointConfig) -> tuple[Verifier, ...]:
-    """The public keys checkpoints are verified with: AUDIT_CHECKPOINT_VERIFY_KEY_FILE, else the signing key's
-    public half, else none (checkpoints are not checked)."""
-    if config.verify_key_file:
-        return (load_verifier(config.verify_key_file),)
-    if config.signing_key_file:
-        return (load_signer(config.signing_key_file).verifier,)
-    return ()
+    """The public keys checkpoints are verified with: every file of AUDIT_CHECKPOINT_VERIFY_KEY_FILE (the keys
+    that signed before a rotation) and the signing key's public half, one per key id; none when neither is set
+    (checkpoints are not checked). ConfigError (one line naming the variable) when a file is unusable."""
+    verifiers = [load_verifier(path) for path in config.verify_key_files]
+    signer = checkpoint_signer(config)
+    if signer is not None:
+        verifiers.append(signer.verifier)
+    return tuple({verifier.key_id: verifier for verifier in verifiers}.values())
 
 
 class PeriodicCheckpointer:

@@ -2,15 +2,21 @@
 the retention period, then drops them whole (never row by row).
 
 For each expired partition, oldest first:
+0. its events are verified in the log (store/verify.verify_log over its positions, against the stored signed
+   checkpoints with the configured keys): a partition whose history was rewritten is refused, not archived;
 1. its events are streamed in position order into `<archive_dir>/<partition>.ndjson.gz` (the NDJSON of
    core/ndjson.py, gzip with a fixed header, so rewriting it after a crash gives the same bytes);
 2. `<partition>.manifest.json` records the range, counts, positions and, per tenant, the chain hashes at both
    boundaries, the archive's SHA-256 and size; signed with the checkpoint key when one is configured;
 3. both are read back and verified offline (offline_verify.py) before anything is dropped;
-4. one transaction, holding the log head: the partition's resource streams are folded into
-   audit_resource_baseline, its events leave the count projections, each tenant's chain is anchored at its
-   last archived event (audit_chain_anchors), the manifest goes into audit_archives, the partition is detached
-   and dropped, and the purge is recorded in the log as an event of the system actor, one per tenant.
+4. one transaction, holding the log head: each tenant's chain in the manifest must start where the archives
+   before it left it (the anchor the manifests in audit_archives state, or the genesis hash); the partition's
+   resource streams are folded into audit_resource_baseline, its events leave the count projections, each
+   tenant's chain is anchored at its last archived event (audit_chain_anchors), the manifest goes into
+   audit_archives, the purge is recorded in the log as an event of the system actor, one per tenant, and last
+   the partition is detached and dropped. Detaching needs an ACCESS EXCLUSIVE lock on audit_events, so the
+   transaction gives up after LOCK_TIMEOUT_SECONDS (a long-running reader holds the log; rerun later) rather
+   than make every reader and writer queue behind it, and does next to nothing once it holds that lock.
 
 Runs as the schema owner (the service role cannot drop). A rerun after a crash is safe: until step 4 commits
 the partition is still there and its archive is rewritten; after, it is gone and not looked at again.
@@ -26,6 +32,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,13 +44,18 @@ from audit_client import new_event_id
 from audit_client.validation import validate_event
 
 from ..core.ndjson import event_line
-from ..core.records import Content, columns_sql, content_from_event
-from ..core.signing import Signer, load_signer
+from ..core.records import GENESIS_HASH, Content, columns_sql, content_from_event
+from ..core.signing import Signer, Verifier, load_signer
 from ..offline_verify import ARCHIVE_SUFFIX, MANIFEST_FORMAT, MANIFEST_SUFFIX, manifest_signing_bytes, verify_archive
 from .append import RANKED_ACTION_COUNTS, LogAppender
+from .checkpoints import checkpoint_verifiers
 from .projections import fold_streams
+from .verify import archived_chains, verify_log
 
 PURGE_ACTION = "audit.retention.purge"
+LOCK_TIMEOUT_SECONDS = 10.0
+"""How long the dropping transaction waits for a lock (detaching a partition locks the whole log) before it
+gives up, nothing dropped."""
 SYSTEM_ACTOR = event_pb2.Subject(id="audit-service", type=event_pb2.SUBJECT_TYPE_SYSTEM, slug="retention")
 _PARTITION_NAME = re.compile(r"audit_events_(\d{4})_(\d{2})")
 
@@ -66,9 +78,11 @@ _FORGET_COUNTS = """
 DELETE FROM {table} AS p USING unnest($1::text[], $2::timestamptz[]) AS k (tenant, hour)
 WHERE p.tenant = k.tenant AND p.hour = k.hour
 """
+# The events of those hours outside the partition ($3): what the log holds once it is dropped.
 _EVENTS_OF_HOURS = """
 unnest($1::text[], $2::timestamptz[]) AS k (tenant, hour)
 JOIN audit_events AS e ON e.tenant = k.tenant AND e.occurred_at >= k.hour AND e.occurred_at < k.hour + interval '1 hour'
+    AND e.tableoid <> $3::regclass
 """
 _RECOUNT = f"""
 INSERT INTO audit_counts_hourly (tenant, hour, action, resource_type, outcome, actor_type, events)
@@ -286,93 +300,163 @@ def _purge_content(partition: Partition, tenant: str, run: dict[str, Any], manif
     return content_from_event(event, validate_event(event, now_seconds=time.time()))
 
 
-async def _drop_partition(conn: asyncpg.Connection, partition: Partition, manifest: dict[str, Any] | None) -> bool:
+async def _verify_in_log(conn: asyncpg.Connection, partition: Partition, verifiers: Sequence[Verifier]) -> None:
+    """Step 0: the partition's events must verify in the log, against the signed checkpoints, before they are
+    archived (an archive of a rewritten history would verify as well as the real one)."""
+    first, last = await conn.fetchrow(f"SELECT min(position), max(position) FROM {partition.name}")
+    if first is None:
+        return
+    report = await verify_log(conn, from_position=first, to_position=last, verifiers=verifiers)
+    if not report.ok:
+        raise RetentionError(
+            f"{partition.name} does not verify in the log, nothing archived or dropped: {report.first_break}"
+        )
+
+
+async def _check_chain_starts(
+    conn: asyncpg.Connection, name: str, manifest: dict[str, Any], verifiers: Sequence[Verifier]
+) -> None:
+    """Each tenant's chain in the manifest must start where the archives before it (audit_archives) end."""
+    archived = await archived_chains(conn, verifiers)
+    if archived.first_break is not None:
+        raise RetentionError(f"the archives before {name} do not verify, nothing dropped: {archived.first_break}")
+    for tenant, run in sorted(manifest["tenants"].items()):
+        position, digest = archived.anchors.get(tenant, (0, GENESIS_HASH))
+        if run["first_prev_hash"] != digest.hex():
+            where = f"its last archived event at position {position}" if position else "the genesis hash"
+            raise RetentionError(
+                f"{name}: tenant {tenant!r}'s first event at position {run['first_position']} does not continue its "
+                f"chain from {where}, nothing dropped"
+            )
+
+
+async def _drop_partition(
+    conn: asyncpg.Connection,
+    partition: Partition,
+    manifest: dict[str, Any] | None,
+    verifiers: Sequence[Verifier],
+    lock_timeout_seconds: float,
+) -> bool:
     """The transaction of step 4 (`manifest` None: an empty partition). False when the partition is gone
     already (another run dropped it)."""
     name = partition.name
-    async with conn.transaction():
-        await conn.execute(_LOCK_HEAD)
-        if await conn.fetchval("SELECT to_regclass($1)", name) is None:
-            return False
-        events, first, last = await conn.fetchrow(f"SELECT count(*), min(position), max(position) FROM {name}")
-        expected = (
-            (0, None, None)
-            if manifest is None
-            else tuple(manifest[key] for key in ("events", "first_position", "last_position"))
-        )
-        if (events, first, last) != expected:
-            raise RetentionError(f"{name} changed after it was archived ({events} events now); run retention again")
-        if manifest is None:
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = {max(1, round(lock_timeout_seconds * 1000))}")
+            await conn.execute(_LOCK_HEAD)
+            if await conn.fetchval("SELECT to_regclass($1)", name) is None:
+                return False
+            events, first, last = await conn.fetchrow(f"SELECT count(*), min(position), max(position) FROM {name}")
+            expected = (
+                (0, None, None)
+                if manifest is None
+                else tuple(manifest[key] for key in ("events", "first_position", "last_position"))
+            )
+            if (events, first, last) != expected:
+                raise RetentionError(f"{name} changed after it was archived ({events} events now); run retention again")
+            if manifest is not None:
+                await _record_archive(conn, partition, manifest, verifiers)
+            # Last, as it locks the whole log until the commit: the partition leaves it.
             await conn.execute(f"ALTER TABLE audit_events DETACH PARTITION {name}")
             await conn.execute(f"DROP TABLE {name}")
-            return True
-
-        touched = await conn.fetch(_TOUCHED_HOURS.format(hours=_HOURS, partition=name))
-        hours_args = ([row["tenant"] for row in touched], [row["hour"] for row in touched])
-        await fold_streams(conn, source=name, target="audit_resource_baseline", low=first - 1, high=last)
-        tenants = sorted(manifest["tenants"])
-        await conn.execute(
-            _UPSERT_ANCHORS,
-            tenants,
-            [manifest["tenants"][tenant]["last_position"] for tenant in tenants],
-            [bytes.fromhex(manifest["tenants"][tenant]["last_hash"]) for tenant in tenants],
-        )
-        await conn.execute(f"ALTER TABLE audit_events DETACH PARTITION {name}")
-        # The partition is no longer part of the log: recount the hours it touched from what remains.
-        for table in ("audit_counts_hourly", "audit_action_counts_hourly"):
-            await conn.execute(_FORGET_COUNTS.format(table=table), *hours_args)
-        await conn.execute(_RECOUNT, *hours_args)
-        await conn.execute(_RECOUNT_ACTIONS, *hours_args)
-        await conn.execute(
-            _RECORD_ARCHIVE,
-            name,
-            partition.range_start,
-            partition.range_end,
-            first,
-            last,
-            events,
-            manifest["archive_file"],
-            manifest["archive_sha256"],
-            orjson.dumps(manifest).decode(),
-        )
-        await conn.execute(f"DROP TABLE {name}")
-        purges = [_purge_content(partition, tenant, manifest["tenants"][tenant], manifest) for tenant in tenants]
-        await LogAppender().append(conn, purges)
+    except asyncpg.LockNotAvailableError:
+        raise RetentionError(
+            f"{name}: the log stayed locked for {lock_timeout_seconds:g} s (a long-running reader or writer holds "
+            "it), nothing dropped; run retention again later"
+        ) from None
     return True
 
 
+async def _record_archive(
+    conn: asyncpg.Connection, partition: Partition, manifest: dict[str, Any], verifiers: Sequence[Verifier]
+) -> None:
+    """Everything of step 4 but the drop, in the caller's transaction: the partition's events still in the log."""
+    name = partition.name
+    first, last = manifest["first_position"], manifest["last_position"]
+    await _check_chain_starts(conn, name, manifest, verifiers)
+    touched = await conn.fetch(_TOUCHED_HOURS.format(hours=_HOURS, partition=name))
+    hours_args = ([row["tenant"] for row in touched], [row["hour"] for row in touched], name)
+    await fold_streams(conn, source=name, target="audit_resource_baseline", low=first - 1, high=last)
+    tenants = sorted(manifest["tenants"])
+    await conn.execute(
+        _UPSERT_ANCHORS,
+        tenants,
+        [manifest["tenants"][tenant]["last_position"] for tenant in tenants],
+        [bytes.fromhex(manifest["tenants"][tenant]["last_hash"]) for tenant in tenants],
+    )
+    # Recount the hours the partition touched from the rest of the log.
+    for table in ("audit_counts_hourly", "audit_action_counts_hourly"):
+        await conn.execute(_FORGET_COUNTS.format(table=table), *hours_args[:2])
+    await conn.execute(_RECOUNT, *hours_args)
+    await conn.execute(_RECOUNT_ACTIONS, *hours_args)
+    await conn.execute(
+        _RECORD_ARCHIVE,
+        name,
+        partition.range_start,
+        partition.range_end,
+        first,
+        last,
+        manifest["events"],
+        manifest["archive_file"],
+        manifest["archive_sha256"],
+        orjson.dumps(manifest).decode(),
+    )
+    purges = [_purge_content(partition, tenant, manifest["tenants"][tenant], manifest) for tenant in tenants]
+    await LogAppender().append(conn, purges)
+
+
 async def archive_partition(
-    conn: asyncpg.Connection, partition: Partition, archive_dir: Path, days: int, signer: Signer | None
+    conn: asyncpg.Connection,
+    partition: Partition,
+    archive_dir: Path,
+    days: int,
+    signer: Signer | None,
+    verifiers: Sequence[Verifier] = (),
+    *,
+    lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS,
 ) -> Archived | None:
-    """Archives one partition, verifies the archive, drops the partition and records the purge (steps 1-4).
+    """Verifies one partition in the log, archives it, verifies the archive, drops the partition and records
+    the purge (steps 0-4). `verifiers`: the configured checkpoint keys (stored checkpoints and manifests are
+    checked with them).
 
     Returns None when another run dropped the partition meanwhile.
     """
+    await _verify_in_log(conn, partition, verifiers)
     archive = archive_dir / f"{partition.name}{ARCHIVE_SUFFIX}"
     events, tenants, positions = await _write_archive(conn, partition, archive)
     if positions is None:
         archive.unlink()
-        dropped = await _drop_partition(conn, partition, None)
+        dropped = await _drop_partition(conn, partition, None, verifiers, lock_timeout_seconds)
         return Archived(partition, 0, None, None, 0, None) if dropped else None
     manifest = _build_manifest(partition, events, positions, tenants, archive, days, signer)
     manifest_path = archive_dir / f"{partition.name}{MANIFEST_SUFFIX}"
     _write_atomically(manifest_path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-    report = await asyncio.to_thread(verify_archive, manifest_path, None if signer is None else signer.verifier)
+    report = await asyncio.to_thread(verify_archive, manifest_path, verifiers)
     if not report.ok:
         raise RetentionError(f"the archive of {partition.name} does not verify, nothing dropped: {report}")
-    if not await _drop_partition(conn, partition, manifest):
+    if not await _drop_partition(conn, partition, manifest, verifiers, lock_timeout_seconds):
         return None
     return Archived(partition, events, positions[0], positions[1], len(tenants), archive)
 
 
-async def retention_command(config, args) -> int:
-    """`audit-service retention`: one line per partition archived and dropped (or listed, with --dry-run)."""
+async def retention_command(config, args, *, lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS) -> int:
+    """`audit-service retention`: one line per partition archived and dropped (or listed, with --dry-run).
+
+    `lock_timeout_seconds` is for tests (how long dropping waits for the log's lock)."""
     days = args.days if args.days is not None else config.retention.days
     if days <= 0:
         print("audit-service retention: --days must be a positive number of days", file=sys.stderr)
         return 1
     archive_dir = Path(args.archive_dir or config.retention.archive_dir)
     signer = load_signer(config.checkpoints.signing_key_file) if config.checkpoints.signing_key_file else None
+    verifiers = checkpoint_verifiers(config.checkpoints)
+    if verifiers and signer is None:
+        print(
+            "audit-service retention: AUDIT_CHECKPOINT_SIGNING_KEY_FILE is required: with a checkpoint verify key "
+            "configured, archive manifests must be signed",
+            file=sys.stderr,
+        )
+        return 1
     try:
         conn = await asyncpg.connect(config.database.migrate_url or config.database.url)
     except (OSError, asyncpg.PostgresError) as error:
@@ -393,7 +477,9 @@ async def retention_command(config, args) -> int:
             return 0
         await asyncio.to_thread(archive_dir.mkdir, parents=True, exist_ok=True)
         for partition in partitions:
-            archived = await archive_partition(conn, partition, archive_dir, days, signer)
+            archived = await archive_partition(
+                conn, partition, archive_dir, days, signer, verifiers, lock_timeout_seconds=lock_timeout_seconds
+            )
             if archived is not None:
                 print(archived, flush=True)
         return 0

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import asyncpg
+import orjson
 
 from ..config import Config
 from ..core.chain import ChainBreak, ChainVerifier, CheckpointHeads
 from ..core.checkpoints import Checkpoint, parse_json_lines, signature_problem
-from ..core.records import columns_sql
+from ..core.records import GENESIS_HASH, columns_sql
 from ..core.signing import Verifier
 from ..errors import ConfigError
+from ..offline_verify import manifest_signature_problem, verify_archive_sequence
 from .checkpoints import checkpoint_verifiers
 
 
@@ -45,6 +49,77 @@ CROSS JOIN LATERAL (
 """
 
 
+_ARCHIVES = """
+SELECT partition_name, first_position, last_position, events, archive_sha256, manifest
+FROM audit_archives WHERE events > 0 ORDER BY first_position
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedChains:
+    """Where the tenant chains continue after the partitions retention archived, as their manifests say."""
+
+    anchors: dict[str, tuple[int, bytes]]
+    """Per tenant, the position and hash of its last archived event (from the latest archive holding it)."""
+    first_break: ChainBreak | None = None
+
+
+def _broken(name: str, position: int, problem: str) -> ArchivedChains:
+    reason = f"the record of archived partition {name} in audit_archives: {problem}"
+    return ArchivedChains({}, ChainBreak("", position, reason, archive=name))
+
+
+async def archived_chains(
+    conn: asyncpg.Connection, verifiers: Sequence[Verifier] = (), tenant: str | None = None
+) -> ArchivedChains:
+    """The chain anchors derived from the manifests in audit_archives (not from audit_chain_anchors, which a
+    superuser can move), after checking the manifests: signed with one of `verifiers` when any are configured,
+    consistent with their rows, covering the positions from 1 without gaps, each tenant's chain continuing from
+    one archive to the next (from the genesis hash). With `tenant`, only that tenant's chain is considered."""
+    manifests: list[tuple[Path, dict[str, Any]]] = []
+    anchors: dict[str, tuple[int, bytes]] = {}
+    next_position = 1
+    for row in await conn.fetch(_ARCHIVES):
+        name = row["partition_name"]
+        manifest = row["manifest"]
+        manifest = orjson.loads(manifest) if isinstance(manifest, str | bytes) else dict(manifest)
+        try:
+            stated = (manifest["partition"], manifest["first_position"], manifest["last_position"])
+            stated += (manifest["events"], manifest["archive_sha256"])
+            runs = {
+                run_tenant: (run["last_position"], bytes.fromhex(run["last_hash"]))
+                for run_tenant, run in manifest["tenants"].items()
+            }
+            for run in manifest["tenants"].values():
+                bytes.fromhex(run["first_prev_hash"])
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
+            return _broken(name, row["first_position"], f"bad manifest: {error}")
+        recorded = (name, row["first_position"], row["last_position"], row["events"], row["archive_sha256"])
+        if stated != recorded:
+            return _broken(name, row["first_position"], "the row and its manifest differ")
+        if row["first_position"] != next_position:
+            problem = (
+                f"it starts at position {row['first_position']}, but the archives before it end at position "
+                f"{next_position - 1} (an archive's record was deleted or altered)"
+            )
+            return _broken(name, row["first_position"], problem)
+        next_position = row["last_position"] + 1
+        if verifiers and (tenant is None or tenant in runs):
+            problem = manifest_signature_problem(manifest, verifiers)
+            if problem is not None:
+                return _broken(name, row["first_position"], problem)
+        if tenant is not None:
+            manifest = {**manifest, "tenants": {t: run for t, run in manifest["tenants"].items() if t == tenant}}
+            runs = {t: run for t, run in runs.items() if t == tenant}
+        manifests.append((Path(name), manifest))
+        anchors.update(runs)
+    linked = verify_archive_sequence(manifests)
+    if not linked.ok:
+        failure = linked.failures[0]
+        return _broken(str(linked.path), failure.position or 0, failure.reason)
+    return ArchivedChains(anchors)
+
+
 async def verify_log(
     conn: asyncpg.Connection,
     *,
@@ -57,7 +132,8 @@ async def verify_log(
     """Recomputes every tenant's chain (or one tenant's) and compares it with the stored hashes and heads, and
     with the chain heads of the signed checkpoints (audit_checkpoints and `external_checkpoints`).
 
-    Chains whose oldest events were archived by retention start from their anchors (audit_chain_anchors); with
+    Chains whose oldest events were archived by retention start from their anchors, as the manifests in
+    audit_archives state them (see `archived_chains`; audit_chain_anchors must agree with them); with
     `from_position`, each chain starts from the stored hash of its last event before it. The recorded chain
     heads are compared only when the range reaches the end of the log. Checkpoints are checked only with
     `verifiers` (the public keys they must be signed with); a bad signature is a break.
@@ -82,7 +158,11 @@ async def verify_log(
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         log_head = await conn.fetchval("SELECT last_position FROM audit_log_head")
         reaches_end = not to_position or to_position >= log_head
-        starts = {
+        archived = await archived_chains(conn, verifiers, tenant)
+        if archived.first_break:
+            return VerifyReport(0, 0, archived.first_break)
+        starts = dict(archived.anchors)
+        recorded_anchors = {
             row["tenant"]: (row["position"], bytes(row["hash"]))
             for row in await conn.fetch(
                 f"SELECT tenant, position, hash FROM audit_chain_anchors {tenant_filter}", *args
@@ -163,6 +243,8 @@ async def verify_log(
                     continue  # every event of the chain was archived by retention (or lies before the range)
                 first_break = ChainBreak(missing, head["last_position"], "every event of the chain is gone")
                 break
+        if first_break is None:
+            first_break = _moved_anchor(recorded_anchors, archived.anchors)
     return VerifyReport(
         checked=verifier.checked,
         tenants=len(seen),
@@ -196,6 +278,23 @@ def _add_checkpoint(
             f"the stored checkpoint's statement is signed for log position {statement.log_position}",
         )
     heads.add(statement, tenant=tenant, from_position=from_position, to_position=to_position)
+    return None
+
+
+def _moved_anchor(recorded: dict[str, tuple[int, bytes]], archived: dict[str, tuple[int, bytes]]) -> ChainBreak | None:
+    """A tenant whose anchor in audit_chain_anchors is not where the archives' manifests say its chain goes on."""
+    for tenant in sorted(set(recorded) | set(archived)):
+        if recorded.get(tenant) == archived.get(tenant):
+            continue
+        position, digest = archived.get(tenant, (0, GENESIS_HASH))
+        stated = recorded.get(tenant)
+        says = f"after position {stated[0]} (hash {stated[1].hex()[:16]}...)" if stated else "from the genesis hash"
+        return ChainBreak(
+            tenant,
+            position,
+            f"audit_chain_anchors says the chain goes on {says}, the archives' manifests say after position "
+            f"{position} (hash {digest.hex()[:16]}...): the anchor was moved",
+        )
     return None
 
 

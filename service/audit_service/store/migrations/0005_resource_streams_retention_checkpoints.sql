@@ -73,13 +73,16 @@ CREATE TRIGGER audit_archives_append_only BEFORE UPDATE OR DELETE ON audit_archi
     FOR EACH ROW EXECUTE FUNCTION audit_reject_mutation();
 
 -- Signed checkpoints of the chain heads: `statement` is the canonical JSON that was signed with the Ed25519
--- key `key_id`. A party that keeps them can tell a rewritten history from the real one.
+-- key `key_id`. A party that keeps them can tell a rewritten history from the real one. A log position may hold
+-- several rows (two workers signing it, or a row the service role forged, which verification reports): a row
+-- there must never keep the genuine checkpoint out, so the key includes the signature.
 CREATE TABLE audit_checkpoints (
-    log_position bigint      PRIMARY KEY,
+    log_position bigint      NOT NULL,
     created_at   timestamptz NOT NULL,
     statement    bytea       NOT NULL,
     key_id       text        NOT NULL,
-    signature    bytea       NOT NULL
+    signature    bytea       NOT NULL,
+    PRIMARY KEY (log_position, signature)
 );
 CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
     FOR EACH ROW EXECUTE FUNCTION audit_reject_mutation();
