@@ -9,7 +9,7 @@ such a key is replaced, whatever its type, at any depth (also inside lists).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_SECRET_KEYS = (
@@ -20,6 +20,7 @@ MASK = "[MASKED]"
 """What a masked value is stored as."""
 
 _FOLDED_OUT = str.maketrans("", "", "-_. ")
+_MAX_REMEMBERED_KEYS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +28,16 @@ class SecretMask:
     """Replaces the values of secret-looking keys."""
 
     rule: re.Pattern[str] = re.compile(DEFAULT_SECRET_KEYS, re.IGNORECASE)
+    _verdicts: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    """Keys seen so far and whether they are secret: the same few keys come back in event after event."""
 
     def is_secret(self, key: str) -> bool:
-        return self.rule.search(key.lower().translate(_FOLDED_OUT)) is not None
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            if len(self._verdicts) >= _MAX_REMEMBERED_KEYS:
+                self._verdicts.clear()
+            verdict = self._verdicts[key] = self.rule.search(key.lower().translate(_FOLDED_OUT)) is not None
+        return verdict
 
     def mask(self, value: Any) -> Any:
         """The value with every secret-looking key's value masked (the same object when nothing is)."""
