@@ -108,6 +108,8 @@ class FileReport:
     path: Path
     summary: str = ""
     failures: tuple[Failure, ...] = ()
+    manifest: Mapping[str, Any] | None = None
+    """The manifest of an archive that verified (for linking it with the archives next to it)."""
 
     @property
     def ok(self) -> bool:
@@ -406,6 +408,7 @@ def verify_archive(
         f"{manifest['partition']}: {check.events} events {positions}in {len(check.runs)} tenant chains, recorded "
         f"{manifest['range_start']}..{manifest['range_end']}; archive sha256 matches; {signature}"
         f"{_checkpoint_summary(check)}",
+        manifest=manifest,
     )
 
 
@@ -487,8 +490,8 @@ def verify_files_command(config, args) -> int:
         report = verify_file(path, verifiers, signed_heads)
         all_ok = all_ok and report.ok
         print(report, flush=True)
-        if report.ok and (manifest_path := manifest_of(path)) is not None:
-            archives.append((manifest_path, _read_manifest(manifest_path)))
+        if report.manifest is not None:
+            archives.append((report.path, report.manifest))
     if len(archives) > 1:
         report = verify_archive_sequence(archives)
         all_ok = all_ok and report.ok

@@ -13,7 +13,7 @@ from google.protobuf import json_format, struct_pb2
 
 from ..auth.tokens import Principal
 from ..core.diff import ChangeKind, changed_fields, yaml_diff
-from ..core.event_filter import MAX_TEXT_CHARS
+from ..core.event_filter import checked_text
 from ..core.page_token import PageToken, decode_page_token, encode_page_token, query_digest
 from ..core.stored_event import row_to_event
 from ..errors import InvalidArgumentError, PermissionDeniedError
@@ -52,19 +52,11 @@ def fill_diff(target: pb.GetEventResponse | pb.ResourceRevision, row: Mapping[st
     target.yaml_diff = yaml_diff(before, after)
 
 
-def _text(value: str, field: str) -> str:
-    if len(value) > MAX_TEXT_CHARS:
-        raise InvalidArgumentError(field, f"longer than {MAX_TEXT_CHARS} characters")
-    if "\x00" in value:
-        raise InvalidArgumentError(field, "contains a NUL character")
-    return value
-
-
 def _tenant_of(request: pb.ListResourceHistoryRequest, caller: Principal | None) -> str:
     if caller is None:
         if not request.tenant:
             raise InvalidArgumentError("tenant", "is required")
-        return _text(request.tenant, "tenant")
+        return checked_text(request.tenant, "tenant")
     if request.tenant and request.tenant != caller.tenant:
         raise PermissionDeniedError(f"tenant: the caller's token is for tenant {caller.tenant!r}")
     return caller.tenant
@@ -85,8 +77,8 @@ async def list_resource_history(
     tenant = _tenant_of(request, caller)
     if not request.resource_id:
         raise InvalidArgumentError("resource_id", "is required")
-    resource_id = _text(request.resource_id, "resource_id")
-    resource_type = _text(request.resource_type, "resource_type")
+    resource_id = checked_text(request.resource_id, "resource_id")
+    resource_type = checked_text(request.resource_type, "resource_type")
     limit = page_size_of(request)
     newest_first = request.order == pb.ORDER_NEWEST_FIRST
     # The token is bound to the stream, the order and the caller: reusing it elsewhere is refused.

@@ -8,7 +8,7 @@ through the hash a checkpoint signed before the rewrite.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,14 +112,7 @@ class ChainVerifier:
 
     def check(self, row: Mapping[str, Any]) -> ChainBreak | None:
         """Checks one stored row; returns the break it shows, if any."""
-        return self.check_sealed(
-            row["tenant"], row["position"], lambda: row_canonical_bytes(row), bytes(row["prev_hash"]), row["hash"]
-        )
-
-    def check_sealed(
-        self, tenant: str, position: int, canonical: bytes | Callable[[], bytes], prev_hash: bytes, hash_: bytes
-    ) -> ChainBreak | None:
-        """Checks one event given its canonical bytes (or a callable returning them) and stored hashes."""
+        tenant, position, prev_hash = row["tenant"], row["position"], bytes(row["prev_hash"])
         if tenant != self._tenant:
             broken = self._start(tenant)
             if broken:
@@ -127,15 +120,15 @@ class ChainVerifier:
         self.checked += 1
         if position <= self._last_position:
             return ChainBreak(tenant, position, f"position does not follow {self._last_position}")
-        if bytes(prev_hash) != self._expected_prev:
+        if prev_hash != self._expected_prev:
             return ChainBreak(
                 tenant,
                 position,
                 f"prev_hash is not the hash of the tenant's previous event at position {self._last_position} "
                 "(an event before it is missing or moved)",
             )
-        digest = chain_hash(prev_hash, canonical() if callable(canonical) else canonical)
-        if digest != bytes(hash_):
+        digest = chain_hash(prev_hash, row_canonical_bytes(row))
+        if digest != bytes(row["hash"]):
             return ChainBreak(tenant, position, "hash does not match the event's content (the event was altered)")
         self._expected_prev = digest
         self._last_position = position

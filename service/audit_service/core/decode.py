@@ -13,13 +13,12 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from .masking import SecretMask
+from .masking import DEFAULT_MASK, SecretMask
 from .records import Content, content_from_event
 from .tracecontext import parse_traceparent
 
 JSON_CONTENT_TYPE = "application/json"
 PROTOBUF_CONTENT_TYPES = frozenset({"", "application/x-protobuf", "application/protobuf"})
-DEFAULT_MASK = SecretMask()
 
 
 def _media_type(headers: Mapping[str, str] | None) -> str:

@@ -82,7 +82,8 @@ class Scope:
 UNRESTRICTED = Scope(tenant=None)
 
 
-def _text(value: str, field: str, limit: int = MAX_TEXT_CHARS) -> str:
+def checked_text(value: str, field: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """The value of a text field of a request, refused (naming the field) when too long or holding a NUL."""
     if len(value) > limit:
         raise InvalidArgumentError(field, f"longer than {limit} characters")
     if "\x00" in value:
@@ -105,7 +106,7 @@ def timestamp_micros(timestamp: timestamp_pb2.Timestamp, field: str) -> int:
 
 
 def _action(value: str, field: str) -> AnyOf:
-    _text(value, field)
+    checked_text(value, field)
     if value.endswith("*"):
         prefix = value[:-1]
         if not prefix or "*" in prefix:
@@ -143,7 +144,7 @@ def _condition(condition: pb.Condition, field: str) -> Expr:
     parsed: list[str | int] = []
     for index, value in enumerate(values):
         value_field = f"{field}.values[{index}]"
-        _text(value, value_field)
+        checked_text(value, value_field)
         parsed.append(_enum_name(value, column, value_field) if column in INT_COLUMNS else value)
     expr = AnyOf(column, tuple(parsed))
     negated = operator in (pb.CONDITION_OPERATOR_NOT_EQUAL, pb.CONDITION_OPERATOR_NOT_IN)
@@ -188,7 +189,7 @@ def compile_filter(event_filter: pb.EventFilter, scope: Scope) -> Expr:
         _count(event_filter.actions, "filter.actions")
         parts.append(any_of(_action(value, f"filter.actions[{i}]") for i, value in enumerate(event_filter.actions)))
     if event_filter.search:
-        search = _text(event_filter.search, "filter.search", MAX_SEARCH_CHARS)
+        search = checked_text(event_filter.search, "filter.search", MAX_SEARCH_CHARS)
         words = search.split()
         if not words:
             raise InvalidArgumentError("filter.search", "has no words")
@@ -205,7 +206,7 @@ def compile_filter(event_filter: pb.EventFilter, scope: Scope) -> Expr:
     ):
         value = getattr(event_filter, name)
         if value:
-            parts.append(AnyOf(column, (_text(value, f"filter.{name}"),)))
+            parts.append(AnyOf(column, (checked_text(value, f"filter.{name}"),)))
     for name, column in (("actor_slugs", "actor_slug"), ("actor_ids", "actor_id")):
         values = getattr(event_filter, name)
         if values:
@@ -213,7 +214,7 @@ def compile_filter(event_filter: pb.EventFilter, scope: Scope) -> Expr:
             for index, value in enumerate(values):
                 if not value:
                     raise InvalidArgumentError(f"filter.{name}[{index}]", "is empty")
-                _text(value, f"filter.{name}[{index}]")
+                checked_text(value, f"filter.{name}[{index}]")
             parts.append(AnyOf(column, tuple(values)))
     for name, column, known in (("actor_types", "actor_type", _SUBJECT_TYPES), ("outcomes", "outcome", _OUTCOMES)):
         values = getattr(event_filter, name)

@@ -55,6 +55,10 @@ class SecretMask:
         return value
 
 
+DEFAULT_MASK = SecretMask()
+"""The default rule (shared, so its memo of keys is too)."""
+
+
 def compile_secret_keys(rule: str) -> SecretMask:
     """A mask from a rule; raises re.error when the rule is not a regular expression."""
     return SecretMask(re.compile(rule, re.IGNORECASE))

@@ -16,14 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .masking import SecretMask
+from .masking import DEFAULT_MASK, SecretMask
 from .records import CHANGE_AFTER_INDEX, CHANGE_BEFORE_INDEX, CONTENT_COLUMNS, Content
 
 _TENANT = CONTENT_COLUMNS.index("tenant")
 _RESOURCE_TYPE = CONTENT_COLUMNS.index("resource_type")
 _RESOURCE_ID = CONTENT_COLUMNS.index("resource_id")
 
-DEFAULT_MASK = SecretMask()
 StreamKey = tuple[str, str, str]
 """(tenant, resource type or "", resource id)."""
 

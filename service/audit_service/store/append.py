@@ -19,7 +19,7 @@ import asyncpg
 import orjson
 
 from ..core.counts import ActionCounts, action_counts, hourly_counts
-from ..core.masking import SecretMask
+from ..core.masking import DEFAULT_MASK, SecretMask
 from ..core.records import GENESIS_HASH, LOG_COLUMNS, Content, micros_to_datetime, normalize_json, seal_canonical
 from ..core.streams import StreamHead, StreamKey, advance, stream_key
 from ..errors import UnavailableError
@@ -152,7 +152,7 @@ class LogAppender:
                 into a new event. Events arrive masked already (core/decode.py).
         """
         self._ensured_months: set[dt.datetime] = set()
-        self._mask = mask or SecretMask()
+        self._mask = mask or DEFAULT_MASK
 
     async def ensure_partitions(self, conn: asyncpg.Connection, moment: dt.datetime) -> None:
         """Makes sure the monthly partitions for `moment` and one day later exist (cached)."""

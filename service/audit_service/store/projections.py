@@ -17,9 +17,11 @@ import asyncpg
 from .append import ADD_TO_ACTION_COUNTS, RANKED_ACTION_COUNTS
 
 _LOCK_HEAD = "SELECT last_position FROM audit_log_head FOR UPDATE"
-_ADD_CHUNK = """
+HOUR_OF_EVENT = "date_bin('1 hour', occurred_at, timestamptz '1970-01-01 00:00:00+00')"
+"""The UTC hour of occurred_at the count projections count an event in (also used by retention's recount)."""
+_ADD_CHUNK = f"""
 INSERT INTO audit_counts_hourly (tenant, hour, action, resource_type, outcome, actor_type, events)
-SELECT tenant, date_bin('1 hour', occurred_at, timestamptz '1970-01-01 00:00:00+00'), action, resource_type,
+SELECT tenant, {HOUR_OF_EVENT}, action, resource_type,
        outcome, actor_type, count(*)
 FROM audit_events
 WHERE position > $1 AND position <= $2
@@ -30,7 +32,7 @@ _ADD_ACTION_CHUNK = f"""
 INSERT INTO audit_action_counts_hourly AS p (tenant, hour, events, actions, counts)
 SELECT {RANKED_ACTION_COUNTS}
 FROM (
-    SELECT tenant, date_bin('1 hour', occurred_at, timestamptz '1970-01-01 00:00:00+00') AS hour, action,
+    SELECT tenant, {HOUR_OF_EVENT} AS hour, action,
            count(*) AS events
     FROM audit_events
     WHERE position > $1 AND position <= $2

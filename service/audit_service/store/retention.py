@@ -49,7 +49,7 @@ from ..core.signing import Signer, Verifier, load_signer
 from ..offline_verify import ARCHIVE_SUFFIX, MANIFEST_FORMAT, MANIFEST_SUFFIX, manifest_signing_bytes, verify_archive
 from .append import RANKED_ACTION_COUNTS, LogAppender
 from .checkpoints import checkpoint_verifiers
-from .projections import fold_streams
+from .projections import HOUR_OF_EVENT, fold_streams
 from .verify import archived_chains, verify_log
 
 PURGE_ACTION = "audit.retention.purge"
@@ -70,7 +70,6 @@ INSERT INTO audit_chain_anchors (tenant, position, hash)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])
 ON CONFLICT (tenant) DO UPDATE SET position = excluded.position, hash = excluded.hash
 """
-_HOURS = "date_bin('1 hour', occurred_at, timestamptz '1970-01-01 00:00:00+00')"
 # The (tenant, hour) keys of the count projections whose rows count events of the partition: they are
 # deleted and recounted from the log once the partition is detached from it.
 _TOUCHED_HOURS = "SELECT DISTINCT tenant, {hours} AS hour FROM {partition}"
@@ -374,7 +373,7 @@ async def _record_archive(
     name = partition.name
     first, last = manifest["first_position"], manifest["last_position"]
     await _check_chain_starts(conn, name, manifest, verifiers)
-    touched = await conn.fetch(_TOUCHED_HOURS.format(hours=_HOURS, partition=name))
+    touched = await conn.fetch(_TOUCHED_HOURS.format(hours=HOUR_OF_EVENT, partition=name))
     hours_args = ([row["tenant"] for row in touched], [row["hour"] for row in touched], name)
     await fold_streams(conn, source=name, target="audit_resource_baseline", low=first - 1, high=last)
     tenants = sorted(manifest["tenants"])
