@@ -37,8 +37,10 @@ class Limits:
 
     max_event_bytes: int = 256 * 1024
     """Largest encoded event (protobuf or JSON) accepted."""
-    max_text_chars: int = 1024
-    """Longest value of a short text field (ids, names, slugs, route, user agent...)."""
+    max_text_bytes: int = 1024
+    """Longest value of a short text field (ids, names, slugs, route, user agent...), in bytes of UTF-8: the
+    database keeps these values in index entries, whose size is limited in bytes (three of them, tenant and
+    resource type and id, share one entry), so 1,024 ASCII characters fit, or 256 four-byte ones."""
     max_message_chars: int = 16 * 1024
     """Longest human-readable message."""
     max_struct_depth: int = 32
@@ -68,7 +70,7 @@ _TEXT_FIELDS = (
     "cluster_id",
     "workspace_id",
 )
-"""Short text fields, limited to Limits.max_text_chars."""
+"""Short text fields, limited to Limits.max_text_bytes."""
 
 
 def _text_values(event: event_pb2.AuditEvent) -> tuple[str, ...]:
@@ -95,12 +97,23 @@ class StructValues(NamedTuple):
     change_after: dict[str, JsonValue] | None
 
 
-def _check_texts(event: event_pb2.AuditEvent, limit: int) -> None:
+_UTF8_MAX_BYTES_PER_CHAR = 4
+
+
+def _check_texts(event: event_pb2.AuditEvent, limit_bytes: int) -> None:
     values = _text_values(event)
-    if max(map(len, values)) <= limit and "\x00" not in "".join(values):
-        return  # the common case, checked in two C calls
+    # The common case in two C calls: no value is long enough to exceed the limit even in 4-byte characters.
+    if max(map(len, values)) * _UTF8_MAX_BYTES_PER_CHAR <= limit_bytes and "\x00" not in "".join(values):
+        return
     for field, value in zip(_TEXT_FIELDS, values, strict=True):
-        _check_text(value, field, limit)
+        _check_text_bytes(value, field, limit_bytes)
+
+
+def _check_text_bytes(value: str, field: str, limit_bytes: int) -> None:
+    if len(value) * _UTF8_MAX_BYTES_PER_CHAR > limit_bytes and (size := len(value.encode())) > limit_bytes:
+        raise InvalidEventError(field, "invalid_field", f"is {size} bytes of UTF-8, longer than {limit_bytes} bytes")
+    if "\x00" in value:
+        raise InvalidEventError(field, "invalid_field", "contains a NUL character")
 
 
 def _check_text(value: str, field: str, limit: int) -> None:
@@ -222,7 +235,7 @@ def validate_event(event: event_pb2.AuditEvent, *, now_seconds: float, limits: L
         raise InvalidEventError("actor", "missing_field", "actor.id or actor.slug is required")
     if actor.type not in _SUBJECT_TYPES:
         raise InvalidEventError("actor.type", "invalid_field", f"unknown value {actor.type}")
-    _check_texts(event, limits.max_text_chars)
+    _check_texts(event, limits.max_text_bytes)
     for prefix, resource in (("resource", event.resource), ("parent_resource", event.parent_resource)):
         if (resource.id or resource.name or resource.fqn) and not resource.type:
             raise InvalidEventError(f"{prefix}.type", "missing_field", f"is required when {prefix} is set")

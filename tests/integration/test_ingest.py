@@ -314,3 +314,36 @@ async def test_a_database_clock_ahead_of_the_worker_gets_its_partition(publisher
     recorded_at = await owner.fetchval("SELECT recorded_at FROM audit_events WHERE event_id = $1", ack.event_id)
     partition = await owner.fetchval("SELECT tableoid::regclass::text FROM audit_events")
     assert partition == f"audit_events_{recorded_at:%Y_%m}"
+
+
+async def test_an_event_published_on_another_tenants_subject_is_dead_lettered_not_stored(
+    publisher, nc, config, start_worker, owner
+):
+    """The subject names the tenant, and NATS permissions are granted per subject: a producer allowed to publish
+    only on audit.events.a must not be able to write into tenant b's log by saying so in the body."""
+    js = nc.jetstream()
+    await start_worker()
+    forged = stamp(make_event(tenant="globex"))
+    await js.publish(
+        f"{config.nats.events_subject_prefix}.acme",
+        forged.SerializeToString(),
+        headers={"Nats-Msg-Id": forged.event_id},
+    )
+    as_json = stamp(make_event(tenant="globex"))
+    await js.publish(
+        f"{config.nats.events_subject_prefix}.acme.globex",
+        json_format.MessageToJson(as_json).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    sentinel = await publisher.publish(make_event(tenant="globex"))
+    await eventually(lambda: _count_is(owner, 1), what="the sentinel stored")
+    await eventually(lambda: _stream_has(js, config.nats.dead_stream, 2), what="both forged events dead-lettered")
+
+    stored = [row["id"] for row in await owner.fetch("SELECT event_id::text AS id FROM audit_events")]
+    assert stored == [sentinel.event_id]
+    for seq, subject in enumerate(["acme", "acme.globex"], start=1):
+        dead = await js.get_msg(config.nats.dead_stream, seq)
+        assert dead.subject == f"{config.nats.dead_subject_prefix}.tenant_mismatch"
+        assert (dead.headers["Audit-Dead-Reason"], dead.headers["Audit-Dead-Field"]) == ("tenant_mismatch", "tenant")
+        assert dead.headers["Audit-Original-Subject"] == f"{config.nats.events_subject_prefix}.{subject}"
+        assert "'globex'" in dead.headers["Audit-Dead-Detail"]

@@ -252,3 +252,18 @@ def test_service_owned_fields_are_cleared(as_json_payload: bool) -> None:
     assert not decoded.HasField("recorded_at")
     assert (decoded.hash, decoded.prev_hash) == ("", "")
     assert decoded == make_event()
+
+
+def test_an_event_published_on_its_own_tenants_subject_is_accepted() -> None:
+    data = make_event().SerializeToString()
+    decoded = decode_event(data, None, now_seconds=time.time(), limits=Limits(), subject_tenant="acme")
+    assert decoded.event.tenant == "acme"
+
+
+@pytest.mark.parametrize("subject_tenant", ["globex", "acme.extra", "", "ACME"])
+def test_an_event_for_another_tenant_than_its_subject_is_refused(subject_tenant: str) -> None:
+    for data, headers in ((make_event().SerializeToString(), None), (as_json(make_event()), JSON)):
+        with pytest.raises(InvalidEventError) as caught:
+            decode_event(data, headers, now_seconds=time.time(), limits=Limits(), subject_tenant=subject_tenant)
+        assert (caught.value.field, caught.value.reason) == ("tenant", "tenant_mismatch")
+        assert "'acme'" in caught.value.detail

@@ -173,6 +173,13 @@ REFUSED: list[tuple[str, Mutation, str, str]] = [
     ("action with a space", _set("action", "api key.create"), "action", "invalid_field"),
     ("action too long", _set("action", "a" * 129), "action", "invalid_field"),
     ("unknown outcome", _set("outcome", 99), "outcome", "invalid_field"),
+    # Short texts are limited in bytes of UTF-8 (they are kept in index entries), not in characters.
+    ("actor.id one byte too long", _set("actor.id", "i" * 1025), "actor.id", "invalid_field"),
+    ("actor.id of 257 4-byte characters", _set("actor.id", "\U0001f600" * 257), "actor.id", "invalid_field"),
+    ("actor.id of 1,000 CJK characters", _set("actor.id", "\u4e2d" * 1000), "actor.id", "invalid_field"),
+    ("resource.id of 1,024 4-byte chars", _set("resource.id", "\U00010400" * 1024), "resource.id", "invalid_field"),
+    ("resource.type of 700 Cyrillic chars", _set("resource.type", "\u0436" * 700), "resource.type", "invalid_field"),
+    ("user_agent of 513 2-byte chars", _set("request.user_agent", "é" * 513), "request.user_agent", "invalid_field"),
     ("unknown actor type", _set("actor.type", 99), "actor.type", "invalid_field"),
     ("NUL in actor.display_name", _set("actor.display_name", "Al\x00ice"), "actor.display_name", "invalid_field"),
     ("NUL in resource.name", _set("resource.name", "x\x00"), "resource.name", "invalid_field"),
@@ -251,6 +258,9 @@ ACCEPTED: list[tuple[str, Mutation]] = [
     ("no trace ids", _ids("", "")),
     ("message at the limit", _set("message", "m" * (16 * 1024))),
     ("actor.id at the limit", _set("actor.id", "i" * 1024)),
+    ("actor.id at the limit in 4-byte characters", _set("actor.id", "\U0001f600" * 256)),
+    ("resource.id at the limit in 3-byte characters", _set("resource.id", "\u4e2d" * 341 + "x")),
+    ("resource.type and id at the limit in 2-byte characters", _set("resource.type", "\u0436" * 512)),
     ("resource without an id", _set("resource.id", "")),
 ]
 
@@ -274,7 +284,7 @@ def test_limits_are_configurable() -> None:
     event.actor.id = "abcdef"
     event.message = "twelve chars"
     with pytest.raises(InvalidEventError) as caught:
-        check(event, Limits(max_text_chars=5))
+        check(event, Limits(max_text_bytes=5))
     assert caught.value.field == "actor.id"
     with pytest.raises(InvalidEventError) as caught:
         check(valid_event(), Limits(max_message_chars=5))

@@ -73,15 +73,21 @@ def decode_event(
     now_seconds: float,
     limits: Limits,
     mask: SecretMask = DEFAULT_MASK,
+    subject_tenant: str | None = None,
 ) -> DecodedEvent:
     """Decodes and validates one published event, and masks its secret-looking values.
 
     Protobuf unless the Content-Type header says application/json. Service-owned fields are discarded;
     trace_id and span_id come from the W3C traceparent header when the event has none.
 
+    Args:
+        subject_tenant: the tenant named by the subject the event was published on (`<prefix>.events.<tenant>`);
+            the event's own tenant must be the same. NATS permissions are granted per subject, so a producer
+            allowed to publish for one tenant must not be able to write into another tenant's log.
+
     Raises:
         InvalidEventError: with a reason (too_large, invalid_json, schema_mismatch, invalid_protobuf,
-            unsupported_content_type, missing_field, invalid_field) and the field at fault.
+            unsupported_content_type, missing_field, invalid_field, tenant_mismatch) and the field at fault.
     """
     if len(data) > limits.max_event_bytes:
         raise EventTooLargeError(len(data), limits.max_event_bytes)
@@ -93,5 +99,12 @@ def decode_event(
             event.trace_id = parent.trace_id
             event.span_id = parent.span_id
     metadata, before, after = validate_event(event, now_seconds=now_seconds, limits=limits)
+    if subject_tenant is not None and event.tenant != subject_tenant:
+        raise InvalidEventError(
+            "tenant",
+            "tenant_mismatch",
+            f"the event is for tenant {event.tenant!r} but was published on the subject of tenant "
+            f"{subject_tenant[:80]!r}; publish it on the subject of its own tenant",
+        )
     structs = StructValues(mask.mask(metadata), mask.mask(before), mask.mask(after))
     return DecodedEvent(event, content_from_event(event, structs))

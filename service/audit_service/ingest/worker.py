@@ -28,6 +28,7 @@ from ..store.pool import acquire
 from .announce import Announcer
 from .dead_letter import dead_letter_message
 from .pull import PullReader
+from .storage_errors import caused_by_the_events, storage_refusal_detail
 from .streams import provision
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,6 @@ tracer = trace.get_tracer("audit_service.ingest")
 
 _MAX_SPAN_LINKS = 128
 _RETRY_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
-# Errors that belong to the events themselves: the batch is halved until the culprits are found and refused.
-# Anything else (database down, permissions, a full disk) is not the events' fault: the batch is kept and retried.
-_EVENT_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError, TypeError, UnicodeError)
 
 
 @dataclass(slots=True)
@@ -64,6 +62,15 @@ class _Batch:
 
 class BatchAbandoned(Exception):
     """The worker is stopping while the database is unavailable: the batch is handed back to JetStream."""
+
+
+class EventsRejected(Exception):
+    """The database refused the events for what they hold (storage_errors.caused_by_the_events): retrying
+    them cannot help. The batch is halved until the culprits are found and dead-lettered."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class IngestWorker:
@@ -158,10 +165,18 @@ class IngestWorker:
         now = time.time()
         limits = self._config.ingest.limits
         mask = self._config.ingest.mask
+        subject_prefix_length = len(self._config.nats.events_subject_prefix) + 1
         batch = _Batch(msgs)
         for msg in msgs:
             try:
-                decoded = decode_event(msg.data, msg.headers, now_seconds=now, limits=limits, mask=mask)
+                decoded = decode_event(
+                    msg.data,
+                    msg.headers,
+                    now_seconds=now,
+                    limits=limits,
+                    mask=mask,
+                    subject_tenant=msg.subject[subject_prefix_length:],
+                )
             except InvalidEventError as error:
                 batch.refused.append(_Refusal(msg, error.reason, error.field, error.detail))
             except Exception as error:  # a decoder bug must not wedge the stream: keep the message aside
@@ -192,10 +207,11 @@ class IngestWorker:
         """Appends and acks; when the database rejects the batch, halves it to find and refuse the culprits."""
         try:
             result = await self._append_with_retry([msg for msg, _ in accepted], [d.content for _, d in accepted])
-        except _EVENT_ERRORS as error:
+        except EventsRejected as rejected:
             if len(accepted) == 1:
-                log.warning("database refused event %s: %s", accepted[0][1].event.event_id, error)
-                return [_Refusal(accepted[0][0], "rejected_by_storage", "", f"{type(error).__name__}: {error}")]
+                detail = storage_refusal_detail(rejected.cause)
+                log.warning("database refused event %s: %s", accepted[0][1].event.event_id, detail)
+                return [_Refusal(accepted[0][0], "rejected_by_storage", "", detail)]
             middle = len(accepted) // 2
             return [
                 *await self._append_isolating_rejects(accepted[:middle]),
@@ -214,9 +230,9 @@ class IngestWorker:
             try:
                 async with acquire(self._pool) as conn:
                     return await self._appender.append(conn, contents)
-            except _EVENT_ERRORS:
-                raise
             except Exception as error:
+                if caused_by_the_events(error):
+                    raise EventsRejected(error) from error
                 if self._stop is not None and self._stop.is_set():
                     # Redelivered at once to another worker rather than holding up the shutdown.
                     await asyncio.gather(*(msg.nak() for msg in msgs), return_exceptions=True)
