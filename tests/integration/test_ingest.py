@@ -347,3 +347,47 @@ async def test_an_event_published_on_another_tenants_subject_is_dead_lettered_no
         assert (dead.headers["Audit-Dead-Reason"], dead.headers["Audit-Dead-Field"]) == ("tenant_mismatch", "tenant")
         assert dead.headers["Audit-Original-Subject"] == f"{config.nats.events_subject_prefix}.{subject}"
         assert "'globex'" in dead.headers["Audit-Dead-Detail"]
+
+
+async def test_a_different_event_under_a_stored_event_id_is_dead_lettered_naming_the_stored_position(
+    publisher, nc, config, start_worker, owner
+):
+    js = nc.jetstream()
+    await provision(js, config.nats, config.ingest)
+    first = stamp(make_event())
+    # In one batch: the event, an identical copy (a redelivery: silent), and a different event with its id.
+    in_batch = event_pb2.AuditEvent()
+    in_batch.CopyFrom(first)
+    in_batch.message = "something else"
+    messages = [(first, "acme"), (first, "acme"), (in_batch, "acme")]
+    for n, (event, tenant) in enumerate(messages):
+        subject = f"{config.nats.events_subject_prefix}.{tenant}"
+        await js.publish(subject, event.SerializeToString(), headers={"Nats-Msg-Id": f"m-{n}"})
+    await start_worker()
+    await eventually(lambda: _count_is(owner, 1), what="the first event stored")
+    # Later, from another tenant's producer (or a colliding id), outside JetStream's de-duplication window.
+    elsewhere = event_pb2.AuditEvent()
+    elsewhere.CopyFrom(first)
+    elsewhere.tenant = "globex"
+    await js.publish(
+        f"{config.nats.events_subject_prefix}.globex", elsewhere.SerializeToString(), headers={"Nats-Msg-Id": "m-3"}
+    )
+    identical_later = first.SerializeToString()
+    await js.publish(f"{config.nats.events_subject_prefix}.acme", identical_later, headers={"Nats-Msg-Id": "m-4"})
+    sentinel = await publisher.publish(make_event())
+    await eventually(lambda: _count_is(owner, 2), what="the sentinel stored")
+    await eventually(lambda: _stream_has(js, config.nats.dead_stream, 2), what="two conflicting duplicates")
+
+    stored = await owner.fetch("SELECT event_id::text AS id, position, message, tenant FROM audit_events")
+    assert [(row["id"], row["position"]) for row in stored] == [(first.event_id, 1), (sentinel.event_id, 2)]
+    assert (stored[0]["message"], stored[0]["tenant"]) == (first.message, "acme"), "the stored event is untouched"
+    info = await js.stream_info(config.nats.dead_stream)
+    assert info.state.messages == 2, "identical copies are silent duplicates"
+    dead = [await js.get_msg(config.nats.dead_stream, seq) for seq in (1, 2)]
+    assert [d.data for d in dead] == [in_batch.SerializeToString(), elsewhere.SerializeToString()]
+    for letter in dead:
+        assert letter.subject == f"{config.nats.dead_subject_prefix}.conflicting_duplicate"
+        assert letter.headers["Audit-Dead-Field"] == "event_id"
+        assert f"event {first.event_id} is stored at position 1" in letter.headers["Audit-Dead-Detail"]
+    assert "(differs in message)" in dead[0].headers["Audit-Dead-Detail"]
+    assert "(differs in tenant)" in dead[1].headers["Audit-Dead-Detail"]

@@ -217,12 +217,23 @@ class IngestWorker:
                 *await self._append_isolating_rejects(accepted[:middle]),
                 *await self._append_isolating_rejects(accepted[middle:]),
             ]
-        for msg, _ in accepted:
-            await msg.ack()  # a buffered write each; no task per message
+        conflicting = {conflict.index: conflict for conflict in result.conflicts}
+        for index, (msg, _) in enumerate(accepted):
+            if index not in conflicting:
+                await msg.ack()  # a buffered write each; no task per message
         await self._announcer.announce(result.prev_position, result.last_position, result.sealed)
         self.stats.appended += result.appended
         self.stats.duplicates += result.duplicates
-        return []
+        return [
+            _Refusal(
+                accepted[conflict.index][0],
+                "conflicting_duplicate",
+                "event_id",
+                f"event {conflict.event_id} is stored at position {conflict.stored_position} with other content "
+                f"(differs in {', '.join(conflict.fields)}); this event was not stored",
+            )
+            for conflict in result.conflicts
+        ]
 
     async def _append_with_retry(self, msgs: Sequence[Msg], contents: Sequence[Content]) -> AppendResult:
         attempt = 0

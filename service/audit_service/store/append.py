@@ -19,8 +19,19 @@ import asyncpg
 import orjson
 
 from ..core.counts import ActionCounts, action_counts, hourly_counts
+from ..core.duplicates import conflicting_fields
 from ..core.masking import DEFAULT_MASK, SecretMask
-from ..core.records import GENESIS_HASH, LOG_COLUMNS, Content, micros_to_datetime, normalize_json, seal_canonical
+from ..core.records import (
+    CONTENT_COLUMNS,
+    GENESIS_HASH,
+    LOG_COLUMNS,
+    Content,
+    columns_sql,
+    content_from_row,
+    micros_to_datetime,
+    normalize_json,
+    seal_canonical,
+)
 from ..core.streams import StreamHead, StreamKey, advance, stream_key
 from ..errors import UnavailableError
 
@@ -83,6 +94,12 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigin
 ON CONFLICT (tenant, resource_type, resource_id) DO UPDATE
 SET revision = excluded.revision, last_position = excluded.last_position, state = excluded.state
 """
+_READ_STORED = f"""
+SELECT e.position, {columns_sql("e.", CONTENT_COLUMNS)}
+FROM audit_event_ids AS i
+JOIN audit_events AS e ON e.position = i.position AND e.recorded_at = i.recorded_at
+WHERE i.event_id = ANY($1::uuid[])
+"""
 _DATABASE_NOW = "SELECT greatest(clock_timestamp(), last_recorded_at) FROM audit_log_head"
 _ID_COLUMNS = ("event_id", "position", "recorded_at")
 _NO_PARTITION = "no partition of relation"
@@ -99,6 +116,19 @@ class SealedEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Conflict:
+    """An event sent under the id of a stored event, with different content: not stored, to be dead-lettered."""
+
+    index: int
+    """Its index in the appended contents."""
+    event_id: str
+    stored_position: int
+    """Where the event with this id is stored."""
+    fields: tuple[str, ...]
+    """The columns in which the two differ."""
+
+
+@dataclass(frozen=True, slots=True)
 class AppendResult:
     """What one append stored."""
 
@@ -110,6 +140,8 @@ class AppendResult:
     """Events of the batch that were already stored (or repeated within the batch)."""
     sealed: tuple[SealedEvent, ...] = ()
     """What the commit announcement carries of each stored event, in position order."""
+    conflicts: tuple[Conflict, ...] = ()
+    """Events of the batch whose id was already stored (or came earlier in the batch) with other content."""
 
     @property
     def appended(self) -> int:
@@ -175,14 +207,18 @@ class LogAppender:
                 that need a log spanning months). Never before the log's last recorded_at: it is raised to it.
 
         Idempotent on event_id: events already in the log (whenever they were stored) and repeats within
-        the batch are skipped and counted as duplicates.
+        the batch are skipped and counted as duplicates, when they are the same event; one with other content
+        under a stored id is skipped and returned as a conflict (checked after COMMIT, outside the serialized
+        section, and only when there are duplicates).
         """
         batch: dict[str, Content] = {}
-        for content in contents:
-            batch.setdefault(content[0], content)
+        repeated: list[int] = []
+        for index, content in enumerate(contents):
+            if batch.setdefault(content[0], content) is not content:
+                repeated.append(index)
         await self.ensure_partitions(conn, recorded_at or dt.datetime.now(dt.UTC))
         try:
-            result = await self._append_once(conn, batch, recorded_at)
+            result, existing = await self._append_once(conn, batch, recorded_at)
         except asyncpg.CheckViolationError as error:
             if _NO_PARTITION not in str(error):
                 raise
@@ -192,17 +228,25 @@ class LogAppender:
             database_now = await conn.fetchval(_DATABASE_NOW)
             await self.ensure_partitions(conn, database_now)
             try:
-                result = await self._append_once(conn, batch, recorded_at)
+                result, existing = await self._append_once(conn, batch, recorded_at)
             except asyncpg.CheckViolationError as again:
                 if _NO_PARTITION not in str(again):
                     raise
                 # Not the events' fault: keep them and let the caller retry.
                 raise UnavailableError(f"no partition for recorded_at {database_now.isoformat()}") from again
-        return dataclasses.replace(result, duplicates=len(contents) - result.appended)
+        conflicts: tuple[Conflict, ...] = ()
+        if existing or repeated:
+            first_seen = {content[0]: index for index, content in reversed(list(enumerate(contents)))}
+            suspects = sorted({*repeated, *(first_seen[event_id] for event_id in existing)})
+            conflicts = await _conflicts(conn, contents, suspects)
+        return dataclasses.replace(
+            result, duplicates=len(contents) - result.appended - len(conflicts), conflicts=conflicts
+        )
 
     async def _append_once(
         self, conn: asyncpg.Connection, batch: dict[str, Content], recorded_at_override: dt.datetime | None
-    ) -> AppendResult:
+    ) -> tuple[AppendResult, set[str]]:
+        """The append transaction; also returns the ids of the batch that were already stored."""
         async with conn.transaction():
             head = await conn.fetchrow(_LOCK_HEAD, recorded_at_override)
             prev_position: int = head["last_position"]
@@ -240,7 +284,7 @@ class LogAppender:
                 id_rows.append((event_id, position, recorded_at))
                 appended.append(content)
             if not rows:
-                return AppendResult(prev_position, prev_position, 0)
+                return AppendResult(prev_position, prev_position, 0), existing
 
             await conn.copy_records_to_table("audit_events", records=rows, columns=LOG_COLUMNS)
             await conn.copy_records_to_table("audit_event_ids", records=id_rows, columns=_ID_COLUMNS)
@@ -257,7 +301,28 @@ class LogAppender:
                 await _move_stream_heads(conn, sorted(moved_streams), stream_heads)
             await add_counts(conn, hourly_counts(appended))
             await add_action_counts(conn, action_counts(appended))
-        return AppendResult(prev_position, position, 0, tuple(sealed))
+        return AppendResult(prev_position, position, 0, tuple(sealed)), existing
+
+
+async def _conflicts(
+    conn: asyncpg.Connection, contents: Sequence[Content], suspects: Sequence[int]
+) -> tuple[Conflict, ...]:
+    """Which of the events at `suspects` (their ids were stored already, or came earlier in the batch) differ
+    from the stored event with their id. An id whose event was archived and dropped by retention cannot be
+    compared: it counts as a duplicate."""
+    rows = await conn.fetch(_READ_STORED, sorted({contents[index][0] for index in suspects}))
+    stored = {str(row["event_id"]): row for row in rows}
+    found = []
+    for index in suspects:
+        row = stored.get(contents[index][0])
+        if row is None:
+            continue
+        fields = conflicting_fields(contents[index], content_from_row(row))
+        if fields:
+            found.append(Conflict(index, contents[index][0], row["position"], fields))
+    if found:
+        log.warning("%d events differ from the stored events with their ids", len(found))
+    return tuple(found)
 
 
 async def _read_stream_heads(
