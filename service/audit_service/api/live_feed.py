@@ -27,6 +27,7 @@ from nats.aio.subscription import Subscription
 
 from ..config import TailConfig
 from ..core.matching import event_columns
+from ..core.records import chain_hash
 from ..core.sequencer import Append, Sequencer
 from ..core.stored_event import event_from_canonical, row_to_event
 from ..errors import ShuttingDownError
@@ -210,12 +211,9 @@ class LiveFeed:
                 if now >= next_poll:
                     next_poll = now + self._config.poll_seconds
                     sequencer.observe_head(await queries.log_head(self._pool))
-                for append in sequencer.ready():
-                    if append.events is not None and self._deliver_announced(append):
-                        continue
-                    if await self._fill(append.prev_position, append.last_position) < append.last_position:
-                        sequencer.reset(self.head)  # the rest of this release waits for the log
-                        break
+                ready = sequencer.ready()
+                if ready and await self._deliver_ready(ready) < ready[-1].last_position:
+                    sequencer.reset(self.head)  # the rest of this release waits for the log
                 up_to = sequencer.hole()
                 if up_to is None:
                     hole = None
@@ -264,21 +262,56 @@ class LiveFeed:
             self._deliver(cursor, [row_to_event(row) for row in rows])
         return max(cursor, after_position)
 
-    def _deliver_announced(self, append: Append[committed_pb2.CommittedEvent]) -> bool:
-        """Hands out an announced append, its events rebuilt only when someone is listening. False when its
-        parts do not hold exactly its positions (a repeated or foreign part): the caller reads the log."""
-        assert append.events is not None
-        if not self._subscriptions:
-            self._delivered = append.last_position
-            return True
-        events = sorted(
-            (event_from_canonical(event.canonical, event.prev_hash, event.hash) for event in append.events),
-            key=attrgetter("position"),
-        )
-        if [event.position for event in events] != list(range(append.prev_position + 1, append.last_position + 1)):
-            return False
-        self._deliver(append.last_position, events)
-        return True
+    async def _deliver_ready(self, appends: Sequence[Append[committed_pb2.CommittedEvent]]) -> int:
+        """Hands out consecutive appends the sequencer released; returns the position reached.
+
+        Announcements are hints, never the record: anyone allowed to publish on the subject could send one. An
+        announced append is handed out only if every event it carries is the one the log holds at its position
+        (its hash covers its canonical bytes, which hold its position, and equals the hash stored there), which
+        also proves those positions are committed. Anything else is read from the log instead, never past the
+        log's head: a forged announcement is never delivered and cannot hide the real event at its position.
+        """
+        if not self._subscriptions:  # nothing to hand out: only move the head, as far as the log has it
+            return await self._fill(appends[0].prev_position, appends[-1].last_position)
+        stored: dict[int, bytes] = {}
+        if any(append.events is not None for append in appends):
+            stored = await queries.stored_hashes(self._pool, appends[0].prev_position, appends[-1].last_position)
+        for append in appends:
+            events = self._verified(append, stored)
+            if events is not None:
+                self._deliver(append.last_position, events)
+                continue
+            reached = await self._fill(append.prev_position, append.last_position)
+            if reached < append.last_position:
+                return reached
+        return self.head
+
+    @staticmethod
+    def _verified(
+        append: Append[committed_pb2.CommittedEvent], stored: dict[int, bytes]
+    ) -> list[event_pb2.AuditEvent] | None:
+        """The announced append's events, in position order, if they are exactly the log's events at its
+        positions; None when it must be read from the log (events omitted, a part repeated or forged)."""
+        if append.events is None:
+            return None
+        if len(append.events) != append.last_position - append.prev_position:
+            return None
+        for announced in append.events:
+            if chain_hash(announced.prev_hash, announced.canonical) != announced.hash:
+                return None
+        try:
+            events = sorted(
+                (event_from_canonical(event.canonical, event.prev_hash, event.hash) for event in append.events),
+                key=attrgetter("position"),
+            )
+        except Exception:  # bytes from the network that are no canonical encoding: not the log's events
+            return None
+        positions = range(append.prev_position + 1, append.last_position + 1)
+        if [event.position for event in events] != list(positions):
+            return None
+        if any(stored.get(event.position, b"").hex() != event.hash for event in events):
+            return None
+        return events
 
     def _deliver(self, last_position: int, events: Sequence[event_pb2.AuditEvent]) -> None:
         self._delivered = last_position

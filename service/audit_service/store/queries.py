@@ -89,6 +89,17 @@ async def read_range(pool: asyncpg.Pool, after_position: int, up_to_position: in
         )
 
 
+async def stored_hashes(pool: asyncpg.Pool, after_position: int, up_to_position: int) -> dict[int, bytes]:
+    """The chain hash of every stored event in (after_position, up_to_position], by position."""
+    async with acquire(pool) as conn:
+        rows = await conn.fetch(
+            "SELECT position, hash FROM audit_events WHERE position > $1 AND position <= $2",
+            after_position,
+            up_to_position,
+        )
+    return {row[0]: bytes(row[1]) for row in rows}
+
+
 async def matching_positions(pool: asyncpg.Pool, positions: list[int], where: Expr) -> set[int]:
     """Which of `positions` hold an event matching `where`."""
     params = Parameters()
