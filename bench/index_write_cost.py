@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
-from audit_service.core.records import GENESIS_HASH, LOG_COLUMNS, seal
+from audit_service.core.records import GENESIS_HASH, STORED_COLUMNS, seal_canonical
 from audit_service.devstack.postgres import EmbeddedPostgres
 from audit_service.devstack.processes import free_port
 from audit_service.store.migrate import migrate
@@ -56,9 +56,9 @@ def build_rows(count: int) -> list[tuple]:
     heads: dict[str, bytes] = {}
     rows = []
     for position, (recorded_at, content) in enumerate(contents(count, start, rng, cat), start=1):
-        digest, row = seal(position, recorded_at, content, heads.get(content[1], GENESIS_HASH))
+        canonical, digest, row = seal_canonical(position, recorded_at, content, heads.get(content[1], GENESIS_HASH))
         heads[content[1]] = digest
-        rows.append(row)
+        rows.append((*row, len(canonical)))
     return rows
 
 
@@ -79,7 +79,7 @@ async def copy_rate(postgres: EmbeddedPostgres, database: str, dropped: Sequence
         for low in range(0, len(rows), ROWS_PER_TRANSACTION):
             async with conn.transaction():
                 await conn.copy_records_to_table(
-                    "audit_events", records=rows[low : low + ROWS_PER_TRANSACTION], columns=LOG_COLUMNS
+                    "audit_events", records=rows[low : low + ROWS_PER_TRANSACTION], columns=STORED_COLUMNS
                 )
         return len(rows) / (time.perf_counter() - started)
     finally:

@@ -71,7 +71,7 @@ import audit_client
 import nats
 from audit.v1 import event_pb2
 from audit_service.config import IngestConfig, NatsConfig
-from audit_service.core.records import GENESIS_HASH, LOG_COLUMNS, content_from_event, seal
+from audit_service.core.records import GENESIS_HASH, STORED_COLUMNS, content_from_event, seal_canonical
 from audit_service.devstack.nats import NatsServer, nats_server_binary
 from audit_service.devstack.postgres import EmbeddedPostgres
 from audit_service.devstack.processes import free_port
@@ -217,9 +217,9 @@ def build_log_rows(events: Sequence[event_pb2.AuditEvent]) -> list[tuple[Any, ..
     for position, event in enumerate(events, start=1):
         content = content_from_event(event)
         tenant = content[1]
-        digest, row = seal(position, recorded_at, content, chain_heads.get(tenant, GENESIS_HASH))
+        canonical, digest, row = seal_canonical(position, recorded_at, content, chain_heads.get(tenant, GENESIS_HASH))
         chain_heads[tenant] = digest
-        rows.append(row)
+        rows.append((*row, len(canonical)))
     return rows
 
 
@@ -638,7 +638,7 @@ async def raw_copy(stack: Stack, name: str, rows: Sequence[tuple[Any, ...]], bat
         for start in range(0, len(rows), batch_size):
             async with conn.transaction():
                 await conn.copy_records_to_table(
-                    "audit_events", records=rows[start : start + batch_size], columns=LOG_COLUMNS
+                    "audit_events", records=rows[start : start + batch_size], columns=STORED_COLUMNS
                 )
         elapsed = time.perf_counter() - started
         stored = await conn.fetchval("SELECT count(*) FROM audit_events")

@@ -45,10 +45,10 @@ import grpc
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import audit_service_pb2_grpc, event_pb2
 from audit_service.auth.tokens import mint_token
-from audit_service.config import AuthConfig
+from audit_service.config import ApiConfig, AuthConfig
 from audit_service.core.counts import CountSource
 from audit_service.core.event_filter import Scope, compile_filter
-from audit_service.core.records import CONTENT_COLUMNS, GENESIS_HASH, LOG_COLUMNS, seal
+from audit_service.core.records import CONTENT_COLUMNS, GENESIS_HASH, STORED_COLUMNS, seal_canonical
 from audit_service.devstack.postgres import EmbeddedPostgres
 from audit_service.devstack.processes import free_port
 from audit_service.devstack.stack import APP_ROLE, grant_app_role
@@ -169,14 +169,16 @@ async def load(owner_url: str, count: int, seed: int) -> dict[str, Any]:
         last_recorded_at = start
         for position, (recorded_at, content) in enumerate(contents(count, start, rng, cat), start=1):
             tenant = content[1]
-            digest, row = seal(position, recorded_at, content, heads.get(tenant, (0, GENESIS_HASH))[1])
+            canonical, digest, row = seal_canonical(
+                position, recorded_at, content, heads.get(tenant, (0, GENESIS_HASH))[1]
+            )
             heads[tenant] = (position, digest)
-            rows.append(row)
+            rows.append((*row, len(canonical)))
             ids.append((content[0], position, recorded_at))
             last_recorded_at = recorded_at
             if len(rows) == CHUNK or position == count:
                 async with conn.transaction():
-                    await conn.copy_records_to_table("audit_events", records=rows, columns=LOG_COLUMNS)
+                    await conn.copy_records_to_table("audit_events", records=rows, columns=STORED_COLUMNS)
                     await conn.copy_records_to_table(
                         "audit_event_ids", records=ids, columns=("event_id", "position", "recorded_at")
                     )
@@ -292,7 +294,13 @@ def direct_sql(call: Call) -> tuple[str, list[object]]:
     where = compile_filter(request.filter, Scope(tenant=call.tenant))
     if call.rpc == "ListEvents":
         return queries.page_sql(
-            queries.PageQuery(where=where, newest_first=True, after_position=call.after_position, limit=101)
+            queries.PageQuery(
+                where=where,
+                newest_first=True,
+                after_position=call.after_position,
+                limit=101,
+                max_bytes=ApiConfig().max_response_bytes,
+            )
         )
     start = request.filter.start_time.ToMicroseconds()
     end = request.filter.end_time.ToMicroseconds()

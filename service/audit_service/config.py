@@ -119,6 +119,10 @@ class ApiConfig:
     max_response_bytes: int = 4 * 1024 * 1024
     """Largest response message: a ListEvents page ends early rather than exceed it, and a CountEvents answer
     that would exceed it is refused. 4 MiB is what gRPC clients accept by default."""
+    read_buffer_bytes: int = 64 * 1024 * 1024
+    """Bytes of events that this process's reads hold at once, fetched from PostgreSQL and not yet turned into
+    responses: a read waits for room (RESOURCE_EXHAUSTED after query_timeout_seconds). Each read asks for its own
+    page budget: max_response_bytes for ListEvents, less for tails and exports (api/read_budget.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,9 +371,14 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         shutdown_grace_seconds=_positive_float(env, "AUDIT_SHUTDOWN_GRACE_SECONDS", ApiConfig().shutdown_grace_seconds),
         query_timeout_seconds=_positive_float(env, "AUDIT_QUERY_TIMEOUT_SECONDS", ApiConfig().query_timeout_seconds),
         max_response_bytes=_positive_int(env, "AUDIT_MAX_RESPONSE_BYTES", ApiConfig().max_response_bytes),
+        read_buffer_bytes=_positive_int(env, "AUDIT_READ_BUFFER_BYTES", ApiConfig().read_buffer_bytes),
     )
     if api.max_response_bytes < MIN_RESPONSE_BYTES:
         raise ConfigError("AUDIT_MAX_RESPONSE_BYTES", f"must be at least {MIN_RESPONSE_BYTES}")
+    if api.read_buffer_bytes < api.max_response_bytes:
+        raise ConfigError(
+            "AUDIT_READ_BUFFER_BYTES", f"must be at least AUDIT_MAX_RESPONSE_BYTES ({api.max_response_bytes}): one page"
+        )
     tail = TailConfig(
         buffer_events=_positive_int(env, "AUDIT_TAIL_BUFFER_EVENTS", TailConfig().buffer_events),
         buffer_bytes=_positive_int(env, "AUDIT_TAIL_BUFFER_BYTES", TailConfig().buffer_bytes),

@@ -49,3 +49,7 @@ class UnavailableError(AuditServiceError):
 
 class ShuttingDownError(UnavailableError):
     """The server is shutting down; the call may be retried (a tail resumes from its last checkpoint)."""
+
+
+class ResourceExhaustedError(AuditServiceError):
+    """The server is at a limit it keeps to protect itself (e.g. the bytes its reads may hold); retry later."""

@@ -15,6 +15,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from .api.live_feed import LiveFeed
+from .api.read_budget import ReadBudget
 from .api.server import RunningServer, start_server
 from .config import Config
 from .errors import UnavailableError
@@ -118,14 +119,21 @@ async def run_api(
         ) as pool,
         nats_connection(config, "audit-api") as nc,
     ):
-        feed = LiveFeed(nc, pool, config.tail, config.nats.committed_subject_prefix)
+        read_budget = ReadBudget(config.api.read_buffer_bytes, wait_seconds=config.api.query_timeout_seconds)
+        feed = LiveFeed(nc, pool, config.tail, config.nats.committed_subject_prefix, read_budget=read_budget)
         try:
             await feed.start()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError) as error:
             raise StartupError(f"cannot read the log's head from PostgreSQL: {error}") from None
         try:
             running = await start_server(
-                config.api, config.auth, pool, feed=feed, tail=config.tail, checkpoint_keys=checkpoint_keys
+                config.api,
+                config.auth,
+                pool,
+                feed=feed,
+                tail=config.tail,
+                checkpoint_keys=checkpoint_keys,
+                read_budget=read_budget,
             )
             # What start-up allocated (modules, descriptors, the server) lives as long as the process: keep it
             # out of the collector's full passes, which otherwise show up as latency spikes on large responses.

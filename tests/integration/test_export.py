@@ -25,7 +25,7 @@ from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import audit_service_pb2_grpc, event_pb2
 from audit_service.config import load_config
 from audit_service.core.ndjson import sealed_from_line
-from audit_service.core.records import CONTENT_COLUMNS, GENESIS_HASH, LOG_COLUMNS, chain_hash, seal
+from audit_service.core.records import CONTENT_COLUMNS, GENESIS_HASH, STORED_COLUMNS, chain_hash, seal_canonical
 from google.protobuf import json_format
 
 from ..conftest import bearer, serving_api, serving_stub, store_events
@@ -352,8 +352,8 @@ def sealed_rows(count: int) -> Iterator[tuple[tuple[Any, ...], tuple[str, int, d
         values[column["message"]] = f'rotated API key "ci-key-{position}", scopes read, write (#{position})'
         values[column["occurred_at"]] = occurred_micros + position
         recorded_at = start + dt.timedelta(microseconds=position)
-        heads[tenant], row = seal(position, recorded_at, tuple(values), heads[tenant])
-        yield row, (event_id, position, recorded_at)
+        canonical, heads[tenant], row = seal_canonical(position, recorded_at, tuple(values), heads[tenant])
+        yield (*row, len(canonical)), (event_id, position, recorded_at)
 
 
 async def seed(owner_url: str, count: int) -> None:
@@ -368,7 +368,7 @@ async def seed(owner_url: str, count: int) -> None:
             rows.append(row)
             ids.append(ids_row)
             if len(rows) == SEED_BATCH:
-                await conn.copy_records_to_table("audit_events", records=rows, columns=LOG_COLUMNS)
+                await conn.copy_records_to_table("audit_events", records=rows, columns=STORED_COLUMNS)
                 await conn.copy_records_to_table(
                     "audit_event_ids", records=ids, columns=("event_id", "position", "recorded_at")
                 )

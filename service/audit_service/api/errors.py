@@ -22,6 +22,7 @@ from ..errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     ShuttingDownError,
     UnauthenticatedError,
     UnavailableError,
@@ -56,6 +57,8 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         )
     if isinstance(error, ShuttingDownError):
         return grpc.StatusCode.UNAVAILABLE, str(error)
+    if isinstance(error, ResourceExhaustedError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
     if isinstance(error, (UnavailableError, *_UNAVAILABLE_ERRORS)):
         return grpc.StatusCode.UNAVAILABLE, "the audit log database is unavailable; retry later"
     reference = uuid.uuid4().hex[:12]

@@ -26,17 +26,15 @@ from ..core.filters import Expr
 from ..core.ndjson import event_line
 from ..errors import InvalidArgumentError
 from ..store import queries
+from .read_budget import ReadBudget
 
 CHUNK_BYTES = 256 * 1024
 """Data per chunk, at most (less when the response limit is lower)."""
 PAGE_EVENTS = 1000
 """Most events read per query."""
-FIRST_PAGE_EVENTS = 20
-"""Events of the first two queries, before the size of the events is known."""
-PAGE_BYTES = 4 * 1024 * 1024
-"""About how much one page should hold once encoded: pages of large events hold fewer (down to MIN_PAGE_EVENTS),
-so two pages in memory stay a few MiB even when every event is near the 256 KiB event limit."""
-MIN_PAGE_EVENTS = 10
+PAGE_BYTES = 2 * 1024 * 1024
+"""Most bytes of events read per query (plus one event), cut in PostgreSQL: an export holds its page's lines and
+the next page's while its reader is slow, a few MiB even when every event is near the 256 KiB event limit."""
 _RESPONSE_RESERVE_BYTES = 64
 """Room left in a response for its counters and framing."""
 
@@ -100,7 +98,12 @@ class _Chunker:
 
 
 async def export_events(
-    pool: asyncpg.Pool, request: pb.ExportEventsRequest, where: Expr, *, max_response_bytes: int
+    pool: asyncpg.Pool,
+    request: pb.ExportEventsRequest,
+    where: Expr,
+    *,
+    max_response_bytes: int,
+    read_budget: ReadBudget,
 ) -> AsyncIterator[pb.ExportEventsResponse]:
     """The export's chunks (at least one, so the client learns through_position even when nothing matches).
 
@@ -109,6 +112,8 @@ async def export_events(
         request: format and after_position (the filter is already compiled into `where`).
         where: the filter, with the caller's access scope applied.
         max_response_bytes: the largest response message (AUDIT_MAX_RESPONSE_BYTES).
+        read_budget: the process's bound on the events its reads hold; held while a page is read and encoded,
+            never while a chunk waits for the client.
     """
     encode = _encoder(request)
     if request.after_position < 0:
@@ -119,34 +124,40 @@ async def export_events(
         for chunk in chunker.add(csv_header(), None):
             yield chunk
 
-    def read_after(cursor: int, limit: int) -> asyncio.Task[list[asyncpg.Record]]:
-        query = queries.PageQuery(where, newest_first=False, after_position=cursor, limit=limit, up_to_position=through)
-        return asyncio.create_task(queries.list_events(pool, query))
+    async def encoded_page(cursor: int) -> tuple[list[tuple[bytes, int]], bool]:
+        """The lines of the next page with their positions, and whether more may follow."""
+        query = queries.PageQuery(
+            where,
+            newest_first=False,
+            after_position=cursor,
+            limit=PAGE_EVENTS,
+            max_bytes=PAGE_BYTES,
+            up_to_position=through,
+        )
+        async with read_budget.reserve(PAGE_BYTES) as reservation:
+            page = await queries.list_events(pool, query)
+            reservation.keep(page.size)
+            lines = [(encode(row), row["position"]) for row in page.rows]
+        return lines, page.cut or len(page.rows) == PAGE_EVENTS
+
+    def read_after(cursor: int) -> asyncio.Task[tuple[list[tuple[bytes, int]], bool]]:
+        return asyncio.create_task(encoded_page(cursor))
 
     sent_any = False
-    limit = FIRST_PAGE_EVENTS  # of the pages read next: sized by the events encoded so far
-    pending = None
-    if request.after_position < through:
-        pending = (read_after(request.after_position, limit), limit)
+    pending = read_after(request.after_position) if request.after_position < through else None
     try:
         while pending is not None:
-            task, asked = pending
-            rows = await task
-            # The next page is read while this one is encoded and sent.
-            pending = (read_after(rows[-1]["position"], limit), limit) if len(rows) == asked else None
-            page_bytes = 0
-            for row in rows:
-                line = encode(row)
-                page_bytes += len(line)
-                for chunk in chunker.add(line, row["position"]):
+            lines, more = await pending
+            # The next page is read and encoded while this one is sent.
+            pending = read_after(lines[-1][1]) if more else None
+            for line, position in lines:
+                for chunk in chunker.add(line, position):
                     sent_any = True
                     yield chunk
-            if rows:
-                limit = max(MIN_PAGE_EVENTS, min(PAGE_EVENTS, PAGE_BYTES * len(rows) // max(page_bytes, 1)))
         if chunker.pending or not sent_any:
             yield chunker.flush()
     finally:
         if pending is not None:  # the client went away, or a read failed: no page is left behind
-            pending[0].cancel()
+            pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pending[0]
+                await pending

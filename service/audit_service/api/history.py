@@ -19,11 +19,14 @@ from ..core.stored_event import row_to_event
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..store import history
 from .paging import caller_identity, page_size_of
+from .read_budget import ReadBudget
 
 _PAGE_RESERVE_BYTES = 1024
 """Room left in a page for next_page_token and framing."""
 _REVISION_FRAMING_BYTES = 6
 """Field tag and length prefix of one revision in a page."""
+_REVISION_SIZE_FACTOR = 3
+"""About how many times a revision's message holds its event's states."""
 
 _KINDS = {
     ChangeKind.ADDED: pb.CHANGE_KIND_ADDED,
@@ -63,7 +66,12 @@ def _tenant_of(request: pb.ListResourceHistoryRequest, caller: Principal | None)
 
 
 async def list_resource_history(
-    pool: asyncpg.Pool, request: pb.ListResourceHistoryRequest, caller: Principal | None, *, max_response_bytes: int
+    pool: asyncpg.Pool,
+    request: pb.ListResourceHistoryRequest,
+    caller: Principal | None,
+    *,
+    max_response_bytes: int,
+    read_budget: ReadBudget,
 ) -> pb.ListResourceHistoryResponse:
     """One page of a resource stream's events the caller may see, each with what it changed.
 
@@ -86,6 +94,9 @@ async def list_resource_history(
         tenant.encode(), resource_type.encode(), resource_id.encode(), bytes([newest_first]), caller_identity(caller)
     )
     after = decode_page_token(request.page_token, digest).after_position if request.page_token else None
+    # Each revision carries its states about three times (the event's before and after, the changed values and
+    # the YAML diff), so a page reads at most a third of the response limit of events.
+    page_bytes = max_response_bytes // _REVISION_SIZE_FACTOR
     query = history.StreamPageQuery(
         tenant=tenant,
         resource_type=resource_type,
@@ -94,21 +105,23 @@ async def list_resource_history(
         newest_first=newest_first,
         after_position=after,
         limit=limit + 1,
+        max_bytes=page_bytes,
     )
-    rows = await history.stream_page(pool, query)
-    # A page also ends before it outgrows the response limit (large states, twice each with the diff). One
-    # revision always fits.
     response = pb.ListResourceHistoryResponse()
-    room = max_response_bytes - _PAGE_RESERVE_BYTES
-    last_position = None
-    for row in rows[:limit]:
-        revision = pb.ResourceRevision(event=row_to_event(row))
-        fill_diff(revision, row)
-        room -= revision.ByteSize() + _REVISION_FRAMING_BYTES
-        if room < 0 and response.revisions:
-            break
-        response.revisions.append(revision)
-        last_position = row["position"]
-    if len(rows) > len(response.revisions):
+    async with read_budget.reserve(page_bytes) as reservation:
+        page = await history.stream_page(pool, query)
+        reservation.keep(page.size)
+        # A page also ends before it outgrows the response limit. One revision always fits.
+        room = max_response_bytes - _PAGE_RESERVE_BYTES
+        last_position = None
+        for row in page.rows[:limit]:
+            revision = pb.ResourceRevision(event=row_to_event(row))
+            fill_diff(revision, row)
+            room -= revision.ByteSize() + _REVISION_FRAMING_BYTES
+            if room < 0 and response.revisions:
+                break
+            response.revisions.append(revision)
+            last_position = row["position"]
+    if page.found > len(response.revisions):
         response.next_page_token = encode_page_token(PageToken(last_position, digest))
     return response

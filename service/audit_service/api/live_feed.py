@@ -25,13 +25,14 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ..config import TailConfig
+from ..config import ApiConfig, TailConfig
 from ..core.matching import event_columns
 from ..core.records import chain_hash
 from ..core.sequencer import Append, Sequencer
 from ..core.stored_event import event_from_canonical, row_to_event
 from ..errors import ShuttingDownError
 from ..store import queries
+from .read_budget import ReadBudget
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ HOLE_GRACE_SECONDS = 0.25
 """How long a hole may stay open before it is read from the log: two workers' announcements of consecutive
 appends can arrive out of order, a few milliseconds apart."""
 FILL_CHUNK = 1000
-"""Events read from the log at a time when filling a hole."""
+"""Events read from the log at a time when filling a hole, at most."""
+FILL_CHUNK_BYTES = 4 * 1024 * 1024
+"""Bytes of events read at a time when filling a hole, at most (plus one event)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +119,18 @@ class LiveFeed:
         pool: connections to the log, for holes and the head poll.
     """
 
-    def __init__(self, nc: NatsClient, pool: asyncpg.Pool, config: TailConfig, committed_subject_prefix: str) -> None:
+    def __init__(
+        self,
+        nc: NatsClient,
+        pool: asyncpg.Pool,
+        config: TailConfig,
+        committed_subject_prefix: str,
+        *,
+        read_budget: ReadBudget | None = None,
+    ) -> None:
         self._nc = nc
         self._pool = pool
+        self._read_budget = read_budget or ReadBudget(ApiConfig().read_buffer_bytes)
         self._config = config
         self._subject = f"{committed_subject_prefix}.>"
         self._subscriptions: set[LiveSubscription] = set()
@@ -252,14 +264,18 @@ class LiveFeed:
                 cursor = up_to_position
                 self._delivered = cursor
                 break
-            rows = await queries.read_range(self._pool, cursor, up_to_position, FILL_CHUNK)
-            positions = [row["position"] for row in rows]
-            if positions != list(range(cursor + 1, cursor + 1 + len(positions))) or (
-                len(rows) < FILL_CHUNK and cursor + len(rows) != up_to_position
-            ):
-                raise RuntimeError(f"positions {cursor + 1}..{up_to_position} are not all in the log yet")
+            async with self._read_budget.reserve(FILL_CHUNK_BYTES) as reservation:
+                chunk = await queries.read_range(self._pool, cursor, up_to_position, FILL_CHUNK, FILL_CHUNK_BYTES)
+                reservation.keep(chunk.size)
+                positions = [row["position"] for row in chunk.rows]
+                full = chunk.cut or len(chunk.rows) == FILL_CHUNK
+                if positions != list(range(cursor + 1, cursor + 1 + len(positions))) or (
+                    not full and cursor + len(positions) != up_to_position
+                ):
+                    raise RuntimeError(f"positions {cursor + 1}..{up_to_position} are not all in the log yet")
+                events = [row_to_event(row) for row in chunk.rows]
             cursor = positions[-1]
-            self._deliver(cursor, [row_to_event(row) for row in rows])
+            self._deliver(cursor, events)
         return max(cursor, after_position)
 
     async def _deliver_ready(self, appends: Sequence[Append[committed_pb2.CommittedEvent]]) -> int:

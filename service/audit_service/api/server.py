@@ -19,6 +19,7 @@ from ..errors import ConfigError
 from .auth import AuthInterceptor
 from .errors import ErrorMappingInterceptor
 from .live_feed import LiveFeed
+from .read_budget import ReadBudget
 from .servicer import AuditServicer
 
 log = logging.getLogger(__name__)
@@ -91,13 +92,18 @@ async def start_server(
     feed: LiveFeed | None = None,
     tail: TailConfig | None = None,
     checkpoint_keys: tuple[Verifier, ...] = (),
+    read_budget: ReadBudget | None = None,
 ) -> RunningServer:
     """Starts serving; the caller stops it with `RunningServer.stop`.
 
     Args:
         feed: a started live feed for TailEvents (without one, TailEvents is UNAVAILABLE).
         checkpoint_keys: the public keys VerifyChain checks signed checkpoints with.
+        read_budget: the bytes the process's reads may hold at once, shared with the feed (a new one of
+            config.read_buffer_bytes when not given).
     """
+    if read_budget is None:
+        read_budget = ReadBudget(config.read_buffer_bytes, wait_seconds=config.query_timeout_seconds)
     _quiet_client_disconnects()
     # The error mapper comes first, so it also turns authentication failures into statuses.
     server = aio.server(interceptors=[ErrorMappingInterceptor(), AuthInterceptor(token_verifier(auth), SERVICE_NAME)])
@@ -108,6 +114,7 @@ async def start_server(
             feed=feed,
             tail_config=tail,
             checkpoint_keys=checkpoint_keys,
+            read_budget=read_budget,
         ),
         server,
     )

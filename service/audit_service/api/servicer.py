@@ -15,7 +15,7 @@ from audit.v1 import event_pb2
 from grpc import aio
 
 from ..auth.tokens import Principal
-from ..config import TailConfig
+from ..config import ApiConfig, TailConfig
 from ..core.counts import MAX_BUCKETS, CountSource
 from ..core.event_filter import UNRESTRICTED, Scope, compile_filter, filter_tenant, timestamp_micros
 from ..core.filters import Expr
@@ -28,6 +28,7 @@ from . import export, history, verification
 from .auth import current_caller
 from .live_feed import LiveFeed
 from .paging import caller_identity, page_size_of
+from .read_budget import ReadBudget
 from .tail import TailPlan, TailStream
 
 MIN_INTERVAL_MICROS = 1_000_000
@@ -88,6 +89,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         feed: LiveFeed | None = None,
         tail_config: TailConfig | None = None,
         checkpoint_keys: verification.CheckpointKeys | None = None,
+        read_budget: ReadBudget | None = None,
     ) -> None:
         """
         Args:
@@ -96,9 +98,11 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             feed: committed appends for TailEvents (UNAVAILABLE without one).
             tail_config: TailEvents settings.
             checkpoint_keys: the public keys VerifyChain checks signed checkpoints with (none: not checked).
+            read_budget: the bytes of events this process's reads may hold at once (AUDIT_READ_BUFFER_BYTES).
         """
         self._pool = pool
         self._max_response_bytes = max_response_bytes
+        self._read_budget = read_budget or ReadBudget(ApiConfig().read_buffer_bytes)
         self._feed = feed
         self._tail_config = tail_config or TailConfig()
         self._checkpoint_keys = checkpoint_keys
@@ -118,20 +122,28 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             request.filter.SerializeToString(deterministic=True), bytes([newest_first]), caller_identity(caller)
         )
         after = decode_page_token(request.page_token, digest).after_position if request.page_token else None
-        rows = await queries.list_events(
-            self._pool, queries.PageQuery(where=where, newest_first=newest_first, after_position=after, limit=limit + 1)
-        )
-        # A page also ends before it outgrows the response limit (AIP-158 allows short pages): 1,000 events with
-        # large states can be far more than the 4 MiB a default gRPC client accepts. One event always fits.
-        events = []
-        room = self._max_response_bytes - _PAGE_RESERVE_BYTES
-        for row in rows[:limit]:
-            event = row_to_event(row)
-            room -= event.ByteSize() + _EVENT_FRAMING_BYTES
-            if room < 0 and events:
-                break
-            events.append(event)
-        has_more = len(rows) > len(events)
+        # A page holds at most max_response_bytes of events (as stored), cut in PostgreSQL; the process waits for
+        # room in its read budget first. It also ends before its messages outgrow the response limit (AIP-158
+        # allows short pages): 1,000 events with large states can be far more than the 4 MiB a default gRPC
+        # client accepts. One event always fits.
+        page_bytes = self._max_response_bytes
+        async with self._read_budget.reserve(page_bytes) as reservation:
+            page = await queries.list_events(
+                self._pool,
+                queries.PageQuery(
+                    where=where, newest_first=newest_first, after_position=after, limit=limit + 1, max_bytes=page_bytes
+                ),
+            )
+            reservation.keep(page.size)
+            events = []
+            room = self._max_response_bytes - _PAGE_RESERVE_BYTES
+            for row in page.rows[:limit]:
+                event = row_to_event(row)
+                room -= event.ByteSize() + _EVENT_FRAMING_BYTES
+                if room < 0 and events:
+                    break
+                events.append(event)
+        has_more = page.found > len(events)
         next_token = encode_page_token(PageToken(events[-1].position, digest)) if has_more else ""
         response = pb.ListEventsResponse(events=events, next_page_token=next_token)
         if request.include_total_size:
@@ -158,7 +170,11 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         self, request: pb.ListResourceHistoryRequest, context: aio.ServicerContext
     ) -> pb.ListResourceHistoryResponse:
         return await history.list_resource_history(
-            self._pool, request, current_caller(), max_response_bytes=self._max_response_bytes
+            self._pool,
+            request,
+            current_caller(),
+            max_response_bytes=self._max_response_bytes,
+            read_budget=self._read_budget,
         )
 
     async def ExportEvents(
@@ -166,7 +182,9 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     ) -> AsyncIterator[pb.ExportEventsResponse]:
         _, where = self._where(request.filter)
         async with contextlib.aclosing(
-            export.export_events(self._pool, request, where, max_response_bytes=self._max_response_bytes)
+            export.export_events(
+                self._pool, request, where, max_response_bytes=self._max_response_bytes, read_budget=self._read_budget
+            )
         ) as chunks:
             async for chunk in chunks:
                 yield chunk
@@ -243,7 +261,9 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         after_position, recorded_from = await self._tail_start(request)
         tenant = scope.tenant or filter_tenant(request.filter)
         plan = TailPlan(where=where, tenant=tenant, after_position=after_position, recorded_from=recorded_from)
-        stream = TailStream(plan, self._feed, self._pool, self._tail_config, self._max_response_bytes)
+        stream = TailStream(
+            plan, self._feed, self._pool, self._tail_config, self._max_response_bytes, read_budget=self._read_budget
+        )
         # grpc never closes a handler's generator itself: when the call ends mid-write, leave the feed at once.
         context.add_done_callback(lambda _: stream.leave())
         async with contextlib.aclosing(stream.responses()) as responses:  # leaves the feed as soon as the call ends

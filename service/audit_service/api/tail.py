@@ -28,9 +28,13 @@ from ..core.stored_event import row_to_event
 from ..errors import InvalidArgumentError, ShuttingDownError
 from ..store import queries
 from .live_feed import LiveEvent, LiveFeed, LiveSubscription
+from .read_budget import ReadBudget
 
 HISTORY_PAGE = 1000
-"""Events per history read."""
+"""Events per history read, at most."""
+HISTORY_PAGE_BYTES = 1024 * 1024
+"""Bytes of events per history read, at most (plus one event): what a tail holds while its reader is slow is
+about two of these (the page being sent and the next one) and the response in flight."""
 HISTORY_WINDOW = 50_000
 """Positions one history read looks at, at most: a selective filter still checkpoints as it goes."""
 _EVENT_FRAMING_BYTES = 6
@@ -54,9 +58,17 @@ class TailStream:
     """Produces the responses of one stream. Create it, iterate `responses()`, which cleans up after itself."""
 
     def __init__(
-        self, plan: TailPlan, feed: LiveFeed, pool: asyncpg.Pool, config: TailConfig, max_response_bytes: int
+        self,
+        plan: TailPlan,
+        feed: LiveFeed,
+        pool: asyncpg.Pool,
+        config: TailConfig,
+        max_response_bytes: int,
+        *,
+        read_budget: ReadBudget,
     ) -> None:
         self._plan = plan
+        self._read_budget = read_budget
         self._feed = feed
         self._pool = pool
         self._config = config
@@ -146,26 +158,35 @@ class TailStream:
         """Reads (cursor, target] from the log, the next page while the current one is being sent."""
         where = self._plan.where
 
-        async def read(after: int) -> tuple[list[asyncpg.Record], int]:
+        async def read(after: int) -> tuple[list[event_pb2.AuditEvent], int]:
+            """The events of the next page and the position examined up to; the process's read budget is held
+            only while the rows are fetched and turned into events, never while a response waits for the reader."""
             up_to = min(target, after + HISTORY_WINDOW)
-            rows = await queries.list_events(
-                self._pool,
-                queries.PageQuery(
-                    where=where, newest_first=False, after_position=after, limit=HISTORY_PAGE, up_to_position=up_to
-                ),
+            query = queries.PageQuery(
+                where=where,
+                newest_first=False,
+                after_position=after,
+                limit=HISTORY_PAGE,
+                max_bytes=HISTORY_PAGE_BYTES,
+                up_to_position=up_to,
             )
-            return rows, rows[-1]["position"] if len(rows) == HISTORY_PAGE else up_to
+            async with self._read_budget.reserve(HISTORY_PAGE_BYTES) as reservation:
+                page = await queries.list_events(self._pool, query)
+                reservation.keep(page.size)
+                events = [event for event in map(row_to_event, page.rows) if self._recorded_in_time(event)]
+            full = page.cut or len(page.rows) == HISTORY_PAGE
+            return events, page.rows[-1]["position"] if full else up_to
 
         if self._cursor >= target:
             return
         reading = asyncio.ensure_future(read(self._cursor))
         try:
             while True:
-                rows, examined = await reading
+                events, examined = await reading
                 if examined < target:
                     reading = asyncio.ensure_future(read(examined))
                 self._check_open(subscription)
-                if events := [event for event in map(row_to_event, rows) if self._recorded_in_time(event)]:
+                if events:
                     for response in self._sized(events, examined):
                         yield response
                 else:

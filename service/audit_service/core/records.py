@@ -79,7 +79,10 @@ CONTENT_COLUMNS: tuple[str, ...] = (
 """The event's content, in canonical order."""
 
 LOG_COLUMNS: tuple[str, ...] = ("position", "recorded_at", *CONTENT_COLUMNS, "stream_revision", "prev_hash", "hash")
-"""Columns of audit_events, in the order of the rows built here."""
+"""Columns of audit_events that make the stored event, in the order of the rows built here."""
+STORED_COLUMNS: tuple[str, ...] = (*LOG_COLUMNS, "event_bytes")
+"""What the appender writes: the event's columns, then the size of its canonical encoding (which sizes reads;
+not part of the hashed content)."""
 
 _STRUCT_COLUMNS = frozenset({"metadata", "change_before", "change_after"})
 _INT_COLUMNS = frozenset({"outcome", "actor_type"})

@@ -24,7 +24,7 @@ from ..core.masking import DEFAULT_MASK, SecretMask
 from ..core.records import (
     CONTENT_COLUMNS,
     GENESIS_HASH,
-    LOG_COLUMNS,
+    STORED_COLUMNS,
     Content,
     columns_sql,
     content_from_row,
@@ -280,13 +280,13 @@ class LogAppender:
                 sealed.append(SealedEvent(tenant, canonical, prev_hash, digest))
                 chain_heads[tenant] = digest
                 tenant_last_position[tenant] = position
-                rows.append(row)
+                rows.append((*row, len(canonical)))
                 id_rows.append((event_id, position, recorded_at))
                 appended.append(content)
             if not rows:
                 return AppendResult(prev_position, prev_position, 0), existing
 
-            await conn.copy_records_to_table("audit_events", records=rows, columns=LOG_COLUMNS)
+            await conn.copy_records_to_table("audit_events", records=rows, columns=STORED_COLUMNS)
             await conn.copy_records_to_table("audit_event_ids", records=id_rows, columns=_ID_COLUMNS)
             moved = sorted(tenant_last_position)
             await conn.execute(

@@ -8,6 +8,7 @@ import asyncpg
 
 from ..core.records import columns_sql
 from .pool import acquire
+from .sized_reads import SizedRows, byte_bounded, event_bytes_sql, sized_rows
 
 _COLUMNS = columns_sql("e.")
 
@@ -24,6 +25,8 @@ class StreamPageQuery:
     after_position: int | None
     """Keyset cursor: strictly beyond this position in the listing order; None for the first page."""
     limit: int
+    max_bytes: int
+    """The page ends once its events add up to this many bytes (at least one event is returned)."""
 
 
 def stream_page_sql(query: StreamPageQuery) -> tuple[str, list[object]]:
@@ -37,15 +40,17 @@ def stream_page_sql(query: StreamPageQuery) -> tuple[str, list[object]]:
         args.append(query.after_position)
         conditions.append(f"e.position {'<' if query.newest_first else '>'} ${len(args)}")
     args.append(query.limit)
-    sql = (
-        f"SELECT {_COLUMNS} FROM audit_events e WHERE {' AND '.join(conditions)} "
+    page = (
+        f"SELECT {_COLUMNS}, {event_bytes_sql('e')} AS event_bytes FROM audit_events e "
+        f"WHERE {' AND '.join(conditions)} "
         f"ORDER BY e.position {'DESC' if query.newest_first else 'ASC'} LIMIT ${len(args)}"
     )
-    return sql, args
+    args.append(query.max_bytes)
+    return byte_bounded(page, descending=query.newest_first, max_bytes_parameter=f"${len(args)}"), args
 
 
-async def stream_page(pool: asyncpg.Pool, query: StreamPageQuery) -> list[asyncpg.Record]:
-    """One page of the stream's events, in position order (descending when newest_first)."""
+async def stream_page(pool: asyncpg.Pool, query: StreamPageQuery) -> SizedRows:
+    """One page of the stream's events, in position order (descending when newest_first), cut at max_bytes."""
     sql, args = stream_page_sql(query)
     async with acquire(pool) as conn:
-        return await conn.fetch(sql, *args)
+        return sized_rows(await conn.fetch(sql, *args))

@@ -23,6 +23,7 @@ from ..core.filters import Expr
 from ..core.records import columns_sql, datetime_to_micros, micros_to_datetime
 from .filter_sql import FilterSql, Parameters
 from .pool import acquire
+from .sized_reads import SizedRows, byte_bounded, event_bytes_sql, sized_rows
 
 _COLUMNS = columns_sql("e.")
 
@@ -44,6 +45,8 @@ class PageQuery:
     after_position: int | None
     """Keyset cursor: strictly beyond this position in the listing order; None for the first page."""
     limit: int
+    max_bytes: int
+    """The page ends once its events add up to this many bytes (event_bytes): at least one event is returned."""
     up_to_position: int | None = None
     """When set, only positions up to this one (a tail's catch-up reads a bounded window)."""
 
@@ -57,18 +60,20 @@ def page_sql(query: PageQuery) -> tuple[str, list[object]]:
     if query.up_to_position is not None:
         conditions.append(f"e.position <= {params.add(query.up_to_position)}")
     direction = "DESC" if query.newest_first else "ASC"
-    sql = (
-        f"SELECT {_COLUMNS} FROM audit_events e WHERE {' AND '.join(f'({c})' for c in conditions)} "
+    page = (
+        f"SELECT {_COLUMNS}, {event_bytes_sql('e')} AS event_bytes "
+        f"FROM audit_events e WHERE {' AND '.join(f'({c})' for c in conditions)} "
         f"ORDER BY e.position {direction} LIMIT {params.add(query.limit)}"
     )
+    sql = byte_bounded(page, descending=query.newest_first, max_bytes_parameter=params.add(query.max_bytes))
     return sql, params.values
 
 
-async def list_events(pool: asyncpg.Pool, query: PageQuery) -> list[asyncpg.Record]:
-    """One page of matching events, in position order (descending when newest_first)."""
+async def list_events(pool: asyncpg.Pool, query: PageQuery) -> SizedRows:
+    """One page of matching events, in position order (descending when newest_first), cut at max_bytes."""
     sql, args = page_sql(query)
     async with acquire(pool) as conn:
-        return await conn.fetch(sql, *args)
+        return sized_rows(await conn.fetch(sql, *args))
 
 
 async def log_head(pool: asyncpg.Pool) -> int:
@@ -77,16 +82,21 @@ async def log_head(pool: asyncpg.Pool) -> int:
         return await conn.fetchval("SELECT last_position FROM audit_log_head")
 
 
-async def read_range(pool: asyncpg.Pool, after_position: int, up_to_position: int, limit: int) -> list[asyncpg.Record]:
-    """Every stored event (any tenant) in (after_position, up_to_position], in position order, at most `limit`."""
+_READ_RANGE = byte_bounded(
+    f"SELECT {_COLUMNS}, {event_bytes_sql('e')} AS event_bytes FROM audit_events e "
+    "WHERE e.position > $1 AND e.position <= $2 ORDER BY e.position LIMIT $3",
+    descending=False,
+    max_bytes_parameter="$4",
+)
+
+
+async def read_range(
+    pool: asyncpg.Pool, after_position: int, up_to_position: int, limit: int, max_bytes: int
+) -> SizedRows:
+    """Every stored event (any tenant) in (after_position, up_to_position], in position order, at most `limit`
+    and cut at `max_bytes`."""
     async with acquire(pool) as conn:
-        return await conn.fetch(
-            f"SELECT {_COLUMNS} FROM audit_events e WHERE e.position > $1 AND e.position <= $2 "
-            "ORDER BY e.position LIMIT $3",
-            after_position,
-            up_to_position,
-            limit,
-        )
+        return sized_rows(await conn.fetch(_READ_RANGE, after_position, up_to_position, limit, max_bytes))
 
 
 async def stored_hashes(pool: asyncpg.Pool, after_position: int, up_to_position: int) -> dict[int, bytes]:

@@ -1,0 +1,65 @@
+"""Reads bounded by bytes, not rows: a page stops once its events add up to a byte budget, decided in PostgreSQL
+before any large value is sent.
+
+A page query (`... ORDER BY position LIMIT n`) is wrapped: over its rows, in their order, a running sum of each
+event's size (audit_events.event_bytes, migration 0007) keeps the rows whose predecessors stay under the budget,
+so a page holds at least one event and at most the budget plus one event. The inner query keeps its plan (an
+index scan or a top-N sort with its LIMIT); the wrapper only sees its n rows, and values it drops are never
+detoasted nor sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from ..core.records import CONTENT_COLUMNS
+
+_TEXT_COLUMNS = [name for name in CONTENT_COLUMNS if name not in ("event_id", "outcome", "actor_type", "occurred_at")]
+
+
+def event_bytes_sql(alias: str) -> str:
+    """The size of the event in row `alias`: its stored event_bytes, or for events stored before that column
+    existed, the length of its columns as text (which costs reading them)."""
+    columns = ", ".join(
+        f"{alias}.{name}::text" if name in ("metadata", "change_before", "change_after") else f"{alias}.{name}"
+        for name in _TEXT_COLUMNS
+    )
+    return f"coalesce({alias}.event_bytes, 256 + octet_length(concat({columns})))"
+
+
+def byte_bounded(page_sql: str, *, descending: bool, max_bytes_parameter: str) -> str:
+    """`page_sql` (a SELECT of a column `position` and a column `event_bytes`, ordered by position, with its
+    LIMIT) cut where its events add up to the budget; also returns `page_rows`, the rows of the whole page."""
+    direction = "DESC" if descending else "ASC"
+    return (
+        "SELECT * FROM ("
+        f"SELECT page.*, sum(page.event_bytes) OVER (ORDER BY page.position {direction} ROWS UNBOUNDED PRECEDING) "
+        "AS bytes_through, count(*) OVER () AS page_rows "
+        f"FROM ({page_sql}) AS page"
+        f") AS sized WHERE bytes_through - event_bytes < {max_bytes_parameter} ORDER BY position {direction}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SizedRows:
+    """Rows of a byte-bounded page."""
+
+    rows: list[asyncpg.Record]
+    found: int
+    """Rows the page query found (up to its LIMIT) before the byte budget cut it."""
+
+    @property
+    def cut(self) -> bool:
+        """True when the budget left out rows the query found."""
+        return self.found > len(self.rows)
+
+    @property
+    def size(self) -> int:
+        """The events' bytes (event_bytes) in the rows returned."""
+        return sum(row["event_bytes"] for row in self.rows)
+
+
+def sized_rows(rows: list[asyncpg.Record]) -> SizedRows:
+    return SizedRows(rows, rows[0]["page_rows"] if rows else 0)
