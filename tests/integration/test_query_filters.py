@@ -421,7 +421,10 @@ def assert_histogram(counted, matched, request_filter, interval, group_by) -> No
             assert {g.key: g.count for g in bucket.groups} == collections.Counter(key(e) for e in in_bucket)
 
 
-_SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# The suite's profile (tests/conftest.py) suppresses too_slow; the fixtures are shared by the examples on purpose.
+_SETTINGS = settings(
+    max_examples=120, suppress_health_check=[*settings().suppress_health_check, HealthCheck.function_scoped_fixture]
+)
 
 
 @_SETTINGS
