@@ -94,10 +94,8 @@ def audit_events(draw: st.DrawFn) -> event_pb2.AuditEvent:
     actor.slug = draw(texts) if actor.id else draw(nonempty_texts)
     for name in ("display_name", "email", "pat_name", "controller_name", "external_identity_slug"):
         setattr(actor, name, draw(texts))
-    for resource in (event.resource, event.parent_resource):
-        resource.id, resource.name, resource.fqn = draw(texts), draw(texts), draw(texts)
-        named = resource.id or resource.name or resource.fqn
-        resource.type = draw(nonempty_texts) if named else draw(texts)
+    for resource in (event.resource, event.parent_resource):  # any field may be empty, the type too
+        resource.type, resource.id, resource.name, resource.fqn = draw(texts), draw(texts), draw(texts), draw(texts)
     event.request.route = draw(texts)
     event.request.method = draw(texts)
     event.request.user_agent = draw(texts)
