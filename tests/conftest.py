@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
+import hypothesis
 import nats
 import pytest
 from audit.v1 import audit_service_pb2_grpc, event_pb2
@@ -37,6 +38,24 @@ from audit_service.store.migrate import migrate
 from nats.aio.client import Client as NatsClient
 
 from .factories import content_of, stamp
+
+# Hypothesis, for the whole suite. No deadline and no too_slow health check: the suite runs on shared, loaded
+# machines (2 cores for NATS, PostgreSQL and the tests), where how long an example or its generation takes says
+# nothing about the code under test. From a clean clone, the first example also waits 1-3 s for Hypothesis'
+# one-time work (scanning the project's modules for constants, building its Unicode tables, cached in
+# .hypothesis/ afterwards), which too_slow counted as input generation. The strategies are kept cheap instead
+# (bounded sizes and depths).
+# Derandomized when CI is set, like Hypothesis' own "ci" profile: every CI run checks the same examples, so a red
+# build means the code changed. Elsewhere each run explores new examples, and a failing one is saved in
+# .hypothesis/ and replayed first next time (or reproduced from the printed blob).
+hypothesis.settings.register_profile(
+    "suite",
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+    derandomize=bool(os.environ.get("CI")),
+    print_blob=True,
+)
+hypothesis.settings.load_profile("suite")
 
 APP_ROLE = "audit_test_app"
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"

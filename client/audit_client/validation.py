@@ -235,10 +235,8 @@ def validate_event(event: event_pb2.AuditEvent, *, now_seconds: float, limits: L
         raise InvalidEventError("actor", "missing_field", "actor.id or actor.slug is required")
     if actor.type not in _SUBJECT_TYPES:
         raise InvalidEventError("actor.type", "invalid_field", f"unknown value {actor.type}")
+    # resource and parent_resource: every field is optional, the type too (such an event's stream has type "").
     _check_texts(event, limits.max_text_bytes)
-    for prefix, resource in (("resource", event.resource), ("parent_resource", event.parent_resource)):
-        if (resource.id or resource.name or resource.fqn) and not resource.type:
-            raise InvalidEventError(f"{prefix}.type", "missing_field", f"is required when {prefix} is set")
     _check_ip_address(event.request.ip_address)
     _check_text(event.message, "message", limits.max_message_chars)
     structs = StructValues(

@@ -108,7 +108,9 @@ async def worker(start_worker):
     return await start_worker()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, suppress_health_check=[*settings().suppress_health_check, HealthCheck.function_scoped_fixture]
+)
 @given(events=st.lists(events_at_the_limits(), min_size=1, max_size=4), over=st.sampled_from(TEXT_FIELDS), width=widths)
 async def test_events_at_every_limit_are_stored_and_one_byte_over_is_refused_naming_the_field(
     worker, publisher, owner, nc, config, events, over, width

@@ -206,18 +206,16 @@ class QueryTerm:
         return ("-" if self.negated else "") + (f"{self.field}:{value}" if self.field else value)
 
 
-TIME_FIELDS = ("after", "before")
-"""Query fields that are bounds: each must hold (the others: one of a field's values must)."""
-
-
 def query_holds(terms: list[QueryTerm], event) -> bool:
+    """Every term holds, where a field given several times holds when one of its values does (the time bounds
+    after and before included), and a negated term when its value does not."""
     by_field: dict[str, list[str]] = collections.defaultdict(list)
     for term in terms:
         matched = QUERY_FIELDS[term.field](event, term.value) if term.field else contains(event, term.value)
         if term.negated:
             if matched:
                 return False
-        elif term.field and term.field not in TIME_FIELDS:
+        elif term.field:
             by_field[term.field].append(term.value)
         elif not matched:
             return False
@@ -332,8 +330,6 @@ def query_terms(draw):
             "after": _hour.map(lambda hours: (BASE + dt.timedelta(hours=hours, minutes=7)).isoformat()),
             "before": _hour.map(lambda hours: (BASE + dt.timedelta(hours=hours)).isoformat()),
         }[kind]
-        if kind in TIME_FIELDS:
-            negated = False  # a bound cannot be negated (the other bound says it)
         terms.append(QueryTerm(negated, "" if kind == "search" else kind, draw(value)))
     return terms
 
@@ -425,7 +421,10 @@ def assert_histogram(counted, matched, request_filter, interval, group_by) -> No
             assert {g.key: g.count for g in bucket.groups} == collections.Counter(key(e) for e in in_bucket)
 
 
-_SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# The suite's profile (tests/conftest.py) suppresses too_slow; the fixtures are shared by the examples on purpose.
+_SETTINGS = settings(
+    max_examples=120, suppress_health_check=[*settings().suppress_health_check, HealthCheck.function_scoped_fixture]
+)
 
 
 @_SETTINGS
@@ -466,6 +465,37 @@ async def test_histograms_and_groups_add_up_to_the_listed_events(api, dataset, d
     counted = await api.CountEvents(pb.CountEventsRequest(filter=request_filter, interval=interval, group_by=group_by))
 
     assert_histogram(counted, matched, request_filter, interval, group_by)
+
+
+def at_hour(hours: int) -> str:
+    return (BASE + dt.timedelta(hours=hours)).isoformat()
+
+
+@pytest.mark.parametrize(
+    "terms",
+    [
+        [("", "after", at_hour(40)), ("", "after", at_hour(10))],  # either: after hour 10
+        [("", "before", at_hour(10)), ("", "before", at_hour(40))],  # either: before hour 40
+        [("-", "after", at_hour(30))],  # not after: before
+        [("-", "before", at_hour(30))],  # not before: after
+        [("", "after", at_hour(10)), ("-", "after", at_hour(40))],  # a window
+        [("-", "after", at_hour(50)), ("-", "after", at_hour(20)), ("", "action", "api_key.*")],
+    ],
+)
+@pytest.mark.parametrize("scope", [{}, {"tenant": "t-one"}, {"search": "key"}])
+async def test_repeated_and_negated_time_bounds_mean_what_they_mean_for_any_field(api, dataset, terms, scope):
+    query = [QueryTerm(negated == "-", field, value) for negated, field, value in terms]
+    request_filter = pb.EventFilter(query=" ".join(term.text() for term in query), **scope)
+    expected = [event.event_id for event in dataset.events if matches(request_filter, query, event)]
+    assert 0 < len(expected) < len(dataset.events), "the bounds select some events, not all"
+
+    assert sorted(await list_all(api, request_filter, pb.ORDER_OLDEST_FIRST, 100)) == sorted(expected)
+    counted = await api.CountEvents(pb.CountEventsRequest(filter=request_filter, group_by=pb.GROUP_BY_ACTION))
+    assert counted.total == len(expected)
+    histogram = await api.CountEvents(
+        pb.CountEventsRequest(filter=with_whole_window(request_filter), interval=duration_pb2.Duration(seconds=3600))
+    )
+    assert histogram.total == len(expected)
 
 
 async def test_counts_come_from_the_projection_when_it_can_answer_and_agree_with_the_log(api, dataset):

@@ -189,7 +189,10 @@ async def outcome_of(call) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# The suite's profile (tests/conftest.py) suppresses too_slow; the fixtures are shared by the examples on purpose.
+@settings(
+    max_examples=300, suppress_health_check=[*settings().suppress_health_check, HealthCheck.function_scoped_fixture]
+)
 @given(
     request_filter=event_filters(),
     page_size=st.integers(-(2**31), 2**31 - 1),

@@ -5,6 +5,7 @@ masked before anything is stored, and a projection that the rebuild reproduces e
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -18,11 +19,12 @@ from audit_service.store.projections import rebuild_projections
 from google.protobuf import json_format
 
 from ..conftest import bearer, eventually, serving_stub
-from ..factories import make_event
+from ..factories import make_event, stamp
 
 TENANT, RESOURCE_TYPE, RESOURCE_ID = "acme", "database", "orders-db"
 ALICE, BOB = "u-alice", "u-bob"
 STREAM_ROWS = "SELECT * FROM audit_resource_heads ORDER BY tenant, resource_type, resource_id"
+COUNT_ROWS = "SELECT * FROM audit_counts_hourly ORDER BY tenant, hour, action, resource_type, outcome, actor_type"
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 
 CREATED = {
@@ -381,3 +383,123 @@ async def test_grpcurl_shows_the_yaml_diff_of_an_event(api, stream):
         {"path": "spec.replicas", "kind": "CHANGE_KIND_MODIFIED", "old_value": 1, "new_value": 3}
     ]
     assert "-  replicas: 1\n+  replicas: 3\n" in response["yaml_diff"]
+
+
+async def test_a_resource_named_without_a_type_is_stored_counted_found_and_has_a_history(
+    api, publisher, start_worker, owner, nc, config
+):
+    """The contract asks for no resource.type: an event naming a resource (or its parent) by id, name or FQN
+    alone is stored, counted, found by filters and listed in the stream of type "", from any producer."""
+    await start_worker()
+
+    def bucket_event(
+        action: str, after: dict, resource: event_pb2.Resource, parent: event_pb2.Resource | None = None
+    ) -> event_pb2.AuditEvent:
+        event = make_event(TENANT, action=action, resource=resource, parent_resource=parent or event_pb2.Resource())
+        event.ClearField("change")
+        event.change.after.update(after)
+        return event
+
+    created = bucket_event(
+        "bucket.create",
+        {"versioning": False},
+        event_pb2.Resource(id="bucket-9", name="audit-logs"),
+        event_pb2.Resource(fqn="eu/west"),
+    )
+    updated = bucket_event("bucket.update", {"versioning": True}, event_pb2.Resource(id="bucket-9"))
+    typed = bucket_event("bucket.update", {"versioning": True}, event_pb2.Resource(type="bucket", id="bucket-9"))
+    parent_only = make_event(TENANT, action="org.read", parent_resource=event_pb2.Resource(id="org-1"))
+    parent_only.ClearField("resource")
+    named_only = make_event(
+        TENANT,
+        action="bucket.read",
+        resource=event_pb2.Resource(name="audit-logs"),
+        parent_resource=event_pb2.Resource(),
+    )
+    # The first through NATS alone, as protobuf JSON from a producer in any language: the worker takes it.
+    js = nc.jetstream()
+    created = stamp(created)
+    await js.publish(
+        f"{config.nats.events_subject_prefix}.{TENANT}",
+        json_format.MessageToJson(created).encode(),
+        headers={"Content-Type": "application/json", "Nats-Msg-Id": created.event_id},
+    )
+
+    async def dead_letters() -> int:
+        return (await js.stream_info(config.nats.dead_stream)).state.messages
+
+    async def handled() -> bool:
+        return await dead_letters() > 0 or await owner.fetchval("SELECT count(*) FROM audit_events") == 1
+
+    await eventually(handled, what="the worker storing or dead-lettering the event")
+    if await dead_letters():
+        dead = await js.get_msg(config.nats.dead_stream, 1)
+        pytest.fail(f"dead-lettered: {dead.headers['Audit-Dead-Field']}: {dead.headers['Audit-Dead-Detail']}")
+    # The others through the Python publisher, which checks events as the worker does.
+    await publish_all(publisher, owner, [updated, typed, parent_only, named_only])
+    assert await dead_letters() == 0
+    rows = await owner.fetch(
+        "SELECT resource_type, resource_id, resource_name, parent_resource_type, parent_resource_id, "
+        "parent_resource_fqn, stream_revision FROM audit_events ORDER BY position"
+    )
+    assert [tuple(row) for row in rows] == [
+        (None, "bucket-9", "audit-logs", None, None, "eu/west", 1),
+        (None, "bucket-9", None, None, None, None, 2),
+        ("bucket", "bucket-9", None, None, None, None, 1),  # another stream: the same id with a type
+        (None, None, None, None, "org-1", None, None),
+        (None, None, "audit-logs", None, None, None, None),
+    ]
+
+    # Counted, from the projection (its rows with a NULL resource type) and from the log alike.
+    window = pb.EventFilter(tenant=TENANT)
+    hour = await owner.fetchval("SELECT date_trunc('hour', min(occurred_at)) FROM audit_events")
+    window.start_time.FromDatetime(hour - dt.timedelta(hours=1))
+    window.end_time.FromDatetime(hour + dt.timedelta(hours=2))
+    from_projection = await api.CountEvents(pb.CountEventsRequest(filter=window, group_by=pb.GROUP_BY_RESOURCE_TYPE))
+    assert from_projection.source == pb.COUNT_SOURCE_PROJECTION
+    searched = pb.EventFilter(search="key")  # in every message: the same events, counted from the log
+    searched.MergeFrom(window)
+    from_log = await api.CountEvents(pb.CountEventsRequest(filter=searched, group_by=pb.GROUP_BY_RESOURCE_TYPE))
+    assert from_log.source == pb.COUNT_SOURCE_LOG
+    for counted in (from_projection, from_log):
+        assert counted.total == 5
+        assert [(group.key, group.count) for group in counted.groups] == [("", 4), ("bucket", 1)]
+    assert await owner.fetchval("SELECT sum(events) FROM audit_counts_hourly WHERE resource_type IS NULL") == 4
+
+    # Found by filters: fields, conditions (an empty value matches an empty field) and the query string.
+    async def found(request_filter: pb.EventFilter) -> list[str]:
+        page = await api.ListEvents(pb.ListEventsRequest(filter=request_filter, order=pb.ORDER_OLDEST_FIRST))
+        return [event.event_id for event in page.events]
+
+    def condition(field: int, value: str) -> pb.Condition:
+        return pb.Condition(field=field, operator=pb.CONDITION_OPERATOR_EQUAL, values=[value])
+
+    ids = [event.event_id for event in (created, updated, typed, parent_only, named_only)]
+    assert await found(pb.EventFilter(resource_id="bucket-9")) == ids[:3]
+    assert await found(pb.EventFilter(resource_name="audit-logs")) == [ids[0], ids[4]]
+    assert await found(pb.EventFilter(resource_fqn="eu/west")) == []  # the parent's FQN is not the resource's
+    untyped = [condition(pb.CONDITION_FIELD_RESOURCE_TYPE, ""), condition(pb.CONDITION_FIELD_RESOURCE_ID, "bucket-9")]
+    assert await found(pb.EventFilter(conditions=untyped)) == ids[:2]
+    parent = [
+        condition(pb.CONDITION_FIELD_PARENT_RESOURCE_TYPE, ""),
+        condition(pb.CONDITION_FIELD_PARENT_RESOURCE_ID, "org-1"),
+    ]
+    assert await found(pb.EventFilter(conditions=parent)) == [ids[3]]
+    assert await found(pb.EventFilter(query="resource.id:bucket-9 -resource.type:bucket")) == ids[:2]
+    assert await found(pb.EventFilter(search="audit-logs")) == [ids[0], ids[4]]
+
+    # The stream of type "": its two revisions, change.before filled from the previous state.
+    history = await history_of(api, resource_type="", resource_id="bucket-9")
+    assert [revision.event.event_id for revision in history] == ids[:2]
+    assert [revision.event.stream_revision for revision in history] == [1, 2]
+    assert not history[0].event.resource.type and history[0].event.parent_resource.fqn == "eu/west"
+    assert json_format.MessageToDict(history[1].event.change.before) == {"versioning": False}
+    assert changes_of(history[1]) == [("versioning", M, False, True)]
+    typed_history = await history_of(api, resource_type="bucket", resource_id="bucket-9")
+    assert [revision.event.event_id for revision in typed_history] == [ids[2]]
+
+    # The projections of such events are rebuilt exactly.
+    online = [[tuple(row) for row in await owner.fetch(query)] for query in (STREAM_ROWS, COUNT_ROWS)]
+    assert ("acme", "", "bucket-9", 2) in [row[:4] for row in online[0]]
+    await rebuild_projections(owner)
+    assert [[tuple(row) for row in await owner.fetch(query)] for query in (STREAM_ROWS, COUNT_ROWS)] == online

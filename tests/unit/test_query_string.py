@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from audit.v1 import event_pb2
 from audit_service.core.filters import MATCH_ALL, And, AnyOf, Not, OccurredBetween, Or, Search
+from audit_service.core.matching import compile_matcher
 from audit_service.core.query_string import compile_query, tokenize
 from audit_service.errors import InvalidArgumentError
 
@@ -52,6 +53,57 @@ def test_words_phrases_times_and_exclusions():
     )
 
 
+JAN_1, JAN_2, JAN_3 = 1_767_225_600_000_000, 1_767_312_000_000_000, 1_767_398_400_000_000
+"""2026-01-01, -02 and -03T00:00:00Z in µs."""
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        # The same field twice means either, for the time bounds too: the loosest of them.
+        ("after:2026-01-02T00:00:00Z after:2026-01-01T00:00:00Z", OccurredBetween(JAN_1, None)),
+        ("before:2026-01-02T00:00:00Z before:2026-01-03T00:00:00Z", OccurredBetween(None, JAN_3)),
+        # -field:value is not: not after T is before T, not before T is after T.
+        ("-after:2026-01-02T00:00:00Z", OccurredBetween(None, JAN_2)),
+        ("-before:2026-01-02T00:00:00Z", OccurredBetween(JAN_2, None)),
+        # Each negated term excludes (all must hold), as for any field.
+        (
+            "-after:2026-01-03T00:00:00Z -after:2026-01-02T00:00:00Z",
+            And((OccurredBetween(None, JAN_3), OccurredBetween(None, JAN_2))),
+        ),
+        # Different fields, and a field with its negation, must all hold: a window.
+        (
+            "after:2026-01-01T00:00:00Z -after:2026-01-03T00:00:00Z",
+            And((OccurredBetween(None, JAN_3), OccurredBetween(JAN_1, None))),
+        ),
+        (
+            "after:2026-01-01T00:00:00Z before:2026-01-02T00:00:00Z after:2026-01-03T00:00:00Z",
+            And((OccurredBetween(JAN_1, None), OccurredBetween(None, JAN_2))),
+        ),
+    ],
+)
+def test_time_bounds_follow_the_rules_of_every_field(query, expected):
+    assert compile_query(query) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "matching_days"),
+    [
+        ("after:2026-01-03T00:00:00Z after:2026-01-02T00:00:00Z", [2, 3, 4]),
+        ("before:2026-01-02T00:00:00Z before:2026-01-03T00:00:00Z", [0, 1, 2]),
+        ("-after:2026-01-02T00:00:00Z", [0, 1]),
+        ("-before:2026-01-02T00:00:00Z", [2, 3, 4]),
+        ("after:2026-01-01T00:00:00Z -after:2026-01-03T00:00:00Z", [1, 2]),
+        ("-after:2026-01-03T00:00:00Z -before:2026-01-02T00:00:00Z", [2]),
+    ],
+)
+def test_a_time_query_selects_what_it_reads_as(query, matching_days):
+    matcher = compile_matcher(compile_query(query))
+    # One event on each of 2025-12-31 (day 0) to 2026-01-04 (day 4), at midnight.
+    days = [day for day in range(5) if matcher({"occurred_at": JAN_1 + (day - 1) * 86_400_000_000})]
+    assert days == matching_days
+
+
 def test_quoted_values_and_escapes():
     terms = tokenize(r'resource.name:"my \"prod\" db"   msg')
     assert [(t.position, t.field, t.value) for t in terms] == [(1, "resource.name", 'my "prod" db'), (34, "", "msg")]
@@ -77,7 +129,6 @@ def test_an_empty_query_matches_everything():
         ("action:a*b", "* is only allowed at the end of an action"),
         ('ab"cd"', "a quote inside a word"),
         ('"a"b', "expected a space after a term at character 4"),
-        ("-after:2026-01-01T00:00:00Z", "cannot be negated"),
         ("x" * 2001, "longer than 2000 characters"),
     ],
 )

@@ -124,13 +124,20 @@ def _value_without_kind(event: event_pb2.AuditEvent) -> None:
     event.metadata.fields["empty"].Clear()  # indexing the map creates the entry; it has no kind set
 
 
-def _resource_without_type(event: event_pb2.AuditEvent) -> None:
+def _resource(field: str, *, parent: bool = False) -> Mutation:
+    """The resource (or parent resource) named only by `field`: no type."""
+
+    def mutate(event: event_pb2.AuditEvent) -> None:
+        resource = event.parent_resource if parent else event.resource
+        resource.Clear()
+        setattr(resource, field, f"only-{field}")
+
+    return mutate
+
+
+def _no_resource_types(event: event_pb2.AuditEvent) -> None:
     event.resource.type = ""
-
-
-def _parent_name_without_type(event: event_pb2.AuditEvent) -> None:
-    event.parent_resource.Clear()
-    event.parent_resource.name = "orphan"
+    event.parent_resource.type = ""
 
 
 def _list_item_with_nul(event: event_pb2.AuditEvent) -> None:
@@ -196,8 +203,6 @@ REFUSED: list[tuple[str, Mutation, str, str]] = [
     ("metadata value without a kind", _value_without_kind, "metadata", "invalid_field"),
     ("metadata objects nested too deep", _metadata(nested_struct(33)), "metadata", "invalid_field"),
     ("metadata lists nested too deep", _metadata({"list": nested_list(32)}), "metadata", "invalid_field"),
-    ("resource.id without resource.type", _resource_without_type, "resource.type", "missing_field"),
-    ("parent_resource.name without type", _parent_name_without_type, "parent_resource.type", "missing_field"),
     ("IP address garbage", _set("request.ip_address", "not-an-ip"), "request.ip_address", "invalid_field"),
     ("IPv4 octet out of range", _set("request.ip_address", "192.0.2.256"), "request.ip_address", "invalid_field"),
     ("IPv4 with leading zeros", _set("request.ip_address", "192.0.2.010"), "request.ip_address", "invalid_field"),
@@ -262,6 +267,10 @@ ACCEPTED: list[tuple[str, Mutation]] = [
     ("resource.id at the limit in 3-byte characters", _set("resource.id", "\u4e2d" * 341 + "x")),
     ("resource.type and id at the limit in 2-byte characters", _set("resource.type", "\u0436" * 512)),
     ("resource without an id", _set("resource.id", "")),
+    ("resource and parent without a type", _no_resource_types),
+    *((f"resource.{field} alone", _resource(field)) for field in ("id", "name", "fqn")),
+    *((f"parent_resource.{field} alone", _resource(field, parent=True)) for field in ("id", "name", "fqn")),
+    ("resource.type alone", _resource("type")),
 ]
 
 

@@ -3,8 +3,10 @@
     action:api_key.* actor:alice@example.com -resource.type:secret "rotated key"
 
 Terms are separated by spaces. `field:value` selects on a field (a value may be "quoted"); the same field
-given several times matches any of its values; `-field:value` excludes. A bare word or a "quoted phrase"
-is searched for (see filters.Search); `-word` excludes events containing it. All terms must hold.
+given several times matches any of its values; `-field:value` excludes. The time bounds `after:` and `before:`
+follow the same rules: `after:A after:B` is after the earlier of the two, `-after:T` is before T. A bare word or
+a "quoted phrase" is searched for (see filters.Search); `-word` excludes events containing it. All terms must
+hold.
 Errors name the term and its position: `filter.query: unknown field "colour" at character 12 (...)`.
 """
 
@@ -180,6 +182,25 @@ _FIELDS: dict[str, Callable[[str, int], Expr]] = {
 FIELD_NAMES = tuple(_FIELDS)
 
 
+def _either(exprs: list[Expr]) -> Expr:
+    """Any of one field's terms. Of time bounds that is the loosest, written as one range (as the database and
+    the projections read a range best): after the earliest `after:`, before the latest `before:`."""
+    bounds = [expr for expr in exprs if isinstance(expr, OccurredBetween)]
+    if not bounds:
+        return any_of(exprs)
+    starts = [bound.start for bound in bounds if bound.start is not None]  # one field: all after: or all before:
+    ends = [bound.end for bound in bounds if bound.end is not None]
+    return OccurredBetween(min(starts) if starts else None, max(ends) if ends else None)
+
+
+def _excluded(expr: Expr) -> Expr:
+    """What a negated term matches: not after T is before T and the other way round (occurred_at is never
+    NULL), written as the other bound so it stays a range."""
+    if isinstance(expr, OccurredBetween):
+        return OccurredBetween(None, expr.start) if expr.start is not None else OccurredBetween(expr.end, None)
+    return Not(expr)
+
+
 def compile_query(text: str) -> Expr:
     """The filter a query string stands for (MATCH_ALL for an empty one).
 
@@ -201,12 +222,10 @@ def compile_query(text: str) -> Expr:
                 raise _error(term.position, "a NUL character in a value")
             expr = build(term.value, term.position)
         if term.negated:
-            if isinstance(expr, OccurredBetween):
-                raise _error(term.position, f'"-{term.field}:" cannot be negated; use the other bound')
-            parts.append(Not(expr))
-        elif term.field and not isinstance(expr, OccurredBetween):
+            parts.append(_excluded(expr))
+        elif term.field:
             positive.setdefault(term.field.lower(), []).append(expr)
         else:
             parts.append(expr)
-    parts.extend(any_of(exprs) for exprs in positive.values())
+    parts.extend(_either(exprs) for exprs in positive.values())
     return all_of(parts)

@@ -67,9 +67,9 @@ class FilterSql:
             column = f"{self._alias}.{self._time_column}"
             bounds = []
             if expr.start is not None:
-                bounds.append(f"{column} >= {self._params.add(_timestamp(expr.start))}")
+                bounds.append(f"{column} >= {timestamp_sql(self._params, expr.start)}")
             if expr.end is not None:
-                bounds.append(f"{column} < {self._params.add(_timestamp(expr.end))}")
+                bounds.append(f"{column} < {timestamp_sql(self._params, expr.end)}")
             return " AND ".join(bounds) or "true"
         if isinstance(expr, Not):
             return f"NOT coalesce(({self.condition(expr.child)}), false)"
@@ -104,5 +104,13 @@ class FilterSql:
         return " OR ".join(alternatives)
 
 
-def _timestamp(micros: int) -> dt.datetime:
-    return micros_to_datetime(micros)
+def timestamp_sql(params: Parameters, micros: int) -> str:
+    """A timestamptz parameter of exactly `micros` (µs since the epoch).
+
+    asyncpg sends the datetimes 0001-01-01T00:00:00 and 9999-12-31T23:59:59.999999, the ends of the range of a
+    time bound, as -infinity and infinity (and reads them back so): those two go as text for PostgreSQL to parse.
+    """
+    moment = micros_to_datetime(micros)
+    if moment.replace(tzinfo=None) in (dt.datetime.min, dt.datetime.max):
+        return f"{params.add(moment.isoformat())}::text::timestamptz"
+    return f"{params.add(moment)}::timestamptz"

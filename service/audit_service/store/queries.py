@@ -20,8 +20,8 @@ from ..core.counts import (
     row_hours,
 )
 from ..core.filters import Expr
-from ..core.records import columns_sql, datetime_to_micros, micros_to_datetime
-from .filter_sql import FilterSql, Parameters
+from ..core.records import columns_sql, datetime_to_micros
+from .filter_sql import FilterSql, Parameters, timestamp_sql
 from .pool import acquire
 from .sized_reads import SizedRows, byte_bounded, event_bytes_sql, sized_rows
 
@@ -201,9 +201,9 @@ def action_rows_sql(query: CountQuery) -> tuple[str, list[object]]:
     params = Parameters()
     conditions = [f"tenant = ANY({params.add(list(tenants or ()))}::text[])"]
     if start is not None:
-        conditions.append(f"hour >= {params.add(micros_to_datetime(start))}")
+        conditions.append(f"hour >= {timestamp_sql(params, start)}")
     if end is not None:
-        conditions.append(f"hour < {params.add(micros_to_datetime(end))}")
+        conditions.append(f"hour < {timestamp_sql(params, end)}")
     per_action = "actions, counts" if needs_actions(query.where, query.group_by is not None) else "NULL, NULL"
     sql = f"SELECT tenant, hour, events, {per_action} FROM audit_action_counts_hourly WHERE {' AND '.join(conditions)}"
     return sql, params.values
@@ -231,13 +231,16 @@ def count_sql(query: CountQuery, source: CountSource) -> tuple[str, list[object]
     # decode than one per (bucket, group).
     bucket = (
         f"date_bin({params.add(dt.timedelta(microseconds=interval))}::interval, {alias}.{time_column}, "
-        f"{params.add(micros_to_datetime(start))}::timestamptz)"
+        f"{timestamp_sql(params, start)})"
     )
+    # Each bucket's start is read back as µs (extract gives an exact numeric): asyncpg would read the first
+    # bucket of a range from 0001-01-01 as a naive datetime.min, its value for -infinity.
     sql = (
-        'SELECT bucket, array_agg(key ORDER BY n DESC, key COLLATE "C") AS keys, '
+        "SELECT (extract(epoch FROM bucket) * 1000000)::bigint AS bucket, "
+        'array_agg(key ORDER BY n DESC, key COLLATE "C") AS keys, '
         'array_agg(n ORDER BY n DESC, key COLLATE "C") AS counts '
         f"FROM (SELECT {bucket} AS bucket, {key} AS key, {count}::bigint AS n FROM {table} {alias} "
-        f"WHERE {condition} GROUP BY 1, 2) AS grouped GROUP BY bucket"
+        f"WHERE {condition} GROUP BY 1, 2) AS grouped GROUP BY grouped.bucket"
     )
     return sql, params.values
 
@@ -267,7 +270,7 @@ async def count_events(
         return CountResult(sum(row["n"] for row in rows), [], groups, source)
     start, end, interval = query.histogram
     buckets = histogram(
-        (((datetime_to_micros(row["bucket"]) - start) // interval, row["keys"], row["counts"]) for row in rows),
+        (((row["bucket"] - start) // interval, row["keys"], row["counts"]) for row in rows),
         start=start,
         end=end,
         interval=interval,
