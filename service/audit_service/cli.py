@@ -1,5 +1,5 @@
 """`audit-service`: dev | migrate | ingest | serve | verify | verify-file | checkpoint | retention |
-rebuild-projections | token."""
+rebuild-projections | token | nats-config."""
 
 from __future__ import annotations
 
@@ -77,6 +77,17 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--subject", required=True, help="the caller; non-admins see only events with this actor.id")
     token.add_argument("--admin", action="store_true", help="see every event of the tenant")
     token.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (default 3600)")
+    nats_config = commands.add_parser(
+        "nats-config",
+        help="print the nats-server users and permissions of the service (AUDIT_SUBJECT_PREFIX, AUDIT_STREAM_PREFIX)",
+    )
+    nats_config.add_argument(
+        "--producer",
+        action="append",
+        default=[],
+        metavar="USER=TENANT[,TENANT...]",
+        help="a producer's NATS user and the tenants it may publish for (* for every tenant); repeat for more",
+    )
     return parser
 
 
@@ -124,6 +135,36 @@ def _mint(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _nats_config(config: Config, args: argparse.Namespace) -> int:
+    import shlex
+
+    from .config import NatsConfig
+    from .nats_permissions import render, service_users
+
+    producers: dict[str, list[str]] = {}
+    for spec in args.producer:
+        user, sep, tenants = spec.partition("=")
+        if not sep or user in producers:
+            raise ConfigError("--producer", f"expected USER=TENANT[,TENANT...] once per user, got {spec!r}")
+        producers[user] = [tenant.strip() for tenant in tenants.split(",") if tenant.strip()]
+    try:
+        users = service_users(config.nats, producers)
+    except ValueError as error:
+        raise ConfigError("--producer", str(error)) from None
+    defaults = NatsConfig()
+    command = [
+        f"{name}={value}"
+        for name, value, default in (
+            ("AUDIT_SUBJECT_PREFIX", config.nats.subject_prefix, defaults.subject_prefix),
+            ("AUDIT_STREAM_PREFIX", config.nats.stream_prefix, defaults.stream_prefix),
+        )
+        if value != default
+    ]
+    command += ["audit-service", "nats-config", *(part for spec in args.producer for part in ("--producer", spec))]
+    print(render(users, command=shlex.join(command)), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -142,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "token":
             return _mint(config, args)
+        if args.command == "nats-config":
+            return _nats_config(config, args)
         if args.command == "verify-file":
             from .offline_verify import verify_files_command
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from .processes import (
@@ -34,12 +36,28 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    """nats-server -js with its store in `data_dir`, listening on host:port."""
+    """nats-server -js with its store in `data_dir`, listening on host:port.
 
-    def __init__(self, data_dir: Path, *, port: int, host: str = "127.0.0.1") -> None:
+    Args:
+        config_file: a nats-server configuration to load (users and permissions); the command line's listen
+            address and store directory win over it.
+        env: variables added to the server's environment (those the configuration refers to as $NAME).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int,
+        host: str = "127.0.0.1",
+        config_file: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.host = host
         self.port = port
+        self.config_file = config_file
+        self.env = dict(env or {})
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = DataDirectoryLock(data_dir, "NATS")
         self._lifeline: Lifeline | None = None
@@ -83,8 +101,10 @@ class NatsServer:
 
     def _spawn(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            nats_server_binary(),
+        args = [nats_server_binary()]
+        if self.config_file is not None:
+            args += ["--config", str(self.config_file.resolve())]
+        args += [
             "--jetstream",
             "--store_dir",
             str((self.data_dir / "jetstream").resolve()),
@@ -100,6 +120,7 @@ class NatsServer:
                 args,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env} if self.env else None,
                 start_new_session=True,
             )
             self._lifeline = Lifeline(self._process.pid, STOP_SIGNAL, STOP_TIMEOUT_SECONDS, log_file)
