@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--nats-port", type=int, default=4222, help="NATS port (default 4222)")
     dev.add_argument("--postgres-port", type=int, default=55432, help="PostgreSQL port (default 55432)")
     dev.add_argument("--grpc-address", help="gRPC listen address (default $AUDIT_GRPC_ADDRESS or 0.0.0.0:50051)")
-    dev.add_argument("--tenant", default="acme", help="tenant of the printed admin token (default acme)")
+    dev.add_argument(
+        "--tenant", default="acme", help="tenant of the printed admin token and producer credentials (default acme)"
+    )
     commands.add_parser("migrate", help="apply database migrations (AUDIT_MIGRATE_DATABASE_URL or AUDIT_DATABASE_URL)")
     commands.add_parser("ingest", help="run an ingest worker (AUDIT_DATABASE_URL, AUDIT_NATS_URL)")
     commands.add_parser("serve", help="serve the gRPC API (AUDIT_DATABASE_URL, AUDIT_GRPC_ADDRESS)")
@@ -171,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config()
         configure_logging(config.log_level)
         if args.command == "dev":
+            from audit_client.validation import TENANT_PATTERN
+
             from .devstack.stack import DevSettings, run_dev
 
+            if not TENANT_PATTERN.fullmatch(args.tenant):
+                raise ConfigError("--tenant", f"must match {TENANT_PATTERN.pattern}")
             if args.grpc_address:
                 config = load_config(env={**os.environ, "AUDIT_GRPC_ADDRESS": args.grpc_address})
             settings = DevSettings(

@@ -64,7 +64,8 @@ def dev_stack(tmp_path_factory):
     ports = {"nats": free_port(), "postgres": free_port(), "grpc": free_port()}
     log_path = data_dir / "dev.log"
     process = start_dev(data_dir / "data", ports, log_path)
-    yield {"process": process, "ports": ports, "log": log_path, "target": f"127.0.0.1:{ports['grpc']}"}
+    target = f"127.0.0.1:{ports['grpc']}"
+    yield {"process": process, "ports": ports, "log": log_path, "target": target, "data": data_dir / "data"}
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         process.wait(60)
@@ -81,18 +82,41 @@ def printed_token(dev_stack) -> str:
     return re.search(r"export AUDIT_TOKEN=(\S+)", dev_stack["log"].read_text()).group(1)
 
 
+def printed_nats_url(dev_stack) -> str:
+    return re.search(r"export AUDIT_NATS_URL=(\S+)", dev_stack["log"].read_text()).group(1)
+
+
 def test_the_banner_says_how_to_reach_everything(dev_stack):
     banner = dev_stack["log"].read_text()
     assert f"gRPC API   {dev_stack['target']}" in banner
     assert f"nats://127.0.0.1:{dev_stack['ports']['nats']}" in banner
     assert "grpcurl -plaintext" in banner
     assert re.search(r"admin token for tenant 'acme'.*\n  export AUDIT_TOKEN=\S+\n", banner)
+    passwords = json.loads((dev_stack["data"] / "nats-passwords.json").read_text())
+    producer_url = f"nats://producer-acme:{passwords['producer-acme']}@127.0.0.1:{dev_stack['ports']['nats']}"
+    assert re.search(
+        rf"producer credentials for tenant 'acme' \(may publish to audit.events.acme only.*\n"
+        rf"  export AUDIT_NATS_URL={re.escape(producer_url)}\n",
+        banner,
+    )
+    assert banner.count(passwords["producer-acme"]) == 1
+    for user in ("ingest", "api"):  # the service's own credentials are never printed
+        assert passwords[user] not in banner
+
+
+def test_without_credentials_the_readme_example_is_refused_at_once(dev_stack, tmp_path):
+    example = tmp_path / "example.py"
+    example.write_text(readme_producer_example())
+    env = {**os.environ, "AUDIT_NATS_URL": f"nats://127.0.0.1:{dev_stack['ports']['nats']}"}
+    refused = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, env=env, timeout=30)
+    assert refused.returncode != 0 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines()[-1] == "nats.errors.AuthorizationError: nats: authorization failed"
 
 
 def test_readme_example_publishes_and_grpcurl_reads_it_back(dev_stack, tmp_path):
     example = tmp_path / "example.py"
     example.write_text(readme_producer_example())
-    env = {**os.environ, "AUDIT_NATS_URL": f"nats://127.0.0.1:{dev_stack['ports']['nats']}"}
+    env = {**os.environ, "AUDIT_NATS_URL": printed_nats_url(dev_stack)}
     published = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, env=env, timeout=60)
     assert published.returncode == 0, published.stderr
     event_id = re.fullmatch(r"stored as ([0-9a-f-]{36})\n", published.stdout).group(1)
