@@ -8,6 +8,8 @@ import sys
 import pytest
 from audit_service.devstack.processes import free_port
 
+from .conftest import REPO_ROOT
+
 
 def audit_service(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -53,3 +55,11 @@ def test_an_unreachable_database_is_one_line_and_exit_code_1():
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"audit-service: cannot connect to PostgreSQL at {url}")
     assert "Traceback" not in result.stderr
+
+
+def test_nats_config_prints_the_permissions_docker_compose_ships():
+    result = audit_service("nats-config", "--producer", "producer-acme=acme", env={})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (REPO_ROOT / "nats-auth.conf").read_text()
+    refused = audit_service("nats-config", "--producer", "api=acme", env={})
+    assert refused.returncode == 2 and "--producer" in refused.stderr

@@ -8,7 +8,6 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
-import nats
 import nats.errors
 import nats.js.errors
 import uuid_utils
@@ -17,6 +16,7 @@ from nats.aio.client import Client as NatsClient
 from opentelemetry import propagate, trace
 
 from .acks import JetStreamAcks
+from .connection import connect_nats
 from .errors import EventTooLargeError, PublishError
 from .validation import DEFAULT_LIMITS, Limits, clear_service_fields, validate_event
 
@@ -146,7 +146,7 @@ class _Connecting:
         self._publisher: Publisher | None = None
 
     async def _connect(self) -> Publisher:
-        nc = await nats.connect(self._servers, **self._nats_options)
+        nc = await connect_nats(self._servers, **self._nats_options)
         return Publisher(nc, owns_connection=True, **self._options)
 
     def __await__(self) -> Generator[Any, None, Publisher]:
@@ -174,13 +174,20 @@ def connect(
 
     Use as `async with audit_client.connect(url) as publisher:` or `publisher = await connect(url)`.
 
+    Credentials go in the URL (`nats://producer-acme:<password>@host:4222`) or in `nats_options`. A URL with a
+    user and a password gives the connection the inbox prefix `_INBOX.<user>`, the only inboxes the service's
+    NATS permissions let that user read (README, "NATS permissions").
+
     Args:
         servers: NATS server URL(s).
         subject_prefix: events go to `<subject_prefix>.<tenant>`.
         max_in_flight: most publishes awaiting their acknowledgement at once.
         ack_timeout: seconds to wait for JetStream's acknowledgement of one event.
         limits: event size and time limits, as configured on the service.
-        **nats_options: passed to `nats.connect` (credentials, TLS, name, ...).
+        **nats_options: passed to `nats.connect` (credentials, TLS, name, inbox_prefix, ...).
+
+    Raises:
+        nats.errors.AuthorizationError: the server refused the credentials (at once, without retrying them).
     """
     options = {
         "subject_prefix": subject_prefix,

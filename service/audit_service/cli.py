@@ -1,5 +1,5 @@
 """`audit-service`: dev | migrate | ingest | serve | verify | verify-file | checkpoint | retention |
-rebuild-projections | token."""
+rebuild-projections | token | nats-config."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--nats-port", type=int, default=4222, help="NATS port (default 4222)")
     dev.add_argument("--postgres-port", type=int, default=55432, help="PostgreSQL port (default 55432)")
     dev.add_argument("--grpc-address", help="gRPC listen address (default $AUDIT_GRPC_ADDRESS or 0.0.0.0:50051)")
-    dev.add_argument("--tenant", default="acme", help="tenant of the printed admin token (default acme)")
+    dev.add_argument(
+        "--tenant", default="acme", help="tenant of the printed admin token and producer credentials (default acme)"
+    )
     commands.add_parser("migrate", help="apply database migrations (AUDIT_MIGRATE_DATABASE_URL or AUDIT_DATABASE_URL)")
     commands.add_parser("ingest", help="run an ingest worker (AUDIT_DATABASE_URL, AUDIT_NATS_URL)")
     commands.add_parser("serve", help="serve the gRPC API (AUDIT_DATABASE_URL, AUDIT_GRPC_ADDRESS)")
@@ -77,6 +79,17 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--subject", required=True, help="the caller; non-admins see only events with this actor.id")
     token.add_argument("--admin", action="store_true", help="see every event of the tenant")
     token.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (default 3600)")
+    nats_config = commands.add_parser(
+        "nats-config",
+        help="print the nats-server users and permissions of the service (AUDIT_SUBJECT_PREFIX, AUDIT_STREAM_PREFIX)",
+    )
+    nats_config.add_argument(
+        "--producer",
+        action="append",
+        default=[],
+        metavar="USER=TENANT[,TENANT...]",
+        help="a producer's NATS user and the tenants it may publish for (* for every tenant); repeat for more",
+    )
     return parser
 
 
@@ -124,14 +137,48 @@ def _mint(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _nats_config(config: Config, args: argparse.Namespace) -> int:
+    import shlex
+
+    from .config import NatsConfig
+    from .nats_permissions import render, service_users
+
+    producers: dict[str, list[str]] = {}
+    for spec in args.producer:
+        user, sep, tenants = spec.partition("=")
+        if not sep or user in producers:
+            raise ConfigError("--producer", f"expected USER=TENANT[,TENANT...] once per user, got {spec!r}")
+        producers[user] = [tenant.strip() for tenant in tenants.split(",") if tenant.strip()]
+    try:
+        users = service_users(config.nats, producers)
+    except ValueError as error:
+        raise ConfigError("--producer", str(error)) from None
+    defaults = NatsConfig()
+    command = [
+        f"{name}={value}"
+        for name, value, default in (
+            ("AUDIT_SUBJECT_PREFIX", config.nats.subject_prefix, defaults.subject_prefix),
+            ("AUDIT_STREAM_PREFIX", config.nats.stream_prefix, defaults.stream_prefix),
+        )
+        if value != default
+    ]
+    command += ["audit-service", "nats-config", *(part for spec in args.producer for part in ("--producer", spec))]
+    print(render(users, command=shlex.join(command)), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = load_config()
         configure_logging(config.log_level)
         if args.command == "dev":
+            from audit_client.validation import TENANT_PATTERN
+
             from .devstack.stack import DevSettings, run_dev
 
+            if not TENANT_PATTERN.fullmatch(args.tenant):
+                raise ConfigError("--tenant", f"must match {TENANT_PATTERN.pattern}")
             if args.grpc_address:
                 config = load_config(env={**os.environ, "AUDIT_GRPC_ADDRESS": args.grpc_address})
             settings = DevSettings(
@@ -142,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "token":
             return _mint(config, args)
+        if args.command == "nats-config":
+            return _nats_config(config, args)
         if args.command == "verify-file":
             from .offline_verify import verify_files_command
 

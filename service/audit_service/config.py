@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
+from audit_client.connection import inbox_prefix, redact
 from audit_client.validation import Limits
 
 from .core.masking import DEFAULT_SECRET_KEYS, SecretMask, compile_secret_keys
@@ -34,7 +35,8 @@ class DatabaseConfig:
 @dataclass(frozen=True, slots=True)
 class NatsConfig:
     url: str = "nats://127.0.0.1:4222"
-    """NATS server URL(s), comma-separated."""
+    """NATS server URL(s), comma-separated, with the credentials of this process's NATS user:
+    nats://ingest:<password>@nats:4222. Log `redacted_url`, never this."""
     subject_prefix: str = "audit"
     """Subjects are <prefix>.events.<tenant>, <prefix>.dead.<reason> and <prefix>.committed.<tenant>."""
     stream_prefix: str = "AUDIT"
@@ -67,6 +69,17 @@ class NatsConfig:
     @property
     def servers(self) -> list[str]:
         return [server.strip() for server in self.url.split(",") if server.strip()]
+
+    @property
+    def redacted_url(self) -> str:
+        """`url` without passwords, for messages and logs."""
+        return redact(self.url)
+
+    @property
+    def inbox_prefix(self) -> str:
+        """`_INBOX.<user>` when `url` names a user and a password (the only inboxes NATS lets that user read),
+        else `_INBOX`."""
+        return inbox_prefix(self.servers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +242,13 @@ def _nats_url(env: Mapping[str, str], name: str, default: str) -> str:
     for server in raw.split(","):
         parts = urlsplit(server.strip())
         if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
-            raise ConfigError(name, f"expected nats://host:port (comma-separated for several), got {raw!r}")
+            raise ConfigError(
+                name, f"expected nats://[user:password@]host:port (comma-separated for several), got {redact(raw)!r}"
+            )
+    try:
+        inbox_prefix(raw)
+    except ValueError as error:
+        raise ConfigError(name, str(error)) from None
     return raw
 
 

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import nats
 import nats.errors
+from audit_client.connection import connect_nats
 from nats.aio.client import Client as NatsClient
 
 from .api.live_feed import LiveFeed
@@ -58,17 +58,23 @@ async def nats_connection(config: Config, name: str) -> AsyncIterator[NatsClient
         log.warning("NATS: %s: %s", type(error).__name__, error)
 
     try:
-        nc = await nats.connect(
+        nc = await connect_nats(
             config.nats.servers,
             name=name,
+            inbox_prefix=config.nats.inbox_prefix,
             connect_timeout=5,
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             error_cb=on_error,
         )
+    except nats.errors.AuthorizationError as error:
+        hint = "check the user and password in AUDIT_NATS_URL"
+        raise StartupError(f"cannot connect to NATS at {config.nats.redacted_url}: {error} ({hint})") from None
     except (TimeoutError, OSError, nats.errors.Error) as error:
-        raise StartupError(f"cannot connect to NATS at {config.nats.url}: {error or type(error).__name__}") from None
+        raise StartupError(
+            f"cannot connect to NATS at {config.nats.redacted_url}: {error or type(error).__name__}"
+        ) from None
     try:
         yield nc
     finally:

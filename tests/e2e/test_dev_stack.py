@@ -28,12 +28,10 @@ def readme_producer_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-@pytest.fixture(scope="module")
-def dev_stack(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("dev")
-    ports = {"nats": free_port(), "postgres": free_port(), "grpc": free_port()}
-    log_path = data_dir / "dev.log"
-    with open(log_path, "wb") as log:
+def start_dev(data_dir: Path, ports: dict[str, int], log_path: Path) -> subprocess.Popen[bytes]:
+    """`audit-service dev` on `data_dir` and `ports`, once it says it is ready."""
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -41,7 +39,7 @@ def dev_stack(tmp_path_factory):
                 "audit_service.cli",
                 "dev",
                 "--data-dir",
-                str(data_dir / "data"),
+                str(data_dir),
                 "--nats-port",
                 str(ports["nats"]),
                 "--postgres-port",
@@ -53,11 +51,21 @@ def dev_stack(tmp_path_factory):
             stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 90
-    while "audit-service dev: ready" not in log_path.read_text():
-        assert process.poll() is None, log_path.read_text()
-        assert time.monotonic() < deadline, log_path.read_text()
+    while "audit-service dev: ready" not in log_path.read_text()[offset:]:
+        assert process.poll() is None, log_path.read_text()[offset:]
+        assert time.monotonic() < deadline, log_path.read_text()[offset:]
         time.sleep(0.1)
-    yield {"process": process, "ports": ports, "log": log_path, "target": f"127.0.0.1:{ports['grpc']}"}
+    return process
+
+
+@pytest.fixture(scope="module")
+def dev_stack(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("dev")
+    ports = {"nats": free_port(), "postgres": free_port(), "grpc": free_port()}
+    log_path = data_dir / "dev.log"
+    process = start_dev(data_dir / "data", ports, log_path)
+    target = f"127.0.0.1:{ports['grpc']}"
+    yield {"process": process, "ports": ports, "log": log_path, "target": target, "data": data_dir / "data"}
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         process.wait(60)
@@ -74,18 +82,41 @@ def printed_token(dev_stack) -> str:
     return re.search(r"export AUDIT_TOKEN=(\S+)", dev_stack["log"].read_text()).group(1)
 
 
+def printed_nats_url(dev_stack) -> str:
+    return re.search(r"export AUDIT_NATS_URL=(\S+)", dev_stack["log"].read_text()).group(1)
+
+
 def test_the_banner_says_how_to_reach_everything(dev_stack):
     banner = dev_stack["log"].read_text()
     assert f"gRPC API   {dev_stack['target']}" in banner
     assert f"nats://127.0.0.1:{dev_stack['ports']['nats']}" in banner
     assert "grpcurl -plaintext" in banner
     assert re.search(r"admin token for tenant 'acme'.*\n  export AUDIT_TOKEN=\S+\n", banner)
+    passwords = json.loads((dev_stack["data"] / "nats-passwords.json").read_text())
+    producer_url = f"nats://producer-acme:{passwords['producer-acme']}@127.0.0.1:{dev_stack['ports']['nats']}"
+    assert re.search(
+        rf"producer credentials for tenant 'acme' \(may publish to audit.events.acme only.*\n"
+        rf"  export AUDIT_NATS_URL={re.escape(producer_url)}\n",
+        banner,
+    )
+    assert banner.count(passwords["producer-acme"]) == 1
+    for user in ("ingest", "api"):  # the service's own credentials are never printed
+        assert passwords[user] not in banner
+
+
+def test_without_credentials_the_readme_example_is_refused_at_once(dev_stack, tmp_path):
+    example = tmp_path / "example.py"
+    example.write_text(readme_producer_example())
+    env = {**os.environ, "AUDIT_NATS_URL": f"nats://127.0.0.1:{dev_stack['ports']['nats']}"}
+    refused = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, env=env, timeout=30)
+    assert refused.returncode != 0 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines()[-1] == "nats.errors.AuthorizationError: nats: authorization failed"
 
 
 def test_readme_example_publishes_and_grpcurl_reads_it_back(dev_stack, tmp_path):
     example = tmp_path / "example.py"
     example.write_text(readme_producer_example())
-    env = {**os.environ, "AUDIT_NATS_URL": f"nats://127.0.0.1:{dev_stack['ports']['nats']}"}
+    env = {**os.environ, "AUDIT_NATS_URL": printed_nats_url(dev_stack)}
     published = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, env=env, timeout=60)
     assert published.returncode == 0, published.stderr
     event_id = re.fullmatch(r"stored as ([0-9a-f-]{36})\n", published.stdout).group(1)
@@ -158,3 +189,76 @@ def test_sigint_stops_every_process_it_started(dev_stack):
     assert process.wait(60) == 0
     for port in dev_stack["ports"].values():
         assert not port_is_open("127.0.0.1", port), f"port {port} still open after shutdown"
+
+
+def children(pid: int) -> dict[int, list[str]]:
+    """The live child processes of `pid` and their command lines."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes().split(b"\0")[:-1]
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and command:
+            found[int(stat.parent.name)] = [part.decode() for part in command]
+    return found
+
+
+def servers_of(pid: int) -> dict[int, str]:
+    """The PostgreSQL and NATS servers a dev stack started: {pid: name}."""
+    named = {child: Path(command[0]).name for child, command in children(pid).items()}
+    return {child: name for child, name in named.items() if name in ("postgres", "nats-server")}
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_kill_9_takes_the_servers_down_and_the_next_run_starts_on_the_same_data(tmp_path):
+    data_dir, log_path = tmp_path / "data", tmp_path / "dev.log"
+    ports = {"nats": free_port(), "postgres": free_port(), "grpc": free_port()}
+    started: list[subprocess.Popen[bytes]] = []
+    left: set[int] = set()
+    try:
+        started.append(start_dev(data_dir, ports, log_path))
+        servers = servers_of(started[-1].pid)
+        left |= set(servers)
+        assert sorted(servers.values()) == ["nats-server", "postgres"], children(started[-1].pid)
+
+        started[-1].kill()  # SIGKILL: no chance to stop anything
+        started[-1].wait()
+        deadline = time.monotonic() + 45
+        while any(alive(pid) for pid in servers) or any(port_is_open("127.0.0.1", port) for port in ports.values()):
+            still = {name: pid for pid, name in servers.items() if alive(pid)}
+            assert time.monotonic() < deadline, f"still running 45 s after kill -9 of audit-service dev: {still}"
+            time.sleep(0.2)
+
+        started.append(start_dev(data_dir, ports, log_path))  # the same data directory and ports
+
+        # Even when whatever watches the servers dies with it, the next run stops what was left and starts.
+        servers = servers_of(started[-1].pid)
+        left |= set(servers)
+        others = set(children(started[-1].pid)) - set(servers)
+        for pid in [started[-1].pid, *others]:
+            os.kill(pid, signal.SIGKILL)
+        started[-1].wait()
+        assert all(alive(pid) for pid in servers), "nothing should have stopped the servers this time"
+        started.append(start_dev(data_dir, ports, log_path))
+        assert not any(alive(pid) for pid in servers), "the servers left behind are still running"
+
+        started[-1].send_signal(signal.SIGINT)
+        assert started[-1].wait(60) == 0
+        for port in ports.values():
+            assert not port_is_open("127.0.0.1", port), f"port {port} still open after shutdown"
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        for pid in left:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

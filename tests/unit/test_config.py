@@ -197,3 +197,18 @@ def test_parse_grpc_address() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_grpc_address("nope", "--grpc-address")
     assert caught.value.setting == "--grpc-address"
+
+
+def test_nats_credentials_name_the_inboxes_and_never_show_in_errors() -> None:
+    nats = load_config(env={"AUDIT_NATS_URL": "nats://ingest:s3cret@nats:4222"}).nats
+    assert nats.servers == ["nats://ingest:s3cret@nats:4222"]
+    assert nats.inbox_prefix == "_INBOX.ingest"
+    assert nats.redacted_url == "nats://ingest:***@nats:4222"
+    assert load_config(env={}).nats.inbox_prefix == "_INBOX"
+    for url, message in (
+        ("http://ingest:s3cret@nats:4222", "expected nats://[user:password@]host:port"),
+        ("nats://in.gest:s3cret@nats:4222", "NATS user 'in.gest' must match"),
+    ):
+        with pytest.raises(ConfigError, match="AUDIT_NATS_URL") as raised:
+            load_config(env={"AUDIT_NATS_URL": url})
+        assert message in str(raised.value) and "s3cret" not in str(raised.value)

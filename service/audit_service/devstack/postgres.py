@@ -11,9 +11,20 @@ import signal
 import subprocess
 from pathlib import Path
 
-from .processes import make_traversable, port_is_open, stop_process, wait_until
+from .processes import (
+    DataDirectoryLock,
+    Lifeline,
+    argument_after,
+    make_traversable,
+    port_is_open,
+    stop_leftover,
+    stop_process,
+    wait_until,
+)
 
 SUPERUSER = "postgres"
+STOP_SIGNAL = signal.SIGINT  # fast shutdown: rolls back open transactions, disconnects clients, checkpoints
+STOP_TIMEOUT_SECONDS = 30.0
 _SERVER_USER = "audit-postgres"  # PostgreSQL will not run as root; when we are root it runs as this user
 
 
@@ -56,6 +67,8 @@ class EmbeddedPostgres:
         self.settings = settings or {}
         self._process: subprocess.Popen[bytes] | None = None
         self._user = _server_user()
+        self._lock = DataDirectoryLock(data_dir, "PostgreSQL")
+        self._lifeline: Lifeline | None = None
 
     def url(self, database: str = "postgres", user: str = SUPERUSER) -> str:
         return f"postgresql://{user}@{self.host}:{self.port}/{database}"
@@ -95,27 +108,44 @@ class EmbeddedPostgres:
             **self._run_as_server_user(),
         )
 
+    def _is_ours(self, command: list[str]) -> bool:
+        data_dir = argument_after(command, "-D")
+        return (
+            Path(command[0]).name == "postgres" and data_dir is not None and Path(data_dir) == self.data_dir.resolve()
+        )
+
     def start(self, timeout: float = 30.0) -> None:
-        if port_is_open(self.host, self.port):
-            raise RuntimeError(f"port {self.host}:{self.port} is already in use; choose another PostgreSQL port")
-        if not (self.data_dir / "PG_VERSION").exists():
-            try:
-                self._initdb()
-            except subprocess.CalledProcessError as error:
-                raise RuntimeError(f"initdb failed: {error.stderr.decode(errors='replace').strip()}") from None
+        self._lock.acquire()
+        try:
+            stop_leftover(
+                self.data_dir / "postmaster.pid", self._is_ours, STOP_SIGNAL, STOP_TIMEOUT_SECONDS, "postgres"
+            )
+            if port_is_open(self.host, self.port):
+                raise RuntimeError(f"port {self.host}:{self.port} is already in use; choose another PostgreSQL port")
+            if not (self.data_dir / "PG_VERSION").exists():
+                try:
+                    self._initdb()
+                except subprocess.CalledProcessError as error:
+                    raise RuntimeError(f"initdb failed: {error.stderr.decode(errors='replace').strip()}") from None
+            self._spawn(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self, timeout: float) -> None:
         settings = {"listen_addresses": self.host, "port": str(self.port), "unix_socket_directories": ""}
         if not self.durable:
             settings.update({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
         settings.update(self.settings)
-        args = [str(postgres_bin_dir() / "postgres"), "-D", str(self.data_dir)]
+        args = [str(postgres_bin_dir() / "postgres"), "-D", str(self.data_dir.resolve())]
         for name, value in settings.items():
             args += ["-c", f"{name}={value}"]
         log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 (kept open for the child)
-        self._process = subprocess.Popen(
-            args, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, **self._run_as_server_user()
-        )
-        log_file.close()
+        with open(log_path, "ab") as log_file:
+            self._process = subprocess.Popen(
+                args, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, **self._run_as_server_user()
+            )
+            self._lifeline = Lifeline(self._process.pid, STOP_SIGNAL, STOP_TIMEOUT_SECONDS, log_file)
         try:
             wait_until(self._accepts_connections, timeout=timeout, what="postgres", alive=lambda: self.running)
         except RuntimeError as error:
@@ -129,12 +159,12 @@ class EmbeddedPostgres:
         )
         return result.returncode == 0
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         """Fast shutdown: rolls back open transactions, disconnects clients."""
-        if self._process is None:
-            return
-        stop_process(self._process, signal.SIGINT, timeout)
-        self._process = None
+        if self._process is not None:
+            stop_process(self._process, STOP_SIGNAL, timeout)
+            self._process = None
+        self._release()
 
     def kill(self) -> None:
         """SIGKILL of the postmaster, for fault tests (the next start runs crash recovery)."""
@@ -142,3 +172,10 @@ class EmbeddedPostgres:
             os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait()
             self._process = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._lifeline is not None:
+            self._lifeline.release()
+            self._lifeline = None
+        self._lock.release()

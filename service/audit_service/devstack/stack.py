@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import secrets
 import sys
@@ -18,6 +19,7 @@ from ..api.server import RunningServer
 from ..auth.tokens import mint_token
 from ..config import AuthConfig, CheckpointConfig, Config, DatabaseConfig, RetentionConfig, parse_grpc_address
 from ..core.signing import generate_private_key_pem
+from ..nats_permissions import API_USER, INGEST_USER, render, service_users
 from ..runtime import run_api, run_ingest, run_migrate
 from .nats import NatsServer
 from .postgres import EmbeddedPostgres
@@ -33,7 +35,12 @@ class DevSettings:
     nats_port: int = 4222
     postgres_port: int = 55432
     tenant: str = "acme"
-    """Tenant of the admin token printed at start-up."""
+    """Tenant of the admin token and of the producer credentials printed at start-up."""
+
+    @property
+    def producer(self) -> str:
+        """The NATS user that may publish the dev tenant's events."""
+        return f"producer-{self.tenant}"
 
 
 DEV_TOKEN_TTL_SECONDS = 7 * 24 * 3600
@@ -61,6 +68,38 @@ def dev_checkpoints(checkpoints: CheckpointConfig, data_dir: Path) -> Checkpoint
         with os.fdopen(fd, "wb") as out:
             out.write(generate_private_key_pem())
     return dataclasses.replace(checkpoints, signing_key_file=str(key_file))
+
+
+def dev_nats_passwords(data_dir: Path, users: list[str]) -> dict[str, str]:
+    """Passwords of the NATS users, generated once into the data directory (nats-passwords.json, like jwt-secret)."""
+    path = data_dir / "nats-passwords.json"
+    passwords = json.loads(path.read_text()) if path.exists() else {}
+    missing = [user for user in users if user not in passwords]
+    if missing:
+        passwords.update({user: secrets.token_urlsafe(24) for user in missing})  # URL-safe: they go in NATS URLs
+        temporary = path.with_name(f"{path.name}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(passwords, out, indent=2, sort_keys=True)
+        temporary.replace(path)
+    return {user: passwords[user] for user in users}
+
+
+def dev_nats_server(config: Config, settings: DevSettings) -> tuple[NatsServer, dict[str, str]]:
+    """NATS with the service's users and permissions (ingest, api and the dev tenant's producer), and the URL
+    with credentials of each user."""
+    users = service_users(config.nats, {settings.producer: [settings.tenant]})
+    passwords = dev_nats_passwords(settings.data_dir, [user.name for user in users])
+    auth_file = settings.data_dir / "nats-auth.conf"
+    auth_file.write_text(render(users, command="audit-service dev"))
+    server = NatsServer(
+        settings.data_dir / "nats",
+        port=settings.nats_port,
+        config_file=auth_file,
+        env={user.password_variable: passwords[user.name] for user in users},
+    )
+    urls = {name: f"nats://{name}:{password}@{server.host}:{server.port}" for name, password in passwords.items()}
+    return server, urls
 
 
 def dev_retention(retention: RetentionConfig, data_dir: Path) -> RetentionConfig:
@@ -100,7 +139,10 @@ def admin_token(config: Config, settings: DevSettings) -> str | None:
     return mint_token(auth, subject="dev-admin", tenant=settings.tenant, admin=True, ttl_seconds=DEV_TOKEN_TTL_SECONDS)
 
 
-def banner(config: Config, settings: DevSettings, grpc_port: int, nats_url: str, owner_url: str) -> str:
+def banner(
+    config: Config, settings: DevSettings, grpc_port: int, nats_url: str, owner_url: str, producer_url: str
+) -> str:
+    """What the dev stack prints once ready. The producer's URL is the only password in it."""
     host, _ = parse_grpc_address(config.api.grpc_address)
     reach = "127.0.0.1" if host in ("0.0.0.0", "[::]", "::") else host
     target = f"{reach}:{grpc_port}"
@@ -110,9 +152,12 @@ def banner(config: Config, settings: DevSettings, grpc_port: int, nats_url: str,
     lines = [
         "audit-service dev: ready",
         f"  gRPC API   {target}  (reflection and grpc.health.v1 on)",
-        f"  NATS       {nats_url}  (publish to {config.nats.events_subject_prefix}.<tenant>)",
+        f"  NATS       {nats_url}  (users and permissions: {(settings.data_dir / 'nats-auth.conf').resolve()})",
         f"  PostgreSQL {config.database.url}  (owner: {owner_url})",
         f"  data       {settings.data_dir.resolve()}",
+        f"producer credentials for tenant {settings.tenant!r} (may publish to "
+        f"{config.nats.events_subject_prefix}.{settings.tenant} only; the README's producer example reads it):",
+        f"  export AUDIT_NATS_URL={producer_url}",
     ]
     if token:
         lines += [
@@ -141,7 +186,7 @@ async def run_dev(
     """Runs the whole stack until `stop` is set."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     postgres = EmbeddedPostgres(settings.data_dir / "postgres", port=settings.postgres_port)
-    nats_server = NatsServer(settings.data_dir / "nats", port=settings.nats_port)
+    nats_server, nats_urls = dev_nats_server(config, settings)
     await asyncio.to_thread(postgres.start)
     try:
         await asyncio.to_thread(nats_server.start)
@@ -149,7 +194,6 @@ async def run_dev(
         config = dataclasses.replace(
             config,
             database=DatabaseConfig(url=app_url, migrate_url=owner_url, pool_max_size=config.database.pool_max_size),
-            nats=dataclasses.replace(config.nats, url=nats_server.url),
             auth=dev_auth(config.auth, settings.data_dir),
             checkpoints=dev_checkpoints(config.checkpoints, settings.data_dir),
             retention=dev_retention(config.retention, settings.data_dir),
@@ -159,15 +203,19 @@ async def run_dev(
 
         worker_ready = asyncio.Event()
         api_ready: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
-        ingest = asyncio.create_task(run_ingest(config, stop, ready=worker_ready), name="ingest")
-        api = asyncio.create_task(run_api(config, stop, on_ready=api_ready.set_result), name="api")
+        # Each process connects as its own NATS user, as in production.
+        ingest_config = dataclasses.replace(config, nats=dataclasses.replace(config.nats, url=nats_urls[INGEST_USER]))
+        api_config = dataclasses.replace(config, nats=dataclasses.replace(config.nats, url=nats_urls[API_USER]))
+        ingest = asyncio.create_task(run_ingest(ingest_config, stop, ready=worker_ready), name="ingest")
+        api = asyncio.create_task(run_api(api_config, stop, on_ready=api_ready.set_result), name="api")
         ready = asyncio.gather(worker_ready.wait(), api_ready)
         done, _ = await asyncio.wait({ingest, api, asyncio.ensure_future(ready)}, return_when=asyncio.FIRST_COMPLETED)
         if ingest in done or api in done:
             stop.set()
             await asyncio.gather(ingest, api)  # re-raises the start-up error
             return
-        announce(banner(config, settings, api_ready.result().port, config.nats.url, owner_url))
+        grpc_port = api_ready.result().port
+        announce(banner(config, settings, grpc_port, nats_server.url, owner_url, nats_urls[settings.producer]))
         await asyncio.gather(ingest, api)
     finally:
         await asyncio.to_thread(nats_server.stop)

@@ -1,0 +1,156 @@
+"""Who may do what on NATS: the service's users and their permissions, as a nats-server configuration.
+
+One configuration serves everywhere: `audit-service nats-config` prints it, the dev stack runs NATS with it, and
+`nats-auth.conf` (what docker-compose.yml gives its NATS) is its output for the default prefixes and one producer.
+Passwords are not in it: nats-server reads each from its environment (`$AUDIT_NATS_<USER>_PASSWORD`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from audit_client.connection import DEFAULT_INBOX_PREFIX, USER_PATTERN
+from audit_client.validation import TENANT_PATTERN
+
+from .config import NatsConfig
+
+INGEST_USER = "ingest"
+API_USER = "api"
+ALL_TENANTS = "*"
+"""As a producer's tenant: every tenant (a platform service that records events for all of them)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NatsUser:
+    name: str
+    purpose: str
+    """One line, written above the user in the configuration."""
+    publish: tuple[str, ...]
+    """Subjects it may publish to; nothing else."""
+    subscribe: tuple[str, ...]
+    """Subjects it may subscribe to; nothing else."""
+
+    @property
+    def password_variable(self) -> str:
+        return password_variable(self.name)
+
+
+def password_variable(user: str) -> str:
+    """The environment variable nats-server reads the user's password from: AUDIT_NATS_<USER>_PASSWORD."""
+    return f"AUDIT_NATS_{re.sub(r'[^A-Za-z0-9]', '_', user).upper()}_PASSWORD"
+
+
+def inbox(user: str) -> str:
+    """Subjects of the user's own inboxes (where its requests' replies and its pulled messages arrive)."""
+    return f"{DEFAULT_INBOX_PREFIX}.{user}.>"
+
+
+def ingest_user(nats: NatsConfig) -> NatsUser:
+    events, dead = nats.events_stream, nats.dead_stream
+    return NatsUser(
+        name=INGEST_USER,
+        purpose="ingest workers: create and pull the streams, acknowledge, dead-letter, announce commits",
+        publish=(
+            f"$JS.API.STREAM.INFO.{events}",
+            f"$JS.API.STREAM.CREATE.{events}",
+            f"$JS.API.STREAM.INFO.{dead}",
+            f"$JS.API.STREAM.CREATE.{dead}",
+            f"$JS.API.CONSUMER.CREATE.{events}.>",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{events}.*",
+            f"$JS.API.CONSUMER.MSG.NEXT.{events}.*",
+            f"$JS.ACK.{events}.>",
+            f"{nats.dead_subject_prefix}.>",
+            f"{nats.committed_subject_prefix}.>",
+        ),
+        subscribe=(inbox(INGEST_USER),),
+    )
+
+
+def api_user(nats: NatsConfig) -> NatsUser:
+    return NatsUser(
+        name=API_USER,
+        purpose="API replicas: hear the commit announcements (they carry every tenant's events); publish nothing",
+        publish=(),
+        subscribe=(f"{nats.committed_subject_prefix}.>",),
+    )
+
+
+def producer_user(name: str, tenants: Sequence[str], nats: NatsConfig) -> NatsUser:
+    """A producer that may publish the events of `tenants` (ALL_TENANTS: any), and read its own inboxes.
+
+    Raises:
+        ValueError: a bad user name or tenant.
+    """
+    if not USER_PATTERN.fullmatch(name) or name in (INGEST_USER, API_USER):
+        raise ValueError(
+            f"producer user {name!r} must match {USER_PATTERN.pattern} and be neither {INGEST_USER} nor {API_USER}"
+        )
+    if not tenants:
+        raise ValueError(f"producer user {name!r} needs at least one tenant")
+    for tenant in tenants:
+        if tenant != ALL_TENANTS and not TENANT_PATTERN.fullmatch(tenant):
+            raise ValueError(f"tenant {tenant!r} of producer {name!r} must match {TENANT_PATTERN.pattern} or be *")
+    tenant_list = "every tenant" if ALL_TENANTS in tenants else "tenant " + ", ".join(tenants)
+    return NatsUser(
+        name=name,
+        purpose=f"a producer of {tenant_list}: publish its events (JetStream acknowledges them to its inbox)",
+        publish=tuple(f"{nats.events_subject_prefix}.{tenant}" for tenant in dict.fromkeys(tenants)),
+        subscribe=(inbox(name),),
+    )
+
+
+def service_users(nats: NatsConfig, producers: Mapping[str, Sequence[str]]) -> list[NatsUser]:
+    """The ingest workers' user, the API's, and one per producer ({user: tenants}).
+
+    Raises:
+        ValueError: a bad producer, or two users whose passwords would share a variable.
+    """
+    users = [ingest_user(nats), api_user(nats)]
+    users += [producer_user(name, tenants, nats) for name, tenants in producers.items()]
+    variables: dict[str, str] = {}
+    for user in users:
+        other = variables.setdefault(user.password_variable, user.name)
+        if other != user.name:
+            raise ValueError(f"users {other!r} and {user.name!r} would share ${user.password_variable}")
+    return users
+
+
+def _subjects(subjects: Sequence[str]) -> str:
+    quoted = [json.dumps(subject) for subject in subjects]
+    if len(quoted) <= 2:
+        return f"[{', '.join(quoted)}]"
+    return "[\n" + "".join(f"          {subject}\n" for subject in quoted) + "        ]"
+
+
+def render(users: Sequence[NatsUser], *, command: str) -> str:
+    """The nats-server `authorization` block for `users` (the global account, where the streams already are).
+
+    Args:
+        command: how it was made, for its first lines.
+    """
+    lines = [
+        "# NATS users of the audit log service and what each may do (README: NATS permissions).",
+        f"# Written by `{command}`.",
+        "# nats-server reads every password from its environment, e.g. $AUDIT_NATS_INGEST_PASSWORD;",
+        "# whatever a user is not allowed here is refused.",
+        "authorization {",
+        "  users: [",
+    ]
+    for user in users:
+        publish = f"allow: {_subjects(user.publish)}" if user.publish else 'deny: [">"]'
+        lines += [
+            f"    # {user.purpose}",
+            "    {",
+            f"      user: {json.dumps(user.name)}",
+            f"      password: ${user.password_variable}",
+            "      permissions: {",
+            f"        publish: {{{publish}}}",
+            f"        subscribe: {{allow: {_subjects(user.subscribe)}}}",
+            "      }",
+            "    }",
+        ]
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,258 @@
+"""The NATS permissions docker-compose.yml ships (nats-auth.conf), enforced by a real nats-server: a producer
+publishes its own tenant's events and nothing else, reads no one else's messages, and the real ingest worker and
+API do their work as their own users. The rest of the suite runs on the session's server without authentication."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import nats
+import nats.errors
+import pytest
+import yaml
+from audit.v1 import audit_service_pb2 as pb
+from audit.v1 import audit_service_pb2_grpc, committed_pb2
+from audit_client import PublishError
+from audit_client import connect as connect_publisher
+from audit_service.config import Config, load_config
+from audit_service.devstack.nats import NatsServer
+from audit_service.devstack.processes import free_port
+from audit_service.nats_permissions import password_variable
+from nats.aio.client import Client as NatsClient
+
+from ..conftest import REPO_ROOT, eventually, serving_api
+from ..factories import make_event
+from ..tail_helpers import Reader
+
+PASSWORDS = {
+    "ingest": "ingest-test-password-4f1c",
+    "api": "api-test-password-9b2e",
+    "producer-acme": "producer-test-password-77d0",
+}
+"""The users of the shipped configuration and test passwords for them."""
+
+
+def compose() -> dict:
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+
+
+def shipped_nats_config() -> Path:
+    """The file docker-compose.yml gives its nats service as configuration."""
+    spec = compose()
+    (entry,) = spec["services"]["nats"]["configs"]
+    command = spec["services"]["nats"]["command"]
+    assert command[command.index("--config") + 1] == entry["target"]
+    return REPO_ROOT / spec["configs"][entry["source"]]["file"]
+
+
+@pytest.fixture
+def secured_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of its own, run with the shipped configuration and the test passwords in its environment."""
+    env = {password_variable(user): password for user, password in PASSWORDS.items()}
+    server = NatsServer(tmp_path / "nats", port=free_port(), config_file=shipped_nats_config(), env=env)
+    server.start()
+    yield server
+    server.stop()
+
+
+def url_of(server: NatsServer, user: str, password: str | None = None) -> str:
+    return f"nats://{user}:{password or PASSWORDS[user]}@{server.host}:{server.port}"
+
+
+@pytest.fixture
+def as_user(service_env: dict[str, str], names: dict[str, str], secured_nats: NatsServer):
+    """The configuration of a service process connecting as `user` (the shipped file is written for the default
+    subject and stream prefixes, so this server uses those)."""
+
+    def config(user: str, **extra: str) -> Config:
+        env = {key: value for key, value in service_env.items() if key not in names}
+        return load_config(env={**env, "AUDIT_NATS_URL": url_of(secured_nats, user), **extra})
+
+    return config
+
+
+class Connection:
+    """A raw NATS connection as one user, keeping the asynchronous errors the server sent it."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.nc: NatsClient | None = None
+
+    async def on_error(self, error: Exception) -> None:
+        self.errors.append(str(error))
+
+    def violations(self) -> list[str]:
+        return [error for error in self.errors if "permissions violation" in error]
+
+
+@pytest.fixture
+async def connect_as(secured_nats: NatsServer) -> AsyncIterator:
+    opened: list[Connection] = []
+
+    async def connect(user: str) -> Connection:
+        connection = Connection()
+        connection.nc = await nats.connect(
+            url_of(secured_nats, user), inbox_prefix=f"_INBOX.{user}", error_cb=connection.on_error
+        )
+        opened.append(connection)
+        return connection
+
+    yield connect
+    for connection in opened:
+        await connection.nc.close()
+
+
+async def stream_messages(ingest: Connection, stream: str) -> int:
+    info = await ingest.nc.jetstream().stream_info(stream)
+    return info.state.messages
+
+
+async def settle(*connections: Connection) -> None:
+    """Lets the server answer what was sent (errors, deliveries) before the test looks."""
+    for connection in connections:
+        await connection.nc.flush(timeout=5)
+    await asyncio.sleep(0.3)
+
+
+def test_compose_gives_each_process_its_own_user_and_nats_every_password() -> None:
+    services = compose()["services"]
+    assert set(services["nats"]["environment"]) == {password_variable(user) for user in PASSWORDS}
+    assert services["ingest"]["environment"]["AUDIT_NATS_URL"].startswith("nats://ingest:${AUDIT_NATS_INGEST_PASSWORD")
+    assert services["api"]["environment"]["AUDIT_NATS_URL"].startswith("nats://api:${AUDIT_NATS_API_PASSWORD")
+
+
+async def test_a_producer_publishes_its_tenant_and_the_worker_and_api_store_and_tail_it(
+    as_user, secured_nats, start_worker, owner
+) -> None:
+    await start_worker(as_user("ingest"))
+    # Polling the log's head every 60 s: an event tailed within seconds came through the announcement.
+    async with serving_api(as_user("api", AUDIT_TAIL_POLL_SECONDS="60")) as server:
+        tail = Reader.on_port(server.port, pb.TailEventsRequest(after_position=0))
+        await tail.caught_up()
+        async with connect_publisher(url_of(secured_nats, "producer-acme")) as publisher:
+            ack = await publisher.publish(make_event("acme"))
+        assert ack.stream == "AUDIT_EVENTS"
+        await tail.until(lambda reader: ack.event_id in reader.ids, within=10, what="the event, live")
+        await tail.close()
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = audit_service_pb2_grpc.AuditServiceStub(channel)
+            listed = await stub.ListEvents(pb.ListEventsRequest(filter=pb.EventFilter(tenant="acme")))
+        assert [event.event_id for event in listed.events] == [ack.event_id]
+    assert await owner.fetchval("SELECT count(*) FROM audit_events") == 1
+
+
+async def test_a_producer_cannot_publish_for_another_tenant_nor_announce(
+    as_user, secured_nats, start_worker, connect_as
+) -> None:
+    await start_worker(as_user("ingest"))
+    ingest, api = await connect_as("ingest"), await connect_as("api")
+    announcements = await api.nc.subscribe("audit.committed.>")
+    stored_before = await stream_messages(ingest, "AUDIT_EVENTS")
+    errors: list[str] = []
+
+    async def on_error(error: Exception) -> None:
+        errors.append(str(error))
+
+    async with connect_publisher(url_of(secured_nats, "producer-acme"), ack_timeout=1, error_cb=on_error) as publisher:
+        with pytest.raises(PublishError):
+            await publisher.publish(make_event("other"))
+    assert errors == ['nats: permissions violation for publish to "audit.events.other"']
+    assert await stream_messages(ingest, "AUDIT_EVENTS") == stored_before
+
+    producer = await connect_as("producer-acme")
+    forged = committed_pb2.CommittedBatch(prev_position=0, last_position=1_000_000).SerializeToString()
+    await producer.nc.publish("audit.committed.acme", forged)
+    await producer.nc.publish("audit.committed.other", forged)
+    await settle(producer, api)
+    assert producer.violations() == [
+        'nats: permissions violation for publish to "audit.committed.acme"',
+        'nats: permissions violation for publish to "audit.committed.other"',
+    ]
+    assert announcements.pending_msgs == 0, "a forged announcement reached the API"
+
+    # The same announcement from the ingest workers' user does reach the API: the subscription works.
+    await ingest.nc.publish("audit.committed.acme", forged)
+    await settle(ingest, api)
+    assert announcements.pending_msgs == 1
+
+
+async def test_a_producer_reads_neither_announcements_nor_the_workers_deliveries(
+    as_user, secured_nats, start_worker, connect_as, owner
+) -> None:
+    producer = await connect_as("producer-acme")
+    watched = [
+        await producer.nc.subscribe(subject)
+        for subject in ("audit.committed.>", "_INBOX.>", "_INBOX.ingest.>", "_INBOX.api.>", "$JS.>", ">")
+    ]
+    await start_worker(as_user("ingest"))  # its pull inbox is _INBOX.ingest.<random>
+    async with connect_publisher(url_of(secured_nats, "producer-acme")) as publisher:
+        for _ in range(3):
+            await publisher.publish(make_event("acme"))
+
+    async def stored() -> bool:
+        return await owner.fetchval("SELECT count(*) FROM audit_events") == 3
+
+    await eventually(stored, what="the worker stores the events")  # delivered to it, then announced
+    await settle(producer)
+    assert [subscription.pending_msgs for subscription in watched] == [0] * len(watched)
+    assert len(producer.violations()) == len(watched)
+
+
+async def test_the_api_user_publishes_nothing(as_user, secured_nats, start_worker, connect_as) -> None:
+    await start_worker(as_user("ingest"))
+    ingest, api, listener = await connect_as("ingest"), await connect_as("api"), await connect_as("api")
+    announcements = await listener.nc.subscribe("audit.committed.>")
+    stored_before = await stream_messages(ingest, "AUDIT_EVENTS")
+    await api.nc.publish("audit.committed.acme", b"")
+    await api.nc.publish("audit.events.acme", make_event("acme").SerializeToString())
+    await settle(api, listener)
+    assert len(api.violations()) == 2
+    assert announcements.pending_msgs == 0
+    assert await stream_messages(ingest, "AUDIT_EVENTS") == stored_before
+
+
+async def test_the_worker_dead_letters_with_its_own_user(as_user, start_worker, connect_as) -> None:
+    await start_worker(as_user("ingest"))
+    producer, ingest = await connect_as("producer-acme"), await connect_as("ingest")
+    ack = await producer.nc.jetstream().publish("audit.events.acme", b"\xff not an event")
+    assert ack.stream == "AUDIT_EVENTS"
+
+    async def dead_lettered() -> bool:
+        return await stream_messages(ingest, "AUDIT_DEAD") == 1
+
+    await eventually(dead_lettered, what="the message in AUDIT_DEAD")
+    assert ingest.violations() == []
+
+
+async def test_refused_credentials_fail_at_once(secured_nats) -> None:
+    for url in (secured_nats.url, url_of(secured_nats, "producer-acme", "wrong-password")):
+        async with asyncio.timeout(10):  # nats-py alone would retry them for two minutes
+            with pytest.raises(nats.errors.AuthorizationError):
+                await connect_publisher(url)
+
+
+async def test_a_worker_with_a_wrong_password_stops_with_one_line_without_the_password(
+    as_user, secured_nats, service_env, names
+) -> None:
+    env = {key: value for key, value in service_env.items() if key not in names}
+    env["AUDIT_NATS_URL"] = url_of(secured_nats, "ingest", "not-the-password")
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "audit_service.cli", "ingest"],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "not-the-password" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"audit-service: cannot connect to NATS at nats://ingest:***@127.0.0.1:{secured_nats.port}: "
+        "nats: authorization failed (check the user and password in AUDIT_NATS_URL)"
+    )

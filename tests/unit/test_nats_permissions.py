@@ -1,0 +1,68 @@
+"""The NATS users and permissions the service ships, rendered without a server (tests/integration/
+test_nats_permissions.py runs them on a real nats-server)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from audit_service.config import NatsConfig
+from audit_service.nats_permissions import password_variable, render, service_users
+
+
+def by_name(nats: NatsConfig, producers: dict[str, list[str]]) -> dict:
+    return {user.name: user for user in service_users(nats, producers)}
+
+
+def test_each_user_gets_only_what_its_process_does() -> None:
+    users = by_name(NatsConfig(), {"producer-acme": ["acme"]})
+    assert list(users) == ["ingest", "api", "producer-acme"]
+    ingest, api, producer = users["ingest"], users["api"], users["producer-acme"]
+    assert ingest.publish == (
+        "$JS.API.STREAM.INFO.AUDIT_EVENTS",
+        "$JS.API.STREAM.CREATE.AUDIT_EVENTS",
+        "$JS.API.STREAM.INFO.AUDIT_DEAD",
+        "$JS.API.STREAM.CREATE.AUDIT_DEAD",
+        "$JS.API.CONSUMER.CREATE.AUDIT_EVENTS.>",
+        "$JS.API.CONSUMER.DURABLE.CREATE.AUDIT_EVENTS.*",
+        "$JS.API.CONSUMER.MSG.NEXT.AUDIT_EVENTS.*",
+        "$JS.ACK.AUDIT_EVENTS.>",
+        "audit.dead.>",
+        "audit.committed.>",
+    )
+    assert ingest.subscribe == ("_INBOX.ingest.>",)
+    assert (api.publish, api.subscribe) == ((), ("audit.committed.>",))
+    assert (producer.publish, producer.subscribe) == (("audit.events.acme",), ("_INBOX.producer-acme.>",))
+
+
+def test_the_prefixes_are_those_configured() -> None:
+    users = by_name(NatsConfig(subject_prefix="corp.audit", stream_prefix="CORP"), {"billing": ["acme", "globex"]})
+    assert "$JS.API.CONSUMER.MSG.NEXT.CORP_EVENTS.*" in users["ingest"].publish
+    assert {"corp.audit.dead.>", "corp.audit.committed.>"} <= set(users["ingest"].publish)
+    assert users["api"].subscribe == ("corp.audit.committed.>",)
+    assert users["billing"].publish == ("corp.audit.events.acme", "corp.audit.events.globex")
+    assert by_name(NatsConfig(), {"platform": ["*"]})["platform"].publish == ("audit.events.*",)
+
+
+@pytest.mark.parametrize(
+    ("producers", "message"),
+    [
+        ({"a.b": ["acme"]}, "must match"),
+        ({"ingest": ["acme"]}, "neither ingest nor api"),
+        ({"billing": []}, "at least one tenant"),
+        ({"billing": ["Not A Tenant"]}, "tenant 'Not A Tenant'"),
+        ({"billing": ["acme.>"]}, "tenant 'acme.>'"),
+        ({"a-b": ["acme"], "a_b": ["acme"]}, "share $AUDIT_NATS_A_B_PASSWORD"),
+    ],
+)
+def test_bad_producers_are_refused(producers: dict[str, list[str]], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        service_users(NatsConfig(), producers)
+
+
+def test_passwords_are_variables_of_nats_servers_environment() -> None:
+    assert password_variable("producer-acme") == "AUDIT_NATS_PRODUCER_ACME_PASSWORD"
+    text = render(service_users(NatsConfig(), {"producer-acme": ["acme"]}), command="audit-service nats-config")
+    assert "password: $AUDIT_NATS_INGEST_PASSWORD\n" in text
+    assert "password: $AUDIT_NATS_PRODUCER_ACME_PASSWORD\n" in text
+    assert 'publish: {deny: [">"]}' in text  # the API: without it, publishing would be unrestricted
