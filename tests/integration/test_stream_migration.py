@@ -62,7 +62,7 @@ async def test_streams_continue_the_events_stored_before_they_existed(postgres) 
         old[-1].change.Clear()
         await _store_as_before_streams(conn, old)
 
-        assert [migration.version for migration in await migrate(conn)] == [5]
+        assert [migration.version for migration in await migrate(conn, up_to=5)] == [5]
 
         heads = {(row["resource_type"], row["resource_id"]): row for row in await conn.fetch(HEADS)}
         web = heads[("deployment", "web")]
@@ -97,6 +97,12 @@ async def test_streams_continue_the_events_stored_before_they_existed(postgres) 
         await conn.execute("UPDATE audit_resource_heads SET revision = 99, state = NULL")
         await rebuild_projections(conn)
         assert [tuple(row) for row in await conn.fetch(HEADS)] == online
+
+        # The rest of the migrations on this log (0006 checks and indexes its positions); appends go on.
+        assert 6 in [migration.version for migration in await migrate(conn)]
+        await LogAppender().append(conn, [content_of(stamp(make_event("globex")))])
+        report = await verify_log(conn)
+        assert (report.ok, report.checked, report.positions) == (True, 6, (1, 6)), report.first_break
     finally:
         await conn.close()
         await run_as_superuser(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
