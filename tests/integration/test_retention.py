@@ -202,9 +202,12 @@ async def test_retention_archives_verifiably_and_the_remaining_log_still_verifie
     assert f"position {heads['acme'].position} (line " in rewritten.stdout
     assert "hash differs from the signed checkpoint" in rewritten.stdout
 
-    # The live log verifies, anchored where the archives end.
+    # The live log verifies, anchored where the archives end, and goes on from the position after the archives
+    # (1-120) to its head: the 120 kept events and 9 purges.
     report = await verify_log(owner)
     assert report.ok, report.first_break
+    assert (report.archived_positions, report.positions) == (120, (121, 249))
+    assert (await verify_log(owner, to_position=100)).positions is None  # all archived
     anchors = {row["tenant"]: row["position"] for row in await owner.fetch("SELECT * FROM audit_chain_anchors")}
     newest = orjson.loads((archive_dir / f"{partition_name(archived_months[-1])}.manifest.json").read_bytes())
     assert anchors == {tenant: run["last_position"] for tenant, run in newest["tenants"].items()}

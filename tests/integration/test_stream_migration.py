@@ -98,6 +98,12 @@ async def test_streams_continue_the_events_stored_before_they_existed(postgres) 
         await conn.execute("UPDATE audit_resource_heads SET revision = 99, state = NULL")
         await rebuild_projections(conn)
         assert [tuple(row) for row in await conn.fetch(HEADS)] == online
+
+        # The rest of the migrations on this log (0006 checks and indexes its positions); appends go on.
+        assert 6 in [migration.version for migration in await migrate(conn)]
+        await LogAppender().append(conn, [content_of(stamp(make_event("globex")))])
+        report = await verify_log(conn)
+        assert (report.ok, report.checked, report.positions) == (True, 6, (1, 6)), report.first_break
     finally:
         await conn.close()
         await run_as_superuser(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

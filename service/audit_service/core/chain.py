@@ -22,7 +22,8 @@ class ChainBreak:
 
     A break in no tenant's chain (a checkpoint whose signature does not verify) has tenant "" and the
     checkpoint's log position; one in the record of an archived partition (audit_archives) names it in `archive`
-    (and in the reason, which is what the API returns).
+    (and in the reason, which is what the API returns); one in the log's positions (a position held by two
+    events, or by none) is marked `positions`, with the tenant only when one tenant's events were verified.
     """
 
     tenant: str
@@ -30,10 +31,15 @@ class ChainBreak:
     reason: str
     archive: str = ""
     """The archived partition whose record in audit_archives is at fault."""
+    positions: bool = False
+    """The log's positions do not run one event per position from the first to the head, at `position`."""
 
     def __str__(self) -> str:
         if self.archive:
             return f"archive record at position {self.position}: {self.reason}"
+        if self.positions:
+            of_tenant = f"tenant {self.tenant!r}: " if self.tenant else ""
+            return f"{of_tenant}log positions broken at position {self.position}: {self.reason}"
         if not self.tenant:
             return f"checkpoint at log position {self.position}: {self.reason}"
         return f"tenant {self.tenant!r}: chain broken at position {self.position}: {self.reason}"

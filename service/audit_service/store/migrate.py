@@ -22,6 +22,25 @@ class Migration:
     sql: str
 
 
+class MigrationError(RuntimeError):
+    """A migration failed; nothing of it was applied (each runs in its own transaction). The message is one
+    line: the migration, the database's message and its hint.
+
+    Attributes:
+        version: the failed migration's number.
+        name: its name.
+    """
+
+    def __init__(self, migration: Migration, error: asyncpg.PostgresError) -> None:
+        self.version = migration.version
+        self.name = migration.name
+        hint = f" ({error.hint})" if getattr(error, "hint", None) else ""
+        message = getattr(error, "message", None) or str(error)
+        super().__init__(
+            f"migration {migration.version:04d}_{migration.name} failed, nothing of it applied: {message}{hint}"
+        )
+
+
 def available_migrations() -> list[Migration]:
     """The migrations shipped with the package, in version order."""
     found = []
@@ -34,7 +53,8 @@ def available_migrations() -> list[Migration]:
 
 async def migrate(conn: asyncpg.Connection, *, up_to: int | None = None) -> list[Migration]:
     """Applies the migrations this database lacks (up to version `up_to`, when given), each in its own
-    transaction; returns those applied."""
+    transaction; returns those applied. Raises MigrationError for the first that fails (those before it stay
+    applied)."""
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
         await conn.execute(
@@ -51,13 +71,16 @@ async def migrate(conn: asyncpg.Connection, *, up_to: int | None = None) -> list
         for migration in available_migrations():
             if migration.version in applied_versions or (up_to is not None and migration.version > up_to):
                 continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO audit_schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
+            try:
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO audit_schema_migrations (version, name) VALUES ($1, $2)",
+                        migration.version,
+                        migration.name,
+                    )
+            except asyncpg.PostgresError as error:
+                raise MigrationError(migration, error) from error
             log.info("applied migration %04d_%s", migration.version, migration.name)
             applied.append(migration)
         return applied

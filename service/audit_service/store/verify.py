@@ -32,6 +32,12 @@ class VerifyReport:
     """Chain heads of signed checkpoints compared with the recomputed chains."""
     checkpoints: int = 0
     """Signed checkpoints whose signatures were verified."""
+    positions: tuple[int, int] | None = None
+    """The log positions found held by exactly one event each, none missing (None: not checked as a run, as
+    for one tenant, whose events are each checked to hold a position no other event holds)."""
+    archived_positions: int = 0
+    """Positions 1 to this one are in retention's archives (their records checked gapless from 1); the log
+    goes on at the next."""
 
     @property
     def ok(self) -> bool:
@@ -49,6 +55,20 @@ CROSS JOIN LATERAL (
 """
 
 
+# The first position out of turn in the log: repeated, after a missing one, or beyond the head ($2). Positions
+# must run from $1 + 1; the scan follows the primary key's order, keeping one row in memory.
+_FIRST_OUT_OF_TURN = """
+SELECT position, previous FROM (
+    SELECT position, lag(position, 1, $1::bigint) OVER (ORDER BY position) AS previous
+    FROM audit_events {where}
+) AS run
+WHERE position <> previous + 1 OR position > $2
+ORDER BY position LIMIT 1
+"""
+# With one tenant's rows: how many events of the log hold the row's position (one probe per partition).
+_HOLDERS = "(SELECT count(*) FROM audit_events AS other WHERE other.position = e.position) AS holders"
+
+
 _ARCHIVES = """
 SELECT partition_name, first_position, last_position, events, archive_sha256, manifest
 FROM audit_archives WHERE events > 0 ORDER BY first_position
@@ -62,6 +82,8 @@ class ArchivedChains:
     anchors: dict[str, tuple[int, bytes]]
     """Per tenant, the position and hash of its last archived event (from the latest archive holding it)."""
     first_break: ChainBreak | None = None
+    last_position: int = 0
+    """The last position the archives hold (0: none): the log goes on at the next one."""
 
 
 def _broken(name: str, position: int, problem: str) -> ArchivedChains:
@@ -117,7 +139,7 @@ async def archived_chains(
     if not linked.ok:
         failure = linked.failures[0]
         return _broken(str(linked.path), failure.position or 0, failure.reason)
-    return ArchivedChains(anchors)
+    return ArchivedChains(anchors, last_position=next_position - 1)
 
 
 async def verify_log(
@@ -137,6 +159,12 @@ async def verify_log(
     `from_position`, each chain starts from the stored hash of its last event before it. The recorded chain
     heads are compared only when the range reaches the end of the log. Checkpoints are checked only with
     `verifiers` (the public keys they must be signed with); a bad signature is a break.
+
+    Positions: the log must hold each position after the archived ones (audit_archives, checked gapless from 1)
+    up to the head (audit_log_head) in exactly one event, and none beyond the head; with a range, those of the
+    range. A missing position belongs to no tenant, so with `tenant` each of its events is checked instead to
+    hold a position no other event holds, after the archived ones and not beyond the head. Checked after the
+    chains (a chain break names its tenant and is reported first), as one more pass over the primary key.
 
     Reads in a REPEATABLE READ snapshot, streaming rows with a server-side cursor; memory grows with the
     tenants and the distinct checkpoint heads, not with the events.
@@ -216,8 +244,10 @@ async def verify_log(
             args.append(to_position)
         current: str | None = None
         seen: set[str] = set()
+        holders = f", {_HOLDERS}" if tenant is not None else ""
         cursor = conn.cursor(
-            f"SELECT {columns_sql()} FROM audit_events WHERE {' AND '.join(conditions)} ORDER BY tenant, position",
+            f"SELECT {columns_sql()}{holders} FROM audit_events AS e WHERE {' AND '.join(conditions)} "
+            "ORDER BY tenant, position",
             *args,
             prefetch=2000,
         )
@@ -230,6 +260,8 @@ async def verify_log(
                 current = row["tenant"]
                 seen.add(current)
             first_break = verifier.check(row)
+            if first_break is None and tenant is not None:
+                first_break = _held_alone(row, archived.last_position, log_head)
             if first_break:
                 break
         if first_break is None and current is not None:
@@ -245,13 +277,94 @@ async def verify_log(
                 break
         if first_break is None:
             first_break = _moved_anchor(recorded_anchors, archived.anchors)
+        positions = None
+        if first_break is None and tenant is None:
+            first_break, positions = await _check_positions(
+                conn, archived.last_position, log_head, from_position, to_position
+            )
     return VerifyReport(
         checked=verifier.checked,
         tenants=len(seen),
         first_break=first_break,
         checkpoint_heads_checked=verifier.checkpoint_heads_checked,
         checkpoints=checkpoints,
+        positions=positions,
+        archived_positions=archived.last_position,
     )
+
+
+def _position_break(position: int, reason: str, tenant: str = "") -> ChainBreak:
+    return ChainBreak(tenant, position, reason, positions=True)
+
+
+def _archived_yet_in_log(position: int, archived_last: int) -> str:
+    return f"position {position} is in the archives (positions 1-{archived_last}) and still in the log"
+
+
+def _beyond_head(position: int, log_head: int) -> str:
+    return (
+        f"an event holds position {position}, beyond the log head at position {log_head}: the head was moved back, "
+        "and the next append would repeat the position"
+    )
+
+
+async def _check_positions(
+    conn: asyncpg.Connection, archived_last: int, log_head: int, from_position: int, to_position: int
+) -> tuple[ChainBreak | None, tuple[int, int] | None]:
+    """The log's positions within the range: each held by one event, none missing, none beyond the head, none
+    archived. Returns the first break, or the positions found in turn (None when the range holds none)."""
+    if log_head < archived_last:
+        reason = f"the log head is at position {log_head}, before the last archived position {archived_last}"
+        return _position_break(log_head, reason), None
+    first = max(from_position, archived_last + 1)
+    reaches_end = not to_position or to_position >= log_head
+    last = log_head if reaches_end else to_position
+    conditions = []
+    if from_position > archived_last + 1:
+        conditions.append("position > $1")
+    if not reaches_end:
+        conditions.append("position <= $2")
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    out_of_turn = await conn.fetchrow(_FIRST_OUT_OF_TURN.format(where=where), first - 1, last)
+    if out_of_turn is not None:
+        position, previous = out_of_turn["position"], out_of_turn["previous"]
+        if position <= archived_last:
+            return _position_break(position, _archived_yet_in_log(position, archived_last)), None
+        if position == previous:
+            events = await conn.fetchval("SELECT count(*) FROM audit_events WHERE position = $1", position)
+            reason = f"position {position} is held by {events} events: a reader past it misses all but one"
+            return _position_break(position, reason), None
+        if previous < last:
+            reason = f"no event holds position {previous + 1} (the next event holds position {position})"
+            return _position_break(previous + 1, reason), None
+        return _position_break(position, _beyond_head(position, log_head)), None
+    if first > last:
+        return None, None
+    stored_last = await conn.fetchval(
+        "SELECT max(position) FROM audit_events WHERE position >= $1 AND position <= $2", first, last
+    )
+    if stored_last != last:
+        missing = (stored_last or first - 1) + 1
+        up_to = f" or any after it up to position {last}" if missing < last else ""
+        reason = f"no event holds position {missing}{up_to} (the log head is at position {log_head})"
+        return _position_break(missing, reason), None
+    return None, (first, last)
+
+
+def _held_alone(row: asyncpg.Record, archived_last: int, log_head: int) -> ChainBreak | None:
+    """One tenant's event must hold a position of its own, after the archived ones and not beyond the head."""
+    position, tenant = row["position"], row["tenant"]
+    if position <= archived_last:
+        return _position_break(position, _archived_yet_in_log(position, archived_last), tenant)
+    if position > log_head:
+        return _position_break(position, _beyond_head(position, log_head), tenant)
+    if row["holders"] > 1:
+        reason = (
+            f"the tenant's event at position {position} shares it with {row['holders'] - 1} other event(s): a "
+            "reader past the position misses all but one"
+        )
+        return _position_break(position, reason, tenant)
+    return None
 
 
 def _add_checkpoint(
@@ -310,6 +423,16 @@ def _end_of_tenant(
     return verifier.check_head(tenant, head["last_position"], head["last_hash"])
 
 
+def _positions_line(report: VerifyReport, args: argparse.Namespace) -> str:
+    if args.tenant is not None:
+        return "; no other event holds the position of any of them"
+    archived = f" (1-{report.archived_positions} are archived)" if report.archived_positions else ""
+    if report.positions is None:
+        return f"; no log positions in the range{archived}"
+    first, last = report.positions
+    return f"; positions {first}-{last} held by one event each{archived}"
+
+
 def read_checkpoints_file(path: str) -> list[Checkpoint]:
     """The checkpoints of a JSON-lines file; ConfigError (one line naming --checkpoints) when unreadable."""
     try:
@@ -351,7 +474,8 @@ async def verify_command(config: Config, args: argparse.Namespace) -> int:
             if verifiers
             else "; no checkpoint key configured, signed checkpoints not checked"
         )
-        print(f"ok: {report.checked} events in {report.tenants} tenant chains verified{signed}")
+        positions = _positions_line(report, args)
+        print(f"ok: {report.checked} events in {report.tenants} tenant chains verified{signed}{positions}")
         return 0
     print(f"FAILED after {report.checked} events: {report.first_break}")
     return 1
