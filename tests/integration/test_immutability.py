@@ -100,3 +100,23 @@ async def test_verify_names_the_first_position_a_superuser_tampered_with(
     )
     assert cli.returncode == 1
     assert f"chain broken at position {broken_position}" in cli.stdout
+
+
+async def test_a_temporary_table_of_the_service_role_does_not_pass_for_a_partition(database, owner):
+    """audit_ensure_partition runs with the owner's rights: it must not find the caller's temporary tables."""
+    app = await asyncpg.connect(database.app_url)
+    try:
+        await app.execute("CREATE TEMPORARY TABLE audit_events_2031_05 (x int)")
+        assert await app.fetchval("SELECT audit_ensure_partition('2031-05-15T00:00:00Z')") == "audit_events_2031_05"
+    finally:
+        await app.close()
+    schema = await owner.fetchval("SELECT current_schema()")
+    partition = await owner.fetchval("SELECT to_regclass($1)::text", f"{schema}.audit_events_2031_05")
+    assert partition is not None, "the real partition was created"
+    assert (
+        await owner.fetchval(
+            "SELECT count(*) FROM pg_inherits WHERE inhrelid = $1::regclass AND inhparent = 'audit_events'::regclass",
+            partition,
+        )
+        == 1
+    )

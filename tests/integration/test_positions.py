@@ -1,5 +1,5 @@
 """Positions are the database's promise too: the log head only moves forward, onto positions just stored, each
-held by one event; migration 0006 refuses a log whose positions already broke; and verification names a
+held by one event; migration 0007 refuses a log whose positions already broke; and verification names a
 position that a superuser (triggers off) made repeat or left empty."""
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ async def test_an_untouched_log_verifies_its_positions(populated, database):
 
 @pytest.fixture
 async def old_database(postgres) -> AsyncIterator[str]:
-    """The owner's URL of a database migrated up to 0005, before positions were guarded."""
+    """The owner's URL of a database migrated up to 0006, before positions were guarded."""
     name = f"p_{uuid.uuid4().hex[:12]}"
     await run_as_superuser(postgres, f'CREATE DATABASE "{name}"')
     yield postgres.url(name)
@@ -285,52 +285,52 @@ async def old_database(postgres) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def schema_5(old_database) -> AsyncIterator[asyncpg.Connection]:
+async def schema_6(old_database) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(old_database)
-    await migrate(conn, up_to=5)
+    await migrate(conn, up_to=6)
     yield conn
     await conn.close()
 
 
-async def test_migration_0006_guards_a_log_stored_before_it(schema_5):
-    await populate(schema_5)
-    assert 6 in [migration.version for migration in await migrate(schema_5)]
-    await append(schema_5, "initech", 3)
+async def test_migration_0007_guards_a_log_stored_before_it(schema_6):
+    await populate(schema_6)
+    assert 7 in [migration.version for migration in await migrate(schema_6)]
+    await append(schema_6, "initech", 3)
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
-        await schema_5.execute("UPDATE audit_log_head SET last_position = last_position - 1")
-    report = await verify_log(schema_5)
+        await schema_6.execute("UPDATE audit_log_head SET last_position = last_position - 1")
+    report = await verify_log(schema_6)
     assert (report.ok, report.positions) == (True, (1, 12)), report.first_break
 
 
 @pytest.mark.parametrize(
     ("damage", "refusal"),
     [
-        # The finding, before 0006: the head moved back and another tenant's append took position 9 again.
+        # The finding, before 0007: the head moved back and another tenant's append took position 9 again.
         ("UPDATE audit_log_head SET last_position = 8", "position 9 is held by 2 events"),
         ("UPDATE audit_log_head SET last_position = 10", "the log has a hole: no event holds position 10"),
     ],
 )
-async def test_migration_0006_refuses_a_log_whose_positions_already_broke(schema_5, old_database, damage, refusal):
-    await populate(schema_5)
-    await schema_5.execute(damage)
-    await append(schema_5, "globex")
+async def test_migration_0007_refuses_a_log_whose_positions_already_broke(schema_6, old_database, damage, refusal):
+    await populate(schema_6)
+    await schema_6.execute(damage)
+    await append(schema_6, "globex")
     with pytest.raises(MigrationError, match=refusal) as refused:
-        await migrate(schema_5)
-    assert refused.value.version == 6 and "nothing of it applied" in str(refused.value)
+        await migrate(schema_6)
+    assert refused.value.version == 7 and "nothing of it applied" in str(refused.value)
     assert "cannot be renumbered" in str(refused.value)  # the hint, on the same line
-    # Nothing changed: no index, no trigger, still at 0005; and the positions that broke verify as broken.
-    assert await schema_5.fetchval("SELECT max(version) FROM audit_schema_migrations") == 5
-    assert await schema_5.fetchval("SELECT to_regclass('audit_event_ids_position')") is None
-    assert not (await verify_log(schema_5)).ok
+    # Nothing changed: no index, no trigger, still at 0006; and the positions that broke verify as broken.
+    assert await schema_6.fetchval("SELECT max(version) FROM audit_schema_migrations") == 6
+    assert await schema_6.fetchval("SELECT to_regclass('audit_event_ids_position')") is None
+    assert not (await verify_log(schema_6)).ok
 
     cli = await asyncio.to_thread(run_cli, {"AUDIT_DATABASE_URL": old_database}, "migrate")
     assert cli.returncode == 1
-    assert cli.stderr.startswith("audit-service: migration 0006_positions_unique_and_gapless failed, nothing of it")
+    assert cli.stderr.startswith("audit-service: migration 0007_positions_unique_and_gapless failed, nothing of it")
     assert refusal in cli.stderr and cli.stderr.count("\n") == 1
 
 
-async def test_migration_0006_refuses_a_head_behind_the_stored_positions(schema_5):
-    await populate(schema_5)
-    await schema_5.execute("UPDATE audit_log_head SET last_position = 7")
+async def test_migration_0007_refuses_a_head_behind_the_stored_positions(schema_6):
+    await populate(schema_6)
+    await schema_6.execute("UPDATE audit_log_head SET last_position = 7")
     with pytest.raises(MigrationError, match="events are stored up to position 9: the head was moved back"):
-        await migrate(schema_5)
+        await migrate(schema_6)

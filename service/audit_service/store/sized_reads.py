@@ -2,7 +2,7 @@
 before any large value is sent.
 
 A page query (`... ORDER BY position LIMIT n`) is wrapped: over its rows, in their order, a running sum of each
-event's size (audit_events.event_bytes, migration 0007) keeps the rows whose predecessors stay under the budget,
+event's size (audit_events.event_bytes, migration 0006) keeps the rows whose predecessors stay under the budget,
 so a page holds at least one event and at most the budget plus one event. The inner query keeps its plan (an
 index scan or a top-N sort with its LIMIT); the wrapper only sees its n rows, and values it drops are never
 detoasted nor sent.
@@ -29,16 +29,21 @@ def event_bytes_sql(alias: str) -> str:
     return f"coalesce({alias}.event_bytes, 256 + octet_length(concat({columns})))"
 
 
-def byte_bounded(page_sql: str, *, descending: bool, max_bytes_parameter: str) -> str:
-    """`page_sql` (a SELECT of a column `position` and a column `event_bytes`, ordered by position, with its
-    LIMIT) cut where its events add up to the budget; also returns `page_rows`, the rows of the whole page."""
-    direction = "DESC" if descending else "ASC"
+def byte_bounded(page_sql: str, *, descending: bool = False, max_bytes_parameter: str, order: str = "") -> str:
+    """`page_sql` (a SELECT of a column `event_bytes` and the columns it is ordered by, with its LIMIT) cut where
+    its events add up to the budget; also returns `page_rows`, the rows of the whole page.
+
+    Args:
+        descending: the page is in descending position order (when `order` is not given).
+        order: the page's order as columns of its output, e.g. "tenant, position" (default: by position).
+    """
+    order = order or f"position {'DESC' if descending else 'ASC'}"
     return (
         "SELECT * FROM ("
-        f"SELECT page.*, sum(page.event_bytes) OVER (ORDER BY page.position {direction} ROWS UNBOUNDED PRECEDING) "
-        "AS bytes_through, count(*) OVER () AS page_rows "
+        f"SELECT page.*, sum(page.event_bytes) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING) AS bytes_through, "
+        "count(*) OVER () AS page_rows "
         f"FROM ({page_sql}) AS page"
-        f") AS sized WHERE bytes_through - event_bytes < {max_bytes_parameter} ORDER BY position {direction}"
+        f") AS sized WHERE bytes_through - event_bytes < {max_bytes_parameter} ORDER BY {order}"
     )
 
 

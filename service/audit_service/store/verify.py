@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from ..core.signing import Verifier
 from ..errors import ConfigError
 from ..offline_verify import manifest_signature_problem, verify_archive_sequence
 from .checkpoints import checkpoint_verifiers
+from .sized_reads import byte_bounded, event_bytes_sql, sized_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,37 @@ async def archived_chains(
     return ArchivedChains(anchors, last_position=next_position - 1)
 
 
+PAGE_EVENTS = 2000
+"""Events read per query, at most."""
+PAGE_BYTES = 4 * 1024 * 1024
+"""Bytes of events read per query, at most (plus one event): verification runs in the API too (VerifyChain)."""
+
+
+async def _rows_by_tenant(
+    conn: asyncpg.Connection, columns: str, conditions: list[str], args: list[object]
+) -> AsyncIterator[asyncpg.Record]:
+    """The log's rows matching `conditions`, by tenant then position, in keyset pages bounded by bytes (in the
+    caller's snapshot: REPEATABLE READ makes the pages one consistent read)."""
+    after: tuple[str, int] | None = None
+    while True:
+        page_args = [*args, PAGE_EVENTS, PAGE_BYTES]
+        where = list(conditions)
+        if after is not None:
+            where.append(f"(e.tenant, e.position) > (${len(page_args) + 1}, ${len(page_args) + 2})")
+            page_args += after
+        page = (
+            f"SELECT {columns}, {event_bytes_sql('e')} AS event_bytes FROM audit_events AS e "
+            f"WHERE {' AND '.join(where)} ORDER BY e.tenant, e.position LIMIT ${len(args) + 1}"
+        )
+        sql = byte_bounded(page, max_bytes_parameter=f"${len(args) + 2}", order="tenant, position")
+        rows = sized_rows(await conn.fetch(sql, *page_args))
+        for row in rows.rows:
+            yield row
+        if not (rows.cut or len(rows.rows) == PAGE_EVENTS):
+            return
+        after = (rows.rows[-1]["tenant"], rows.rows[-1]["position"])
+
+
 async def verify_log(
     conn: asyncpg.Connection,
     *,
@@ -166,8 +198,8 @@ async def verify_log(
     hold a position no other event holds, after the archived ones and not beyond the head. Checked after the
     chains (a chain break names its tenant and is reported first), as one more pass over the primary key.
 
-    Reads in a REPEATABLE READ snapshot, streaming rows with a server-side cursor; memory grows with the
-    tenants and the distinct checkpoint heads, not with the events.
+    Reads in a REPEATABLE READ snapshot, in keyset pages of at most PAGE_EVENTS events and PAGE_BYTES bytes;
+    memory grows with the tenants and the distinct checkpoint heads, not with the events.
 
     Args:
         from_position: only events at or after this position (0: from the first one retained).
@@ -245,13 +277,8 @@ async def verify_log(
         current: str | None = None
         seen: set[str] = set()
         holders = f", {_HOLDERS}" if tenant is not None else ""
-        cursor = conn.cursor(
-            f"SELECT {columns_sql()}{holders} FROM audit_events AS e WHERE {' AND '.join(conditions)} "
-            "ORDER BY tenant, position",
-            *args,
-            prefetch=2000,
-        )
-        async for row in cursor:
+        rows = _rows_by_tenant(conn, f"{columns_sql('e.')}{holders}", conditions, args)
+        async for row in rows:
             if row["tenant"] != current:
                 if current is not None:
                     first_break = _end_of_tenant(verifier, current, chain_heads, reaches_end)
