@@ -190,7 +190,9 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
                 yield chunk
 
     async def VerifyChain(self, request: pb.VerifyChainRequest, context: aio.ServicerContext) -> pb.VerifyChainResponse:
-        return await verification.verify_chain(self._pool, request, current_caller(), self._checkpoint_keys)
+        return await verification.verify_chain(
+            self._pool, request, current_caller(), self._checkpoint_keys, read_budget=self._read_budget
+        )
 
     async def CountEvents(self, request: pb.CountEventsRequest, context: aio.ServicerContext) -> pb.CountEventsResponse:
         if request.group_by not in _GROUP_BY:

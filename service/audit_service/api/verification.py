@@ -10,6 +10,7 @@ from ..core.signing import Verifier
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..store.pool import acquire
 from ..store.verify import verify_log
+from .read_budget import ReadBudget
 
 CheckpointKeys = tuple[Verifier, ...]
 """The public keys signed checkpoints are verified with (store/checkpoints.checkpoint_verifiers)."""
@@ -26,9 +27,15 @@ def _tenant_of(request: pb.VerifyChainRequest, caller: Principal | None) -> str 
 
 
 async def verify_chain(
-    pool: asyncpg.Pool, request: pb.VerifyChainRequest, caller: Principal | None, keys: CheckpointKeys | None
+    pool: asyncpg.Pool,
+    request: pb.VerifyChainRequest,
+    caller: Principal | None,
+    keys: CheckpointKeys | None,
+    *,
+    read_budget: ReadBudget,
 ) -> pb.VerifyChainResponse:
-    """With authentication on, only a tenant admin may verify, and only its own tenant's chain."""
+    """With authentication on, only a tenant admin may verify, and only its own tenant's chain. Each page of
+    events it checks holds its bytes of the process's read budget, like every other read."""
     tenant = _tenant_of(request, caller)
     if request.start_position < 0:
         raise InvalidArgumentError("start_position", f"must not be negative, got {request.start_position}")
@@ -45,6 +52,7 @@ async def verify_chain(
             from_position=request.start_position,
             to_position=request.end_position,
             verifiers=keys or (),
+            reserve=read_budget.reserve,
         )
     response = pb.VerifyChainResponse(
         ok=report.ok,

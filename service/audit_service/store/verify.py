@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterator, Iterable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,11 +151,21 @@ PAGE_BYTES = 4 * 1024 * 1024
 """Bytes of events read per query, at most (plus one event): verification runs in the API too (VerifyChain)."""
 
 
+ReserveBytes = Callable[[int], AbstractAsyncContextManager[Any]]
+"""Holds a number of bytes of the process's read budget for a block (api/read_budget.ReadBudget.reserve); what
+it yields has `keep(size)`, to give back what the page turned out not to need."""
+
+
 async def _rows_by_tenant(
-    conn: asyncpg.Connection, columns: str, conditions: list[str], args: list[object]
+    conn: asyncpg.Connection,
+    columns: str,
+    conditions: list[str],
+    args: list[object],
+    reserve: ReserveBytes | None = None,
 ) -> AsyncIterator[asyncpg.Record]:
     """The log's rows matching `conditions`, by tenant then position, in keyset pages bounded by bytes (in the
-    caller's snapshot: REPEATABLE READ makes the pages one consistent read)."""
+    caller's snapshot: REPEATABLE READ makes the pages one consistent read). With `reserve`, each page holds its
+    bytes of the read budget until its rows have been checked."""
     after: tuple[str, int] | None = None
     while True:
         page_args = [*args, PAGE_EVENTS, PAGE_BYTES]
@@ -166,9 +178,12 @@ async def _rows_by_tenant(
             f"WHERE {' AND '.join(where)} ORDER BY e.tenant, e.position LIMIT ${len(args) + 1}"
         )
         sql = byte_bounded(page, max_bytes_parameter=f"${len(args) + 2}", order="tenant, position")
-        rows = sized_rows(await conn.fetch(sql, *page_args))
-        for row in rows.rows:
-            yield row
+        async with reserve(PAGE_BYTES) if reserve is not None else contextlib.nullcontext() as reservation:
+            rows = sized_rows(await conn.fetch(sql, *page_args))
+            if reservation is not None:
+                reservation.keep(rows.size)
+            for row in rows.rows:
+                yield row
         if not (rows.cut or len(rows.rows) == PAGE_EVENTS):
             return
         after = (rows.rows[-1]["tenant"], rows.rows[-1]["position"])
@@ -182,6 +197,7 @@ async def verify_log(
     to_position: int = 0,
     verifiers: Sequence[Verifier] = (),
     external_checkpoints: Iterable[Checkpoint] = (),
+    reserve: ReserveBytes | None = None,
 ) -> VerifyReport:
     """Recomputes every tenant's chain (or one tenant's) and compares it with the stored hashes and heads, and
     with the chain heads of the signed checkpoints (audit_checkpoints and `external_checkpoints`).
@@ -204,6 +220,11 @@ async def verify_log(
     Args:
         from_position: only events at or after this position (0: from the first one retained).
         to_position: only events at or before this position (0: up to the last one).
+        reserve: the process's read budget (the API's VerifyChain): each page of events holds its bytes of it
+            while it is checked; None (the CLI): unbounded by a process budget, pages still bounded by PAGE_BYTES.
+
+    Raises:
+        ResourceExhaustedError: from `reserve`, when the budget has no room for a page in time.
     """
     if from_position < 0 or to_position < 0 or (to_position and from_position > to_position):
         raise ValueError(f"bad position range {from_position}..{to_position}")
@@ -277,20 +298,21 @@ async def verify_log(
         current: str | None = None
         seen: set[str] = set()
         holders = f", {_HOLDERS}" if tenant is not None else ""
-        rows = _rows_by_tenant(conn, f"{columns_sql('e.')}{holders}", conditions, args)
-        async for row in rows:
-            if row["tenant"] != current:
-                if current is not None:
-                    first_break = _end_of_tenant(verifier, current, chain_heads, reaches_end)
-                    if first_break:
-                        break
-                current = row["tenant"]
-                seen.add(current)
-            first_break = verifier.check(row)
-            if first_break is None and tenant is not None:
-                first_break = _held_alone(row, archived.last_position, log_head)
-            if first_break:
-                break
+        rows = _rows_by_tenant(conn, f"{columns_sql('e.')}{holders}", conditions, args, reserve)
+        async with contextlib.aclosing(rows):  # a break gives the page's reservation back now
+            async for row in rows:
+                if row["tenant"] != current:
+                    if current is not None:
+                        first_break = _end_of_tenant(verifier, current, chain_heads, reaches_end)
+                        if first_break:
+                            break
+                    current = row["tenant"]
+                    seen.add(current)
+                first_break = verifier.check(row)
+                if first_break is None and tenant is not None:
+                    first_break = _held_alone(row, archived.last_position, log_head)
+                if first_break:
+                    break
         if first_break is None and current is not None:
             first_break = _end_of_tenant(verifier, current, chain_heads, reaches_end)
         if first_break is None:
