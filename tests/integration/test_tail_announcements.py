@@ -130,3 +130,30 @@ async def test_a_forged_announcement_while_nobody_tails_does_not_move_the_replic
 
 async def _has_events(owner, count: int) -> bool:
     return await owner.fetchval("SELECT count(*) FROM audit_events") >= count
+
+
+FLOOD_PARTS = 200_000
+"""Forged announcements sent at most while waiting for the real events: on this suite's machines the flood lasts
+several seconds, many times the feed's hole grace period and its head poll."""
+
+
+async def test_a_flood_of_forged_announcements_does_not_hold_back_an_unannounced_append(service_env, database, nc):
+    """Each forged part names positions nearer the head than the one before, so the hole in front of the feed ends
+    somewhere new on every pass. The feed waited for a hole to stay the same for its grace period before reading it
+    from the log: committed events whose announcement was lost reached no tail while the flood went on."""
+    config = load_config(env={**service_env, "AUDIT_TAIL_POLL_SECONDS": "0.2"})
+    async with serving_api(config) as server:
+        tail = Reader.on_port(server.port, pb.TailEventsRequest())
+        await tail.caught_up()
+        stored = await store_events(database, [make_event() for _ in range(3)])  # appended, never announced
+        subject = f"{config.nats.committed_subject_prefix}.acme"
+        forged = 0
+        while len(tail.ids) < len(stored) and forged < FLOOD_PARTS:
+            end = 10**12 - forged
+            part = committed_pb2.CommittedBatch(prev_position=end - 1, last_position=end, omitted_events=1)
+            await nc.publish(subject, part.SerializeToString())
+            forged += 1
+            if forged % 100 == 0:
+                await nc.flush()
+        assert tail.ids == stored, f"not delivered during a flood of {forged} forged announcements"
+        await tail.close()

@@ -3,7 +3,7 @@ is named as a hole. Pure: no servers."""
 
 from __future__ import annotations
 
-from audit_service.core.sequencer import Sequencer
+from audit_service.core.sequencer import Append, HoleTimer, Sequencer
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -115,3 +115,48 @@ def test_positions_claimed_beyond_the_log_head_are_forgotten():
     assert sequencer.hole() == 5_000_000
     sequencer.forget_beyond(10)
     assert sequencer.hole() is None and sequencer.ready() == []
+
+
+def test_announcements_carrying_no_event_count_against_the_bound():
+    """A flood of parts announcing only omitted events (forged: no real part looks like this at these positions)
+    took room without counting, so nothing bounded them while the database was away."""
+    sequencer: Sequencer[str] = Sequencer(0, max_pending_events=1_000)
+    for i in range(50_000):
+        sequencer.add(10**12 - i, 10**12 - i + 1, [], omitted=1)
+    assert sequencer.waiting <= 1_000
+    assert sequencer.hole() is not None  # what was heard of stays a hole, read from the log
+
+
+def test_a_replaced_part_gives_back_the_room_it_took():
+    """A part replaced by one with another end still counted: the same append announced with two ends, over and
+    over, filled the bound and dropped every other waiting append."""
+    sequencer: Sequencer[str] = Sequencer(0, max_pending_events=6)
+    sequencer.add(2, 3, ["e"])
+    for _ in range(10):
+        sequencer.add(0, 3, ["a", "b"])
+        sequencer.add(0, 2, ["c"])
+    sequencer.add(0, 2, ["d"])
+    assert sequencer.ready() == [Append(0, 2, ["c", "d"]), Append(2, 3, ["e"])]
+
+
+def test_a_hole_is_due_after_its_grace_however_often_its_end_moves():
+    """The replica's feed waited for a hole's end to stay the same for the grace period: announcements of ever new
+    positions (a flood of forged ones, each nearer the head) postponed reading a committed, unannounced append for
+    as long as they came."""
+    holes = HoleTimer(0.25)
+    assert not holes.due(5, 10**12, now=100.0)
+    for step in range(1, 100):  # a new end on every pass, well within the grace period
+        assert not holes.due(5, 10**12 - step, now=100.0 + step * 0.002)
+    assert holes.due(5, 10**12 - 100, now=100.3)
+
+
+def test_a_hole_after_a_new_head_gets_its_own_grace_and_no_hole_resets_it():
+    holes = HoleTimer(0.25)
+    assert not holes.due(5, 9, now=0.0)
+    assert not holes.due(7, 9, now=0.3)  # the head moved: the rest of the hole is new
+    assert holes.due(7, 9, now=0.6)
+    assert not holes.due(9, None, now=0.7)
+    assert not holes.due(9, 12, now=0.8)
+    holes.restart()
+    assert not holes.due(9, 12, now=1.1)
+    assert holes.due(9, 12, now=1.4)

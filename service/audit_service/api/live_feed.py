@@ -28,7 +28,7 @@ from nats.aio.subscription import Subscription
 from ..config import ApiConfig, TailConfig
 from ..core.matching import event_columns
 from ..core.records import chain_hash
-from ..core.sequencer import Append, Sequencer
+from ..core.sequencer import Append, HoleTimer, Sequencer
 from ..core.stored_event import event_from_canonical, row_to_event
 from ..errors import ShuttingDownError
 from ..store import queries
@@ -214,8 +214,7 @@ class LiveFeed:
         assert self._sequencer is not None
         sequencer = self._sequencer
         next_poll = 0.0
-        hole: tuple[int, int] | None = None
-        hole_seen_at = 0.0
+        holes = HoleTimer(HOLE_GRACE_SECONDS)
         while True:
             try:
                 self._announced.clear()  # before reading the sequencer: a part arriving later wakes the next pass
@@ -227,12 +226,11 @@ class LiveFeed:
                 if ready and await self._deliver_ready(ready) < ready[-1].last_position:
                     sequencer.reset(self.head)  # the rest of this release waits for the log
                 up_to = sequencer.hole()
-                if up_to is None:
-                    hole = None
-                elif hole != (sequencer.head, up_to):  # a new hole: give its announcement time to arrive
-                    hole, hole_seen_at = (sequencer.head, up_to), now
-                elif now - hole_seen_at >= HOLE_GRACE_SECONDS:
-                    log.info("positions %d..%d were not announced here; reading them from the log", hole[0] + 1, up_to)
+                if holes.due(sequencer.head, up_to, now):  # a new hole is given time for its announcement
+                    log.info(
+                        "positions %d..%d were not announced here; reading them from the log", sequencer.head + 1, up_to
+                    )
+                    holes.restart()
                     sequencer.reset(await self._fill(sequencer.head, up_to))
                     continue
                 timeout = min(next_poll - time.monotonic(), HOLE_GRACE_SECONDS if up_to is not None else 3600)

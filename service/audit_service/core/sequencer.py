@@ -22,6 +22,11 @@ class _Assembling(Generic[E]):
     omitted: int = 0
 
 
+def _held(part: _Assembling[E]) -> int:
+    """What a waiting append counts against max_pending_events: its events, and its own entry."""
+    return len(part.events) + 1
+
+
 @dataclass(frozen=True, slots=True)
 class Append(Generic[E]):
     """A whole append, next in position order."""
@@ -37,6 +42,8 @@ class Sequencer(Generic[E]):
 
     Args:
         head: the last position already released (the log's head when the caller started listening).
+        max_pending_events: what may wait at most, counted as its events plus one for each append heard of (an
+            announcement carrying no event, only omitted ones, still takes room).
     """
 
     def __init__(self, head: int, *, max_pending_events: int = 100_000) -> None:
@@ -45,6 +52,11 @@ class Sequencer(Generic[E]):
         self._pending: dict[int, _Assembling[E]] = {}
         self._pending_events = 0
         self._max_pending_events = max_pending_events
+
+    @property
+    def waiting(self) -> int:
+        """Appends heard of and not released yet (each held until it is whole, released, or dropped)."""
+        return len(self._pending)
 
     @property
     def known_head(self) -> int:
@@ -58,7 +70,10 @@ class Sequencer(Generic[E]):
             return
         assembling = self._pending.get(prev_position)
         if assembling is None or assembling.last_position != last_position:
+            if assembling is not None:  # replaced: what it held no longer waits
+                self._pending_events -= _held(assembling)
             assembling = self._pending[prev_position] = _Assembling(last_position)
+            self._pending_events += 1
         assembling.events.extend(events)
         assembling.omitted += omitted
         self._pending_events += len(events)
@@ -81,7 +96,7 @@ class Sequencer(Generic[E]):
             if received < size:
                 break
             del self._pending[self.head]
-            self._pending_events -= len(assembling.events)
+            self._pending_events -= _held(assembling)
             events = assembling.events if assembling.omitted == 0 and received == size else None
             released.append(Append(self.head, assembling.last_position, events))
             self.head = assembling.last_position
@@ -105,11 +120,43 @@ class Sequencer(Generic[E]):
         self._known_head = max(self._known_head, head)
         for prev in [prev for prev in self._pending if prev < head]:
             del self._pending[prev]
-        self._pending_events = sum(len(part.events) for part in self._pending.values())
+        self._pending_events = sum(map(_held, self._pending.values()))
 
     def forget_beyond(self, position: int) -> None:
         """Drops what was heard of positions after `position` (the log's head): no append ends beyond it."""
         for prev in [prev for prev, part in self._pending.items() if part.last_position > position]:
             del self._pending[prev]
-        self._pending_events = sum(len(part.events) for part in self._pending.values())
+        self._pending_events = sum(map(_held, self._pending.values()))
         self._known_head = max(self.head, min(self._known_head, position))
+
+
+class HoleTimer:
+    """Says when a hole has stayed open long enough to be read from the log.
+
+    Its grace period runs from when a hole after `head` was first seen, however the hole's end moves meanwhile:
+    announcements of later positions move the end (and a flood of forged ones would move it on every pass), and
+    must not postpone reading positions that are committed but were never announced.
+
+    Args:
+        grace_seconds: how long a hole may stay open (announcements of consecutive appends can arrive out of order).
+    """
+
+    def __init__(self, grace_seconds: float) -> None:
+        self._grace = grace_seconds
+        self._head: int | None = None
+        self._since = 0.0
+
+    def due(self, head: int, hole_end: int | None, now: float) -> bool:
+        """True when the hole after `head` (ending at `hole_end`, None: no hole) has been open for the grace period
+        at `now` (seconds, any monotonic clock)."""
+        if hole_end is None:
+            self._head = None
+            return False
+        if self._head != head:
+            self._head, self._since = head, now
+            return False
+        return now - self._since >= self._grace
+
+    def restart(self) -> None:
+        """Forgets the hole: the next one seen starts a new grace period (after an attempt to read it)."""
+        self._head = None
