@@ -334,3 +334,57 @@ async def test_migration_0007_refuses_a_head_behind_the_stored_positions(schema_
     await schema_6.execute("UPDATE audit_log_head SET last_position = 7")
     with pytest.raises(MigrationError, match="events are stored up to position 9: the head was moved back"):
         await migrate(schema_6)
+
+
+# An id row of the service role's making, for an event not published yet (its producer chose the id).
+REGISTER_ID = "INSERT INTO audit_event_ids VALUES ($1::uuid, $2, now())"
+
+
+@pytest.mark.parametrize("position", [0, -1])
+async def test_the_service_role_cannot_register_an_event_id_where_no_event_can_be(populated, position):
+    """The finding: an id registered at position 0 or below was accepted, and the event later published under that
+    id was taken for one already stored: acknowledged, never stored, never dead-lettered; verify said ok."""
+    event = stamp(make_event("acme"))
+    with pytest.raises(asyncpg.CheckViolationError, match="audit_event_ids_position_held"):
+        await populated.execute(REGISTER_ID, event.event_id, position)
+    stored = await LogAppender().append(populated, [content_of(event)])
+    assert (stored.last_position, stored.duplicates) == (10, 0)
+
+
+async def test_verify_names_an_event_id_registered_where_no_event_can_be(populated, owner):
+    # As a log migrated before 0009 may hold: the owner drops the check, the service role registers the id.
+    await owner.execute("ALTER TABLE audit_event_ids DROP CONSTRAINT audit_event_ids_position_held")
+    event = stamp(make_event("acme"))
+    await populated.execute(REGISTER_ID, event.event_id, -1)
+    assert (await LogAppender().append(populated, [content_of(event)])).duplicates == 1  # the event it swallows
+
+    report = await verify_log(populated)
+    assert (report.ok, report.first_break.tenant, report.first_break.position) == (False, "", -1)
+    assert report.first_break.reason.startswith("audit_event_ids registers an event id at position -1, which no event")
+
+
+async def test_verify_names_an_event_id_registered_beyond_the_head(populated):
+    """Every append stops at it (a unique violation, retried for ever): verify said ok."""
+    await populated.execute(REGISTER_ID, str(uuid.uuid4()), 10)
+    with pytest.raises(asyncpg.UniqueViolationError, match="audit_event_ids_position"):
+        await append(populated, "acme")
+    report = await verify_log(populated)
+    assert (report.ok, report.first_break.position) == (False, 10)
+    assert "beyond the log head at position 9: the next append that reaches it collides" in report.first_break.reason
+    assert (await verify_log(populated, tenant="acme")).ok  # a tenant's verification leaves the log's ids alone
+
+
+async def test_verify_names_an_event_id_a_superuser_removed(populated, owner):
+    await without_triggers(owner, "DELETE FROM audit_event_ids WHERE position = 4")
+    report = await verify_log(populated)
+    assert (report.ok, report.first_break.position) == (False, 9)
+    assert report.first_break.reason.startswith("audit_event_ids registers 8 event ids for the log's 9 positions")
+
+
+async def test_migration_0009_refuses_an_event_id_registered_where_no_event_can_be(schema_6):
+    await migrate(schema_6, up_to=8)
+    await populate(schema_6)
+    await schema_6.execute(REGISTER_ID, "0193a5c4-7b1e-7c3a-9f00-4c2d1e0b9a77", 0)
+    with pytest.raises(MigrationError, match="registers event id 0193a5c4-7b1e-7c3a-9f00-4c2d1e0b9a77 at position 0"):
+        await migrate(schema_6)
+    assert await schema_6.fetchval("SELECT max(version) FROM audit_schema_migrations") == 8

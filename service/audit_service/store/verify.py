@@ -331,6 +331,8 @@ async def verify_log(
             first_break, positions = await _check_positions(
                 conn, archived.last_position, log_head, from_position, to_position
             )
+        if first_break is None and tenant is None and reaches_end:
+            first_break = await _check_event_ids(conn, log_head, whole_log=from_position <= 1)
     return VerifyReport(
         checked=verifier.checked,
         tenants=len(seen),
@@ -398,6 +400,36 @@ async def _check_positions(
         reason = f"no event holds position {missing}{up_to} (the log head is at position {log_head})"
         return _position_break(missing, reason), None
     return None, (first, last)
+
+
+_EVENT_IDS = "SELECT min(position) AS first, max(position) AS last FROM audit_event_ids"
+
+
+async def _check_event_ids(conn: asyncpg.Connection, log_head: int, *, whole_log: bool) -> ChainBreak | None:
+    """audit_event_ids registers the id of every event ever stored (archived ones too) at its position, so its
+    positions are exactly 1 to the head. An id registered anywhere else was put there by hand: below 1, an event
+    published under it is taken for one already stored and never stored; beyond the head, the next append collides
+    with it and ingestion stops. With `whole_log`, the ids are also counted (one more pass over its index)."""
+    ids = await conn.fetchrow(_EVENT_IDS)
+    if ids["first"] is not None and ids["first"] < 1:
+        reason = (
+            f"audit_event_ids registers an event id at position {ids['first']}, which no event can hold: an event "
+            "published under that id would be taken for one already stored, and never stored"
+        )
+        return _position_break(ids["first"], reason)
+    if ids["last"] is not None and ids["last"] > log_head:
+        reason = (
+            f"audit_event_ids registers an event id at position {ids['last']}, beyond the log head at position "
+            f"{log_head}: the next append that reaches it collides with it, and ingestion stops"
+        )
+        return _position_break(ids["last"], reason)
+    if whole_log and (registered := await conn.fetchval("SELECT count(*) FROM audit_event_ids")) != log_head:
+        reason = (
+            f"audit_event_ids registers {registered} event ids for the log's {log_head} positions: an id was removed "
+            "(its event could be stored twice)"
+        )
+        return _position_break(log_head, reason)
+    return None
 
 
 def _held_alone(row: asyncpg.Record, archived_last: int, log_head: int) -> ChainBreak | None:
