@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 
 import audit_client
 import nats
+import nats.js.errors
 import pytest
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import event_pb2
@@ -394,3 +396,25 @@ async def test_a_different_event_under_a_stored_event_id_is_dead_lettered_naming
         assert f"event {first.event_id} is stored at position 1" in letter.headers["Audit-Dead-Detail"]
     assert "(differs in message)" in dead[0].headers["Audit-Dead-Detail"]
     assert "(differs in tenant)" in dead[1].headers["Audit-Dead-Detail"]
+
+
+async def test_the_worker_brings_back_a_dead_letter_stream_that_is_gone(publisher, start_worker, owner, nc, config):
+    """Deleted by hand, or lost by a NATS server: the worker re-provisioned only a missing consumer, so every refused
+    message came back after ack_wait for ever, and none was dead-lettered again until the worker restarted."""
+    await start_worker()
+    js = nc.jetstream()
+    await publisher.publish(make_event())
+    await eventually(lambda: _count_is(owner, 1), what="the first event stored")
+    await js.delete_stream(config.nats.dead_stream)
+    await js.publish(f"{config.nats.events_subject_prefix}.acme", b"\xff not an event")
+    await publisher.publish(make_event())
+
+    async def dead_lettered() -> bool:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            return (await js.stream_info(config.nats.dead_stream)).state.messages == 1
+        return False
+
+    await eventually(dead_lettered, what="the refused message dead-lettered into a new AUDIT_DEAD")
+    await eventually(lambda: _count_is(owner, 2), what="the other events stored")
+    letter = await js.get_msg(config.nats.dead_stream, 1)
+    assert letter.headers["Audit-Dead-Reason"] == "invalid_protobuf"

@@ -273,7 +273,15 @@ class IngestWorker:
                 detail=refusal.detail,
                 max_payload=self._nc.max_payload,
             )
-            await js.publish(f"{prefix}.{refusal.reason}", body, headers=headers)
+            subject = f"{prefix}.{refusal.reason}"
+            try:
+                await js.publish(subject, body, headers=headers)
+            except nats.js.errors.NoStreamResponseError:
+                # AUDIT_DEAD is gone (deleted, or a server that lost its state): bring it back and publish again,
+                # or every refused message would come back for ever without being dead-lettered.
+                log.warning("no stream takes %s; re-provisioning the streams", subject)
+                await self._reprovision()
+                await js.publish(subject, body, headers=headers)
             await refusal.msg.ack()
             self.stats.dead_lettered += 1
             log.warning(
