@@ -256,3 +256,28 @@ async def test_a_worker_with_a_wrong_password_stops_with_one_line_without_the_pa
         f"audit-service: cannot connect to NATS at nats://ingest:***@127.0.0.1:{secured_nats.port}: "
         "nats: authorization failed (check the user and password in AUDIT_NATS_URL)"
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="NATS checks the subject a client publishes to, not the reply subject it names: JetStream sends a "
+    "producer's acknowledgement wherever the reply subject says, as the server, on audit.committed.> (to every API "
+    "replica) and into AUDIT_EVENTS under another tenant's subject. The body is JetStream's fixed JSON, so the "
+    "replicas ignore it and the worker dead-letters it; but 'only ingest publishes announcements' and 'a producer "
+    "writes only its tenants' subjects' do not hold. To decide: document it, or have the replicas take only "
+    "messages marked as announcements (a header JetStream's acknowledgements never carry).",
+)
+async def test_a_producer_cannot_make_jetstream_publish_for_it_elsewhere(
+    as_user, secured_nats, start_worker, connect_as
+) -> None:
+    await start_worker(as_user("ingest"))
+    ingest, api, producer = await connect_as("ingest"), await connect_as("api"), await connect_as("producer-acme")
+    announcements = await api.nc.subscribe("audit.committed.>")
+    stored_before = await stream_messages(ingest, "AUDIT_EVENTS")
+    # Its own subject, which it may publish to; the acknowledgement goes to the reply subjects it names.
+    await producer.nc.publish("audit.events.acme", b"not an event", reply="audit.committed.globex")
+    await producer.nc.publish("audit.events.acme", b"not an event", reply="audit.events.globex")
+    await settle(producer, api, ingest)
+    assert producer.violations() == []
+    assert announcements.pending_msgs == 0, "JetStream published on audit.committed.globex for the producer"
+    assert await stream_messages(ingest, "AUDIT_EVENTS") == stored_before + 2, "and into globex's subject"
