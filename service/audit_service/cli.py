@@ -141,7 +141,7 @@ def _nats_config(config: Config, args: argparse.Namespace) -> int:
     import shlex
 
     from .config import NatsConfig
-    from .nats_permissions import render, service_users
+    from .nats_permissions import DEFAULT_DURABLE, render, service_users
 
     producers: dict[str, list[str]] = {}
     for spec in args.producer:
@@ -150,7 +150,7 @@ def _nats_config(config: Config, args: argparse.Namespace) -> int:
             raise ConfigError("--producer", f"expected USER=TENANT[,TENANT...] once per user, got {spec!r}")
         producers[user] = [tenant.strip() for tenant in tenants.split(",") if tenant.strip()]
     try:
-        users = service_users(config.nats, producers)
+        users = service_users(config.nats, producers, durable=config.ingest.durable)
     except ValueError as error:
         raise ConfigError("--producer", str(error)) from None
     defaults = NatsConfig()
@@ -159,6 +159,7 @@ def _nats_config(config: Config, args: argparse.Namespace) -> int:
         for name, value, default in (
             ("AUDIT_SUBJECT_PREFIX", config.nats.subject_prefix, defaults.subject_prefix),
             ("AUDIT_STREAM_PREFIX", config.nats.stream_prefix, defaults.stream_prefix),
+            ("AUDIT_INGEST_DURABLE", config.ingest.durable, DEFAULT_DURABLE),
         )
         if value != default
     ]

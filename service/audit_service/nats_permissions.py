@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from audit_client.connection import DEFAULT_INBOX_PREFIX, USER_PATTERN
 from audit_client.validation import TENANT_PATTERN
 
-from .config import NatsConfig
+from .config import IngestConfig, NatsConfig
 
 INGEST_USER = "ingest"
 API_USER = "api"
+DEFAULT_DURABLE = IngestConfig().durable
 ALL_TENANTS = "*"
 """As a producer's tenant: every tenant (a platform service that records events for all of them)."""
 
@@ -48,7 +49,10 @@ def inbox(user: str) -> str:
     return f"{DEFAULT_INBOX_PREFIX}.{user}.>"
 
 
-def ingest_user(nats: NatsConfig) -> NatsUser:
+def ingest_user(nats: NatsConfig, durable: str = DEFAULT_DURABLE) -> NatsUser:
+    """The ingest workers' user: their own durable consumer only. Allowed to create any consumer of the events
+    stream, it could have created a push consumer delivering every tenant's events to any subject, a producer's
+    inbox included (JetStream delivers as the server, whatever the subject)."""
     events, dead = nats.events_stream, nats.dead_stream
     return NatsUser(
         name=INGEST_USER,
@@ -58,10 +62,9 @@ def ingest_user(nats: NatsConfig) -> NatsUser:
             f"$JS.API.STREAM.CREATE.{events}",
             f"$JS.API.STREAM.INFO.{dead}",
             f"$JS.API.STREAM.CREATE.{dead}",
-            f"$JS.API.CONSUMER.CREATE.{events}.>",
-            f"$JS.API.CONSUMER.DURABLE.CREATE.{events}.*",
-            f"$JS.API.CONSUMER.MSG.NEXT.{events}.*",
-            f"$JS.ACK.{events}.>",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{events}.{durable}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{events}.{durable}",
+            f"$JS.ACK.{events}.{durable}.>",
             f"{nats.dead_subject_prefix}.>",
             f"{nats.committed_subject_prefix}.>",
         ),
@@ -102,13 +105,16 @@ def producer_user(name: str, tenants: Sequence[str], nats: NatsConfig) -> NatsUs
     )
 
 
-def service_users(nats: NatsConfig, producers: Mapping[str, Sequence[str]]) -> list[NatsUser]:
-    """The ingest workers' user, the API's, and one per producer ({user: tenants}).
+def service_users(
+    nats: NatsConfig, producers: Mapping[str, Sequence[str]], *, durable: str = DEFAULT_DURABLE
+) -> list[NatsUser]:
+    """The ingest workers' user (of the durable consumer `durable`), the API's, and one per producer
+    ({user: tenants}).
 
     Raises:
         ValueError: a bad producer, or two users whose passwords would share a variable.
     """
-    users = [ingest_user(nats), api_user(nats)]
+    users = [ingest_user(nats, durable), api_user(nats)]
     users += [producer_user(name, tenants, nats) for name, tenants in producers.items()]
     variables: dict[str, str] = {}
     for user in users:

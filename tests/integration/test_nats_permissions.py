@@ -5,6 +5,7 @@ API do their work as their own users. The rest of the suite runs on the session'
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -281,3 +282,24 @@ async def test_a_producer_cannot_make_jetstream_publish_for_it_elsewhere(
     assert producer.violations() == []
     assert announcements.pending_msgs == 0, "JetStream published on audit.committed.globex for the producer"
     assert await stream_messages(ingest, "AUDIT_EVENTS") == stored_before + 2, "and into globex's subject"
+
+
+async def test_the_ingest_user_creates_no_consumer_but_its_own(as_user, secured_nats, start_worker, connect_as) -> None:
+    """The finding: allowed $JS.API.CONSUMER.CREATE.AUDIT_EVENTS.>, the ingest user created a push consumer that
+    delivered every tenant's events to a producer's inbox (JetStream delivers as the server, to any subject)."""
+    await start_worker(as_user("ingest"))  # its own durable consumer is created and pulled as before
+    ingest, producer = await connect_as("ingest"), await connect_as("producer-acme")
+    spy = await producer.nc.subscribe("_INBOX.producer-acme.spy")
+    push = {"deliver_subject": "_INBOX.producer-acme.spy", "ack_policy": "none"}
+    for subject, config in (
+        ("$JS.API.CONSUMER.CREATE.AUDIT_EVENTS.spy", {"name": "spy", **push}),
+        ("$JS.API.CONSUMER.DURABLE.CREATE.AUDIT_EVENTS.spy", {"durable_name": "spy", **push}),
+    ):
+        request = json.dumps({"stream_name": "AUDIT_EVENTS", "config": config}).encode()
+        with pytest.raises(nats.errors.TimeoutError):  # refused: no reply
+            await ingest.nc.request(subject, request, timeout=1)
+    async with connect_publisher(url_of(secured_nats, "producer-acme")) as publisher:
+        await publisher.publish(make_event("acme"))
+    await settle(ingest, producer)
+    assert len(ingest.violations()) == 2
+    assert spy.pending_msgs == 0

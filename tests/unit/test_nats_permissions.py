@@ -23,10 +23,9 @@ def test_each_user_gets_only_what_its_process_does() -> None:
         "$JS.API.STREAM.CREATE.AUDIT_EVENTS",
         "$JS.API.STREAM.INFO.AUDIT_DEAD",
         "$JS.API.STREAM.CREATE.AUDIT_DEAD",
-        "$JS.API.CONSUMER.CREATE.AUDIT_EVENTS.>",
-        "$JS.API.CONSUMER.DURABLE.CREATE.AUDIT_EVENTS.*",
-        "$JS.API.CONSUMER.MSG.NEXT.AUDIT_EVENTS.*",
-        "$JS.ACK.AUDIT_EVENTS.>",
+        "$JS.API.CONSUMER.DURABLE.CREATE.AUDIT_EVENTS.audit-ingest",
+        "$JS.API.CONSUMER.MSG.NEXT.AUDIT_EVENTS.audit-ingest",
+        "$JS.ACK.AUDIT_EVENTS.audit-ingest.>",
         "audit.dead.>",
         "audit.committed.>",
     )
@@ -37,7 +36,9 @@ def test_each_user_gets_only_what_its_process_does() -> None:
 
 def test_the_prefixes_are_those_configured() -> None:
     users = by_name(NatsConfig(subject_prefix="corp.audit", stream_prefix="CORP"), {"billing": ["acme", "globex"]})
-    assert "$JS.API.CONSUMER.MSG.NEXT.CORP_EVENTS.*" in users["ingest"].publish
+    assert "$JS.API.CONSUMER.MSG.NEXT.CORP_EVENTS.audit-ingest" in users["ingest"].publish
+    ingest = service_users(NatsConfig(), {}, durable="corp-ingest")[0]
+    assert "$JS.API.CONSUMER.DURABLE.CREATE.AUDIT_EVENTS.corp-ingest" in ingest.publish
     assert {"corp.audit.dead.>", "corp.audit.committed.>"} <= set(users["ingest"].publish)
     assert users["api"].subscribe == ("corp.audit.committed.>",)
     assert users["billing"].publish == ("corp.audit.events.acme", "corp.audit.events.globex")

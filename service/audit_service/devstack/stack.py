@@ -88,7 +88,7 @@ def dev_nats_passwords(data_dir: Path, users: list[str]) -> dict[str, str]:
 def dev_nats_server(config: Config, settings: DevSettings) -> tuple[NatsServer, dict[str, str]]:
     """NATS with the service's users and permissions (ingest, api and the dev tenant's producer), and the URL
     with credentials of each user."""
-    users = service_users(config.nats, {settings.producer: [settings.tenant]})
+    users = service_users(config.nats, {settings.producer: [settings.tenant]}, durable=config.ingest.durable)
     passwords = dev_nats_passwords(settings.data_dir, [user.name for user in users])
     auth_file = settings.data_dir / "nats-auth.conf"
     auth_file.write_text(render(users, command="audit-service dev"))
