@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from audit.v1 import audit_service_pb2 as pb
+from audit.v1 import audit_service_pb2_grpc
 from audit_client import PublishError, tail_events
 from audit_client import connect as connect_publisher
 from audit_service.config import load_config
@@ -256,3 +257,51 @@ async def test_the_client_iterator_started_now_misses_nothing_committed_before_t
         assert tail.reconnects >= 1
         consuming.cancel()
         await asyncio.gather(consuming, return_exceptions=True)
+
+
+async def test_announcements_heard_while_the_replicas_database_is_away_are_read_once_it_is_back(
+    service_env, config, database, database_outage, start_worker, publisher, owner
+):
+    """The worker still commits (it connects as another role) and announces; the replica cannot check the
+    announcements against the log: it delivers none of them, tells no client a traceback, and once the database is
+    back its tails get every event once, in order, without having to reconnect."""
+    await start_worker(load_config(env={**service_env, "AUDIT_DATABASE_URL": database.owner_url}))
+    async with serving_api(config) as server:
+        tail = Reader.on_port(server.port, pb.TailEventsRequest(after_position=0))
+        await tail.caught_up()
+        before = await publish(publisher, 5)
+        await tail.received(5)
+        async with database_outage():
+            during = await publish(publisher, 20)
+            await eventually(lambda: _stored(owner, 25), what="the worker commits and announces")
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = audit_service_pb2_grpc.AuditServiceStub(channel)
+                for call in (
+                    stub.ListEvents(pb.ListEventsRequest()),
+                    stub.VerifyChain(pb.VerifyChainRequest()),
+                    stub.ListResourceHistory(
+                        pb.ListResourceHistoryRequest(tenant="acme", resource_type="api_key", resource_id="key-1")
+                    ),
+                    _first(stub.ExportEvents(pb.ExportEventsRequest(format=pb.EXPORT_FORMAT_CSV))),
+                    _first(stub.TailEvents(pb.TailEventsRequest(after_position=0))),
+                ):
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await call
+                    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
+                    assert "Traceback" not in refused.value.details()
+            assert len(tail.ids) == 5, "delivered from announcements the replica could not check"
+        after = await publish(publisher, 5)
+        await tail.received(30)
+        assert tail.ids == before + during + after == await log_ids(owner)
+        assert tail.error is None
+        await tail.close()
+
+
+async def _stored(owner, count: int) -> bool:
+    return await owner.fetchval("SELECT count(*) FROM audit_events") >= count
+
+
+async def _first(call):
+    async for response in call:
+        return response
+    return None
