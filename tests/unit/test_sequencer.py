@@ -160,3 +160,13 @@ def test_a_hole_after_a_new_head_gets_its_own_grace_and_no_hole_resets_it():
     holes.restart()
     assert not holes.due(9, 12, now=1.1)
     assert holes.due(9, 12, now=1.4)
+
+
+def test_announcements_waiting_are_bounded_in_bytes_too():
+    """Bounded only by events, 100,000 waiting announced events of 256 KiB (the database away, announcements
+    still arriving; or forged ones) were 25 GiB held by the replica."""
+    sequencer: Sequencer[str] = Sequencer(0, max_pending_bytes=1_000_000)
+    for i in range(100):
+        sequencer.add(10 + 2 * i, 11 + 2 * i, ["large"], size=300_000)
+        assert sequencer.waiting <= 3
+    assert sequencer.hole() == 209  # what was dropped stays known, and is read from the log

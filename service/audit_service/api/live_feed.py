@@ -43,6 +43,9 @@ FILL_CHUNK = 1000
 """Events read from the log at a time when filling a hole, at most."""
 FILL_CHUNK_BYTES = 4 * 1024 * 1024
 """Bytes of events read at a time when filling a hole, at most (plus one event)."""
+MAX_PENDING_BYTES = 64 * 1024 * 1024
+"""Bytes of announcements held while their appends wait to be whole or handed out (e.g. while the database is
+away); beyond it they are dropped, and their positions read from the log."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +163,7 @@ class LiveFeed:
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await self._nc.flush(timeout=5)
         self._delivered = await queries.log_head(self._pool)
-        self._sequencer = Sequencer(self._delivered)
+        self._sequencer = Sequencer(self._delivered, max_pending_bytes=MAX_PENDING_BYTES)
         self._task = asyncio.create_task(self._run(), name="live-feed")
         log.info("live feed listening on %s from position %d", self._subject, self._sequencer.head)
 
@@ -207,7 +210,9 @@ class LiveFeed:
         except DecodeError as error:
             log.warning("ignoring a malformed announcement on %s: %s", msg.subject, error)
             return
-        self._sequencer.add(part.prev_position, part.last_position, part.events, part.omitted_events)
+        self._sequencer.add(
+            part.prev_position, part.last_position, part.events, part.omitted_events, size=len(msg.data)
+        )
         self._announced.set()
 
     async def _run(self) -> None:

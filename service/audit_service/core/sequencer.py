@@ -20,6 +20,8 @@ class _Assembling(Generic[E]):
     last_position: int
     events: list[E] = field(default_factory=list)
     omitted: int = 0
+    size: int = 0
+    """Bytes of its parts as announced."""
 
 
 def _held(part: _Assembling[E]) -> int:
@@ -44,14 +46,17 @@ class Sequencer(Generic[E]):
         head: the last position already released (the log's head when the caller started listening).
         max_pending_events: what may wait at most, counted as its events plus one for each append heard of (an
             announcement carrying no event, only omitted ones, still takes room).
+        max_pending_bytes: the bytes of announced parts that may wait at most (as `add` is told their sizes).
     """
 
-    def __init__(self, head: int, *, max_pending_events: int = 100_000) -> None:
+    def __init__(self, head: int, *, max_pending_events: int = 100_000, max_pending_bytes: int | None = None) -> None:
         self.head = head
         self._known_head = head
         self._pending: dict[int, _Assembling[E]] = {}
         self._pending_events = 0
+        self._pending_bytes = 0
         self._max_pending_events = max_pending_events
+        self._max_pending_bytes = max_pending_bytes
 
     @property
     def waiting(self) -> int:
@@ -63,25 +68,37 @@ class Sequencer(Generic[E]):
         """The highest committed position heard of (announced, or observed in the log)."""
         return self._known_head
 
-    def add(self, prev_position: int, last_position: int, events: Sequence[E], omitted: int = 0) -> None:
-        """Takes one announced part. Parts of appends already released (or filled) are ignored. Beyond
-        `max_pending_events` waiting, all are dropped but the highest position, which stays known as a hole."""
+    def add(
+        self, prev_position: int, last_position: int, events: Sequence[E], omitted: int = 0, *, size: int = 0
+    ) -> None:
+        """Takes one announced part (of `size` bytes). Parts of appends already released (or filled) are ignored.
+        Beyond `max_pending_events` or `max_pending_bytes` waiting, all are dropped but the highest position,
+        which stays known as a hole."""
         if prev_position < self.head or last_position <= prev_position:
             return
         assembling = self._pending.get(prev_position)
         if assembling is None or assembling.last_position != last_position:
             if assembling is not None:  # replaced: what it held no longer waits
                 self._pending_events -= _held(assembling)
+                self._pending_bytes -= assembling.size
             assembling = self._pending[prev_position] = _Assembling(last_position)
             self._pending_events += 1
         assembling.events.extend(events)
         assembling.omitted += omitted
+        assembling.size += size
         self._pending_events += len(events)
+        self._pending_bytes += size
         self._known_head = max(self._known_head, last_position)
-        if self._pending_events > self._max_pending_events:
+        if self._pending_events > self._max_pending_events or (
+            self._max_pending_bytes is not None and self._pending_bytes > self._max_pending_bytes
+        ):
             # The caller is not keeping up (its database is away): keep only the head, read the rest from the log.
             self._pending.clear()
-            self._pending_events = 0
+            self._pending_events = self._pending_bytes = 0
+
+    def _recount(self) -> None:
+        self._pending_events = sum(map(_held, self._pending.values()))
+        self._pending_bytes = sum(part.size for part in self._pending.values())
 
     def observe_head(self, position: int) -> None:
         """Records the log's head read from the database (it shows appends whose announcements were lost)."""
@@ -97,6 +114,7 @@ class Sequencer(Generic[E]):
                 break
             del self._pending[self.head]
             self._pending_events -= _held(assembling)
+            self._pending_bytes -= assembling.size
             events = assembling.events if assembling.omitted == 0 and received == size else None
             released.append(Append(self.head, assembling.last_position, events))
             self.head = assembling.last_position
@@ -120,13 +138,13 @@ class Sequencer(Generic[E]):
         self._known_head = max(self._known_head, head)
         for prev in [prev for prev in self._pending if prev < head]:
             del self._pending[prev]
-        self._pending_events = sum(map(_held, self._pending.values()))
+        self._recount()
 
     def forget_beyond(self, position: int) -> None:
         """Drops what was heard of positions after `position` (the log's head): no append ends beyond it."""
         for prev in [prev for prev, part in self._pending.items() if part.last_position > position]:
             del self._pending[prev]
-        self._pending_events = sum(map(_held, self._pending.values()))
+        self._recount()
         self._known_head = max(self.head, min(self._known_head, position))
 
 
