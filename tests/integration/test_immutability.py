@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import subprocess
 import sys
@@ -11,8 +10,10 @@ import sys
 import asyncpg
 import pytest
 from audit_service.store.append import LogAppender
+from audit_service.store.migrate import migrate
 from audit_service.store.verify import verify_log
 
+from ..conftest import APP_ROLE, run_as_superuser
 from ..factories import content_of, make_event, stamp
 
 MUTATIONS = [
@@ -124,21 +125,40 @@ async def test_a_temporary_table_of_the_service_role_does_not_pass_for_a_partiti
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A database created before PostgreSQL 15 (or pg_upgraded from one) lets PUBLIC create tables in schema "
-    "public. The service role then creates a table under the name of a future monthly partition; "
-    "audit_ensure_partition takes the name for the partition and creates none, and from that month on every append "
-    "fails with 'no partition' and is retried for ever: ingestion stops. To decide: revoke CREATE on the log's "
-    "schema in a migration, or refuse to start when the service role may create there, and/or have "
-    "audit_ensure_partition check that what it finds is a partition of audit_events.",
-)
-async def test_the_service_role_cannot_stop_appends_by_taking_a_future_partitions_name(app, owner):
-    await owner.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")  # as in databases created before PostgreSQL 15
-    month = (dt.datetime.now(dt.UTC) + dt.timedelta(days=62)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    with contextlib.suppress(asyncpg.InsufficientPrivilegeError):  # refusing it is one way to keep the log going
-        await app.execute(f"CREATE TABLE audit_events_{month:%Y_%m} (squatter integer)")
-    stored = await LogAppender().append(
-        app, [content_of(stamp(make_event()))], recorded_at=month + dt.timedelta(days=1)
-    )
-    assert stored.appended == 1
+async def test_where_public_could_create_in_the_logs_schema_the_service_role_no_longer_can(postgres, database):
+    """A database created before PostgreSQL 15 (or upgraded from one) lets PUBLIC create tables in schema public:
+    the service role could create a table under the name of a future monthly partition, audit_ensure_partition
+    took it for the partition, and from that month every append failed. Migration 0008 revokes that right."""
+    name = f"old_{database.name}"
+    await run_as_superuser(postgres, f'CREATE DATABASE "{name}"')
+    try:
+        conn = await asyncpg.connect(postgres.url(name))
+        try:
+            await migrate(conn, up_to=7)
+            await conn.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")  # as before PostgreSQL 15
+            await conn.execute(f"GRANT audit_service TO {APP_ROLE}")
+            app = await asyncpg.connect(postgres.url(name, user=APP_ROLE))
+            try:
+                await app.execute("CREATE TABLE audit_events_2031_03 (squatter integer)")  # possible before 0008
+                await app.execute("DROP TABLE audit_events_2031_03")
+                assert 8 in [migration.version for migration in await migrate(conn)]
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await app.execute("CREATE TABLE audit_events_2031_04 (squatter integer)")
+                month = dt.datetime(2031, 4, 2, tzinfo=dt.UTC)
+                stored = await LogAppender().append(app, [content_of(stamp(make_event()))], recorded_at=month)
+                assert stored.appended == 1
+            finally:
+                await app.close()
+        finally:
+            await conn.close()
+    finally:
+        await run_as_superuser(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_a_table_under_a_partitions_name_is_refused_by_name_not_taken_for_the_partition(app, owner):
+    """A table someone with the right to create it put under a future partition's name: the month's appends are
+    refused with a message naming it (and retried by the worker) rather than failing with "no partition"."""
+    await owner.execute("CREATE TABLE audit_events_2031_06 (squatter integer)")
+    with pytest.raises(asyncpg.DuplicateTableError, match="audit_events_2031_06 exists but is not a partition"):
+        await app.fetchval("SELECT audit_ensure_partition('2031-06-15T00:00:00Z')")
+    assert await app.fetchval("SELECT audit_ensure_partition('2031-07-15T00:00:00Z')") == "audit_events_2031_07"

@@ -418,3 +418,27 @@ async def test_the_worker_brings_back_a_dead_letter_stream_that_is_gone(publishe
     await eventually(lambda: _count_is(owner, 2), what="the other events stored")
     letter = await js.get_msg(config.nats.dead_stream, 1)
     assert letter.headers["Audit-Dead-Reason"] == "invalid_protobuf"
+
+
+async def test_a_batch_that_times_out_is_halved_until_it_is_stored(
+    publisher, nc, config, start_worker, owner, database
+):
+    """A batch slower than the database's statement timeout (large events, a busy server) would time out on every
+    retry: it is appended in halves instead, and nothing is dead-lettered (a timeout is not the events' fault)."""
+    await owner.execute(
+        """
+        CREATE FUNCTION test_slow_row() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(0.02); RETURN NEW; END $$;
+        CREATE TRIGGER test_slow_row BEFORE INSERT ON audit_event_ids FOR EACH ROW EXECUTE FUNCTION test_slow_row();
+        """
+    )
+    role = database.app_url.rsplit("@", 1)[0].rsplit("/", 1)[-1]
+    await owner.execute(f"ALTER ROLE {role} IN DATABASE \"{database.name}\" SET statement_timeout = '1s'")
+    js = nc.jetstream()
+    await provision(js, config.nats, config.ingest)
+    acks = await asyncio.gather(*(publisher.publish(make_event()) for _ in range(120)))  # one batch: ~2.4 s
+    await start_worker()
+    await eventually(lambda: _count_is(owner, 120), what="the 120 events, stored in halves")
+    stored = {row["id"] for row in await owner.fetch("SELECT event_id::text AS id FROM audit_events")}
+    assert stored == {ack.event_id for ack in acks}
+    assert (await js.stream_info(config.nats.dead_stream)).state.messages == 0

@@ -24,6 +24,7 @@ from audit_service.config import Config, load_config
 from audit_service.devstack.nats import NatsServer
 from audit_service.devstack.processes import free_port
 from audit_service.nats_permissions import password_variable
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NatsClient
 
 from ..conftest import REPO_ROOT, eventually, serving_api
@@ -259,29 +260,37 @@ async def test_a_worker_with_a_wrong_password_stops_with_one_line_without_the_pa
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NATS checks the subject a client publishes to, not the reply subject it names: JetStream sends a "
-    "producer's acknowledgement wherever the reply subject says, as the server, on audit.committed.> (to every API "
-    "replica) and into AUDIT_EVENTS under another tenant's subject. The body is JetStream's fixed JSON, so the "
-    "replicas ignore it and the worker dead-letters it; but 'only ingest publishes announcements' and 'a producer "
-    "writes only its tenants' subjects' do not hold. To decide: document it, or have the replicas take only "
-    "messages marked as announcements (a header JetStream's acknowledgements never carry).",
-)
-async def test_a_producer_cannot_make_jetstream_publish_for_it_elsewhere(
-    as_user, secured_nats, start_worker, connect_as
+async def test_a_reply_subject_a_producer_names_makes_jetstream_send_only_its_acknowledgement_there(
+    as_user, secured_nats, start_worker, connect_as, owner
 ) -> None:
+    """NATS checks the subject a client publishes to, not the reply subject it names: JetStream sends a producer's
+    acknowledgement, as the server, wherever that says, also on audit.committed.<tenant> and another tenant's
+    audit.events.<tenant> (README, NATS permissions). What arrives there is JetStream's acknowledgement, never
+    content of the producer's choosing: not an announcement the replicas take (they check announced events against
+    the log anyway), and in the events stream a message the worker dead-letters without storing anything."""
     await start_worker(as_user("ingest"))
     ingest, api, producer = await connect_as("ingest"), await connect_as("api"), await connect_as("producer-acme")
-    announcements = await api.nc.subscribe("audit.committed.>")
-    stored_before = await stream_messages(ingest, "AUDIT_EVENTS")
-    # Its own subject, which it may publish to; the acknowledgement goes to the reply subjects it names.
+    heard: list[bytes] = []
+
+    async def hear(msg) -> None:
+        heard.append(msg.data)
+
+    await api.nc.subscribe("audit.committed.>", cb=hear)
+    dead_before = await stream_messages(ingest, "AUDIT_DEAD")
     await producer.nc.publish("audit.events.acme", b"not an event", reply="audit.committed.globex")
     await producer.nc.publish("audit.events.acme", b"not an event", reply="audit.events.globex")
     await settle(producer, api, ingest)
     assert producer.violations() == []
-    assert announcements.pending_msgs == 0, "JetStream published on audit.committed.globex for the producer"
-    assert await stream_messages(ingest, "AUDIT_EVENTS") == stored_before + 2, "and into globex's subject"
+    assert len(heard) == 1, "what reaches the replicas is JetStream's acknowledgement, and only that"
+    assert set(json.loads(heard[0])) <= {"stream", "seq", "domain", "duplicate"}
+    with pytest.raises(DecodeError):
+        committed_pb2.CommittedBatch.FromString(heard[0])
+
+    async def dead_lettered() -> bool:
+        return await stream_messages(ingest, "AUDIT_DEAD") >= dead_before + 3  # the two bodies, and the ack
+
+    await eventually(dead_lettered, what="the two invalid bodies and the acknowledgement dead-lettered")
+    assert await owner.fetchval("SELECT count(*) FROM audit_events") == 0, "nothing stored, for no tenant"
 
 
 async def test_the_ingest_user_creates_no_consumer_but_its_own(as_user, secured_nats, start_worker, connect_as) -> None:

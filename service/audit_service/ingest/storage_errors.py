@@ -48,3 +48,9 @@ def storage_refusal_detail(error: BaseException) -> str:
         parts.append(f"SQLSTATE {error.sqlstate}")
         return "; ".join(parts)
     return f"{type(error).__name__}: {error}"
+
+
+def timed_out(error: BaseException) -> bool:
+    """True when a statement ran past its time limit: PostgreSQL's statement_timeout (SQLSTATE 57014) or the
+    client's command timeout. Not the events' fault, but the same batch would time out again: it is halved."""
+    return isinstance(error, asyncpg.QueryCanceledError | TimeoutError)

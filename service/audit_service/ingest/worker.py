@@ -28,7 +28,7 @@ from ..store.pool import acquire
 from .announce import Announcer
 from .dead_letter import dead_letter_message
 from .pull import PullReader
-from .storage_errors import caused_by_the_events, storage_refusal_detail
+from .storage_errors import caused_by_the_events, storage_refusal_detail, timed_out
 from .streams import provision
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,11 @@ class _Batch:
 
 class BatchAbandoned(Exception):
     """The worker is stopping while the database is unavailable: the batch is handed back to JetStream."""
+
+
+class BatchTooSlow(Exception):
+    """A statement of the append ran past its time limit: the batch is halved, since the same batch would time
+    out again (a slow or busy database and large events); a single event is retried as it is."""
 
 
 class EventsRejected(Exception):
@@ -207,6 +212,13 @@ class IngestWorker:
         """Appends and acks; when the database rejects the batch, halves it to find and refuse the culprits."""
         try:
             result = await self._append_with_retry([msg for msg, _ in accepted], [d.content for _, d in accepted])
+        except BatchTooSlow:
+            log.warning("appending %d events timed out; appending them in two halves", len(accepted))
+            middle = len(accepted) // 2
+            return [
+                *await self._append_isolating_rejects(accepted[:middle]),
+                *await self._append_isolating_rejects(accepted[middle:]),
+            ]
         except EventsRejected as rejected:
             if len(accepted) == 1:
                 detail = storage_refusal_detail(rejected.cause)
@@ -244,6 +256,8 @@ class IngestWorker:
             except Exception as error:
                 if caused_by_the_events(error):
                     raise EventsRejected(error) from error
+                if timed_out(error) and len(contents) > 1:
+                    raise BatchTooSlow from error
                 if self._stop is not None and self._stop.is_set():
                     # Redelivered at once to another worker rather than holding up the shutdown.
                     await asyncio.gather(*(msg.nak() for msg in msgs), return_exceptions=True)
