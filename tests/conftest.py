@@ -156,6 +156,26 @@ async def owner(database: TestDatabase) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
+async def app(database: TestDatabase) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the service role (a login role that is a member of audit_service), as the service's
+    processes connect."""
+    conn = await asyncpg.connect(database.app_url)
+    yield conn
+    await conn.close()
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`audit-service <args>` with exactly `env` (and PATH), as an operator runs it; its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "audit_service.cli", *args],
+        env={**env, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
 def database_outage(postgres: PostgresCluster, database: TestDatabase):
     """`async with database_outage():` the test's database refuses the service's connections and drops the
     open ones (superuser connections, such as `owner`, stay), and is back on exit."""

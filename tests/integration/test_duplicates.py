@@ -5,10 +5,7 @@ the id, in the same batch or from another tenant, is a conflict naming the store
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
-import asyncpg
-import pytest
 from audit.v1 import event_pb2
 from audit_client import Limits
 from audit_service.core.decode import decode_event
@@ -25,13 +22,6 @@ def decoded(event: event_pb2.AuditEvent, *, as_json: bool = False):
     else:
         data, headers = event.SerializeToString(), None
     return decode_event(data, headers, now_seconds=time.time(), limits=Limits()).content
-
-
-@pytest.fixture
-async def app(database) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database.app_url)
-    yield conn
-    await conn.close()
 
 
 async def test_copies_in_one_batch_and_another_tenants_event_under_the_id(app):

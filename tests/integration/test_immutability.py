@@ -27,13 +27,6 @@ MUTATIONS = [
 
 
 @pytest.fixture
-async def app(database):
-    conn = await asyncpg.connect(database.app_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
 async def populated(app):
     appender = LogAppender()
     for tenant in ("acme", "globex", "acme"):

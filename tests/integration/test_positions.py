@@ -5,9 +5,6 @@ position that a superuser (triggers off) made repeat or left empty."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -18,7 +15,7 @@ from audit_service.store.append import AppendResult, LogAppender
 from audit_service.store.migrate import MigrationError, migrate
 from audit_service.store.verify import verify_log
 
-from ..conftest import run_as_superuser
+from ..conftest import run_as_superuser, run_cli
 from ..factories import content_of, make_event, stamp
 
 # Three appends of three events: acme holds positions 1-3 and 7-9, globex 4-6; the head is at 9.
@@ -52,14 +49,6 @@ async def populate(conn: asyncpg.Connection) -> None:
 
 
 @pytest.fixture
-async def app(database) -> AsyncIterator[asyncpg.Connection]:
-    """The service role (a login role that is a member of audit_service), as the ingest worker connects."""
-    conn = await asyncpg.connect(database.app_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
 async def populated(app) -> asyncpg.Connection:
     await populate(app)
     return app
@@ -83,16 +72,6 @@ async def append_without_triggers(owner: asyncpg.Connection, tenant: str) -> App
 
 async def head(conn: asyncpg.Connection) -> int:
     return await conn.fetchval("SELECT last_position FROM audit_log_head")
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "audit_service.cli", *args],
-        env={**env, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.mark.parametrize(("statement", "refusal"), MOVES_REFUSED)

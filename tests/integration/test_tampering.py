@@ -9,7 +9,6 @@ import datetime as dt
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,13 +49,6 @@ def keys(tmp_path: Path) -> Keys:
         )
     )
     return Keys(signer, private_file, public_file)
-
-
-@pytest.fixture
-async def app(database) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database.app_url)
-    yield conn
-    await conn.close()
 
 
 @pytest.fixture

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
@@ -28,7 +25,7 @@ from audit_service.store.checkpoints import checkpoint_verifiers, take_checkpoin
 from audit_service.store.verify import verify_log
 from cryptography.hazmat.primitives import serialization
 
-from ..conftest import bearer, eventually, store_events
+from ..conftest import bearer, eventually, run_cli, store_events
 from ..factories import make_event
 
 # acme holds the odd positions 1..9, globex the even ones 2..10.
@@ -43,16 +40,6 @@ async def tamper(owner: asyncpg.Connection, statement: str) -> None:
     async with owner.transaction():
         await owner.execute("SET LOCAL session_replication_role = replica")
         await owner.execute(statement)
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "audit_service.cli", *args],
-        env={**env, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def status_of(call) -> tuple[grpc.StatusCode, str]:
@@ -100,18 +87,18 @@ async def test_cli_verifies_a_tenant_and_a_range(log, database, owner):
     env = {"AUDIT_DATABASE_URL": database.app_url}
     await tamper(owner, "UPDATE audit_events SET message = 'nothing happened' WHERE position = 4")
 
-    ok = await asyncio.to_thread(cli, env, "verify", "--tenant", "acme")
+    ok = await asyncio.to_thread(run_cli, env, "verify", "--tenant", "acme")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.startswith("ok: 5 events in 1 tenant chains verified")
     assert "signed checkpoints not checked" in ok.stdout
 
-    ranged = await asyncio.to_thread(cli, env, "verify", "--from-position", "5")
+    ranged = await asyncio.to_thread(run_cli, env, "verify", "--from-position", "5")
     assert (ranged.returncode, ranged.stdout.split(":")[0]) == (0, "ok")
-    broken = await asyncio.to_thread(cli, env, "verify", "--from-position", "2", "--to-position", "6")
+    broken = await asyncio.to_thread(run_cli, env, "verify", "--from-position", "2", "--to-position", "6")
     assert broken.returncode == 1
     assert "tenant 'globex': chain broken at position 4" in broken.stdout
 
-    bad = await asyncio.to_thread(cli, env, "verify", "--from-position", "6", "--to-position", "2")
+    bad = await asyncio.to_thread(run_cli, env, "verify", "--from-position", "6", "--to-position", "2")
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "--from-position" in bad.stderr
 
@@ -206,19 +193,19 @@ async def test_the_ingest_worker_signs_checkpoints_periodically(
 async def test_checkpoint_command_signs_prints_and_appends(log, database, key_file, tmp_path, owner):
     kept = tmp_path / "kept.jsonl"
     env = {"AUDIT_DATABASE_URL": database.app_url, "AUDIT_CHECKPOINT_SIGNING_KEY_FILE": str(key_file)}
-    first = await asyncio.to_thread(cli, env, "checkpoint", "--output", str(kept))
+    first = await asyncio.to_thread(run_cli, env, "checkpoint", "--output", str(kept))
     assert first.returncode == 0, first.stderr
     checkpoint = parse_json_line(first.stdout.strip())
     assert checkpoint.parsed().log_position == 10
     assert load_signer(str(key_file)).verifier.verify(checkpoint.statement, checkpoint.signature)
 
     # Nothing stored since: the same checkpoint, not a new one.
-    again = await asyncio.to_thread(cli, env, "checkpoint", "--output", str(kept))
+    again = await asyncio.to_thread(run_cli, env, "checkpoint", "--output", str(kept))
     assert parse_json_line(again.stdout.strip()) == checkpoint
     assert parse_json_lines(kept.read_text()) == [checkpoint, checkpoint]
     assert await owner.fetchval("SELECT count(*) FROM audit_checkpoints") == 1
 
-    verified = await asyncio.to_thread(cli, env, "verify", "--checkpoints", str(kept))
+    verified = await asyncio.to_thread(run_cli, env, "verify", "--checkpoints", str(kept))
     assert verified.returncode == 0, verified.stdout
     assert "6 chain heads of 3 signed checkpoints matched" in verified.stdout
 
@@ -227,14 +214,14 @@ async def test_checkpoint_command_signs_prints_and_appends(log, database, key_fi
 def test_a_bad_key_file_is_a_one_line_start_up_error(service_env, tmp_path, command):
     not_a_key = tmp_path / "not-a-key.pem"
     not_a_key.write_text("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
-    result = cli({**service_env, "AUDIT_CHECKPOINT_SIGNING_KEY_FILE": str(not_a_key)}, command)
+    result = run_cli({**service_env, "AUDIT_CHECKPOINT_SIGNING_KEY_FILE": str(not_a_key)}, command)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "AUDIT_CHECKPOINT_SIGNING_KEY_FILE" in result.stderr
 
 
 def test_checkpoint_command_needs_a_signing_key(service_env):
-    result = cli(service_env, "checkpoint")
+    result = run_cli(service_env, "checkpoint")
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "audit-service: configuration error: AUDIT_CHECKPOINT_SIGNING_KEY_FILE: is required to sign checkpoints"
@@ -243,14 +230,14 @@ def test_checkpoint_command_needs_a_signing_key(service_env):
 
 async def test_checkpoints_kept_outside_need_a_readable_file_and_the_public_key(log, database, tmp_path):
     env = {"AUDIT_DATABASE_URL": database.app_url}
-    missing = await asyncio.to_thread(cli, env, "verify", "--checkpoints", str(tmp_path / "missing.jsonl"))
+    missing = await asyncio.to_thread(run_cli, env, "verify", "--checkpoints", str(tmp_path / "missing.jsonl"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "--checkpoints" in missing.stderr
 
     kept = tmp_path / "kept.jsonl"
     key = tmp_path / "key.pem"
     key.write_bytes(generate_private_key_pem())
     kept.write_text(to_json_line(sign_checkpoint(load_signer(str(key)), 1, dt.datetime.now(dt.UTC), {})) + "\n")
-    keyless = await asyncio.to_thread(cli, env, "verify", "--checkpoints", str(kept))
+    keyless = await asyncio.to_thread(run_cli, env, "verify", "--checkpoints", str(kept))
     assert keyless.returncode == 2 and keyless.stderr.count("\n") == 1
     assert "AUDIT_CHECKPOINT_VERIFY_KEY_FILE" in keyless.stderr
 
@@ -294,10 +281,10 @@ async def test_checkpoints_signed_before_a_key_rotation_verify_with_the_retired_
         "AUDIT_CHECKPOINT_SIGNING_KEY_FILE": str(key_file),
         "AUDIT_CHECKPOINT_VERIFY_KEY_FILE": retired_public,
     }
-    verified = await asyncio.to_thread(cli, env, "verify")
+    verified = await asyncio.to_thread(run_cli, env, "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "4 chain heads of 2 signed checkpoints matched" in verified.stdout
-    unverified = await asyncio.to_thread(cli, {**env, "AUDIT_CHECKPOINT_VERIFY_KEY_FILE": ""}, "verify")
+    unverified = await asyncio.to_thread(run_cli, {**env, "AUDIT_CHECKPOINT_VERIFY_KEY_FILE": ""}, "verify")
     assert unverified.returncode == 1
     assert "checkpoint at log position 10:" in unverified.stdout and retired.key_id in unverified.stdout
 
