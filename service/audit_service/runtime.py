@@ -98,6 +98,11 @@ async def run_migrate(config: Config) -> list[str]:
         await conn.close()
 
 
+FEED_POOL_SIZE = 2
+"""Connections of the live feed's own, beside the pool of the RPCs: every announcement is checked against the log
+before tails see it, and that check must not queue behind history reads and exports when the RPC pool is busy."""
+
+
 async def run_ingest(config: Config, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> IngestWorker:
     """Runs one ingest worker until `stop` is set (signing checkpoints periodically when a key is configured)."""
     checkpointer = PeriodicCheckpointer.from_config(config.checkpoints)  # a bad key fails before connecting
@@ -123,10 +128,13 @@ async def run_api(
             max_size=config.database.pool_max_size,
             command_timeout=config.api.query_timeout_seconds,
         ) as pool,
+        database_pool(
+            config.database.url, max_size=FEED_POOL_SIZE, command_timeout=config.api.query_timeout_seconds
+        ) as feed_pool,
         nats_connection(config, "audit-api") as nc,
     ):
         read_budget = ReadBudget(config.api.read_buffer_bytes, wait_seconds=config.api.query_timeout_seconds)
-        feed = LiveFeed(nc, pool, config.tail, config.nats.committed_subject_prefix, read_budget=read_budget)
+        feed = LiveFeed(nc, feed_pool, config.tail, config.nats.committed_subject_prefix, read_budget=read_budget)
         try:
             await feed.start()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError) as error:

@@ -8,7 +8,7 @@ import asyncpg
 
 from ..core.records import columns_sql
 from .pool import acquire
-from .sized_reads import SizedRows, byte_bounded, event_bytes_sql, sized_rows
+from .sized_reads import SizedRows, byte_bounded, read_bytes_sql, sized_rows
 
 _COLUMNS = columns_sql("e.")
 
@@ -41,7 +41,7 @@ def stream_page_sql(query: StreamPageQuery) -> tuple[str, list[object]]:
         conditions.append(f"e.position {'<' if query.newest_first else '>'} ${len(args)}")
     args.append(query.limit)
     page = (
-        f"SELECT {_COLUMNS}, {event_bytes_sql('e')} AS event_bytes FROM audit_events e "
+        f"SELECT {_COLUMNS}, {read_bytes_sql('e')} AS read_bytes FROM audit_events e "
         f"WHERE {' AND '.join(conditions)} "
         f"ORDER BY e.position {'DESC' if query.newest_first else 'ASC'} LIMIT ${len(args)}"
     )

@@ -23,7 +23,7 @@ from ..core.filters import Expr
 from ..core.records import columns_sql, datetime_to_micros
 from .filter_sql import FilterSql, Parameters, timestamp_sql
 from .pool import acquire
-from .sized_reads import SizedRows, byte_bounded, event_bytes_sql, sized_rows
+from .sized_reads import SizedRows, byte_bounded, read_bytes_sql, sized_rows
 
 _COLUMNS = columns_sql("e.")
 
@@ -46,7 +46,7 @@ class PageQuery:
     """Keyset cursor: strictly beyond this position in the listing order; None for the first page."""
     limit: int
     max_bytes: int
-    """The page ends once its events add up to this many bytes (event_bytes): at least one event is returned."""
+    """The page ends once its events cost this many bytes to read (read_bytes): at least one event is returned."""
     up_to_position: int | None = None
     """When set, only positions up to this one (a tail's catch-up reads a bounded window)."""
 
@@ -61,7 +61,7 @@ def page_sql(query: PageQuery) -> tuple[str, list[object]]:
         conditions.append(f"e.position <= {params.add(query.up_to_position)}")
     direction = "DESC" if query.newest_first else "ASC"
     page = (
-        f"SELECT {_COLUMNS}, {event_bytes_sql('e')} AS event_bytes "
+        f"SELECT {_COLUMNS}, {read_bytes_sql('e')} AS read_bytes "
         f"FROM audit_events e WHERE {' AND '.join(f'({c})' for c in conditions)} "
         f"ORDER BY e.position {direction} LIMIT {params.add(query.limit)}"
     )
@@ -83,7 +83,7 @@ async def log_head(pool: asyncpg.Pool) -> int:
 
 
 _READ_RANGE = byte_bounded(
-    f"SELECT {_COLUMNS}, {event_bytes_sql('e')} AS event_bytes FROM audit_events e "
+    f"SELECT {_COLUMNS}, {read_bytes_sql('e')} AS read_bytes FROM audit_events e "
     "WHERE e.position > $1 AND e.position <= $2 ORDER BY e.position LIMIT $3",
     descending=False,
     max_bytes_parameter="$4",

@@ -2,7 +2,8 @@
 before any large value is sent.
 
 A page query (`... ORDER BY position LIMIT n`) is wrapped: over its rows, in their order, a running sum of each
-event's size (audit_events.event_bytes, migration 0006) keeps the rows whose predecessors stay under the budget,
+event's cost to read (its size, audit_events.event_bytes of migration 0006, plus ROW_BYTES) keeps the rows whose
+predecessors stay under the budget,
 so a page holds at least one event and at most the budget plus one event. The inner query keeps its plan (an
 index scan or a top-N sort with its LIMIT); the wrapper only sees its n rows, and values it drops are never
 detoasted nor sent.
@@ -16,21 +17,26 @@ import asyncpg
 
 from ..core.records import CONTENT_COLUMNS
 
+ROW_BYTES = 2048
+"""What a row costs beyond its event's bytes, once read: the asyncpg Record, the Python objects of its columns, the
+StoredEvent and its protobuf message. Without it a budget of small events admits far more rows than it means to:
+4 MiB of 300-byte events is 14,000 rows and about 100 MiB of Python objects."""
+
 _TEXT_COLUMNS = [name for name in CONTENT_COLUMNS if name not in ("event_id", "outcome", "actor_type", "occurred_at")]
 
 
-def event_bytes_sql(alias: str) -> str:
-    """The size of the event in row `alias`: its stored event_bytes, or for events stored before that column
-    existed, the length of its columns as text (which costs reading them)."""
+def read_bytes_sql(alias: str) -> str:
+    """What reading the event in row `alias` costs: ROW_BYTES plus its stored event_bytes, or for events stored
+    before that column existed, the length of its columns as text (which costs reading them)."""
     columns = ", ".join(
         f"{alias}.{name}::text" if name in ("metadata", "change_before", "change_after") else f"{alias}.{name}"
         for name in _TEXT_COLUMNS
     )
-    return f"coalesce({alias}.event_bytes, 256 + octet_length(concat({columns})))"
+    return f"{ROW_BYTES} + coalesce({alias}.event_bytes, 256 + octet_length(concat({columns})))"
 
 
 def byte_bounded(page_sql: str, *, descending: bool = False, max_bytes_parameter: str, order: str = "") -> str:
-    """`page_sql` (a SELECT of a column `event_bytes` and the columns it is ordered by, with its LIMIT) cut where
+    """`page_sql` (a SELECT of a column `read_bytes` and the columns it is ordered by, with its LIMIT) cut where
     its events add up to the budget; also returns `page_rows`, the rows of the whole page.
 
     Args:
@@ -40,10 +46,10 @@ def byte_bounded(page_sql: str, *, descending: bool = False, max_bytes_parameter
     order = order or f"position {'DESC' if descending else 'ASC'}"
     return (
         "SELECT * FROM ("
-        f"SELECT page.*, sum(page.event_bytes) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING) AS bytes_through, "
+        f"SELECT page.*, sum(page.read_bytes) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING) AS bytes_through, "
         "count(*) OVER () AS page_rows "
         f"FROM ({page_sql}) AS page"
-        f") AS sized WHERE bytes_through - event_bytes < {max_bytes_parameter} ORDER BY {order}"
+        f") AS sized WHERE bytes_through - read_bytes < {max_bytes_parameter} ORDER BY {order}"
     )
 
 
@@ -62,8 +68,8 @@ class SizedRows:
 
     @property
     def size(self) -> int:
-        """The events' bytes (event_bytes) in the rows returned."""
-        return sum(row["event_bytes"] for row in self.rows)
+        """What the rows returned cost to read (read_bytes)."""
+        return sum(row["read_bytes"] for row in self.rows)
 
 
 def sized_rows(rows: list[asyncpg.Record]) -> SizedRows:

@@ -21,7 +21,7 @@ from ..core.signing import Verifier
 from ..errors import ConfigError
 from ..offline_verify import manifest_signature_problem, verify_archive_sequence
 from .checkpoints import checkpoint_verifiers
-from .sized_reads import byte_bounded, event_bytes_sql, sized_rows
+from .sized_reads import byte_bounded, read_bytes_sql, sized_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +174,7 @@ async def _rows_by_tenant(
             where.append(f"(e.tenant, e.position) > (${len(page_args) + 1}, ${len(page_args) + 2})")
             page_args += after
         page = (
-            f"SELECT {columns}, {event_bytes_sql('e')} AS event_bytes FROM audit_events AS e "
+            f"SELECT {columns}, {read_bytes_sql('e')} AS read_bytes FROM audit_events AS e "
             f"WHERE {' AND '.join(where)} ORDER BY e.tenant, e.position LIMIT ${len(args) + 1}"
         )
         sql = byte_bounded(page, max_bytes_parameter=f"${len(args) + 2}", order="tenant, position")
