@@ -367,13 +367,26 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 30
 
 
 class ServiceProcess:
-    """`python -m audit_service.cli <command>` with the test's environment; `start()` again restarts it."""
+    """`python -m audit_service.cli <command>` with the test's environment; `start()` again restarts it.
 
-    def __init__(self, command: str, env: dict[str, str], log_path: Path, ready_line: str) -> None:
+    With `argv`, that program instead; with `only_env`, `env` is the process's whole environment (a container's)."""
+
+    def __init__(
+        self,
+        command: str,
+        env: dict[str, str],
+        log_path: Path,
+        ready_line: str,
+        *,
+        argv: list[str] | None = None,
+        only_env: bool = False,
+    ) -> None:
         self.command = command
         self.env = env
         self.log_path = log_path
         self.ready_line = ready_line
+        self.argv = argv or [sys.executable, "-m", "audit_service.cli", command]
+        self.only_env = only_env
         self.process: subprocess.Popen[bytes] | None = None
         self._offset = 0
 
@@ -381,10 +394,11 @@ class ServiceProcess:
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "audit_service.cli", self.command],
-                env={**os.environ, **self.env},
+                self.argv,
+                env=self.env if self.only_env else {**os.environ, **self.env},
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                cwd=self.log_path.parent,
             )
         return self
 

@@ -1,0 +1,260 @@
+"""The production path as docker-compose.yml deploys it: the image's entry point run as `migrate`, two `ingest`
+and one `serve`, separate processes with exactly the environment the file gives each service (its hosts mapped to
+this test's own NATS and PostgreSQL, its secrets to files made here, its published port to a free one), NATS run
+with the configuration the file mounts and PostgreSQL prepared by the script it mounts. A producer publishes with
+the client as its own NATS user; a platform engineer reads with grpcurl and verifies the chain with the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from audit_client import connect as connect_publisher
+from audit_service.devstack.nats import NatsServer
+from audit_service.devstack.postgres import EmbeddedPostgres, postgres_bin_dir
+from audit_service.devstack.processes import free_port
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ..compose import ComposeFile
+from ..conftest import REPO_ROOT, ServiceProcess, eventually
+from ..factories import make_event
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+GRPCURL = str(BIN / "grpcurl")
+VARIABLES = {
+    "POSTGRES_PASSWORD": "postgres-test-password-31a8",
+    "AUDIT_APP_PASSWORD": "app-test-password-c20e",
+    "AUDIT_AUTH_JWT_SECRET": "production-path-secret-that-is-long-enough-0123456789",
+    "AUDIT_NATS_INGEST_PASSWORD": "ingest-test-password-5d11",
+    "AUDIT_NATS_API_PASSWORD": "api-test-password-e7a2",
+    "AUDIT_NATS_PRODUCER_ACME_PASSWORD": "producer-test-password-0b94",
+}
+"""What an operator puts in the shell's environment or `.env` (docker-compose.yml's header lists them)."""
+
+READY_LINES = {"ingest": "ingest worker consuming", "serve": "gRPC API listening"}
+
+
+def image_entrypoint() -> list[str]:
+    """The ENTRYPOINT of the Dockerfile's last stage, the image docker-compose.yml runs."""
+    entrypoints = re.findall(r"^ENTRYPOINT\s+(\[.*\])\s*$", (REPO_ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert entrypoints, "the Dockerfile has an ENTRYPOINT in exec form"
+    return json.loads(entrypoints[-1])
+
+
+@dataclass
+class Deployment:
+    """docker-compose.yml's model and how its names map onto this test's machine."""
+
+    compose: ComposeFile
+    nats: NatsServer
+    postgres: EmbeddedPostgres
+    secrets: dict[str, Path]
+    workdir: Path
+    published_ports: dict[int, int]
+
+    def environment(self, service: str) -> dict[str, str]:
+        """The service's environment as the container gets it, with compose's names resolved to this machine."""
+        env = {}
+        for name, value in self.compose.environment(service).items():
+            value = value.replace("@postgres:5432/", f"@{self.postgres.host}:{self.postgres.port}/")
+            value = value.replace("@nats:4222", f"@{self.nats.host}:{self.nats.port}")
+            for secret, path in self.secrets.items():
+                value = value.replace(f"/run/secrets/{secret}", str(path))
+            for container_port, host_port in self.published_ports.items():
+                value = value.replace(f"0.0.0.0:{container_port}", f"127.0.0.1:{host_port}")
+            env[name] = value
+        return env
+
+    def process_environment(self, service: str) -> dict[str, str]:
+        """Only what the container would have: its compose environment, plus PATH and HOME of this machine."""
+        return {"PATH": os.environ["PATH"], "HOME": str(self.workdir), **self.environment(service)}
+
+    def run(self, service: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        """A one-off run of the service's image with its command (or `extra` instead), to completion."""
+        command = list(extra) or self.compose.command(service)
+        return subprocess.run(
+            [str(BIN / image_entrypoint()[0]), *command],
+            env=self.process_environment(service),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=self.workdir,
+        )
+
+    def start(self, service: str, replica: int = 0) -> ServiceProcess:
+        """A long-running replica of the service, its output in <service>-<replica>.log."""
+        command = self.compose.command(service)
+        return ServiceProcess(
+            command[0],
+            self.process_environment(service),
+            self.workdir / f"{service}-{replica}.log",
+            READY_LINES[command[0]],
+            argv=[str(BIN / image_entrypoint()[0]), *command],
+            only_env=True,
+        ).start()
+
+
+def write_signing_keys(directory: Path) -> dict[str, Path]:
+    """The Ed25519 key pair docker-compose.yml's header makes with openssl, as the secrets it mounts."""
+    key = Ed25519PrivateKey.generate()
+    private = directory / "checkpoint-signing-key.pem"
+    public = directory / "checkpoint-verify-key.pem"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return {"checkpoint-signing-key": private, "checkpoint-verify-key": public}
+
+
+def prepare_postgres(compose: ComposeFile, server: EmbeddedPostgres, workdir: Path) -> None:
+    """What the postgres image does on first start: create POSTGRES_DB, then run the init scripts mounted into
+    /docker-entrypoint-initdb.d with the container's environment (here: the create-app-role script, with psql)."""
+    env = compose.environment("postgres")
+    subprocess.run(
+        [
+            str(postgres_bin_dir() / "createdb"),
+            "-h",
+            server.host,
+            "-p",
+            str(server.port),
+            "-U",
+            "postgres",
+            env["POSTGRES_DB"],
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (mount,) = [c for c in compose.service("postgres")["configs"] if "initdb" in c["target"]]
+    script = workdir / "10-audit-roles.sh"
+    script.write_text(compose.config_content(mount["source"]))
+    result = subprocess.run(
+        ["sh", str(script)],
+        env={
+            **env,
+            "PATH": f"{postgres_bin_dir()}:{os.environ['PATH']}",
+            "PGHOST": server.host,
+            "PGPORT": str(server.port),
+        },
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    compose = ComposeFile.load(REPO_ROOT / "docker-compose.yml", VARIABLES)
+    nats_service = compose.service("nats")
+    (nats_config,) = nats_service["configs"]
+    nats = NatsServer(
+        tmp_path / "nats",
+        port=free_port(),
+        config_file=REPO_ROOT / compose.model["configs"][nats_config["source"]]["file"],
+        env=compose.environment("nats"),
+    )
+    postgres = EmbeddedPostgres(tmp_path / "postgres", port=free_port(), durable=False)
+    nats.start()
+    postgres.start()
+    try:
+        prepare_postgres(compose, postgres, tmp_path)
+        secrets_dir = tmp_path / "secrets"
+        secrets_dir.mkdir()
+        yield Deployment(
+            compose=compose,
+            nats=nats,
+            postgres=postgres,
+            secrets=write_signing_keys(secrets_dir),
+            workdir=tmp_path,
+            published_ports={50051: free_port()},
+        )
+    finally:
+        nats.stop()
+        postgres.stop()
+
+
+def grpcurl(deployment: Deployment, token: str, method: str, request: dict) -> dict:
+    port = deployment.published_ports[50051]
+    result = subprocess.run(
+        [
+            GRPCURL,
+            "-plaintext",
+            "-H",
+            f"authorization: Bearer {token}",
+            "-d",
+            json.dumps(request),
+            f"127.0.0.1:{port}",
+            f"audit.v1.AuditService/{method}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.timeout(300)
+async def test_migrate_two_ingest_workers_and_the_api_run_as_docker_compose_gives_them(deployment: Deployment):
+    migrate = deployment.run("migrate")
+    assert migrate.returncode == 0, migrate.stderr
+    replicas = deployment.compose.service("ingest")["deploy"]["replicas"]
+    assert replicas == 2
+    workers = [deployment.start("ingest", replica) for replica in range(replicas)]
+    api = deployment.start("api")
+    try:
+        for process in (*workers, api):
+            await process.ready()
+
+        producer_url = deployment.environment("ingest")["AUDIT_NATS_URL"].replace(
+            f"ingest:{VARIABLES['AUDIT_NATS_INGEST_PASSWORD']}",
+            f"producer-acme:{VARIABLES['AUDIT_NATS_PRODUCER_ACME_PASSWORD']}",
+        )
+        events = [make_event("acme", message=f"production path {i}") for i in range(300)]
+        async with connect_publisher(producer_url) as publisher:
+            published = [(await publisher.publish(event)).event_id for event in events]
+
+        token_run = deployment.run("api", "token", "--tenant", "acme", "--subject", "auditor", "--admin")
+        assert token_run.returncode == 0, token_run.stderr
+        token = token_run.stdout.strip().splitlines()[-1]
+
+        async def all_stored() -> bool:
+            count = await asyncio.to_thread(grpcurl, deployment, token, "CountEvents", {"filter": {"tenant": "acme"}})
+            return int(count.get("total", 0)) >= len(events)
+
+        await eventually(all_stored, within=120, what="the 300 events stored")
+        listed: list[str] = []
+        page_token = ""
+        while True:
+            page = grpcurl(deployment, token, "ListEvents", {"page_size": 100, "page_token": page_token})
+            listed += [event["event_id"] for event in page.get("events", [])]
+            page_token = page.get("next_page_token", "")
+            if not page_token:
+                break
+        assert sorted(listed) == sorted(published), "each event stored once"
+
+        for process in (*workers, api):
+            assert await process.terminate() == 0, process.output()
+        verify = deployment.run("ingest", "verify")
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    finally:
+        for process in (*workers, api):
+            process.close()
+
+
+def test_the_compose_variables_this_test_sets_are_the_ones_the_file_requires():
+    """Every `${VAR:?...}` of docker-compose.yml is in VARIABLES, so the test deploys what an operator would."""
+    required = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?", (REPO_ROOT / "docker-compose.yml").read_text()))
+    assert required == set(VARIABLES)
