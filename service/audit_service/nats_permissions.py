@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,18 @@ class NatsUser:
 def password_variable(user: str) -> str:
     """The environment variable nats-server reads the user's password from: AUDIT_NATS_<USER>_PASSWORD."""
     return f"AUDIT_NATS_{re.sub(r'[^A-Za-z0-9]', '_', user).upper()}_PASSWORD"
+
+
+PASSWORD_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+"""Passwords nats-server reads from its environment as the strings they are. It parses a variable's value as a
+configuration value: one starting with '-' or a digit may be taken for a number ('-BvZ...' stops the server at
+start-up, '5MB' is a size), so a generated password starts with a letter; all of it is URL-safe, as it goes in
+NATS URLs."""
+
+
+def new_password(random_part: str | None = None) -> str:
+    """A NATS password for one of the service's users: a letter, then 32 URL-safe random characters."""
+    return "p" + (random_part if random_part is not None else secrets.token_urlsafe(24))
 
 
 def inbox(user: str) -> str:

@@ -23,7 +23,7 @@ from audit_client import connect as connect_publisher
 from audit_service.config import Config, load_config
 from audit_service.devstack.nats import NatsServer
 from audit_service.devstack.processes import free_port
-from audit_service.nats_permissions import password_variable
+from audit_service.nats_permissions import new_password, password_variable
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NatsClient
 
@@ -312,3 +312,23 @@ async def test_the_ingest_user_creates_no_consumer_but_its_own(as_user, secured_
     await settle(ingest, producer)
     assert len(ingest.violations()) == 2
     assert spy.pending_msgs == 0
+
+
+@pytest.mark.parametrize("random_part", ["-BvZQs046Ddz8ayunVxMlbzY7WigCh6U", "5MB", "12", "1.5"])
+async def test_generated_passwords_are_read_by_nats_server_whatever_their_random_characters(
+    tmp_path: Path, random_part: str
+) -> None:
+    """nats-server parses a $VARIABLE's value as a configuration value: the dev stack once generated the password
+    '-BvZQs...' for a user, and nats-server refused to start ("Expected a digit"). A generated password starts
+    with a letter, so whatever random characters follow, the server starts and the user logs in with it."""
+    password = new_password(random_part)
+    env = {password_variable(user): PASSWORDS[user] for user in PASSWORDS} | {
+        password_variable("producer-acme"): password
+    }
+    server = NatsServer(tmp_path / "nats", port=free_port(), config_file=shipped_nats_config(), env=env)
+    server.start()
+    try:
+        nc = await nats.connect(url_of(server, "producer-acme", password), inbox_prefix="_INBOX.producer-acme")
+        await nc.close()
+    finally:
+        server.stop()

@@ -3,11 +3,13 @@ test_nats_permissions.py runs them on a real nats-server)."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 from audit_service.config import NatsConfig
-from audit_service.nats_permissions import password_variable, render, service_users
+from audit_service.devstack.stack import dev_nats_passwords
+from audit_service.nats_permissions import PASSWORD_PATTERN, password_variable, render, service_users
 
 
 def by_name(nats: NatsConfig, producers: dict[str, list[str]]) -> dict:
@@ -67,3 +69,12 @@ def test_passwords_are_variables_of_nats_servers_environment() -> None:
     assert "password: $AUDIT_NATS_INGEST_PASSWORD\n" in text
     assert "password: $AUDIT_NATS_PRODUCER_ACME_PASSWORD\n" in text
     assert 'publish: {deny: [">"]}' in text  # the API: without it, publishing would be unrestricted
+
+
+def test_the_dev_stack_keeps_its_passwords_and_replaces_those_nats_server_cannot_read(tmp_path) -> None:
+    (tmp_path / "nats-passwords.json").write_text(json.dumps({"ingest": "kt9cZAJkMu1vaqX0O6", "api": "-BvZQs046D"}))
+    passwords = dev_nats_passwords(tmp_path, ["ingest", "api", "producer-acme"])
+    assert passwords["ingest"] == "kt9cZAJkMu1vaqX0O6"
+    assert passwords["api"] != "-BvZQs046D"
+    assert all(PASSWORD_PATTERN.fullmatch(password) for password in passwords.values())
+    assert dev_nats_passwords(tmp_path, ["ingest", "api", "producer-acme"]) == passwords, "kept once written"

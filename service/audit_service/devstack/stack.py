@@ -19,7 +19,7 @@ from ..api.server import RunningServer
 from ..auth.tokens import mint_token
 from ..config import AuthConfig, CheckpointConfig, Config, DatabaseConfig, RetentionConfig, parse_grpc_address
 from ..core.signing import generate_private_key_pem
-from ..nats_permissions import API_USER, INGEST_USER, render, service_users
+from ..nats_permissions import API_USER, INGEST_USER, PASSWORD_PATTERN, new_password, render, service_users
 from ..runtime import run_api, run_ingest, run_migrate
 from .nats import NatsServer
 from .postgres import EmbeddedPostgres
@@ -74,9 +74,10 @@ def dev_nats_passwords(data_dir: Path, users: list[str]) -> dict[str, str]:
     """Passwords of the NATS users, generated once into the data directory (nats-passwords.json, like jwt-secret)."""
     path = data_dir / "nats-passwords.json"
     passwords = json.loads(path.read_text()) if path.exists() else {}
-    missing = [user for user in users if user not in passwords]
+    # Passwords an earlier version generated that nats-server cannot read (a leading '-') are made again.
+    missing = [user for user in users if not PASSWORD_PATTERN.fullmatch(passwords.get(user, ""))]
     if missing:
-        passwords.update({user: secrets.token_urlsafe(24) for user in missing})  # URL-safe: they go in NATS URLs
+        passwords.update({user: new_password() for user in missing})
         temporary = path.with_name(f"{path.name}.tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
