@@ -76,7 +76,8 @@ def test_dev_without_the_devstack_binaries_is_one_line_and_starts_nothing(tmp_pa
         [
             sys.executable,
             "-c",
-            "import sys; from audit_service.cli import main; sys.executable = sys.argv[1]; sys.exit(main(sys.argv[2:]))",
+            "import sys; from audit_service.cli import main; "
+            "sys.executable = sys.argv[1]; sys.exit(main(sys.argv[2:]))",
             str(tmp_path / "elsewhere" / "python"),
             "dev",
             "--data-dir",
