@@ -193,6 +193,8 @@ class Publisher:
                 )
             in_flight.popleft()
             self._acks.discard(token)
+
+        def release_slot(_: asyncio.Future[Any]) -> None:
             self._in_flight.release()
 
         try:
@@ -211,13 +213,15 @@ class Publisher:
                 except BaseException:
                     self._in_flight.release()
                     raise
+                # The slot comes back with the acknowledgement, even while this task waits for another slot:
+                # batches holding slots until they settle could wait for each other forever.
+                future.add_done_callback(release_slot)
                 in_flight.append((index, token, future))
             while in_flight:
                 await settle_oldest()
-        finally:  # cancelled: stop waiting for the rest
+        finally:  # cancelled: stop waiting for the rest (which cancels their futures, giving their slots back)
             for _, token, _ in in_flight:
                 self._acks.discard(token)
-                self._in_flight.release()
         if errors:
             raise PublishBatchError(acks, errors, [event for event, _, _ in batch])
         return acks  # type: ignore[return-value]  # no None left when there is no error

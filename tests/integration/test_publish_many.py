@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -111,3 +112,16 @@ async def test_an_invalid_event_in_a_batch_sends_nothing(nats_url, nc, stream):
     assert raised.value.field == "tenant"
     assert "events[3] is invalid: nothing of the batch was sent" in raised.value.__notes__
     assert (await nc.jetstream().stream_info(name)).state.messages == 0
+
+
+async def test_a_window_wider_than_max_in_flight_waits_for_slots_instead_of_holding_them(nats_url, nc, stream):
+    # Slots come back as acknowledgements arrive, not when the batch gets round to them: two batches sharing
+    # a publisher of 4 slots, each with a window of 256, would otherwise each hold slots the other waits for.
+    prefix, name = stream
+    async with audit_client.connect(nats_url, subject_prefix=prefix, max_in_flight=4) as publisher:
+        batches = await asyncio.wait_for(
+            asyncio.gather(*(publisher.publish_many([make_event() for _ in range(100)]) for _ in range(2))), 60
+        )
+        assert len(await publisher.publish_many([make_event() for _ in range(10)])) == 10
+    assert sorted(ack.sequence for batch in batches for ack in batch) == list(range(1, 201))
+    assert (await nc.jetstream().stream_info(name)).state.messages == 210
