@@ -51,7 +51,7 @@ TENANTS = [f"tenant-{n:02d}" for n in range(20)]
 
 
 def build_events(count: int) -> list[event_pb2.AuditEvent]:
-    """Realistic events without ids: the publisher gives each a new UUIDv7 (about 700 bytes encoded)."""
+    """Realistic events without ids: the publisher gives each a new UUIDv7 (about 400 bytes encoded)."""
     events = []
     for n in range(count):
         event = event_pb2.AuditEvent(
