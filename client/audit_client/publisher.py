@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator
+from collections import deque
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,11 +18,19 @@ from opentelemetry import propagate, trace
 
 from .acks import JetStreamAcks
 from .connection import connect_nats
-from .errors import EventTooLargeError, PublishError
+from .errors import EventTooLargeError, InvalidEventError, PublishBatchError, PublishError
 from .validation import DEFAULT_LIMITS, Limits, clear_service_fields, validate_event
 
 DEFAULT_SUBJECT_PREFIX = "audit.events"
 PROTOBUF_CONTENT_TYPE = "application/x-protobuf"
+DEFAULT_WINDOW = 256
+"""Acknowledgements `publish_many()` keeps waiting for at once."""
+
+Prepared = tuple[event_pb2.AuditEvent, bytes, dict[str, str]]
+"""A completed event, its encoding and its headers (`Publisher.prepare()`)."""
+
+_NOT_ACKNOWLEDGED = (TimeoutError, ValueError, nats.errors.Error, nats.js.errors.Error)
+"""What a send or an acknowledgement fails with: no stream, refused, malformed, late, connection lost."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +54,9 @@ def new_event_id() -> str:
 class Publisher:
     """Publishes audit events and awaits their JetStream acknowledgement.
 
-    Use `connect()` to create one. Safe to call `publish()` from many tasks at once: at most
-    `max_in_flight` publishes wait for their acknowledgement at a time, the others queue.
+    Use `connect()` to create one (`connect_sync()` for code that is not async). Safe to call `publish()` from
+    many tasks at once: at most `max_in_flight` publishes wait for their acknowledgement at a time, the others
+    queue. `publish_many()` keeps many acknowledgements in flight from one task.
     """
 
     def __init__(
@@ -69,7 +79,7 @@ class Publisher:
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._limits = limits
 
-    def prepare(self, event: event_pb2.AuditEvent) -> tuple[event_pb2.AuditEvent, bytes, dict[str, str]]:
+    def prepare(self, event: event_pb2.AuditEvent) -> Prepared:
         """Completes, validates and encodes an event without sending it.
 
         Returns a completed copy of the event (the argument is not modified), its encoding and the headers.
@@ -112,16 +122,109 @@ class Publisher:
             InvalidEventError: the event breaks the contract; nothing was sent.
             PublishError: JetStream did not acknowledge the event in time.
         """
-        prepared, payload, headers = self.prepare(event)
-        subject = f"{self._subject_prefix}.{prepared.tenant}"
+        return await self._send_prepared(self.prepare(event))
+
+    async def publish_many(
+        self, events: Iterable[event_pb2.AuditEvent], *, window: int = DEFAULT_WINDOW
+    ) -> list[PublishAck]:
+        """Publishes a batch of events, keeping up to `window` acknowledgements in flight, and waits until JetStream
+        has acknowledged each of them. Much faster than awaiting `publish()` for one event after the other.
+
+        Every event is completed and validated before the first is sent, as by `publish()`; then every event is
+        sent once, in order, whatever happens to the others.
+
+        Args:
+            events: the events (not modified).
+            window: most events sent and not yet acknowledged at once (the publisher's `max_in_flight` bounds
+                all its publishes together as well).
+
+        Returns:
+            One acknowledgement per event, in the order given.
+
+        Raises:
+            InvalidEventError: an event breaks the contract (its note names its index); nothing was sent.
+            PublishBatchError: some events were not acknowledged; its `acks` has the acknowledgements of the others,
+                in order, and None for those, and its `errors` says why, by index.
+        """
+        return await self._send_prepared_many(self.prepare_many(events), window=window)
+
+    def prepare_many(self, events: Iterable[event_pb2.AuditEvent]) -> list[Prepared]:
+        """`prepare()` for each event of a batch.
+
+        Raises:
+            InvalidEventError: an event breaks the contract; a note on the error names its index.
+        """
+        prepared = []
+        for index, event in enumerate(events):
+            try:
+                prepared.append(self.prepare(event))
+            except InvalidEventError as error:
+                error.add_note(f"events[{index}] is invalid: nothing of the batch was sent")
+                raise
+        return prepared
+
+    async def _send_prepared(self, prepared: Prepared) -> PublishAck:
+        event, payload, headers = prepared
         async with self._in_flight:
             try:
-                ack = await self._acks.publish(subject, payload, headers=headers)
-            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as error:
-                raise PublishError(prepared.event_id, f"{type(error).__name__}: {error}") from error
-        return PublishAck(
-            event_id=prepared.event_id, stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate)
-        )
+                ack = await self._acks.publish(f"{self._subject_prefix}.{event.tenant}", payload, headers=headers)
+            except _NOT_ACKNOWLEDGED as error:
+                raise PublishError(event.event_id, f"{type(error).__name__}: {error}") from error
+        return PublishAck(event_id=event.event_id, stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def _send_prepared_many(self, batch: list[Prepared], *, window: int = DEFAULT_WINDOW) -> list[PublishAck]:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        acks: list[PublishAck | None] = [None] * len(batch)
+        errors: dict[int, PublishError] = {}
+        in_flight: deque[tuple[int, str, asyncio.Future[Any]]] = deque()
+
+        async def settle_oldest() -> None:
+            # Acknowledgements come back in about send order: waiting for the oldest first wastes little.
+            index, token, future = in_flight[0]
+            event_id = batch[index][0].event_id
+            try:
+                ack = await future
+            except _NOT_ACKNOWLEDGED as error:
+                errors[index] = PublishError(event_id, f"{type(error).__name__}: {error}")
+            else:
+                acks[index] = PublishAck(
+                    event_id=event_id, stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate)
+                )
+            in_flight.popleft()
+            self._acks.discard(token)
+
+        def release_slot(_: asyncio.Future[Any]) -> None:
+            self._in_flight.release()
+
+        try:
+            for index, (event, payload, headers) in enumerate(batch):
+                if len(in_flight) >= window:
+                    await settle_oldest()
+                await self._in_flight.acquire()
+                try:
+                    token, future = await self._acks.send(
+                        f"{self._subject_prefix}.{event.tenant}", payload, headers=headers
+                    )
+                except _NOT_ACKNOWLEDGED as error:
+                    self._in_flight.release()
+                    errors[index] = PublishError(event.event_id, f"{type(error).__name__}: {error}")
+                    continue
+                except BaseException:
+                    self._in_flight.release()
+                    raise
+                # The slot comes back with the acknowledgement, even while this task waits for another slot:
+                # batches holding slots until they settle could wait for each other forever.
+                future.add_done_callback(release_slot)
+                in_flight.append((index, token, future))
+            while in_flight:
+                await settle_oldest()
+        finally:  # cancelled: stop waiting for the rest (which cancels their futures, giving their slots back)
+            for _, token, _ in in_flight:
+                self._acks.discard(token)
+        if errors:
+            raise PublishBatchError(acks, errors, [event for event, _, _ in batch])
+        return acks  # type: ignore[return-value]  # no None left when there is no error
 
     async def close(self) -> None:
         """Closes the NATS connection if this publisher opened it (pending publishes are flushed first)."""

