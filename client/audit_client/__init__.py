@@ -19,6 +19,7 @@ from audit.v1.event_pb2 import (
     SubjectType,
 )
 
+from .connection import tls_context
 from .errors import AuditClientError, EventTooLargeError, InvalidEventError, PublishError
 from .publisher import PublishAck, Publisher, connect, new_event_id
 from .tail import EventTail, tail_events
@@ -44,5 +45,6 @@ __all__ = [
     "connect",
     "new_event_id",
     "tail_events",
+    "tls_context",
     "validate_event",
 ]
