@@ -16,7 +16,7 @@ from audit.v1 import audit_service_pb2_grpc
 from audit_service.config import load_config
 
 from ..certificates import CertificateAuthority
-from ..conftest import serving_api, store_events
+from ..conftest import REPO_ROOT, serving_api, store_events
 from ..factories import make_event
 from ..tail_helpers import Reader
 
@@ -134,3 +134,42 @@ async def test_renewed_certificate_files_serve_new_connections_while_an_open_tai
         finally:
             tail.task.cancel()
             await channel.close()
+
+
+def readme_openssl_recipe() -> str:
+    """The first sh block of the README's TLS section: the openssl commands operators copy."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("### TLS") :]
+    start = section.index("```sh\n") + len("```sh\n")
+    return section[start : section.index("```", start)]
+
+
+async def test_the_readme_openssl_recipe_makes_files_the_api_serves_with_mtls(service_env, tmp_path):
+    recipe = readme_openssl_recipe()
+    assert "openssl req" in recipe and "subjectAltName" in recipe
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-euo",
+        "pipefail",
+        "-c",
+        recipe,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    assert process.returncode == 0, output.decode()
+    tls = tmp_path / "tls"
+    env = {
+        **service_env,
+        "AUDIT_GRPC_TLS_CERT_FILE": str(tls / "server.crt"),
+        "AUDIT_GRPC_TLS_KEY_FILE": str(tls / "server.key"),
+        "AUDIT_GRPC_TLS_CLIENT_CA_FILE": str(tls / "ca.crt"),
+    }
+    async with serving_api(load_config(env=env)) as api:
+        client = ("-cacert", str(tls / "ca.crt"), "-cert", str(tls / "client.crt"), "-key", str(tls / "client.key"))
+        code, listed, stderr = await grpcurl(*client, f"localhost:{api.port}", "list")
+        assert code == 0, stderr
+        assert "audit.v1.AuditService" in listed.split()
+        code, _, _ = await grpcurl("-cacert", str(tls / "ca.crt"), f"localhost:{api.port}", "list")
+        assert code != 0, "served a client without a certificate"
