@@ -52,12 +52,15 @@ class NatsConfig:
     """PEM certificate this process presents to NATS when the server verifies clients (with `tls_key_file`)."""
     tls_key_file: str = ""
     """PEM private key of `tls_cert_file` (unencrypted)."""
+    tls_handshake_first: bool = False
+    """Start TLS before NATS's greeting (the server needs `handshake_first: true` in its tls block). Without it,
+    nats-py upgrades to TLS when the server's plaintext greeting asks for it, which an active attacker can strip."""
 
     @property
     def tls_required(self) -> bool:
-        """True when the connection must be TLS: a `tls://` URL or any TLS file configured."""
+        """True when the connection must be TLS: a `tls://` URL, any TLS file or handshake-first configured."""
         return any(server.startswith("tls://") for server in self.servers) or bool(
-            self.tls_ca_file or self.tls_cert_file
+            self.tls_ca_file or self.tls_cert_file or self.tls_handshake_first
         )
 
     @property
@@ -418,6 +421,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         tls_ca_file=_readable_file(env, "AUDIT_NATS_TLS_CA_FILE"),
         tls_cert_file=nats_cert_file,
         tls_key_file=nats_key_file,
+        tls_handshake_first=_bool(env, "AUDIT_NATS_TLS_HANDSHAKE_FIRST"),
     )
     default_limits = Limits()
     ingest = IngestConfig(

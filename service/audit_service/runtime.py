@@ -87,6 +87,7 @@ async def nats_connection(config: Config, name: str) -> AsyncIterator[NatsClient
         nc = await connect_nats(
             config.nats.servers,
             tls=tls,
+            tls_handshake_first=config.nats.tls_handshake_first,
             name=name,
             inbox_prefix=config.nats.inbox_prefix,
             connect_timeout=5,

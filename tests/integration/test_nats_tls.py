@@ -27,8 +27,14 @@ def pki(tmp_path: Path) -> CertificateAuthority:
     return CertificateAuthority(tmp_path / "pki", "nats")
 
 
+@pytest.fixture(params=[False, True], ids=["upgrade", "handshake-first"])
+def handshake_first(request: pytest.FixtureRequest) -> bool:
+    """Whether TLS starts before NATS's greeting (`handshake_first`) or upgrades after it."""
+    return request.param
+
+
 @pytest.fixture
-def tls_nats(tmp_path: Path, pki: CertificateAuthority):
+def tls_nats(tmp_path: Path, pki: CertificateAuthority, handshake_first: bool):
     """A nats-server that speaks TLS only and requires a client certificate of `pki`."""
     server_cert = pki.issue("nats-server", server=True)
     config_file = tmp_path / "nats-tls.conf"
@@ -38,6 +44,7 @@ def tls_nats(tmp_path: Path, pki: CertificateAuthority):
         f'  key_file: "{server_cert.key}"\n'
         f'  ca_file: "{pki.cert}"\n'
         "  verify: true\n"
+        f"  handshake_first: {'true' if handshake_first else 'false'}\n"
         "}\n"
     )
     server = NatsServer(tmp_path / "nats", port=free_port(), config_file=config_file)
@@ -47,7 +54,7 @@ def tls_nats(tmp_path: Path, pki: CertificateAuthority):
 
 
 async def test_service_and_client_publish_and_ingest_through_nats_with_tls(
-    service_env, pki, tls_nats, start_worker, owner
+    service_env, pki, tls_nats, handshake_first, start_worker, owner
 ):
     url = f"tls://127.0.0.1:{tls_nats.port}"
     service_cert = pki.issue("audit-service", server=False)
@@ -58,6 +65,7 @@ async def test_service_and_client_publish_and_ingest_through_nats_with_tls(
         "AUDIT_NATS_TLS_CA_FILE": str(pki.cert),
         "AUDIT_NATS_TLS_CERT_FILE": str(service_cert.cert),
         "AUDIT_NATS_TLS_KEY_FILE": str(service_cert.key),
+        "AUDIT_NATS_TLS_HANDSHAKE_FIRST": str(handshake_first).lower(),
     }
     config = load_config(env=env)
     await start_worker(config)
@@ -67,8 +75,12 @@ async def test_service_and_client_publish_and_ingest_through_nats_with_tls(
         await nats.connect(f"nats://127.0.0.1:{tls_nats.port}", allow_reconnect=False, connect_timeout=5)
     with pytest.raises((nats.errors.Error, OSError, asyncio.TimeoutError)):
         await nats.connect(
-            url, tls=tls_context(ca_file=str(pki.cert)), allow_reconnect=False, connect_timeout=5
-        )  # no client certificate
+            url,
+            tls=tls_context(ca_file=str(pki.cert)),  # no client certificate
+            tls_handshake_first=handshake_first,
+            allow_reconnect=False,
+            connect_timeout=5,
+        )
 
     prefix = config.nats.events_subject_prefix
     async with serving_api(config) as api:
@@ -80,12 +92,15 @@ async def test_service_and_client_publish_and_ingest_through_nats_with_tls(
                 tls_ca_file=str(pki.cert),
                 tls_cert_file=str(producer_cert.cert),
                 tls_key_file=str(producer_cert.key),
+                tls_handshake_first=handshake_first,
             ) as publisher:
                 first = (await publisher.publish(make_event())).event_id
             context = tls_context(
                 ca_file=str(pki.cert), cert_file=str(producer_cert.cert), key_file=str(producer_cert.key)
             )
-            async with connect_publisher(url, subject_prefix=prefix, tls=context) as publisher:
+            async with connect_publisher(
+                url, subject_prefix=prefix, tls=context, tls_handshake_first=handshake_first
+            ) as publisher:
                 second = (await publisher.publish(make_event())).event_id
 
             async def stored() -> bool:
