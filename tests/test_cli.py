@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from audit_service.devstack.processes import free_port
 
+from .certificates import CertificateAuthority
 from .conftest import REPO_ROOT
 
 
@@ -93,3 +94,42 @@ def test_dev_without_the_devstack_binaries_is_one_line_and_starts_nothing(tmp_pa
     assert result.stderr.startswith("audit-service: dev: nats-server and PostgreSQL (no initdb and postgres in ")
     assert "devstack extra" in result.stderr
     assert not data_dir.exists(), "nothing is created or started"
+
+
+def tls_cases(tmp_path: Path) -> list[tuple[str, dict[str, str], str]]:
+    """Bad TLS files, each with the variable its one line must name."""
+    authority = CertificateAuthority(tmp_path, "bad-config")
+    server, other = authority.issue("api", server=True), authority.issue("other", server=True)
+    client = authority.issue("client", server=False)
+    grpc_pair = {"AUDIT_GRPC_TLS_CERT_FILE": str(server.cert), "AUDIT_GRPC_TLS_KEY_FILE": str(server.key)}
+    nats_pair = {"AUDIT_NATS_TLS_CERT_FILE": str(client.cert), "AUDIT_NATS_TLS_KEY_FILE": str(client.key)}
+    return [
+        ("serve", {**grpc_pair, "AUDIT_GRPC_TLS_CERT_FILE": "/nonexistent"}, "AUDIT_GRPC_TLS_CERT_FILE: cannot read"),
+        ("serve", {**grpc_pair, "AUDIT_GRPC_TLS_KEY_FILE": str(tmp_path)}, "AUDIT_GRPC_TLS_KEY_FILE: cannot read"),
+        ("serve", {**grpc_pair, "AUDIT_GRPC_TLS_KEY_FILE": str(other.key)}, "AUDIT_GRPC_TLS_KEY_FILE: does not match"),
+        ("serve", {"AUDIT_GRPC_TLS_CERT_FILE": str(server.cert)}, "AUDIT_GRPC_TLS_KEY_FILE: is required"),
+        ("serve", {"AUDIT_GRPC_TLS_KEY_FILE": str(server.key)}, "AUDIT_GRPC_TLS_CERT_FILE: is required"),
+        ("serve", {**grpc_pair, "AUDIT_GRPC_TLS_CERT_FILE": str(server.key)}, "AUDIT_GRPC_TLS_CERT_FILE: holds no"),
+        (
+            "serve",
+            {**grpc_pair, "AUDIT_GRPC_TLS_CLIENT_CA_FILE": str(server.key)},
+            "AUDIT_GRPC_TLS_CLIENT_CA_FILE: holds no",
+        ),
+        ("serve", {"AUDIT_GRPC_TLS_CLIENT_CA_FILE": str(authority.cert)}, "AUDIT_GRPC_TLS_CLIENT_CA_FILE: needs"),
+        ("ingest", {"AUDIT_NATS_TLS_CA_FILE": "/nonexistent.pem"}, "AUDIT_NATS_TLS_CA_FILE: cannot read"),
+        ("ingest", {"AUDIT_NATS_TLS_CA_FILE": str(server.key)}, "AUDIT_NATS_TLS_CA_FILE: holds no"),
+        ("ingest", {"AUDIT_NATS_TLS_CERT_FILE": str(client.cert)}, "AUDIT_NATS_TLS_KEY_FILE: is required"),
+        ("ingest", {**nats_pair, "AUDIT_NATS_TLS_KEY_FILE": str(other.key)}, "AUDIT_NATS_TLS_KEY_FILE: is not the"),
+        ("serve", {**nats_pair, "AUDIT_NATS_TLS_KEY_FILE": str(other.key)}, "AUDIT_NATS_TLS_KEY_FILE: is not the"),
+    ]
+
+
+def test_bad_tls_files_are_one_line_naming_the_variable_and_exit_code_2(tmp_path):
+    # An unreachable database: a check made after connecting would exit 1 instead.
+    base = {"AUDIT_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/audit", "AUDIT_AUTH_DISABLED": "true"}
+    for command, env, message in tls_cases(tmp_path):
+        result = audit_service(command, env={**base, **env})
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (message, result.stderr)
+        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert lines[0].startswith("audit-service: configuration error: ") and message in lines[0], lines[0]

@@ -61,6 +61,7 @@ def test_the_client_public_surface_is_pinned():
         "connect_sync",
         "new_event_id",
         "tail_events",
+        "tls_context",
         "validate_event",
     ]
     for name in audit_client.__all__:

@@ -23,6 +23,7 @@ from audit.v1.event_pb2 import (
     SubjectType,
 )
 
+from .connection import tls_context
 from .errors import AuditClientError, EventTooLargeError, InvalidEventError, PublishBatchError, PublishError
 from .publisher import PublishAck, Publisher, connect, new_event_id
 from .sync import SyncPublisher, connect_sync
@@ -52,5 +53,6 @@ __all__ = [
     "connect_sync",
     "new_event_id",
     "tail_events",
+    "tls_context",
     "validate_event",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,6 +60,25 @@ def redact(servers: str) -> str:
     return ",".join(redacted)
 
 
+def tls_context(
+    *, ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> ssl.SSLContext:
+    """A client TLS context for NATS: verifies the server against `ca_file` (else the system's trusted CAs) and
+    its host name, and presents `cert_file`/`key_file` when the server asks for a client certificate.
+
+    Raises:
+        OSError: a file cannot be read.
+        ssl.SSLError: a file is not PEM, or the key does not match the certificate.
+        ValueError: a certificate without its key, or a key without its certificate.
+    """
+    if bool(cert_file) != bool(key_file):
+        raise ValueError("a client certificate needs its key file, and a key file its certificate")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file or None)
+    if cert_file and key_file:
+        context.load_cert_chain(cert_file, key_file)
+    return context
+
+
 def _is_refusal(error: Exception) -> bool:
     return isinstance(error, nats.errors.AuthorizationError) or "authorization violation" in str(error).lower()
 
@@ -67,14 +87,29 @@ class _Refused(Exception):
     pass
 
 
-async def connect_nats(servers: str | list[str], **options: Any) -> NatsClient:
+async def connect_nats(
+    servers: str | list[str],
+    *,
+    tls_ca_file: str | None = None,
+    tls_cert_file: str | None = None,
+    tls_key_file: str | None = None,
+    **options: Any,
+) -> NatsClient:
     """`nats.connect`, with the inbox prefix of the URL's user (unless `inbox_prefix` is given), and failing at
     once when the server refuses the credentials: nats-py would try them again for minutes.
+
+    Args:
+        tls_ca_file, tls_cert_file, tls_key_file: PEM files of a TLS context made with `tls_context` (instead of
+            passing `tls=ssl.SSLContext`).
 
     Raises:
         nats.errors.AuthorizationError: the server refused the user, password or token.
     """
     options.setdefault("inbox_prefix", inbox_prefix(servers))
+    if tls_ca_file or tls_cert_file or tls_key_file:
+        if options.get("tls") is not None:
+            raise ValueError("pass either tls or the tls_*_file options, not both")
+        options["tls"] = tls_context(ca_file=tls_ca_file, cert_file=tls_cert_file, key_file=tls_key_file)
     user_error_cb: Callable[[Exception], Awaitable[None]] | None = options.pop("error_cb", None)
     connecting = True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import deque
 from collections.abc import Generator, Iterable
@@ -271,6 +272,10 @@ def connect(
     max_in_flight: int = 1024,
     ack_timeout: float = 5.0,
     limits: Limits = DEFAULT_LIMITS,
+    tls: ssl.SSLContext | None = None,
+    tls_ca_file: str | None = None,
+    tls_cert_file: str | None = None,
+    tls_key_file: str | None = None,
     **nats_options: Any,
 ) -> _Connecting:
     """Connects a Publisher to NATS.
@@ -287,7 +292,12 @@ def connect(
         max_in_flight: most publishes awaiting their acknowledgement at once.
         ack_timeout: seconds to wait for JetStream's acknowledgement of one event.
         limits: event size and time limits, as configured on the service.
-        **nats_options: passed to `nats.connect` (credentials, TLS, name, inbox_prefix, ...).
+        tls: the TLS context of the connection (`tls://` URLs; a server that verifies clients wants a client
+            certificate loaded in it); `audit_client.tls_context()` makes one from files.
+        tls_ca_file: instead of `tls`: PEM file of the CA that signed the NATS servers' certificates.
+        tls_cert_file: instead of `tls`: PEM client certificate, for servers that verify clients.
+        tls_key_file: instead of `tls`: the client certificate's PEM private key.
+        **nats_options: passed to `nats.connect` (credentials, name, inbox_prefix, ...).
 
     Raises:
         nats.errors.AuthorizationError: the server refused the credentials (at once, without retrying them).
@@ -298,4 +308,17 @@ def connect(
         "ack_timeout": ack_timeout,
         "limits": limits,
     }
+    if tls is not None:
+        nats_options["tls"] = tls
+    nats_options.update(
+        {
+            name: value
+            for name, value in (
+                ("tls_ca_file", tls_ca_file),
+                ("tls_cert_file", tls_cert_file),
+                ("tls_key_file", tls_key_file),
+            )
+            if value
+        }
+    )
     return _Connecting(servers, options, nats_options)

@@ -45,6 +45,23 @@ class NatsConfig:
     """JetStream's de-duplication window on Nats-Msg-Id (the log de-duplicates forever on its own)."""
     events_max_age_seconds: float = 7 * 24 * 3600.0
     """How long AUDIT_EVENTS keeps messages after they are stored, for replays."""
+    tls_ca_file: str = ""
+    """PEM file of the CA(s) that signed the NATS servers' certificates (unset: the system's trusted CAs). Setting
+    it, or a `tls://` URL, makes the connection refuse a server that does not speak TLS."""
+    tls_cert_file: str = ""
+    """PEM certificate this process presents to NATS when the server verifies clients (with `tls_key_file`)."""
+    tls_key_file: str = ""
+    """PEM private key of `tls_cert_file` (unencrypted)."""
+    tls_handshake_first: bool = False
+    """Start TLS before NATS's greeting (the server needs `handshake_first: true` in its tls block). Without it,
+    nats-py upgrades to TLS when the server's plaintext greeting asks for it, which an active attacker can strip."""
+
+    @property
+    def tls_required(self) -> bool:
+        """True when the connection must be TLS: a `tls://` URL, any TLS file or handshake-first configured."""
+        return any(server.startswith("tls://") for server in self.servers) or bool(
+            self.tls_ca_file or self.tls_cert_file or self.tls_handshake_first
+        )
 
     @property
     def events_stream(self) -> str:
@@ -121,6 +138,23 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS of the gRPC API. The files are read again when they change (checked at each new connection), so a
+    renewed certificate is served without a restart and without closing the open connections."""
+
+    cert_file: str = ""
+    """PEM certificate chain the server presents (leaf first); unset: the API serves plaintext."""
+    key_file: str = ""
+    """PEM private key of `cert_file` (unencrypted)."""
+    client_ca_file: str = ""
+    """PEM CA certificate(s) clients' certificates must be signed by: set, every client must present one (mTLS)."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclass(frozen=True, slots=True)
 class ApiConfig:
     grpc_address: str = "0.0.0.0:50051"
     """host:port the gRPC server listens on (port 0 picks a free port)."""
@@ -136,6 +170,13 @@ class ApiConfig:
     """Bytes of events that this process's reads hold at once, fetched from PostgreSQL and not yet turned into
     responses: a read waits for room (RESOURCE_EXHAUSTED after query_timeout_seconds). Each read asks for its own
     page budget: max_response_bytes for ListEvents, less for tails and exports (api/read_budget.py)."""
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    """Server certificate, key and optional client CA; no certificate: plaintext."""
+    health_check_interval_seconds: float = 2.0
+    """How often the API checks PostgreSQL (`SELECT 1` on a connection of its own) and its NATS connection, and
+    reports grpc.health.v1 NOT_SERVING while either is unreachable."""
+    health_check_timeout_seconds: float = 1.0
+    """Longest one PostgreSQL check may take (connecting included) before it counts as unreachable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +349,26 @@ def _readable_files(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return paths
 
 
+def _paired_files(env: Mapping[str, str], cert_name: str, key_name: str) -> tuple[str, str]:
+    """A certificate file and its key file: both or neither, each readable."""
+    cert_file, key_file = _readable_file(env, cert_name), _readable_file(env, key_name)
+    if cert_file and not key_file:
+        raise ConfigError(key_name, f"is required with {cert_name} (the certificate's private key)")
+    if key_file and not cert_file:
+        raise ConfigError(cert_name, f"is required with {key_name} (the key's certificate)")
+    return cert_file, key_file
+
+
+def _grpc_tls(env: Mapping[str, str]) -> TlsConfig:
+    cert_file, key_file = _paired_files(env, "AUDIT_GRPC_TLS_CERT_FILE", "AUDIT_GRPC_TLS_KEY_FILE")
+    client_ca_file = _readable_file(env, "AUDIT_GRPC_TLS_CLIENT_CA_FILE")
+    if client_ca_file and not cert_file:
+        raise ConfigError(
+            "AUDIT_GRPC_TLS_CLIENT_CA_FILE", "needs AUDIT_GRPC_TLS_CERT_FILE and AUDIT_GRPC_TLS_KEY_FILE (mTLS is TLS)"
+        )
+    return TlsConfig(cert_file=cert_file, key_file=key_file, client_ca_file=client_ca_file)
+
+
 def _auth(env: Mapping[str, str]) -> AuthConfig:
     secret = env.get("AUDIT_AUTH_JWT_SECRET", "")
     if secret and len(secret) < _MIN_SECRET_CHARS:
@@ -346,6 +407,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         migrate_url=_postgres_url(env, "AUDIT_MIGRATE_DATABASE_URL") or database_url,
         pool_max_size=_positive_int(env, "AUDIT_DATABASE_POOL_MAX_SIZE", DatabaseConfig().pool_max_size),
     )
+    nats_cert_file, nats_key_file = _paired_files(env, "AUDIT_NATS_TLS_CERT_FILE", "AUDIT_NATS_TLS_KEY_FILE")
     nats = NatsConfig(
         url=_nats_url(env, "AUDIT_NATS_URL", NatsConfig().url),
         subject_prefix=_pattern(env, "AUDIT_SUBJECT_PREFIX", NatsConfig().subject_prefix, _SUBJECT_PREFIX),
@@ -356,6 +418,10 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         events_max_age_seconds=_positive_float(
             env, "AUDIT_EVENTS_MAX_AGE_SECONDS", NatsConfig().events_max_age_seconds
         ),
+        tls_ca_file=_readable_file(env, "AUDIT_NATS_TLS_CA_FILE"),
+        tls_cert_file=nats_cert_file,
+        tls_key_file=nats_key_file,
+        tls_handshake_first=_bool(env, "AUDIT_NATS_TLS_HANDSHAKE_FIRST"),
     )
     default_limits = Limits()
     ingest = IngestConfig(
@@ -391,6 +457,13 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         query_timeout_seconds=_positive_float(env, "AUDIT_QUERY_TIMEOUT_SECONDS", ApiConfig().query_timeout_seconds),
         max_response_bytes=_positive_int(env, "AUDIT_MAX_RESPONSE_BYTES", ApiConfig().max_response_bytes),
         read_buffer_bytes=_positive_int(env, "AUDIT_READ_BUFFER_BYTES", ApiConfig().read_buffer_bytes),
+        tls=_grpc_tls(env),
+        health_check_interval_seconds=_positive_float(
+            env, "AUDIT_HEALTH_CHECK_INTERVAL_SECONDS", ApiConfig().health_check_interval_seconds
+        ),
+        health_check_timeout_seconds=_positive_float(
+            env, "AUDIT_HEALTH_CHECK_TIMEOUT_SECONDS", ApiConfig().health_check_timeout_seconds
+        ),
     )
     if api.max_response_bytes < MIN_RESPONSE_BYTES:
         raise ConfigError("AUDIT_MAX_RESPONSE_BYTES", f"must be at least {MIN_RESPONSE_BYTES}")

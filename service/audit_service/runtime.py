@@ -6,19 +6,21 @@ import asyncio
 import contextlib
 import gc
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import nats.errors
-from audit_client.connection import connect_nats
+from audit_client.connection import connect_nats, tls_context
 from nats.aio.client import Client as NatsClient
 
 from .api.live_feed import LiveFeed
 from .api.read_budget import ReadBudget
 from .api.server import RunningServer, start_server
-from .config import Config
-from .errors import UnavailableError
+from .api.tls import CertificateFiles
+from .config import Config, NatsConfig
+from .errors import ConfigError, UnavailableError
 from .ingest.worker import IngestWorker
 from .store.checkpoints import PeriodicCheckpointer, checkpoint_verifiers
 from .store.migrate import migrate
@@ -52,14 +54,40 @@ async def database_pool(url: str, *, max_size: int, command_timeout: float = 60.
         await pool.close()
 
 
+def nats_tls_context(nats_config: NatsConfig) -> ssl.SSLContext | None:
+    """The TLS context of the service's NATS connections (None: the URL decides, plaintext for nats://).
+
+    Raises:
+        ConfigError: a file is not PEM or the key does not match the certificate (naming its variable).
+    """
+    if not nats_config.tls_required:
+        return None
+    try:
+        context = tls_context(ca_file=nats_config.tls_ca_file or None)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError("AUDIT_NATS_TLS_CA_FILE", f"holds no usable PEM CA certificate ({error})") from None
+    if nats_config.tls_cert_file:
+        try:
+            context.load_cert_chain(nats_config.tls_cert_file, nats_config.tls_key_file)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(
+                "AUDIT_NATS_TLS_KEY_FILE",
+                f"is not the PEM private key of the certificate in AUDIT_NATS_TLS_CERT_FILE ({error})",
+            ) from None
+    return context
+
+
 @contextlib.asynccontextmanager
 async def nats_connection(config: Config, name: str) -> AsyncIterator[NatsClient]:
     async def on_error(error: Exception) -> None:
         log.warning("NATS: %s: %s", type(error).__name__, error)
 
+    tls = nats_tls_context(config.nats)
     try:
         nc = await connect_nats(
             config.nats.servers,
+            tls=tls,
+            tls_handshake_first=config.nats.tls_handshake_first,
             name=name,
             inbox_prefix=config.nats.inbox_prefix,
             connect_timeout=5,
@@ -106,6 +134,7 @@ before tails see it, and that check must not queue behind history reads and expo
 async def run_ingest(config: Config, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> IngestWorker:
     """Runs one ingest worker until `stop` is set (signing checkpoints periodically when a key is configured)."""
     checkpointer = PeriodicCheckpointer.from_config(config.checkpoints)  # a bad key fails before connecting
+    nats_tls_context(config.nats)  # so do bad TLS files
     async with (
         database_pool(config.database.url, max_size=2) as pool,
         nats_connection(config, "audit-ingest") as nc,
@@ -122,6 +151,8 @@ async def run_api(
     """Serves the gRPC API until `stop` is set, then shuts down gracefully."""
     config.auth.require_verification()  # before connecting to anything
     checkpoint_keys = checkpoint_verifiers(config.checkpoints)
+    certificates = CertificateFiles(config.api.tls) if config.api.tls.enabled else None
+    nats_tls_context(config.nats)
     async with (
         database_pool(
             config.database.url,
@@ -148,6 +179,9 @@ async def run_api(
                 tail=config.tail,
                 checkpoint_keys=checkpoint_keys,
                 read_budget=read_budget,
+                certificates=certificates,
+                database_url=config.database.url,
+                nc=nc,
             )
             # What start-up allocated (modules, descriptors, the server) lives as long as the process: keep it
             # out of the collector's full passes, which otherwise show up as latency spikes on large responses.

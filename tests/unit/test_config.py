@@ -10,6 +10,7 @@ from audit_service.config import (
     DatabaseConfig,
     NatsConfig,
     TailConfig,
+    TlsConfig,
     load_config,
     parse_grpc_address,
 )
@@ -212,3 +213,40 @@ def test_nats_credentials_name_the_inboxes_and_never_show_in_errors() -> None:
         with pytest.raises(ConfigError, match="AUDIT_NATS_URL") as raised:
             load_config(env={"AUDIT_NATS_URL": url})
         assert message in str(raised.value) and "s3cret" not in str(raised.value)
+
+
+def test_tls_files_are_read_in_pairs(tmp_path) -> None:
+    cert, key, ca = (tmp_path / name for name in ("server.crt", "server.key", "ca.crt"))
+    for path in (cert, key, ca):
+        path.write_text("PEM")
+    config = load_config(
+        env={
+            "AUDIT_GRPC_TLS_CERT_FILE": str(cert),
+            "AUDIT_GRPC_TLS_KEY_FILE": str(key),
+            "AUDIT_GRPC_TLS_CLIENT_CA_FILE": str(ca),
+            "AUDIT_NATS_URL": "nats://nats:4222",
+            "AUDIT_NATS_TLS_CA_FILE": str(ca),
+            "AUDIT_HEALTH_CHECK_INTERVAL_SECONDS": "5",
+            "AUDIT_HEALTH_CHECK_TIMEOUT_SECONDS": "0.5",
+        }
+    )
+    assert config.api.tls == TlsConfig(cert_file=str(cert), key_file=str(key), client_ca_file=str(ca))
+    assert config.api.tls.enabled
+    assert (config.api.health_check_interval_seconds, config.api.health_check_timeout_seconds) == (5.0, 0.5)
+    assert config.nats.tls_ca_file == str(ca) and config.nats.tls_required  # a CA file means TLS, even for nats://
+    assert not load_config(env={}).api.tls.enabled and not load_config(env={}).nats.tls_required
+    assert load_config(env={"AUDIT_NATS_URL": "tls://nats:4222"}).nats.tls_required
+
+    for env, named in [
+        ({"AUDIT_GRPC_TLS_CERT_FILE": str(cert)}, "AUDIT_GRPC_TLS_KEY_FILE"),
+        ({"AUDIT_GRPC_TLS_KEY_FILE": str(key)}, "AUDIT_GRPC_TLS_CERT_FILE"),
+        ({"AUDIT_GRPC_TLS_CLIENT_CA_FILE": str(ca)}, "AUDIT_GRPC_TLS_CLIENT_CA_FILE"),
+        ({"AUDIT_GRPC_TLS_CERT_FILE": str(tmp_path / "missing"), "AUDIT_GRPC_TLS_KEY_FILE": str(key)}, "CERT_FILE"),
+        ({"AUDIT_NATS_TLS_KEY_FILE": str(key)}, "AUDIT_NATS_TLS_CERT_FILE"),
+        ({"AUDIT_NATS_TLS_CA_FILE": str(tmp_path / "missing")}, "AUDIT_NATS_TLS_CA_FILE"),
+        ({"AUDIT_NATS_TLS_HANDSHAKE_FIRST": "maybe"}, "AUDIT_NATS_TLS_HANDSHAKE_FIRST"),
+        ({"AUDIT_HEALTH_CHECK_INTERVAL_SECONDS": "0"}, "AUDIT_HEALTH_CHECK_INTERVAL_SECONDS"),
+    ]:
+        with pytest.raises(ConfigError) as raised:
+            load_config(env=env)
+        assert named in raised.value.setting, (env, raised.value)

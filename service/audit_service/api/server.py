@@ -1,4 +1,4 @@
-"""gRPC server lifecycle: AuditService, health and reflection; graceful shutdown."""
+"""gRPC server lifecycle: AuditService, health and reflection, plaintext or TLS; graceful shutdown."""
 
 from __future__ import annotations
 
@@ -11,16 +11,19 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NatsClient
 
 from ..auth.tokens import TokenVerifier
 from ..config import ApiConfig, AuthConfig, TailConfig
 from ..core.signing import Verifier
 from ..errors import ConfigError
 from .auth import AuthInterceptor
+from .dependency_health import DependencyHealth
 from .errors import ErrorMappingInterceptor
 from .live_feed import LiveFeed
 from .read_budget import ReadBudget
 from .servicer import AuditServicer
+from .tls import CertificateFiles
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +60,17 @@ class RunningServer:
     """The bound port (useful when the configured port is 0)."""
     feed: LiveFeed | None = None
     """The live feed of TailEvents."""
+    dependency_health: DependencyHealth | None = None
+    """What keeps `health` in step with PostgreSQL and NATS."""
+    certificates: CertificateFiles | None = None
+    """The TLS files served (None: plaintext)."""
 
     async def stop(self, grace: float) -> None:
         """Reports NOT_SERVING, ends live tails with UNAVAILABLE (their clients resume elsewhere from their
         checkpoint), stops accepting calls and lets in-flight ones finish within `grace` seconds."""
         await self.health.enter_graceful_shutdown()
+        if self.dependency_health is not None:
+            await self.dependency_health.close()
         if self.feed is not None:
             await self.feed.close()
         await self.server.stop(grace)
@@ -93,10 +102,16 @@ async def start_server(
     tail: TailConfig | None = None,
     checkpoint_keys: tuple[Verifier, ...] = (),
     read_budget: ReadBudget | None = None,
+    certificates: CertificateFiles | None = None,
+    database_url: str = "",
+    nc: NatsClient | None = None,
 ) -> RunningServer:
     """Starts serving; the caller stops it with `RunningServer.stop`.
 
     Args:
+        certificates: the TLS files to serve (read from config.tls when it is enabled and they are not given).
+        database_url: when given, health follows PostgreSQL (and `nc`, when given) every
+            config.health_check_interval_seconds; without it, health is SERVING until shutdown.
         feed: a started live feed for TailEvents (without one, TailEvents is UNAVAILABLE).
         checkpoint_keys: the public keys VerifyChain checks signed checkpoints with.
         read_budget: the bytes the process's reads may hold at once, shared with the feed (a new one of
@@ -123,12 +138,41 @@ async def start_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
+    if certificates is None and config.tls.enabled:
+        certificates = CertificateFiles(config.tls)
     try:
-        port = server.add_insecure_port(config.grpc_address)
+        if certificates is None:
+            port = server.add_insecure_port(config.grpc_address)
+        else:
+            port = server.add_secure_port(config.grpc_address, certificates.server_credentials())
     except RuntimeError as error:
         raise ConfigError("AUDIT_GRPC_ADDRESS", f"cannot listen on {config.grpc_address}: {error}") from None
+    dependency_health = None
+    if database_url:
+        dependency_health = DependencyHealth(
+            health,
+            ("", SERVICE_NAME),
+            database_url,
+            nc,
+            interval=config.health_check_interval_seconds,
+            timeout=config.health_check_timeout_seconds,
+        )
+        await dependency_health.check()  # the first answer already says whether the dependencies are there
+    else:
+        await health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await server.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gRPC API listening on %s (port %d)", config.grpc_address, port)
-    return RunningServer(server=server, health=health, port=port, feed=feed)
+    if dependency_health is not None:
+        dependency_health.start()
+    security = "plaintext" if certificates is None else "TLS"
+    if certificates is not None and config.tls.client_ca_file:
+        security += " with client certificates"
+    log.info("gRPC API listening on %s (port %d, %s)", config.grpc_address, port, security)
+    return RunningServer(
+        server=server,
+        health=health,
+        port=port,
+        feed=feed,
+        dependency_health=dependency_health,
+        certificates=certificates,
+    )
