@@ -24,6 +24,7 @@ from audit_service.devstack.processes import free_port
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ..certificates import CertificateAuthority
 from ..compose import ComposeFile
 from ..conftest import REPO_ROOT, ServiceProcess, eventually
 from ..factories import make_event
@@ -62,6 +63,17 @@ class Deployment:
     secrets: dict[str, Path]
     workdir: Path
     published_ports: dict[int, int]
+    project_dir: Path
+    """Where the compose file's relative bind mounts (./tls) point: this test's copy of the project directory."""
+
+    def bind_mounts(self, service: str) -> dict[str, Path]:
+        """The service's `./host:/container[:ro]` volumes, container path to this machine's directory."""
+        mounts = {}
+        for volume in self.compose.service(service).get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if source.startswith("./"):
+                mounts[target] = self.project_dir / source[2:]
+        return mounts
 
     def environment(self, service: str) -> dict[str, str]:
         """The service's environment as the container gets it, with compose's names resolved to this machine."""
@@ -71,6 +83,9 @@ class Deployment:
             value = value.replace("@nats:4222", f"@{self.nats.host}:{self.nats.port}")
             for secret, path in self.secrets.items():
                 value = value.replace(f"/run/secrets/{secret}", str(path))
+            for target, source in self.bind_mounts(service).items():
+                if value.startswith(f"{target}/"):
+                    value = str(source) + value[len(target) :]
             for container_port, host_port in self.published_ports.items():
                 value = value.replace(f"0.0.0.0:{container_port}", f"127.0.0.1:{host_port}")
             env[name] = value
@@ -119,6 +134,14 @@ def write_signing_keys(directory: Path) -> dict[str, Path]:
     return {"checkpoint-signing-key": private, "checkpoint-verify-key": public}
 
 
+def write_tls_files(directory: Path) -> None:
+    """What README's openssl recipe makes in ./tls: ca.crt, server.crt and server.key, client.crt and client.key."""
+    authority = CertificateAuthority(directory, "production")
+    authority.cert.rename(directory / "ca.crt")
+    authority.issue("audit-api", server=True, file_stem="server").cert.rename(directory / "server.crt")
+    authority.issue("security-dashboard", server=False, file_stem="client").cert.rename(directory / "client.crt")
+
+
 def prepare_postgres(compose: ComposeFile, server: EmbeddedPostgres, workdir: Path) -> None:
     """What the postgres image does on first start: create POSTGRES_DB, then run the init scripts mounted into
     /docker-entrypoint-initdb.d with the container's environment (here: the create-app-role script, with psql)."""
@@ -155,8 +178,9 @@ def prepare_postgres(compose: ComposeFile, server: EmbeddedPostgres, workdir: Pa
 
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    compose = ComposeFile.load(REPO_ROOT / "docker-compose.yml", VARIABLES)
+def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """The deployment of docker-compose.yml with VARIABLES, and those of an indirect parameter on top."""
+    compose = ComposeFile.load(REPO_ROOT / "docker-compose.yml", VARIABLES | getattr(request, "param", {}))
     nats_service = compose.service("nats")
     (nats_config,) = nats_service["configs"]
     nats = NatsServer(
@@ -172,6 +196,8 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         prepare_postgres(compose, postgres, tmp_path)
         secrets_dir = tmp_path / "secrets"
         secrets_dir.mkdir()
+        project_dir = tmp_path / "project"
+        write_tls_files(project_dir / "tls")
         yield Deployment(
             compose=compose,
             nats=nats,
@@ -179,18 +205,28 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
             secrets=write_signing_keys(secrets_dir),
             workdir=tmp_path,
             published_ports={50051: free_port()},
+            project_dir=project_dir,
         )
     finally:
         nats.stop()
         postgres.stop()
 
 
-def grpcurl(deployment: Deployment, token: str, method: str, request: dict) -> dict:
+def grpcurl(
+    deployment: Deployment, token: str, method: str, request: dict, *, client_certificate: bool = False
+) -> dict:
+    """A call as a platform engineer makes it: TLS with the CA of ./tls (and its client certificate for mTLS)."""
     port = deployment.published_ports[50051]
+    tls = deployment.project_dir / "tls"
+    identity = ["-cert", str(tls / "client.crt"), "-key", str(tls / "client.key")] if client_certificate else []
     result = subprocess.run(
         [
             GRPCURL,
-            "-plaintext",
+            "-max-time",
+            "30",
+            "-cacert",
+            str(tls / "ca.crt"),
+            *identity,
             "-H",
             f"authorization: Bearer {token}",
             "-d",
@@ -204,6 +240,13 @@ def grpcurl(deployment: Deployment, token: str, method: str, request: dict) -> d
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def mint_token(deployment: Deployment) -> str:
+    """`audit-service token` run in the api service's container, with its key."""
+    minted = deployment.run("api", "token", "--tenant", "acme", "--subject", "auditor", "--admin")
+    assert minted.returncode == 0, minted.stderr
+    return minted.stdout.strip().splitlines()[-1]
 
 
 @pytest.mark.timeout(300)
@@ -226,9 +269,7 @@ async def test_migrate_two_ingest_workers_and_the_api_run_as_docker_compose_give
         async with connect_publisher(producer_url) as publisher:
             published = [(await publisher.publish(event)).event_id for event in events]
 
-        token_run = deployment.run("api", "token", "--tenant", "acme", "--subject", "auditor", "--admin")
-        assert token_run.returncode == 0, token_run.stderr
-        token = token_run.stdout.strip().splitlines()[-1]
+        token = mint_token(deployment)
 
         async def all_stored() -> bool:
             count = await asyncio.to_thread(grpcurl, deployment, token, "CountEvents", {"filter": {"tenant": "acme"}})
@@ -252,6 +293,23 @@ async def test_migrate_two_ingest_workers_and_the_api_run_as_docker_compose_give
     finally:
         for process in (*workers, api):
             process.close()
+
+
+@pytest.mark.parametrize("deployment", [{"AUDIT_GRPC_TLS_CLIENT_CA_FILE": "/tls/ca.crt"}], indirect=True)
+async def test_with_mtls_set_in_the_environment_the_api_refuses_a_caller_without_a_client_certificate(
+    deployment: Deployment,
+):
+    assert deployment.run("migrate").returncode == 0
+    api = deployment.start("api")
+    try:
+        await api.ready()
+        token = mint_token(deployment)
+        answer = grpcurl(deployment, token, "CountEvents", {"filter": {"tenant": "acme"}}, client_certificate=True)
+        assert int(answer.get("total", 0)) == 0
+        with pytest.raises(AssertionError, match=r"Failed to dial|certificate"):  # refused in the handshake
+            grpcurl(deployment, token, "CountEvents", {"filter": {"tenant": "acme"}})
+    finally:
+        api.close()
 
 
 def test_the_compose_variables_this_test_sets_are_the_ones_the_file_requires():
