@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -17,6 +19,8 @@ from .config import Config, load_config
 from .errors import ConfigError
 from .logs import configure_logging
 from .runtime import StartupError, run_api, run_ingest, run_migrate
+from .telemetry.http import Readiness, serving_http
+from .telemetry.setup import Telemetry, default_service_name, setup_telemetry
 
 log = logging.getLogger("audit_service")
 
@@ -100,6 +104,19 @@ async def _until_signalled(main: Coroutine[Any, Any, Any], stop: asyncio.Event) 
     return await main
 
 
+async def _serving_process(config: Config, command: str, stop: asyncio.Event) -> None:
+    """`ingest` or `serve`, with the HTTP port of /metrics, /livez and /readyz when AUDIT_METRICS_ADDRESS is set."""
+    address = config.telemetry.metrics_address
+    readiness = Readiness() if address else None
+    async with contextlib.AsyncExitStack() as stack:
+        if readiness is not None:
+            await stack.enter_async_context(serving_http(address, readiness))
+        if command == "ingest":
+            await run_ingest(config, stop, readiness=readiness)
+        else:
+            await run_api(config, stop, readiness=readiness)
+
+
 async def _rebuild_projections(config: Config) -> int:
     import asyncpg
     from tqdm import tqdm
@@ -170,9 +187,19 @@ def _nats_config(config: Config, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    telemetry: Telemetry | None = None
     try:
         config = load_config()
-        configure_logging(config.log_level)
+        configure_logging(config.log_level, config.log_format)
+        if args.command == "dev" and not config.telemetry.metrics_address:
+            from .devstack.stack import DEFAULT_METRICS_ADDRESS
+
+            config = dataclasses.replace(
+                config, telemetry=dataclasses.replace(config.telemetry, metrics_address=DEFAULT_METRICS_ADDRESS)
+            )
+        if args.command not in ("token", "nats-config", "verify-file"):
+            # Before anything makes a span or an instrument, so that they bind to these providers.
+            telemetry = setup_telemetry(config.telemetry, default_service_name(args.command))
         if args.command == "dev":
             from audit_client.validation import TENANT_PATTERN
 
@@ -216,8 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "rebuild-projections":
             return asyncio.run(_rebuild_projections(config))
         stop = asyncio.Event()
-        runner = run_ingest(config, stop) if args.command == "ingest" else run_api(config, stop)
-        asyncio.run(_until_signalled(runner, stop))
+        asyncio.run(_until_signalled(_serving_process(config, args.command, stop), stop))
         return 0
     except ConfigError as error:
         print(f"audit-service: configuration error: {error}", file=sys.stderr)
@@ -225,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StartupError, RuntimeError) as error:
         print(f"audit-service: {error}", file=sys.stderr)
         return 1
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()
 
 
 if __name__ == "__main__":
