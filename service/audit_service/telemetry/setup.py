@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from ..config import TelemetryConfig
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,11 @@ def _metric_reader(kind: str, config: TelemetryConfig) -> MetricReader:
 
 
 def build_telemetry(config: TelemetryConfig, default_service_name: str) -> Telemetry:
-    """The providers `config` asks for, not yet set globally (see `setup_telemetry`)."""
+    """The providers `config` asks for, not yet set globally (see `setup_telemetry`).
+
+    Raises:
+        ConfigError: OTEL_BSP_* sizes the SDK refuses.
+    """
     service_name = config.service_name or default_service_name
     # Resource.create also merges OTEL_RESOURCE_ATTRIBUTES (and OTEL_SERVICE_NAME, which wins).
     resource = Resource.create({SERVICE_NAME: service_name, SERVICE_VERSION: _package_version()})
@@ -128,9 +133,11 @@ def build_telemetry(config: TelemetryConfig, default_service_name: str) -> Telem
         telemetry.tracer_provider = TracerProvider(resource=resource, meter_provider=telemetry.meter_provider)
         for kind in config.traces_exporters:
             exporter = _span_exporter(kind, config, telemetry.meter_provider)
-            telemetry.tracer_provider.add_span_processor(
-                BatchSpanProcessor(exporter, meter_provider=telemetry.meter_provider)
-            )
+            try:
+                processor = BatchSpanProcessor(exporter, meter_provider=telemetry.meter_provider)
+            except ValueError as error:  # the SDK's check of the OTEL_BSP_* sizes
+                raise ConfigError("OTEL_BSP_MAX_QUEUE_SIZE/OTEL_BSP_MAX_EXPORT_BATCH_SIZE", str(error)) from None
+            telemetry.tracer_provider.add_span_processor(processor)
     return telemetry
 
 
