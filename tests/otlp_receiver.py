@@ -110,3 +110,27 @@ async def otlp_receiver() -> AsyncIterator[OtlpReceiver]:
         yield receiver
     finally:
         await server.stop(None)
+
+
+async def _serve_until_terminated(port: int) -> None:
+    """Serves on `port` until SIGTERM, then prints how many spans and metric exports were received."""
+    import signal
+
+    receiver = OtlpReceiver()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(receiver), server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(receiver), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(None)
+    print(f"spans={len(receiver.spans())} metric_exports={len(receiver.metric_requests)}", flush=True)
+
+
+if __name__ == "__main__":  # python -m tests.otlp_receiver PORT: a collector of its own process (benchmarks)
+    import asyncio
+    import sys
+
+    asyncio.run(_serve_until_terminated(int(sys.argv[1])))
