@@ -380,7 +380,8 @@ def _choices(env: Mapping[str, str], name: str, allowed: tuple[str, ...], defaul
     values = tuple(dict.fromkeys(value.strip() for value in raw.split(",") if value.strip()))
     for value in values:
         if value not in allowed:
-            raise ConfigError(name, f"expected {' or '.join(allowed)} (comma-separated), got {raw!r}")
+            hint = " (Prometheus scrapes AUDIT_METRICS_ADDRESS instead)" if value == "prometheus" else ""
+            raise ConfigError(name, f"expected {' or '.join(allowed)} (comma-separated), got {raw!r}{hint}")
     if "none" in values and len(values) > 1:
         raise ConfigError(name, f"none cannot be combined with other exporters, got {raw!r}")
     return tuple(value for value in values if value != "none")
