@@ -13,8 +13,9 @@ Modes (each run does every mode, in turn, so that a change in the machine's load
 Drain: N events (built as in ingest_throughput.py) are published with the worker stopped; then the worker
 (`python -m audit_service.cli ingest`, its own process) is started with the mode's environment and the log's
 head polled every 50 ms; rate = events committed between the first poll that sees events and the one that
-sees all N, over that time. RPC: `audit-service serve` with the mode's environment on that database;
---calls sequential ListEvents(page_size=100) calls after a warm-up, latency measured by this process.
+sees all N, over that time; the worker's CPU time (from /proc) over the same interval, per event, is the
+figure least disturbed by other load on the machine. RPC: `audit-service serve` with the mode's environment on
+that database; --calls sequential ListEvents(page_size=100) calls after a warm-up, latency measured by this process.
 
 Figures are medians over --runs runs; every run's value is printed too. Nothing here asserts on time.
 
@@ -62,6 +63,7 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "bench")]
 from ingest_throughput import (  # noqa: E402  (a sibling script)
     MAX_IN_FLIGHT,
     Stack,
+    _cpu_seconds,
     build_events,
     checkpoint,
     create_database,
@@ -143,8 +145,10 @@ async def scraping(port: int, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), 1.0)
 
 
-async def drain(stack: Stack, name: str, events, mode: str, env: dict[str, str], workdir: Path) -> tuple[float, str]:
-    """Returns (drain events/s, database name)."""
+async def drain(
+    stack: Stack, name: str, events, mode: str, env: dict[str, str], workdir: Path
+) -> tuple[float, float, str]:
+    """Returns (drain events/s, the worker's CPU microseconds per event drained, database name)."""
     await create_database(stack.postgres, name, app_role=True)
     nats_config = NatsConfig(subject_prefix=name.replace("_", ""), stream_prefix=name.upper())
     log = workdir / f"{name}.log"
@@ -189,7 +193,9 @@ async def drain(stack: Stack, name: str, events, mode: str, env: dict[str, str],
             now = time.perf_counter()
             if first is None and position > 0:
                 first = (now, position)
+                cpu_at_first = _cpu_seconds(worker.pid)
             if position >= len(events):
+                cpu_at_end = _cpu_seconds(worker.pid)
                 break
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"worker gone or too slow ({position} events): {log.read_text()[-2000:]}")
@@ -203,7 +209,8 @@ async def drain(stack: Stack, name: str, events, mode: str, env: dict[str, str],
     assert first is not None
     if first[1] >= len(events):
         raise RuntimeError("the whole backlog was committed before the first poll; use more --events")
-    return (len(events) - first[1]) / (now - first[0]), name
+    drained = len(events) - first[1]
+    return drained / (now - first[0]), 1e6 * (cpu_at_end - cpu_at_first) / drained, name
 
 
 async def rpc_latency(stack: Stack, database: str, mode: str, env: dict[str, str], calls: int, workdir: Path):
@@ -240,18 +247,21 @@ async def rpc_latency(stack: Stack, database: str, mode: str, env: dict[str, str
 async def benchmark(args: argparse.Namespace, stack: Stack, workdir: Path, endpoint: str) -> dict[str, Any]:
     events = build_events(args.events, seed=1)
     chosen = modes()
-    results: dict[str, dict[str, list[float]]] = {mode: {"drain": [], "p50": [], "p99": []} for mode in chosen}
+    results: dict[str, dict[str, list[float]]] = {
+        mode: {"drain": [], "cpu_us": [], "p50": [], "p99": []} for mode in chosen
+    }
     unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     for run in range(1, args.runs + 1):
         for mode in chosen:
             env = mode_env(mode, endpoint, unreachable, free_port())
             name = f"tc_{run}_{mode}_{uuid.uuid4().hex[:4]}"
-            rate, database = await drain(stack, name, events, mode, env, workdir)
+            rate, cpu_us, database = await drain(stack, name, events, mode, env, workdir)
             p50, p99 = await rpc_latency(stack, database, mode, env, args.calls, workdir)
-            for key, value in (("drain", rate), ("p50", p50), ("p99", p99)):
+            for key, value in (("drain", rate), ("cpu_us", cpu_us), ("p50", p50), ("p99", p99)):
                 results[mode][key].append(round(value, 2))
             print(
-                f"run {run} {mode:<12} drain {rate:>9,.0f} ev/s   ListEvents p50 {p50:6.2f} ms  p99 {p99:6.2f} ms",
+                f"run {run} {mode:<12} drain {rate:>9,.0f} ev/s  worker {cpu_us:5.0f} us CPU/event   "
+                f"ListEvents p50 {p50:6.2f} ms  p99 {p99:6.2f} ms",
                 flush=True,
             )
     medians = {
@@ -261,6 +271,7 @@ async def benchmark(args: argparse.Namespace, stack: Stack, workdir: Path, endpo
     cost = {
         mode: {
             "drain_change_percent": round(100 * (figures["drain"] / off["drain"] - 1), 1),
+            "worker_cpu_per_event_change_percent": round(100 * (figures["cpu_us"] / off["cpu_us"] - 1), 1),
             "p99_change_percent": round(100 * (figures["p99"] / off["p99"] - 1), 1),
         }
         for mode, figures in medians.items()
@@ -309,12 +320,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for mode, figures in summary["median"].items():
         change = summary["cost_vs_off"].get(mode)
         versus = (
-            f"   drain {change['drain_change_percent']:+.1f} %, p99 {change['p99_change_percent']:+.1f} % vs off"
+            f"   vs off: drain {change['drain_change_percent']:+.1f} %, "
+            f"CPU/event {change['worker_cpu_per_event_change_percent']:+.1f} %, "
+            f"p99 {change['p99_change_percent']:+.1f} %"
             if change
             else ""
         )
         print(
-            f"median {mode:<12} drain {figures['drain']:>9,.0f} ev/s   p50 {figures['p50']:6.2f} ms  "
+            f"median {mode:<12} drain {figures['drain']:>9,.0f} ev/s  {figures['cpu_us']:5.0f} us CPU/event  "
+            f"p50 {figures['p50']:6.2f} ms  "
             f"p99 {figures['p99']:6.2f} ms{versus}"
         )
     print(f"received by the collector: {summary['received_by_collector']}")
