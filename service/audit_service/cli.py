@@ -185,18 +185,27 @@ def _nats_config(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_dev_metrics_address(config: Config) -> Config:
+    """The dev stack serves /metrics, /livez and /readyz on its default address unless one is configured."""
+    if config.telemetry.metrics_address:
+        return config
+    from .devstack.stack import DEFAULT_METRICS_ADDRESS
+
+    return dataclasses.replace(
+        config, telemetry=dataclasses.replace(config.telemetry, metrics_address=DEFAULT_METRICS_ADDRESS)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     telemetry: Telemetry | None = None
     try:
         config = load_config()
         configure_logging(config.log_level, config.log_format)
-        if args.command == "dev" and not config.telemetry.metrics_address:
-            from .devstack.stack import DEFAULT_METRICS_ADDRESS
-
-            config = dataclasses.replace(
-                config, telemetry=dataclasses.replace(config.telemetry, metrics_address=DEFAULT_METRICS_ADDRESS)
-            )
+        if args.command == "dev":
+            if args.grpc_address:
+                config = load_config(env={**os.environ, "AUDIT_GRPC_ADDRESS": args.grpc_address})
+            config = _with_dev_metrics_address(config)
         if args.command not in ("token", "nats-config", "verify-file"):
             # Before anything makes a span or an instrument, so that they bind to these providers.
             telemetry = setup_telemetry(config.telemetry, default_service_name(args.command))
@@ -207,8 +216,6 @@ def main(argv: list[str] | None = None) -> int:
 
             if not TENANT_PATTERN.fullmatch(args.tenant):
                 raise ConfigError("--tenant", f"must match {TENANT_PATTERN.pattern}")
-            if args.grpc_address:
-                config = load_config(env={**os.environ, "AUDIT_GRPC_ADDRESS": args.grpc_address})
             settings = DevSettings(
                 data_dir=args.data_dir, nats_port=args.nats_port, postgres_port=args.postgres_port, tenant=args.tenant
             )
