@@ -58,7 +58,7 @@ async def readiness_checks(
     readiness: Readiness | None, prefix: str, database_url: str, nc: NatsClient, *reported: str
 ) -> AsyncIterator[None]:
     """Registers the checks of one process part (`prefix`: ingest, api) on `readiness`, if any: NATS connected,
-    PostgreSQL answering, and the checks the part `reported` itself; removes them when the part stops."""
+    PostgreSQL answering, and the checks the part `reported` itself; they fail ("stopped") once the part stops."""
     if readiness is None:
         yield
         return
@@ -72,7 +72,9 @@ async def readiness_checks(
         watching.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watching
-        readiness.forget(*names)
+        readiness.forget(names[0])
+        for name in names[1:]:  # not ready from here to the end of the process
+            readiness.set(name, "stopped")
 
 
 @contextlib.asynccontextmanager
