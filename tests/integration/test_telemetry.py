@@ -204,7 +204,7 @@ async def test_prometheus_and_readyz_of_an_api_process(api_process):
     assert (await get(f"{base}/nope"))[0] == 404
 
 
-async def test_an_unreachable_collector_does_not_stop_ingest(spawn_worker, publisher, owner):
+async def test_an_unreachable_collector_stops_neither_ingest_nor_rpcs(spawn_worker, api_process, publisher, owner):
     nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     port = free_port()
     worker = spawn_worker(
@@ -222,6 +222,14 @@ async def test_an_unreachable_collector_does_not_stop_ingest(spawn_worker, publi
         return await owner.fetchval("SELECT count(*) FROM audit_events WHERE event_id = ANY($1::uuid[])", ids) == 60
 
     await eventually(all_stored, within=60, what="every event stored with the collector down")
+    api = api_process(**otlp_env(nobody))
+    api.start()
+    await api.ready()
+    async with grpc.aio.insecure_channel(api.env["AUDIT_GRPC_ADDRESS"]) as channel:
+        stub = audit_service_pb2_grpc.AuditServiceStub(channel)
+        for _ in range(3):  # more than one span's export fails meanwhile
+            listed = await stub.ListEvents(pb.ListEventsRequest(page_size=100))
+            assert {event.event_id for event in listed.events} == set(ids)
 
     async def failures_counted() -> bool:
         _, metrics = await get(f"http://127.0.0.1:{port}/metrics")
@@ -234,6 +242,7 @@ async def test_an_unreachable_collector_does_not_stop_ingest(spawn_worker, publi
 
     await eventually(failures_counted, within=60, what="failed exports and dropped spans counted in /metrics")
     assert await worker.terminate() == 0
+    assert await api.terminate() == 0
 
 
 BAD_SETTINGS = [
