@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -17,6 +19,8 @@ from .config import Config, load_config
 from .errors import ConfigError
 from .logs import configure_logging
 from .runtime import StartupError, run_api, run_ingest, run_migrate
+from .telemetry.http import Readiness, serving_http
+from .telemetry.setup import Telemetry, default_service_name, setup_telemetry
 
 log = logging.getLogger("audit_service")
 
@@ -100,6 +104,19 @@ async def _until_signalled(main: Coroutine[Any, Any, Any], stop: asyncio.Event) 
     return await main
 
 
+async def _serving_process(config: Config, command: str, stop: asyncio.Event) -> None:
+    """`ingest` or `serve`, with the HTTP port of /metrics, /livez and /readyz when AUDIT_METRICS_ADDRESS is set."""
+    address = config.telemetry.metrics_address
+    readiness = Readiness() if address else None
+    async with contextlib.AsyncExitStack() as stack:
+        if readiness is not None:
+            await stack.enter_async_context(serving_http(address, readiness))
+        if command == "ingest":
+            await run_ingest(config, stop, readiness=readiness)
+        else:
+            await run_api(config, stop, readiness=readiness)
+
+
 async def _rebuild_projections(config: Config) -> int:
     import asyncpg
     from tqdm import tqdm
@@ -168,11 +185,30 @@ def _nats_config(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_dev_metrics_address(config: Config) -> Config:
+    """The dev stack serves /metrics, /livez and /readyz on its default address unless one is configured."""
+    if config.telemetry.metrics_address:
+        return config
+    from .devstack.stack import DEFAULT_METRICS_ADDRESS
+
+    return dataclasses.replace(
+        config, telemetry=dataclasses.replace(config.telemetry, metrics_address=DEFAULT_METRICS_ADDRESS)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    telemetry: Telemetry | None = None
     try:
         config = load_config()
-        configure_logging(config.log_level)
+        configure_logging(config.log_level, config.log_format)
+        if args.command == "dev":
+            if args.grpc_address:
+                config = load_config(env={**os.environ, "AUDIT_GRPC_ADDRESS": args.grpc_address})
+            config = _with_dev_metrics_address(config)
+        if args.command not in ("token", "nats-config", "verify-file"):
+            # Before anything makes a span or an instrument, so that they bind to these providers.
+            telemetry = setup_telemetry(config.telemetry, default_service_name(args.command))
         if args.command == "dev":
             from audit_client.validation import TENANT_PATTERN
 
@@ -180,8 +216,6 @@ def main(argv: list[str] | None = None) -> int:
 
             if not TENANT_PATTERN.fullmatch(args.tenant):
                 raise ConfigError("--tenant", f"must match {TENANT_PATTERN.pattern}")
-            if args.grpc_address:
-                config = load_config(env={**os.environ, "AUDIT_GRPC_ADDRESS": args.grpc_address})
             settings = DevSettings(
                 data_dir=args.data_dir, nats_port=args.nats_port, postgres_port=args.postgres_port, tenant=args.tenant
             )
@@ -216,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "rebuild-projections":
             return asyncio.run(_rebuild_projections(config))
         stop = asyncio.Event()
-        runner = run_ingest(config, stop) if args.command == "ingest" else run_api(config, stop)
-        asyncio.run(_until_signalled(runner, stop))
+        asyncio.run(_until_signalled(_serving_process(config, args.command, stop), stop))
         return 0
     except ConfigError as error:
         print(f"audit-service: configuration error: {error}", file=sys.stderr)
@@ -225,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StartupError, RuntimeError) as error:
         print(f"audit-service: {error}", file=sys.stderr)
         return 1
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()
 
 
 if __name__ == "__main__":

@@ -225,6 +225,49 @@ class AuthConfig:
         return self
 
 
+TRACES_EXPORTERS = ("otlp", "console", "none")
+METRICS_EXPORTERS = ("otlp", "console", "none")
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+LOG_FORMATS = ("text", "json")
+SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """OpenTelemetry and Prometheus: the standard OTEL_* variables (validated here, read by the SDK) and
+    AUDIT_METRICS_ADDRESS. Off unless configured."""
+
+    service_name: str = ""
+    """OTEL_SERVICE_NAME; empty: the process's own default (audit-api, audit-ingest, audit-dev...)."""
+    traces_exporters: tuple[str, ...] = ()
+    """OTEL_TRACES_EXPORTER: otlp and/or console (none or unset: no spans are recorded); unset with an OTLP
+    endpoint set means otlp."""
+    metrics_exporters: tuple[str, ...] = ()
+    """OTEL_METRICS_EXPORTER: otlp and/or console, pushed every OTEL_METRIC_EXPORT_INTERVAL ms (Prometheus
+    scraping is AUDIT_METRICS_ADDRESS, separate)."""
+    traces_protocol: str = "grpc"
+    """OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL: grpc or http/protobuf."""
+    metrics_protocol: str = "grpc"
+    """OTEL_EXPORTER_OTLP_METRICS_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL: grpc or http/protobuf."""
+    metrics_address: str = ""
+    """AUDIT_METRICS_ADDRESS, host:port of the HTTP server of /metrics (Prometheus text), /livez and /readyz;
+    empty: none."""
+    export_timeout_seconds: float = 5.0
+    """How long one OTLP export may take, retries included (OTEL_EXPORTER_OTLP_TIMEOUT, which Python's
+    exporters read in seconds, overrides it); spans that find the queue full meanwhile are dropped."""
+
+    @property
+    def tracing(self) -> bool:
+        return bool(self.traces_exporters)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -235,6 +278,9 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     log_level: str = "INFO"
     """Python logging level name."""
+    log_format: str = "text"
+    """AUDIT_LOG_FORMAT: text (one line per record) or json (one JSON object per line)."""
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
 
@@ -389,6 +435,74 @@ def _auth(env: Mapping[str, str]) -> AuthConfig:
     )
 
 
+def _choices(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> tuple[str, ...]:
+    """A comma-separated list of values among `allowed`; "none" alone means the empty tuple."""
+    raw = env.get(name, "").strip().lower() or default
+    values = tuple(dict.fromkeys(value.strip() for value in raw.split(",") if value.strip()))
+    for value in values:
+        if value not in allowed:
+            hint = " (Prometheus scrapes AUDIT_METRICS_ADDRESS instead)" if value == "prometheus" else ""
+            raise ConfigError(name, f"expected {' or '.join(allowed)} (comma-separated), got {raw!r}{hint}")
+    if "none" in values and len(values) > 1:
+        raise ConfigError(name, f"none cannot be combined with other exporters, got {raw!r}")
+    return tuple(value for value in values if value != "none")
+
+
+def _otlp_protocol(env: Mapping[str, str], signal: str) -> str:
+    for name in (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        raw = env.get(name, "").strip()
+        if raw:
+            if raw not in OTLP_PROTOCOLS:
+                raise ConfigError(name, f"expected {' or '.join(OTLP_PROTOCOLS)}, got {raw!r}")
+            return raw
+    return "grpc"
+
+
+def _sampler(env: Mapping[str, str]) -> None:
+    """OTEL_TRACES_SAMPLER and its argument are read by the SDK, which only warns about bad ones: refuse them."""
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if sampler and sampler not in SAMPLERS:
+        raise ConfigError("OTEL_TRACES_SAMPLER", f"expected one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    argument = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if argument and sampler.endswith("traceidratio"):
+        try:
+            ratio = float(argument)
+        except ValueError:
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:
+            raise ConfigError("OTEL_TRACES_SAMPLER_ARG", f"expected a ratio from 0 to 1, got {argument!r}")
+
+
+def _telemetry(env: Mapping[str, str]) -> TelemetryConfig:
+    metrics_address = env.get("AUDIT_METRICS_ADDRESS", "").strip()
+    if metrics_address:
+        parse_grpc_address(metrics_address, "AUDIT_METRICS_ADDRESS")
+    traces = _choices(
+        env,
+        "OTEL_TRACES_EXPORTER",
+        TRACES_EXPORTERS,
+        "otlp" if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") else "none",
+    )
+    metrics = _choices(
+        env,
+        "OTEL_METRICS_EXPORTER",
+        METRICS_EXPORTERS,
+        "otlp" if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") else "none",
+    )
+    traces_protocol, metrics_protocol = _otlp_protocol(env, "TRACES"), _otlp_protocol(env, "METRICS")
+    _sampler(env)
+    if _bool(env, "OTEL_SDK_DISABLED"):
+        traces = metrics = ()
+    return TelemetryConfig(
+        service_name=env.get("OTEL_SERVICE_NAME", "").strip(),
+        traces_exporters=traces,
+        metrics_exporters=metrics,
+        traces_protocol=traces_protocol,
+        metrics_protocol=metrics_protocol,
+        metrics_address=metrics_address,
+    )
+
+
 def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Config:
     """Builds the configuration from environment variables.
 
@@ -481,6 +595,9 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     log_level = (env.get("AUDIT_LOG_LEVEL") or "INFO").upper()
     if log_level not in _LOG_LEVELS:
         raise ConfigError("AUDIT_LOG_LEVEL", f"expected one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
+    log_format = (env.get("AUDIT_LOG_FORMAT") or "text").strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError("AUDIT_LOG_FORMAT", f"expected {' or '.join(LOG_FORMATS)}, got {log_format!r}")
     config = Config(
         database=database,
         nats=nats,
@@ -489,6 +606,8 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         tail=tail,
         auth=_auth(env),
         log_level=log_level,
+        log_format=log_format,
+        telemetry=_telemetry(env),
         retention=retention,
         checkpoints=checkpoints,
     )

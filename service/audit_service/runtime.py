@@ -25,6 +25,7 @@ from .ingest.worker import IngestWorker
 from .store.checkpoints import PeriodicCheckpointer, checkpoint_verifiers
 from .store.migrate import migrate
 from .store.pool import create_pool
+from .telemetry.http import Readiness, watch_database
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,30 @@ def nats_tls_context(nats_config: NatsConfig) -> ssl.SSLContext | None:
                 f"is not the PEM private key of the certificate in AUDIT_NATS_TLS_CERT_FILE ({error})",
             ) from None
     return context
+
+
+@contextlib.asynccontextmanager
+async def readiness_checks(
+    readiness: Readiness | None, prefix: str, database_url: str, nc: NatsClient, *reported: str
+) -> AsyncIterator[None]:
+    """Registers the checks of one process part (`prefix`: ingest, api) on `readiness`, if any: NATS connected,
+    PostgreSQL answering, and the checks the part `reported` itself; they fail ("stopped") once the part stops."""
+    if readiness is None:
+        yield
+        return
+    names = [f"{prefix}.{name}" for name in ("nats", "postgres", *reported)]
+    readiness.expect(*names[1:])
+    readiness.watch(names[0], lambda: None if nc.is_connected else "NATS disconnected")
+    watching = asyncio.create_task(watch_database(database_url, readiness, names[1]), name=f"{prefix}-db-check")
+    try:
+        yield
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        readiness.forget(names[0])
+        for name in names[1:]:  # not ready from here to the end of the process
+            readiness.set(name, "stopped")
 
 
 @contextlib.asynccontextmanager
@@ -131,24 +156,43 @@ FEED_POOL_SIZE = 2
 before tails see it, and that check must not queue behind history reads and exports when the RPC pool is busy."""
 
 
-async def run_ingest(config: Config, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> IngestWorker:
-    """Runs one ingest worker until `stop` is set (signing checkpoints periodically when a key is configured)."""
+async def run_ingest(
+    config: Config,
+    stop: asyncio.Event,
+    *,
+    ready: asyncio.Event | None = None,
+    readiness: Readiness | None = None,
+) -> IngestWorker:
+    """Runs one ingest worker until `stop` is set (signing checkpoints periodically when a key is configured).
+
+    Args:
+        readiness: where /readyz finds this worker's checks: ingest.nats, ingest.postgres, ingest.consumer.
+    """
     checkpointer = PeriodicCheckpointer.from_config(config.checkpoints)  # a bad key fails before connecting
     nats_tls_context(config.nats)  # so do bad TLS files
     async with (
         database_pool(config.database.url, max_size=2) as pool,
         nats_connection(config, "audit-ingest") as nc,
+        readiness_checks(readiness, "ingest", config.database.url, nc, "consumer"),
         checkpointer.running(pool),
     ):
-        worker = IngestWorker(config, nc, pool)
+        worker = IngestWorker(config, nc, pool, readiness=readiness)
         await worker.run(stop, ready=ready)
         return worker
 
 
 async def run_api(
-    config: Config, stop: asyncio.Event, *, on_ready: Callable[[RunningServer], None] | None = None
+    config: Config,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[RunningServer], None] | None = None,
+    readiness: Readiness | None = None,
 ) -> None:
-    """Serves the gRPC API until `stop` is set, then shuts down gracefully."""
+    """Serves the gRPC API until `stop` is set, then shuts down gracefully.
+
+    Args:
+        readiness: where /readyz finds the API's checks: api.nats, api.postgres, api.serving.
+    """
     config.auth.require_verification()  # before connecting to anything
     checkpoint_keys = checkpoint_verifiers(config.checkpoints)
     certificates = CertificateFiles(config.api.tls) if config.api.tls.enabled else None
@@ -163,6 +207,7 @@ async def run_api(
             config.database.url, max_size=FEED_POOL_SIZE, command_timeout=config.api.query_timeout_seconds
         ) as feed_pool,
         nats_connection(config, "audit-api") as nc,
+        readiness_checks(readiness, "api", config.database.url, nc, "serving"),
     ):
         read_budget = ReadBudget(config.api.read_buffer_bytes, wait_seconds=config.api.query_timeout_seconds)
         feed = LiveFeed(nc, feed_pool, config.tail, config.nats.committed_subject_prefix, read_budget=read_budget)
@@ -186,9 +231,13 @@ async def run_api(
             # What start-up allocated (modules, descriptors, the server) lives as long as the process: keep it
             # out of the collector's full passes, which otherwise show up as latency spikes on large responses.
             gc.freeze()
+            if readiness is not None:
+                readiness.set("api.serving", None)
             if on_ready is not None:
                 on_ready(running)
             await stop.wait()
+            if readiness is not None:
+                readiness.set("api.serving", "shutting down")
             log.info("gRPC API shutting down (grace %.0f s)", config.api.shutdown_grace_seconds)
             await running.stop(config.api.shutdown_grace_seconds)
         finally:

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,31 @@ def test_the_banner_says_how_to_reach_everything(dev_stack):
     assert banner.count(passwords["producer-acme"]) == 1
     for user in ("ingest", "api"):  # the service's own credentials are never printed
         assert passwords[user] not in banner
+
+
+def test_the_dev_process_serves_metrics_and_probes_where_the_banner_says(dev_stack):
+    base = re.search(r"  metrics    (http://127\.0\.0\.1:\d+)/metrics  \(probes: ", dev_stack["log"].read_text()).group(
+        1
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=10) as response:
+                checks = response.read().decode().splitlines()
+                break
+        except urllib.error.HTTPError:  # 503 until the first PostgreSQL check has run
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert checks == [
+        "api.nats: ok",
+        "api.postgres: ok",
+        "api.serving: ok",
+        "ingest.consumer: ok",
+        "ingest.nats: ok",
+        "ingest.postgres: ok",
+    ]
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        assert b"process_cpu_seconds_total" in response.read()
 
 
 def test_without_credentials_the_readme_example_is_refused_at_once(dev_stack, tmp_path):

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import asyncpg
 from audit.v1 import audit_service_pb2 as pb
+from opentelemetry import trace
 
 from ..core.export_formats import Row, csv_header, csv_line, log_line
 from ..core.filters import Expr
@@ -27,6 +28,8 @@ from ..core.ndjson import event_line
 from ..errors import InvalidArgumentError
 from ..store import queries
 from .read_budget import ReadBudget
+
+tracer = trace.get_tracer("audit_service.api.export")
 
 CHUNK_BYTES = 256 * 1024
 """Data per chunk, at most (less when the response limit is lower)."""
@@ -134,10 +137,12 @@ async def export_events(
             max_bytes=PAGE_BYTES,
             up_to_position=through,
         )
-        async with read_budget.reserve(PAGE_BYTES) as reservation:
-            page = await queries.list_events(pool, query)
-            reservation.keep(page.size)
-            lines = [(encode(row), row["position"]) for row in page.rows]
+        with tracer.start_as_current_span("audit.export page", attributes={"audit.after_position": cursor}) as span:
+            async with read_budget.reserve(PAGE_BYTES) as reservation:
+                page = await queries.list_events(pool, query)
+                reservation.keep(page.size)
+                lines = [(encode(row), row["position"]) for row in page.rows]
+            span.set_attribute("audit.events", len(lines))
         return lines, page.cut or len(page.rows) == PAGE_EVENTS
 
     def read_after(cursor: int) -> asyncio.Task[tuple[list[tuple[bytes, int]], bool]]:

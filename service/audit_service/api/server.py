@@ -17,6 +17,7 @@ from ..auth.tokens import TokenVerifier
 from ..config import ApiConfig, AuthConfig, TailConfig
 from ..core.signing import Verifier
 from ..errors import ConfigError
+from ..telemetry.setup import server_interceptors
 from .auth import AuthInterceptor
 from .dependency_health import DependencyHealth
 from .errors import ErrorMappingInterceptor
@@ -121,7 +122,15 @@ async def start_server(
         read_budget = ReadBudget(config.read_buffer_bytes, wait_seconds=config.query_timeout_seconds)
     _quiet_client_disconnects()
     # The error mapper comes first, so it also turns authentication failures into statuses.
-    server = aio.server(interceptors=[ErrorMappingInterceptor(), AuthInterceptor(token_verifier(auth), SERVICE_NAME)])
+    # The tracing interceptor (when spans are recorded) comes before both, so its span covers the whole call and
+    # sees the status the error mapper aborts with.
+    server = aio.server(
+        interceptors=[
+            *server_interceptors([SERVICE_NAME]),
+            ErrorMappingInterceptor(),
+            AuthInterceptor(token_verifier(auth), SERVICE_NAME),
+        ]
+    )
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
         AuditServicer(
             pool,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import asyncpg
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import event_pb2
+from opentelemetry import trace
 
 from ..config import TailConfig
 from ..core.filters import Expr
@@ -29,6 +30,8 @@ from ..errors import InvalidArgumentError, ShuttingDownError
 from ..store import queries
 from .live_feed import LiveEvent, LiveFeed, LiveSubscription
 from .read_budget import ReadBudget
+
+tracer = trace.get_tracer("audit_service.api.tail")
 
 HISTORY_PAGE = 1000
 """Events per history read, at most."""
@@ -170,10 +173,14 @@ class TailStream:
                 max_bytes=HISTORY_PAGE_BYTES,
                 up_to_position=up_to,
             )
-            async with self._read_budget.reserve(HISTORY_PAGE_BYTES) as reservation:
-                page = await queries.list_events(self._pool, query)
-                reservation.keep(page.size)
-                events = [event for event in map(row_to_event, page.rows) if self._recorded_in_time(event)]
+            with tracer.start_as_current_span(
+                "audit.tail history page", attributes={"audit.after_position": after, "audit.up_to_position": up_to}
+            ) as span:
+                async with self._read_budget.reserve(HISTORY_PAGE_BYTES) as reservation:
+                    page = await queries.list_events(self._pool, query)
+                    reservation.keep(page.size)
+                    events = [event for event in map(row_to_event, page.rows) if self._recorded_in_time(event)]
+                span.set_attribute("audit.events", len(events))
             full = page.cut or len(page.rows) == HISTORY_PAGE
             return events, page.rows[-1]["position"] if full else up_to
 

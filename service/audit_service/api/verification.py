@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 from audit.v1 import audit_service_pb2 as pb
+from opentelemetry import trace
 
 from ..auth.tokens import Principal
 from ..core.signing import Verifier
@@ -11,6 +12,8 @@ from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..store.pool import acquire
 from ..store.verify import verify_log
 from .read_budget import ReadBudget
+
+tracer = trace.get_tracer("audit_service.api.verification")
 
 CheckpointKeys = tuple[Verifier, ...]
 """The public keys signed checkpoints are verified with (store/checkpoints.checkpoint_verifiers)."""
@@ -45,15 +48,17 @@ async def verify_chain(
         raise InvalidArgumentError(
             "start_position", f"{request.start_position} is after end_position {request.end_position}"
         )
-    async with acquire(pool) as conn:
-        report = await verify_log(
-            conn,
-            tenant=tenant,
-            from_position=request.start_position,
-            to_position=request.end_position,
-            verifiers=keys or (),
-            reserve=read_budget.reserve,
-        )
+    with tracer.start_as_current_span("audit.verify", attributes={"audit.tenant": tenant or ""}) as span:
+        async with acquire(pool) as conn:
+            report = await verify_log(
+                conn,
+                tenant=tenant,
+                from_position=request.start_position,
+                to_position=request.end_position,
+                verifiers=keys or (),
+                reserve=read_budget.reserve,
+            )
+        span.set_attributes({"audit.verify.ok": report.ok, "audit.verify.events_checked": report.checked})
     response = pb.VerifyChainResponse(
         ok=report.ok,
         events_checked=report.checked,

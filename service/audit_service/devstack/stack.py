@@ -4,12 +4,13 @@ command, with data in a local directory."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +20,16 @@ from ..api.server import RunningServer
 from ..auth.tokens import mint_token
 from ..config import AuthConfig, CheckpointConfig, Config, DatabaseConfig, RetentionConfig, parse_grpc_address
 from ..core.signing import generate_private_key_pem
+from ..errors import ConfigError
 from ..nats_permissions import API_USER, INGEST_USER, PASSWORD_PATTERN, new_password, render, service_users
 from ..runtime import run_api, run_ingest, run_migrate
+from ..telemetry.http import Readiness, serving_http
 from .nats import NatsServer, nats_server_binary
 from .postgres import EmbeddedPostgres, postgres_bin_dir
 
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
+"""Where the dev stack serves /metrics, /livez and /readyz unless AUDIT_METRICS_ADDRESS says otherwise (a free
+port instead when 9464 is taken)."""
 DATABASE = "audit"
 APP_ROLE = "audit_app"  # logs in for the worker and the API; member of audit_service (INSERT, SELECT)
 
@@ -168,7 +174,13 @@ def admin_token(config: Config, settings: DevSettings) -> str | None:
 
 
 def banner(
-    config: Config, settings: DevSettings, grpc_port: int, nats_url: str, owner_url: str, producer_url: str
+    config: Config,
+    settings: DevSettings,
+    grpc_port: int,
+    nats_url: str,
+    owner_url: str,
+    producer_url: str,
+    metrics_port: int | None = None,
 ) -> str:
     """What the dev stack prints once ready. The producer's URL is the only password in it."""
     host, _ = parse_grpc_address(config.api.grpc_address)
@@ -183,6 +195,13 @@ def banner(
         f"  NATS       {nats_url}  (users and permissions: {(settings.data_dir / 'nats-auth.conf').resolve()})",
         f"  PostgreSQL {config.database.url}  (owner: {owner_url})",
         f"  data       {settings.data_dir.resolve()}",
+    ]
+    if metrics_port is not None:
+        metrics_host, _ = parse_grpc_address(config.telemetry.metrics_address, "AUDIT_METRICS_ADDRESS")
+        metrics_reach = "127.0.0.1" if metrics_host in ("0.0.0.0", "[::]", "::") else metrics_host
+        base = f"http://{metrics_reach}:{metrics_port}"
+        lines.append(f"  metrics    {base}/metrics  (probes: {base}/livez, {base}/readyz)")
+    lines += [
         f"producer credentials for tenant {settings.tenant!r} (may publish to "
         f"{config.nats.events_subject_prefix}.{settings.tenant} only; the README's producer example reads it):",
         f"  export AUDIT_NATS_URL={producer_url}",
@@ -217,6 +236,7 @@ async def run_dev(
     postgres = EmbeddedPostgres(settings.data_dir / "postgres", port=settings.postgres_port)
     nats_server, nats_urls = dev_nats_server(config, settings)
     await asyncio.to_thread(postgres.start)
+    stack = contextlib.AsyncExitStack()
     try:
         await asyncio.to_thread(nats_server.start)
         owner_url, app_url = await prepare_database(postgres)
@@ -230,13 +250,19 @@ async def run_dev(
         await run_migrate(config)
         await grant_app_role(owner_url)
 
+        readiness = Readiness()
+        metrics_port = await stack.enter_async_context(serving_dev_http(config, readiness))
         worker_ready = asyncio.Event()
         api_ready: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
         # Each process connects as its own NATS user, as in production.
         ingest_config = dataclasses.replace(config, nats=dataclasses.replace(config.nats, url=nats_urls[INGEST_USER]))
         api_config = dataclasses.replace(config, nats=dataclasses.replace(config.nats, url=nats_urls[API_USER]))
-        ingest = asyncio.create_task(run_ingest(ingest_config, stop, ready=worker_ready), name="ingest")
-        api = asyncio.create_task(run_api(api_config, stop, on_ready=api_ready.set_result), name="api")
+        ingest = asyncio.create_task(
+            run_ingest(ingest_config, stop, ready=worker_ready, readiness=readiness), name="ingest"
+        )
+        api = asyncio.create_task(
+            run_api(api_config, stop, on_ready=api_ready.set_result, readiness=readiness), name="api"
+        )
         ready = asyncio.gather(worker_ready.wait(), api_ready)
         done, _ = await asyncio.wait({ingest, api, asyncio.ensure_future(ready)}, return_when=asyncio.FIRST_COMPLETED)
         if ingest in done or api in done:
@@ -244,8 +270,33 @@ async def run_dev(
             await asyncio.gather(ingest, api)  # re-raises the start-up error
             return
         grpc_port = api_ready.result().port
-        announce(banner(config, settings, grpc_port, nats_server.url, owner_url, nats_urls[settings.producer]))
+        announce(
+            banner(config, settings, grpc_port, nats_server.url, owner_url, nats_urls[settings.producer], metrics_port)
+        )
         await asyncio.gather(ingest, api)
     finally:
+        await stack.aclose()
         await asyncio.to_thread(nats_server.stop)
         await asyncio.to_thread(postgres.stop)
+
+
+@contextlib.asynccontextmanager
+async def serving_dev_http(config: Config, readiness: Readiness) -> AsyncIterator[int | None]:
+    """/metrics, /livez and /readyz of the dev process on AUDIT_METRICS_ADDRESS, or on the default address (a
+    free port when it is taken); yields the bound port (None when no address is configured)."""
+    address = config.telemetry.metrics_address
+    if not address:
+        yield None
+        return
+    try:
+        context = serving_http(address, readiness)
+        port = await context.__aenter__()
+    except ConfigError:
+        if address != DEFAULT_METRICS_ADDRESS:
+            raise
+        context = serving_http("127.0.0.1:0", readiness)
+        port = await context.__aenter__()
+    try:
+        yield port
+    finally:
+        await context.__aexit__(None, None, None)

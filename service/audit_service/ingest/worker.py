@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import asyncpg
 import nats.errors
@@ -30,6 +31,9 @@ from .dead_letter import dead_letter_message
 from .pull import PullReader
 from .storage_errors import caused_by_the_events, storage_refusal_detail, timed_out
 from .streams import provision
+
+if TYPE_CHECKING:
+    from ..telemetry.http import Readiness
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("audit_service.ingest")
@@ -81,8 +85,15 @@ class EventsRejected(Exception):
 class IngestWorker:
     """Moves events from the AUDIT_EVENTS stream into the log."""
 
-    def __init__(self, config: Config, nc: NatsClient, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, config: Config, nc: NatsClient, pool: asyncpg.Pool, *, readiness: Readiness | None = None
+    ) -> None:
+        """
+        Args:
+            readiness: told whether the consumer is bound (check ingest.consumer), for /readyz.
+        """
         self._config = config
+        self._readiness = readiness
         self._nc = nc
         self._js = nc.jetstream()
         self._pool = pool
@@ -110,11 +121,13 @@ class IngestWorker:
             ingest.durable,
             ingest.batch_size,
         )
+        self._report_consumer(None)
         if ready is not None:
             ready.set()
         # Two-stage pipeline: the next batch is fetched and decoded (CPU) while the previous one is being
         # stored (mostly waiting for PostgreSQL). Batches are still stored one after the other, in order.
         storing: asyncio.Task[None] | None = None
+        pull_failing = False
         while True:
             if stop.is_set():
                 reader.close()  # what was requested still arrives, and is committed and acked below
@@ -122,13 +135,20 @@ class IngestWorker:
                     break
             if reader.refused and not stop.is_set():
                 reader.refused = False
-                await self._reprovision()
+                self._report_consumer("JetStream refused pull requests (consumer deleted?); re-provisioning")
+                if await self._reprovision():
+                    self._report_consumer(None)
             try:
                 msgs = await reader.next_batch(ingest.fetch_timeout_seconds)
             except (nats.errors.Error, OSError) as error:
                 log.warning("pull request failed (%s: %s); retrying", type(error).__name__, error)
+                self._report_consumer(f"pull requests failing: {type(error).__name__}: {error}")
+                pull_failing = True
                 await asyncio.sleep(0.5)
                 continue
+            if pull_failing:
+                pull_failing = False
+                self._report_consumer(None)
             if not msgs:
                 if storing is not None and storing.done():
                     await self._finish(storing)
@@ -141,6 +161,7 @@ class IngestWorker:
         if storing is not None:
             await self._finish(storing)
         await reader.stop()
+        self._report_consumer("stopped")
         log.info(
             "ingest worker stopped: %d appended, %d duplicates, %d dead-lettered",
             self.stats.appended,
@@ -148,12 +169,18 @@ class IngestWorker:
             self.stats.dead_lettered,
         )
 
-    async def _reprovision(self) -> None:
-        """Brings back the streams and the consumer (deleted, or the server lost its state)."""
+    def _report_consumer(self, problem: str | None) -> None:
+        if self._readiness is not None:
+            self._readiness.set("ingest.consumer", problem)
+
+    async def _reprovision(self) -> bool:
+        """Brings back the streams and the consumer (deleted, or the server lost its state); False if it failed."""
         try:
             await provision(self._js, self._config.nats, self._config.ingest)
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as error:
             log.warning("re-provisioning failed (%s: %s); will retry", type(error).__name__, error)
+            return False
+        return True
 
     async def _finish(self, storing: asyncio.Task[None]) -> None:
         """Waits for a batch being stored. Shielded: a cancellation must not abandon a batch between COMMIT
@@ -194,19 +221,38 @@ class IngestWorker:
     async def _store(self, batch: _Batch) -> None:
         """Appends the accepted events in one transaction, dead-letters the rest, acks all after COMMIT."""
         refused = batch.refused
+        nats_config = self._config.nats
+        before = (self.stats.appended, self.stats.duplicates, self.stats.dead_lettered)
         with tracer.start_as_current_span(
             "audit.ingest batch",
             kind=SpanKind.CONSUMER,
             links=_producer_links(batch.msgs),
-            attributes={"messaging.system": "nats", "messaging.batch.message_count": len(batch.msgs)},
-        ):
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "ingest",
+                "messaging.destination.name": f"{nats_config.events_subject_prefix}.>",
+                "messaging.consumer.group.name": self._config.ingest.durable,
+                "messaging.batch.message_count": len(batch.msgs),
+                "audit.ingest.invalid": len(batch.refused),
+            },
+        ) as span:
             if batch.accepted:
                 try:
                     refused.extend(await self._append_isolating_rejects(batch.accepted))
                 except BatchAbandoned:
                     log.warning("stopping with the database unavailable: %d events handed back", len(batch.accepted))
+                    span.set_attribute("audit.ingest.handed_back", len(batch.accepted))
             if refused:
                 await self._dead_letter(refused)
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "audit.ingest.appended": self.stats.appended - before[0],
+                        "audit.ingest.duplicates": self.stats.duplicates - before[1],
+                        "audit.ingest.dead_lettered": self.stats.dead_lettered - before[2],
+                    }
+                )
 
     async def _append_isolating_rejects(self, accepted: list[tuple[Msg, DecodedEvent]]) -> list[_Refusal]:
         """Appends and acks; when the database rejects the batch, halves it to find and refuse the culprits."""
@@ -251,8 +297,22 @@ class IngestWorker:
         attempt = 0
         while True:
             try:
-                async with acquire(self._pool) as conn:
-                    return await self._appender.append(conn, contents)
+                with tracer.start_as_current_span(
+                    "audit.append",
+                    attributes={"db.system.name": "postgresql", "audit.append.events": len(contents)},
+                ) as span:
+                    async with acquire(self._pool) as conn:
+                        result = await self._appender.append(conn, contents)
+                    if span.is_recording():
+                        span.set_attributes(
+                            {
+                                "audit.append.appended": result.appended,
+                                "audit.append.duplicates": result.duplicates,
+                                "audit.append.first_position": result.prev_position + 1,
+                                "audit.append.last_position": result.last_position,
+                            }
+                        )
+                    return result
             except Exception as error:
                 if caused_by_the_events(error):
                     raise EventsRejected(error) from error

@@ -42,6 +42,7 @@ import orjson
 from audit.v1 import event_pb2
 from audit_client import new_event_id
 from audit_client.validation import validate_event
+from opentelemetry import trace
 
 from ..core.ndjson import event_line
 from ..core.records import GENESIS_HASH, Content, columns_sql, content_from_event
@@ -51,6 +52,8 @@ from .append import RANKED_ACTION_COUNTS, LogAppender
 from .checkpoints import checkpoint_verifiers
 from .projections import HOUR_OF_EVENT, fold_streams
 from .verify import archived_chains, verify_log
+
+tracer = trace.get_tracer("audit_service.store.retention")
 
 PURGE_ACTION = "audit.retention.purge"
 LOCK_TIMEOUT_SECONDS = 10.0
@@ -420,6 +423,19 @@ async def archive_partition(
 
     Returns None when another run dropped the partition meanwhile.
     """
+    with tracer.start_as_current_span("audit.retention archive", attributes={"audit.partition": partition.name}):
+        return await _archive_partition(conn, partition, archive_dir, days, signer, verifiers, lock_timeout_seconds)
+
+
+async def _archive_partition(
+    conn: asyncpg.Connection,
+    partition: Partition,
+    archive_dir: Path,
+    days: int,
+    signer: Signer | None,
+    verifiers: Sequence[Verifier],
+    lock_timeout_seconds: float,
+) -> Archived | None:
     await _verify_in_log(conn, partition, verifiers)
     archive = archive_dir / f"{partition.name}{ARCHIVE_SUFFIX}"
     events, tenants, positions = await _write_archive(conn, partition, archive)

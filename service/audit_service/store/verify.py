@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from opentelemetry import trace
 
 from ..config import Config
 from ..core.chain import ChainBreak, ChainVerifier, CheckpointHeads
@@ -22,6 +23,8 @@ from ..errors import ConfigError
 from ..offline_verify import manifest_signature_problem, verify_archive_sequence
 from .checkpoints import checkpoint_verifiers
 from .sized_reads import byte_bounded, read_bytes_sql, sized_rows
+
+tracer = trace.get_tracer("audit_service.store.verify")
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,14 +542,16 @@ async def verify_command(config: Config, args: argparse.Namespace) -> int:
         )
     conn = await asyncpg.connect(config.database.url)
     try:
-        report = await verify_log(
-            conn,
-            tenant=args.tenant,
-            from_position=args.from_position,
-            to_position=args.to_position,
-            verifiers=verifiers,
-            external_checkpoints=external,
-        )
+        with tracer.start_as_current_span("audit.verify", attributes={"audit.tenant": args.tenant or ""}) as span:
+            report = await verify_log(
+                conn,
+                tenant=args.tenant,
+                from_position=args.from_position,
+                to_position=args.to_position,
+                verifiers=verifiers,
+                external_checkpoints=external,
+            )
+            span.set_attributes({"audit.verify.ok": report.ok, "audit.verify.events_checked": report.checked})
     finally:
         await conn.close()
     if report.ok:

@@ -1,0 +1,287 @@
+"""Telemetry of real `audit-service ingest` and `serve` processes: spans and metrics reach a real OTLP/gRPC
+collector, Prometheus scrapes, /livez and /readyz tell the truth, JSON logs carry trace ids, a collector that
+is down does not stop ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.error
+import urllib.request
+
+import grpc
+import pytest
+from audit.v1 import audit_service_pb2 as pb
+from audit.v1 import audit_service_pb2_grpc
+from audit_service.devstack.processes import free_port
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ..conftest import eventually, run_cli
+from ..factories import make_event, stamp
+from ..otlp_receiver import otlp_receiver
+
+PRODUCER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PRODUCER_SPAN_ID = "00f067aa0ba902b7"
+
+
+def otlp_env(endpoint: str) -> dict[str, str]:
+    """Traces and metrics to the collector at `endpoint`, exported often so that a test needs not wait."""
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_METRIC_EXPORT_INTERVAL": "300",
+    }
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+async def get(url: str) -> tuple[int, str]:
+    return await asyncio.to_thread(http_get, url)
+
+
+async def publish_with_traceparent(nc, config, event) -> None:
+    """Publishes as a producer inside a span would: protobuf payload and a W3C traceparent header."""
+    await nc.jetstream().publish(
+        f"{config.nats.events_subject_prefix}.{event.tenant}",
+        event.SerializeToString(),
+        headers={
+            "Nats-Msg-Id": event.event_id,
+            "traceparent": f"00-{PRODUCER_TRACE_ID}-{PRODUCER_SPAN_ID}-01",
+        },
+    )
+
+
+async def _until_caught_up(tail):
+    async for response in tail:
+        yield response
+        if response.caught_up:
+            return
+
+
+async def stored(owner, event_id: str) -> bool:
+    return bool(await owner.fetchval("SELECT count(*) FROM audit_events WHERE event_id = $1::uuid", event_id))
+
+
+async def test_spans_of_rpcs_and_ingest_batches_reach_an_otlp_collector(
+    spawn_worker, api_process, nc, config, owner, tmp_path
+):
+    async with otlp_receiver() as collector:
+        worker = spawn_worker(**otlp_env(collector.endpoint), AUDIT_LOG_FORMAT="json")
+        api = api_process(**otlp_env(collector.endpoint))
+        api.start()
+        await asyncio.gather(worker.ready(), api.ready())
+        event = stamp(make_event())
+        await publish_with_traceparent(nc, config, event)
+        # Not an event: dead-lettered, which the worker logs inside the batch's span.
+        await nc.jetstream().publish(f"{config.nats.events_subject_prefix}.acme", b"\xff not protobuf")
+        await eventually(lambda: stored(owner, event.event_id), what="the event stored")
+
+        async with grpc.aio.insecure_channel(api.env["AUDIT_GRPC_ADDRESS"]) as channel:
+            stub = audit_service_pb2_grpc.AuditServiceStub(channel)
+            listed = await stub.ListEvents(pb.ListEventsRequest(page_size=10))
+            assert [e.event_id for e in listed.events] == [event.event_id]
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ListEvents(pb.ListEventsRequest(page_size=-1))
+            # The tracing interceptor neither changes the status nor leaks a traceback.
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "Traceback" not in refused.value.details()
+            tail = stub.TailEvents(pb.TailEventsRequest())
+            responses = [response async for response in _until_caught_up(tail)]
+            assert responses[-1].caught_up
+            tail.cancel()
+            # grpc's Health.Watch writes with context.write(): the tracing interceptor must leave it alone.
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            assert (await anext(aiter(watch))).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
+
+        def server_spans(status_code: int) -> list:
+            return [
+                span
+                for span in collector.spans()
+                if span.name == "/audit.v1.AuditService/ListEvents"
+                and span.attributes.get("rpc.grpc.status_code") == status_code
+            ]
+
+        async def exported() -> bool:
+            names = {span.name for span in collector.spans()}
+            return bool(
+                server_spans(0)
+                and server_spans(3)
+                and {"audit.ingest batch", "audit.append", "/audit.v1.AuditService/TailEvents"} <= names
+            )
+
+        await eventually(exported, what="the spans of the RPCs and of the batch at the collector")
+        ok = server_spans(0)[0]
+        assert ok.service_name == "audit-api"
+        assert ok.span.kind == ok.span.SPAN_KIND_SERVER
+        assert ok.attributes["rpc.system"] == "grpc"
+        assert ok.attributes["rpc.service"] == "audit.v1.AuditService"
+        assert ok.attributes["rpc.method"] == "ListEvents"
+        # A client's mistake is not the server's error (semantic conventions of gRPC server spans).
+        assert server_spans(3)[0].span.status.code == server_spans(3)[0].span.status.STATUS_CODE_UNSET
+
+        batches = [span for span in collector.spans() if span.name == "audit.ingest batch"]
+        assert {span.service_name for span in batches} == {"audit-ingest"}
+        appended = next(span for span in batches if span.attributes.get("audit.ingest.appended") == 1)
+        assert appended.attributes["messaging.system"] == "nats"
+        assert appended.attributes["messaging.consumer.group.name"] == config.ingest.durable
+        assert [link.trace_id.hex() for link in appended.span.links] == [PRODUCER_TRACE_ID]
+        dead = next(span for span in batches if span.attributes.get("audit.ingest.dead_lettered") == 1)
+        append = next(span for span in collector.spans() if span.name == "audit.append")
+        assert append.attributes["audit.append.appended"] == 1
+        assert append.span.parent_span_id == appended.span.span_id
+
+        await eventually(
+            lambda: asyncio.sleep(0, any(name.startswith("otel.sdk.") for name in collector.metric_names())),
+            what="the SDK's own metrics at the collector",
+        )
+
+    # The worker's JSON log: one object per line; the dead-letter warning carries the ids of its batch's span.
+    await worker.terminate()
+    records = [json.loads(line) for line in worker.output().splitlines() if line.startswith("{")]
+    assert records and all({"time", "level", "logger", "message"} <= record.keys() for record in records)
+    dead_lettered = next(record for record in records if record["message"].startswith("dead-lettered"))
+    assert dead_lettered["level"] == "WARNING"
+    assert (dead_lettered["trace_id"], dead_lettered["span_id"]) == (dead.trace_id, dead.span_id)
+
+
+async def test_prometheus_livez_and_readyz_of_an_ingest_process(spawn_worker, owner, database_outage):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    # Spans on (to the console: none is made here) so that the SDK's own metrics give the reader something to show.
+    worker = spawn_worker(AUDIT_METRICS_ADDRESS=f"127.0.0.1:{port}", OTEL_TRACES_EXPORTER="console")
+    await worker.ready()
+
+    async def ready() -> bool:
+        return (await get(f"{base}/readyz"))[0] == 200
+
+    await eventually(ready, what="/readyz 200")
+    status, body = await get(f"{base}/readyz")
+    assert body.splitlines() == ["ingest.consumer: ok", "ingest.nats: ok", "ingest.postgres: ok"]
+    assert (await get(f"{base}/livez"))[0] == 200
+    status, metrics = await get(f"{base}/metrics")
+    assert status == 200
+    # The OpenTelemetry reader, scraped: the resource as target_info, and an instrument of the SDK.
+    assert re.search(r'\ntarget_info\{[^}]*service_name="audit-ingest"', metrics)
+    assert "\notel_sdk_processor_span_queue_capacity" in metrics
+
+    async with database_outage():
+
+        async def unready() -> bool:
+            status, body = await get(f"{base}/readyz")
+            return status == 503 and "ingest.postgres: PostgreSQL unreachable" in body
+
+        await eventually(unready, what="/readyz 503 naming PostgreSQL while it refuses connections")
+        assert (await get(f"{base}/livez"))[0] == 200  # a dependency down is not a reason to restart
+    await eventually(ready, what="/readyz 200 again once PostgreSQL is back")
+    assert await worker.terminate() == 0
+
+
+async def test_prometheus_and_readyz_of_an_api_process(api_process):
+    port = free_port()
+    api = api_process(AUDIT_METRICS_ADDRESS=f"127.0.0.1:{port}", OTEL_TRACES_EXPORTER="console")
+    api.start()
+    await api.ready()
+    base = f"http://127.0.0.1:{port}"
+
+    async def ready() -> bool:
+        return (await get(f"{base}/readyz"))[0] == 200
+
+    await eventually(ready, what="/readyz 200")
+    assert (await get(f"{base}/readyz"))[1].splitlines() == ["api.nats: ok", "api.postgres: ok", "api.serving: ok"]
+    status, metrics = await get(f"{base}/metrics")
+    assert status == 200 and re.search(r'\ntarget_info\{[^}]*service_name="audit-api"', metrics)
+    assert (await get(f"{base}/nope"))[0] == 404
+
+
+async def test_an_unreachable_collector_stops_neither_ingest_nor_rpcs(spawn_worker, api_process, publisher, owner):
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    port = free_port()
+    worker = spawn_worker(
+        **otlp_env(nobody),
+        AUDIT_METRICS_ADDRESS=f"127.0.0.1:{port}",
+        # A queue of 2 spans, so that spans are also dropped at the queue, not only at the export.
+        OTEL_BSP_MAX_QUEUE_SIZE="2",
+        OTEL_BSP_MAX_EXPORT_BATCH_SIZE="2",
+        AUDIT_INGEST_BATCH_SIZE="10",
+    )
+    await worker.ready()
+    ids = [(await publisher.publish(make_event())).event_id for _ in range(60)]
+
+    async def all_stored() -> bool:
+        return await owner.fetchval("SELECT count(*) FROM audit_events WHERE event_id = ANY($1::uuid[])", ids) == 60
+
+    await eventually(all_stored, within=60, what="every event stored with the collector down")
+    api = api_process(**otlp_env(nobody))
+    api.start()
+    await api.ready()
+    async with grpc.aio.insecure_channel(api.env["AUDIT_GRPC_ADDRESS"]) as channel:
+        stub = audit_service_pb2_grpc.AuditServiceStub(channel)
+        for _ in range(3):  # more than one span's export fails meanwhile
+            listed = await stub.ListEvents(pb.ListEventsRequest(page_size=100))
+            assert {event.event_id for event in listed.events} == set(ids)
+
+    async def failures_counted() -> bool:
+        _, metrics = await get(f"http://127.0.0.1:{port}/metrics")
+        lines = metrics.splitlines()
+        failed = any(line.startswith("otel_sdk_exporter_span_exported") and "error_type=" in line for line in lines)
+        dropped = any(
+            line.startswith("otel_sdk_processor_span_processed") and 'error_type="queue_full"' in line for line in lines
+        )
+        return failed and dropped
+
+    await eventually(failures_counted, within=60, what="failed exports and dropped spans counted in /metrics")
+    assert await worker.terminate() == 0
+    assert await api.terminate() == 0
+
+
+BAD_SETTINGS = [
+    ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
+    ({"OTEL_METRICS_EXPORTER": "prometheus"}, "OTEL_METRICS_EXPORTER"),
+    ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+    ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "udp"}, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+    ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER"),
+    ({"AUDIT_METRICS_ADDRESS": "9464"}, "AUDIT_METRICS_ADDRESS"),
+    ({"AUDIT_LOG_FORMAT": "xml"}, "AUDIT_LOG_FORMAT"),
+    # A batch larger than the queue (2048 by default): the SDK refuses it.
+    (
+        {"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4096"},
+        "OTEL_BSP_MAX_QUEUE_SIZE/OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    ),
+]
+
+
+@pytest.mark.parametrize(("bad", "variable"), BAD_SETTINGS)
+@pytest.mark.parametrize("command", ["ingest", "serve"])
+def test_bad_telemetry_settings_stop_start_up_with_one_line(service_env, command, bad, variable):
+    result = run_cli({**service_env, **bad}, command)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"audit-service: configuration error: {variable}: "), lines
+
+
+def test_a_metrics_address_in_use_stops_start_up_with_one_line(service_env):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = run_cli({**service_env, "AUDIT_METRICS_ADDRESS": address}, "ingest")
+    assert result.returncode == 2
+    # After the log line saying what telemetry is on, one line names the variable.
+    errors = [line for line in result.stderr.splitlines() if line.startswith("audit-service:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "audit-service: configuration error: AUDIT_METRICS_ADDRESS: cannot listen on"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
