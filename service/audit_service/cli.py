@@ -212,10 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "dev":
             from audit_client.validation import TENANT_PATTERN
 
-            from .devstack.stack import DevSettings, run_dev
+            from .devstack.stack import DevSettings, require_binaries, run_dev
 
             if not TENANT_PATTERN.fullmatch(args.tenant):
                 raise ConfigError("--tenant", f"must match {TENANT_PATTERN.pattern}")
+            require_binaries()
+            telemetry.log_summary()
             settings = DevSettings(
                 data_dir=args.data_dir, nats_port=args.nats_port, postgres_port=args.postgres_port, tenant=args.tenant
             )
@@ -249,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(retention_command(config, args))
         if args.command == "rebuild-projections":
             return asyncio.run(_rebuild_projections(config))
+        if telemetry is not None:
+            telemetry.log_summary()
         stop = asyncio.Event()
         asyncio.run(_until_signalled(_serving_process(config, args.command, stop), stop))
         return 0

@@ -46,7 +46,15 @@ class Telemetry:
     meter_provider: MeterProvider | None = None
     prometheus: bool = False
     """Whether a Prometheus reader feeds prometheus_client's default registry (scraped by telemetry/http.py)."""
+    summary: str = ""
+    """What is on, e.g. "traces to otlp, Prometheus metrics" (empty when nothing is)."""
     _shut_down: bool = field(default=False, repr=False)
+
+    def log_summary(self) -> None:
+        """One line saying what telemetry is on; logged by long-running processes once their checks passed (so a
+        start-up error stays the only line)."""
+        if self.summary:
+            log.info("telemetry of %s: %s", self.service_name, self.summary)
 
     @property
     def tracing(self) -> bool:
@@ -161,8 +169,7 @@ def setup_telemetry(config: TelemetryConfig, default_service_name: str) -> Telem
         *(f"metrics to {kind}" for kind in config.metrics_exporters),
         *(["Prometheus metrics"] if telemetry.prometheus else []),
     ]
-    if enabled:
-        log.info("telemetry of %s: %s", telemetry.service_name, ", ".join(enabled))
+    telemetry.summary = ", ".join(enabled)
     return telemetry
 
 
