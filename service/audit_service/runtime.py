@@ -80,23 +80,31 @@ def nats_tls_context(nats_config: NatsConfig) -> ssl.SSLContext | None:
 
 @contextlib.asynccontextmanager
 async def readiness_checks(
-    readiness: Readiness | None, prefix: str, database_url: str, nc: NatsClient, *reported: str
+    readiness: Readiness | None, prefix: str, database_url: str | None, nc: NatsClient, *reported: str
 ) -> AsyncIterator[None]:
     """Registers the checks of one process part (`prefix`: ingest, api) on `readiness`, if any: NATS connected,
-    PostgreSQL answering, and the checks the part `reported` itself; they fail ("stopped") once the part stops."""
+    PostgreSQL answering, and the checks the part `reported` itself; they fail ("stopped") once the part stops.
+
+    Without `database_url`, `<prefix>.postgres` is reported by the part too (the API's health monitor checks
+    PostgreSQL already)."""
     if readiness is None:
         yield
         return
     names = [f"{prefix}.{name}" for name in ("nats", "postgres", *reported)]
     readiness.expect(*names[1:])
     readiness.watch(names[0], lambda: None if nc.is_connected else "NATS disconnected")
-    watching = asyncio.create_task(watch_database(database_url, readiness, names[1]), name=f"{prefix}-db-check")
+    watching = (
+        asyncio.create_task(watch_database(database_url, readiness, names[1]), name=f"{prefix}-db-check")
+        if database_url
+        else None
+    )
     try:
         yield
     finally:
-        watching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watching
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
         readiness.forget(names[0])
         for name in names[1:]:  # not ready from here to the end of the process
             readiness.set(name, "stopped")
@@ -207,7 +215,7 @@ async def run_api(
             config.database.url, max_size=FEED_POOL_SIZE, command_timeout=config.api.query_timeout_seconds
         ) as feed_pool,
         nats_connection(config, "audit-api") as nc,
-        readiness_checks(readiness, "api", config.database.url, nc, "serving"),
+        readiness_checks(readiness, "api", None, nc, "serving"),
     ):
         read_budget = ReadBudget(config.api.read_buffer_bytes, wait_seconds=config.api.query_timeout_seconds)
         feed = LiveFeed(nc, feed_pool, config.tail, config.nats.committed_subject_prefix, read_budget=read_budget)
@@ -227,6 +235,9 @@ async def run_api(
                 certificates=certificates,
                 database_url=config.database.url,
                 nc=nc,
+                on_database_checked=None
+                if readiness is None
+                else lambda reachable: readiness.set("api.postgres", None if reachable else "PostgreSQL unreachable"),
             )
             # What start-up allocated (modules, descriptors, the server) lives as long as the process: keep it
             # out of the collector's full passes, which otherwise show up as latency spikes on large responses.

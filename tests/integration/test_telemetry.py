@@ -187,9 +187,13 @@ async def test_prometheus_livez_and_readyz_of_an_ingest_process(spawn_worker, ow
     assert await worker.terminate() == 0
 
 
-async def test_prometheus_and_readyz_of_an_api_process(api_process):
+async def test_prometheus_and_readyz_of_an_api_process(api_process, database_outage):
     port = free_port()
-    api = api_process(AUDIT_METRICS_ADDRESS=f"127.0.0.1:{port}", OTEL_TRACES_EXPORTER="console")
+    api = api_process(
+        AUDIT_METRICS_ADDRESS=f"127.0.0.1:{port}",
+        OTEL_TRACES_EXPORTER="console",
+        AUDIT_HEALTH_CHECK_INTERVAL_SECONDS="0.2",
+    )
     api.start()
     await api.ready()
     base = f"http://127.0.0.1:{port}"
@@ -202,6 +206,16 @@ async def test_prometheus_and_readyz_of_an_api_process(api_process):
     status, metrics = await get(f"{base}/metrics")
     assert status == 200 and re.search(r'\ntarget_info\{[^}]*service_name="audit-api"', metrics)
     assert (await get(f"{base}/nope"))[0] == 404
+
+    # /readyz follows PostgreSQL through the health monitor of grpc.health.v1: one check, two doors.
+    async with database_outage():
+
+        async def unready() -> bool:
+            status, body = await get(f"{base}/readyz")
+            return status == 503 and "api.postgres: PostgreSQL unreachable" in body
+
+        await eventually(unready, what="/readyz 503 naming PostgreSQL while it refuses connections")
+    await eventually(ready, what="/readyz 200 again once PostgreSQL is back")
 
 
 async def test_an_unreachable_collector_stops_neither_ingest_nor_rpcs(spawn_worker, api_process, publisher, owner):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import asyncpg
 from grpc_health.v1 import health_pb2
@@ -34,6 +34,8 @@ class DependencyHealth:
         nc: the API's NATS connection (the live feed's).
         interval: seconds between checks.
         timeout: longest one PostgreSQL check (connecting included) may take.
+        on_database_checked: told each check's PostgreSQL result (True: reachable), e.g. for /readyz, so that the
+            process checks its database once, not once per probe.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class DependencyHealth:
         *,
         interval: float,
         timeout: float,
+        on_database_checked: Callable[[bool], None] | None = None,
     ) -> None:
         self._health = health
         self._services = tuple(services)
@@ -52,6 +55,7 @@ class DependencyHealth:
         self._nc = nc
         self._interval = interval
         self._timeout = timeout
+        self._on_database_checked = on_database_checked
         self._conn: asyncpg.Connection | None = None
         self._serving: bool | None = None
         self._task: asyncio.Task[None] | None = None
@@ -86,6 +90,8 @@ class DependencyHealth:
     async def check(self) -> bool:
         """Checks both dependencies once and reports the result; returns it."""
         database = await self._database_reachable()
+        if self._on_database_checked is not None:
+            self._on_database_checked(database)
         nats = self._nats_reachable()
         serving = database and nats
         if serving != self._serving:

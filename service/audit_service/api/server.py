@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -106,6 +107,7 @@ async def start_server(
     certificates: CertificateFiles | None = None,
     database_url: str = "",
     nc: NatsClient | None = None,
+    on_database_checked: Callable[[bool], None] | None = None,
 ) -> RunningServer:
     """Starts serving; the caller stops it with `RunningServer.stop`.
 
@@ -165,6 +167,7 @@ async def start_server(
             nc,
             interval=config.health_check_interval_seconds,
             timeout=config.health_check_timeout_seconds,
+            on_database_checked=on_database_checked,
         )
         await dependency_health.check()  # the first answer already says whether the dependencies are there
     else:
