@@ -157,6 +157,10 @@ def setup_telemetry(config: TelemetryConfig, default_service_name: str) -> Telem
     because the export queue was full, `otel.sdk.exporter.span.exported` with an `error.type` those whose export
     failed.
     """
+    # An empty OTEL_* variable means unset (docker-compose.yml passes `${OTEL_EXPORTER_OTLP_ENDPOINT:-}`); the
+    # SDK's exporters would take an empty endpoint for one.
+    for name in [name for name, value in os.environ.items() if name.startswith("OTEL_") and not value.strip()]:
+        del os.environ[name]
     if config.metrics_exporters or config.metrics_address:
         os.environ.setdefault(SDK_SELF_METRICS, "true")  # read by the SDK's constructors, below
     telemetry = build_telemetry(config, default_service_name)
