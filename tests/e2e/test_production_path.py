@@ -12,7 +12,9 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from ..certificates import CertificateAuthority
 from ..compose import ComposeFile
 from ..conftest import REPO_ROOT, ServiceProcess, eventually
 from ..factories import make_event
+from ..otlp_receiver import OtlpReceiver, otlp_receiver
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +44,9 @@ VARIABLES = {
     "AUDIT_NATS_API_PASSWORD": "api-test-password-e7a2",
     "AUDIT_NATS_PRODUCER_ACME_PASSWORD": "producer-test-password-0b94",
 }
-"""What an operator puts in the shell's environment or `.env` (docker-compose.yml's header lists them)."""
+"""What an operator must put in the shell's environment or `.env` (docker-compose.yml's header lists them)."""
+SETTINGS = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4317"}
+"""What an operator may set as well: where the OpenTelemetry collector listens."""
 
 READY_LINES = {"ingest": "ingest worker consuming", "serve": "gRPC API listening"}
 
@@ -54,17 +59,29 @@ def image_entrypoint() -> list[str]:
 
 
 @dataclass
+class Replica:
+    """One running container of a service: its process, and its container ports mapped to this machine's."""
+
+    process: ServiceProcess
+    ports: dict[int, int]
+
+    def url(self, container_port: int, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[container_port]}{path}"
+
+
+@dataclass
 class Deployment:
     """docker-compose.yml's model and how its names map onto this test's machine."""
 
     compose: ComposeFile
-    nats: NatsServer
-    postgres: EmbeddedPostgres
+    hosts: dict[str, str]
+    """Compose's `service:port` names to the host:port of this test's servers (postgres:5432, nats:4222, ...)."""
     secrets: dict[str, Path]
     workdir: Path
     published_ports: dict[int, int]
     project_dir: Path
     """Where the compose file's relative bind mounts (./tls) point: this test's copy of the project directory."""
+    collector: OtlpReceiver
 
     def bind_mounts(self, service: str) -> dict[str, Path]:
         """The service's `./host:/container[:ro]` volumes, container path to this machine's directory."""
@@ -75,25 +92,27 @@ class Deployment:
                 mounts[target] = self.project_dir / source[2:]
         return mounts
 
-    def environment(self, service: str) -> dict[str, str]:
-        """The service's environment as the container gets it, with compose's names resolved to this machine."""
+    def environment(self, service: str, ports: dict[int, int] | None = None) -> dict[str, str]:
+        """The service's environment as the container gets it, with compose's names resolved to this machine:
+        other services' host names, secrets, bind mounts, and the ports it listens on (`ports`, container port to
+        this machine's; the published ones by default)."""
         env = {}
         for name, value in self.compose.environment(service).items():
-            value = value.replace("@postgres:5432/", f"@{self.postgres.host}:{self.postgres.port}/")
-            value = value.replace("@nats:4222", f"@{self.nats.host}:{self.nats.port}")
+            for host, here in self.hosts.items():
+                value = re.sub(rf"(?<=[@/]){re.escape(host)}(?=[/?]|$)", here, value)
             for secret, path in self.secrets.items():
                 value = value.replace(f"/run/secrets/{secret}", str(path))
             for target, source in self.bind_mounts(service).items():
                 if value.startswith(f"{target}/"):
                     value = str(source) + value[len(target) :]
-            for container_port, host_port in self.published_ports.items():
+            for container_port, host_port in (ports or self.published_ports).items():
                 value = value.replace(f"0.0.0.0:{container_port}", f"127.0.0.1:{host_port}")
             env[name] = value
         return env
 
-    def process_environment(self, service: str) -> dict[str, str]:
+    def process_environment(self, service: str, ports: dict[int, int] | None = None) -> dict[str, str]:
         """Only what the container would have: its compose environment, plus PATH and HOME of this machine."""
-        return {"PATH": os.environ["PATH"], "HOME": str(self.workdir), **self.environment(service)}
+        return {"PATH": os.environ["PATH"], "HOME": str(self.workdir), **self.environment(service, ports)}
 
     def run(self, service: str, *extra: str) -> subprocess.CompletedProcess[str]:
         """A one-off run of the service's image with its command (or `extra` instead), to completion."""
@@ -107,17 +126,35 @@ class Deployment:
             cwd=self.workdir,
         )
 
-    def start(self, service: str, replica: int = 0) -> ServiceProcess:
-        """A long-running replica of the service, its output in <service>-<replica>.log."""
+    def start(self, service: str, replica: int = 0) -> Replica:
+        """A long-running replica of the service, its output in <service>-<replica>.log: its published ports are
+        the deployment's, each exposed port gets a port of its own on this machine."""
+        exposed = {int(port): free_port() for port in self.compose.service(service).get("expose", [])}
+        ports = {**self.published_ports, **exposed}
         command = self.compose.command(service)
-        return ServiceProcess(
+        process = ServiceProcess(
             command[0],
-            self.process_environment(service),
+            self.process_environment(service, ports),
             self.workdir / f"{service}-{replica}.log",
             READY_LINES[command[0]],
             argv=[str(BIN / image_entrypoint()[0]), *command],
             only_env=True,
-        ).start()
+        )
+        return Replica(process.start(), ports)
+
+    def healthcheck(self, service: str, replica: Replica) -> subprocess.CompletedProcess[str]:
+        """The service's compose health check (CMD form), run as Docker runs it in the container."""
+        kind, *command = self.compose.service(service)["healthcheck"]["test"]
+        assert kind == "CMD"
+        command = [_local_ports(part, replica.ports) for part in command]
+        program = sys.executable if command[0] == "python" else command[0]
+        return subprocess.run([program, *command[1:]], capture_output=True, text=True, timeout=30)
+
+
+def _local_ports(text: str, ports: dict[int, int]) -> str:
+    for container_port, host_port in ports.items():
+        text = text.replace(f"127.0.0.1:{container_port}", f"127.0.0.1:{host_port}")
+    return text
 
 
 def write_signing_keys(directory: Path) -> dict[str, Path]:
@@ -178,11 +215,11 @@ def prepare_postgres(compose: ComposeFile, server: EmbeddedPostgres, workdir: Pa
 
 
 @pytest.fixture
-def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
-    """The deployment of docker-compose.yml with VARIABLES, and those of an indirect parameter on top."""
-    compose = ComposeFile.load(REPO_ROOT / "docker-compose.yml", VARIABLES | getattr(request, "param", {}))
-    nats_service = compose.service("nats")
-    (nats_config,) = nats_service["configs"]
+async def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Deployment]:
+    """The deployment of docker-compose.yml with the operator's VARIABLES and SETTINGS, and those of an indirect
+    parameter on top; an OTLP collector of the test's own listens where SETTINGS point the processes."""
+    compose = ComposeFile.load(REPO_ROOT / "docker-compose.yml", VARIABLES | SETTINGS | getattr(request, "param", {}))
+    (nats_config,) = compose.service("nats")["configs"]
     nats = NatsServer(
         tmp_path / "nats",
         port=free_port(),
@@ -193,23 +230,39 @@ def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deplo
     nats.start()
     postgres.start()
     try:
-        prepare_postgres(compose, postgres, tmp_path)
-        secrets_dir = tmp_path / "secrets"
-        secrets_dir.mkdir()
-        project_dir = tmp_path / "project"
-        write_tls_files(project_dir / "tls")
-        yield Deployment(
-            compose=compose,
-            nats=nats,
-            postgres=postgres,
-            secrets=write_signing_keys(secrets_dir),
-            workdir=tmp_path,
-            published_ports={50051: free_port()},
-            project_dir=project_dir,
-        )
+        async with otlp_receiver() as collector:
+            prepare_postgres(compose, postgres, tmp_path)
+            secrets_dir = tmp_path / "secrets"
+            secrets_dir.mkdir()
+            project_dir = tmp_path / "project"
+            write_tls_files(project_dir / "tls")
+            yield Deployment(
+                compose=compose,
+                hosts={
+                    "postgres:5432": f"{postgres.host}:{postgres.port}",
+                    "nats:4222": f"{nats.host}:{nats.port}",
+                    "otel-collector:4317": f"127.0.0.1:{collector.port}",
+                },
+                secrets=write_signing_keys(secrets_dir),
+                workdir=tmp_path,
+                published_ports={50051: free_port()},
+                project_dir=project_dir,
+                collector=collector,
+            )
     finally:
         nats.stop()
         postgres.stop()
+
+
+async def http_get(url: str) -> tuple[int, str]:
+    def get() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    return await asyncio.to_thread(get)
 
 
 def grpcurl(
@@ -257,8 +310,9 @@ async def test_migrate_two_ingest_workers_and_the_api_run_as_docker_compose_give
     assert replicas == 2
     workers = [deployment.start("ingest", replica) for replica in range(replicas)]
     api = deployment.start("api")
+    processes = [replica.process for replica in (*workers, api)]
     try:
-        for process in (*workers, api):
+        for process in processes:
             await process.ready()
 
         producer_url = deployment.environment("ingest")["AUDIT_NATS_URL"].replace(
@@ -286,12 +340,40 @@ async def test_migrate_two_ingest_workers_and_the_api_run_as_docker_compose_give
                 break
         assert sorted(listed) == sorted(published), "each event stored once"
 
-        for process in (*workers, api):
+        # Every process is scraped and ready, and compose's own health checks pass against it.
+        for service, replica in [("ingest", worker) for worker in workers] + [("api", api)]:
+            status, metrics = await http_get(replica.url(9464, "/metrics"))
+            assert status == 200
+            name = "audit-api" if service == "api" else "audit-ingest"
+            assert re.search(rf'\ntarget_info\{{[^}}]*service_name="{name}"', metrics), metrics[:2000]
+            assert (await http_get(replica.url(9464, "/readyz")))[0] == 200
+            check = await asyncio.to_thread(deployment.healthcheck, service, replica)
+            assert check.returncode == 0, check.stderr
+
+        # Spans reach the operator's collector: each batch of the workers, each RPC of the API.
+        collector = deployment.collector
+
+        async def spans_exported() -> bool:
+            names = {(span.service_name, span.name) for span in collector.spans()}
+            return {
+                ("audit-ingest", "audit.ingest batch"),
+                ("audit-ingest", "audit.append"),
+                ("audit-api", "/audit.v1.AuditService/ListEvents"),
+                ("audit-api", "/audit.v1.AuditService/CountEvents"),
+            } <= names
+
+        await eventually(spans_exported, within=60, what="the spans of batches and RPCs at the collector")
+        batches = [span for span in collector.spans() if span.name == "audit.ingest batch"]
+        assert sum(int(span.attributes.get("audit.ingest.appended", 0)) for span in batches) == len(events)
+
+        for process in processes:
             assert await process.terminate() == 0, process.output()
+        logged = [json.loads(line) for process in processes for line in process.output().splitlines()]
+        assert logged and all({"time", "level", "message"} <= record.keys() for record in logged), "JSON logs"
         verify = deployment.run("ingest", "verify")
         assert verify.returncode == 0, verify.stdout + verify.stderr
     finally:
-        for process in (*workers, api):
+        for process in processes:
             process.close()
 
 
@@ -300,7 +382,7 @@ async def test_with_mtls_set_in_the_environment_the_api_refuses_a_caller_without
     deployment: Deployment,
 ):
     assert deployment.run("migrate").returncode == 0
-    api = deployment.start("api")
+    api = deployment.start("api").process
     try:
         await api.ready()
         token = mint_token(deployment)
