@@ -20,6 +20,7 @@ from .auth import AuthInterceptor
 from .errors import ErrorMappingInterceptor
 from .live_feed import LiveFeed
 from .read_budget import ReadBudget
+from .rpc_metrics import RpcMetricsInterceptor
 from .servicer import AuditServicer
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,15 @@ async def start_server(
     if read_budget is None:
         read_budget = ReadBudget(config.read_buffer_bytes, wait_seconds=config.query_timeout_seconds)
     _quiet_client_disconnects()
-    # The error mapper comes first, so it also turns authentication failures into statuses.
-    server = aio.server(interceptors=[ErrorMappingInterceptor(), AuthInterceptor(token_verifier(auth), SERVICE_NAME)])
+    # The error mapper comes before authentication, so it also turns authentication failures into statuses; the
+    # metrics come first of all, to see the status every call ends with.
+    server = aio.server(
+        interceptors=[
+            RpcMetricsInterceptor(),
+            ErrorMappingInterceptor(),
+            AuthInterceptor(token_verifier(auth), SERVICE_NAME),
+        ]
+    )
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
         AuditServicer(
             pool,
