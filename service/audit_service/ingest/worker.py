@@ -263,11 +263,11 @@ class IngestWorker:
                 *await self._append_isolating_rejects(accepted[:middle]),
                 *await self._append_isolating_rejects(accepted[middle:]),
             ]
+        committed_at = time.time()
         conflicting = {conflict.index: conflict for conflict in result.conflicts}
         for index, (msg, _) in enumerate(accepted):
             if index not in conflicting:
                 await msg.ack()  # a buffered write each; no task per message
-        committed_at = time.time()
         await self._announcer.announce(result.prev_position, result.last_position, result.sealed)
         self.stats.appended += result.appended
         self.stats.duplicates += result.duplicates
