@@ -29,7 +29,7 @@ from opentelemetry import metrics as metrics_api
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from ..conftest import eventually, store_events
+from ..conftest import eventually, serving_stub, store_events
 from ..factories import make_event, stamp
 
 
@@ -302,3 +302,22 @@ async def test_retention_runs_are_counted_by_outcome(metric_reader, config, tmp_
     assert await retention_command(config, args) == 0
     assert await retention_command(config, argparse.Namespace(days=0, archive_dir=None, dry_run=False)) == 1
     assert (runs("nothing_to_do"), runs("failed")) == (before[0] + 1, before[1] + 1)
+
+
+async def test_a_tail_that_falls_behind_its_buffer_is_counted_as_sent_back_to_the_log(
+    metric_reader, service_env, publisher, start_worker
+):
+    # A 1-byte live buffer: every event offered live overflows it, so the tail reads it from the log instead.
+    async with serving_stub(service_env | {"AUDIT_TAIL_BUFFER_BYTES": "1"}) as stub:
+        await start_worker()
+        before = read(metric_reader).value("audit.tail.resyncs")
+        call = stub.TailEvents(pb.TailEventsRequest())
+        responses = aiter(call)
+        assert (await anext(responses)).caught_up
+        ack = await publisher.publish(make_event())
+        received: list[str] = []
+        while not received:
+            received = [event.event_id for event in (await anext(responses)).events]
+        call.cancel()
+    assert received == [ack.event_id]
+    assert read(metric_reader).value("audit.tail.resyncs") - before >= 1
