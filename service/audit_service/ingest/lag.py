@@ -71,7 +71,7 @@ class ConsumerLag:
     def oldest_age(self) -> float | None:
         """Seconds since the oldest message not yet stored was stored in JetStream; 0 when none waits."""
         if self._held:
-            return max(self._clock() - min(self._held.values()), 0.0)
+            return max(self._clock() - min(tuple(self._held.values())), 0.0)  # a copy: collected from another thread
         if self.pending == 0:
             return 0.0
         if self._last_oldest is None:
