@@ -312,3 +312,17 @@ async def test_the_ingest_user_creates_no_consumer_but_its_own(as_user, secured_
     await settle(ingest, producer)
     assert len(ingest.violations()) == 2
     assert spy.pending_msgs == 0
+
+
+async def test_the_ingest_user_reads_its_own_consumers_pending_count_only(as_user, start_worker, connect_as) -> None:
+    """What the worker refreshes audit.ingest.pending from."""
+    await start_worker(as_user("ingest"))
+    ingest = await connect_as("ingest")
+    js = ingest.nc.jetstream()
+    info = await js.consumer_info("AUDIT_EVENTS", "audit-ingest", timeout=5)
+    assert info.num_pending == 0
+    assert ingest.violations() == []
+    with pytest.raises(nats.errors.TimeoutError):  # refused: the server answers nothing to a denied request
+        await js.consumer_info("AUDIT_EVENTS", "someone-else", timeout=1)
+    await settle(ingest)
+    assert len(ingest.violations()) == 1
