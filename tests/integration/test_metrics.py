@@ -153,13 +153,15 @@ async def test_appended_duplicate_and_dead_lettered_counts_match_what_was_publis
     assert stored == {first.event_id, *(ack.event_id for ack in valid)}
 
 
-async def test_the_head_gauge_is_the_logs_head(metric_reader, publisher, start_worker, owner):
+async def test_the_head_gauge_is_the_logs_head(metric_reader, publisher, start_worker, owner, database):
+    await store_events(database, [make_event() for _ in range(3)])
     worker = await start_worker()
+    assert read(metric_reader).gauge("audit.log.head") == 3, "read at start"
     for _ in range(7):
         await publisher.publish(make_event())
-    await eventually(lambda: _stored(owner, 7), what="7 events stored")
+    await eventually(lambda: _stored(owner, 10), what="7 more events stored")
     head = await owner.fetchval("SELECT last_position FROM audit_log_head")
-    assert head == 7
+    assert head == 10
     assert read(metric_reader).gauge("audit.log.head") == head
     await worker.shutdown()
     assert read(metric_reader).gauge("audit.log.head") is None, "a stopped worker reports no head"

@@ -23,6 +23,7 @@ from ..core.decode import DecodedEvent, decode_event
 from ..core.records import Content
 from ..core.tracecontext import parse_traceparent
 from ..errors import UnavailableError
+from ..store import queries
 from ..store.append import AppendResult, LogAppender
 from ..store.pool import acquire
 from ..telemetry import metrics
@@ -106,7 +107,7 @@ class IngestWorker:
             refresh_seconds=config.ingest.lag_refresh_seconds,
         )
         self.head: int | None = None
-        """The log's last position as of this worker's last append (None before the first)."""
+        """The log's last position as of this worker's start or its last append (None: not known yet)."""
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         """Ingests until `stop` is set; the batch in hand when it is set is finished, committed and acked."""
@@ -121,6 +122,11 @@ class IngestWorker:
             expires=ingest.fetch_timeout_seconds,
         )
         await reader.start()
+        try:
+            self.head = await queries.log_head(self._pool)  # the gauge has a value before the first append
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError) as error:
+            name = type(error).__name__
+            log.warning("cannot read the log's head (%s: %s); its gauge waits for an append", name, error)
         remove_head = metrics.LOG_HEAD.add({}, lambda: self.head)
         try:
             async with self._lag.running():
