@@ -129,7 +129,7 @@ _meter.create_observable_gauge(
     "audit.log.head",
     callbacks=[LOG_HEAD],
     unit="{position}",
-    description="The log's last position, as of the last append of this worker.",
+    description="The log's last position, as of this worker's start or its last append.",
 )
 CHECKPOINT_AGE = ObservedValues()
 _meter.create_observable_gauge(
