@@ -260,6 +260,13 @@ async def test_open_tails_go_up_and_back_down_and_live_deliveries_record_their_l
         return read(metric_reader).value("audit.tail.active") == before.value("audit.tail.active")
 
     await eventually(closed, what="the tail no longer counted once its call ended")
+    tail_calls = {"rpc.method": "audit.v1.AuditService/TailEvents", "rpc.response.status_code": "CANCELLED"}
+
+    async def counted() -> bool:
+        counted_calls = read(metric_reader).count("rpc.server.call.duration", **tail_calls)
+        return counted_calls - before.count("rpc.server.call.duration", **tail_calls) == 1
+
+    await eventually(counted, what="the stream counted as a call once it ended, CANCELLED by its client")
 
 
 async def test_export_bytes_are_the_bytes_the_client_received(metric_reader, api, database):
