@@ -39,7 +39,7 @@ data does not slow the publisher.
 The script prints figures and writes them as JSON to bench/results/; it never asserts on time.
 
 Usage: .venv/bin/python bench/ingest_throughput.py [--events 200000] [--runs 3] [--latency-seconds 20]
-       [--rate 1000]
+       [--rate 1000] [--workers 1] [--metrics-sdk]
 """
 
 from __future__ import annotations
@@ -306,6 +306,8 @@ class Stack:
     postgres: EmbeddedPostgres
     nats: NatsServer
     worker_processes: int = 1
+    metrics_sdk: bool = False
+    """Workers run with an OpenTelemetry SDK MeterProvider installed (bench/metered_worker.py)."""
     nats_pid: int = 0
     postmaster_pid: int = 0
 
@@ -353,11 +355,16 @@ def start_worker(stack: Stack, database: str, nats_config: NatsConfig, log_path:
         }
     )
     processes = []
+    command = (
+        [sys.executable, str(REPO_ROOT / "bench" / "metered_worker.py")]
+        if stack.metrics_sdk
+        else [sys.executable, "-m", "audit_service.cli", "ingest"]
+    )
     with open(log_path, "ab") as log_file:
         for _ in range(stack.worker_processes):
             processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "audit_service.cli", "ingest"],
+                    command,
                     env=env,
                     cwd=REPO_ROOT,
                     stdout=log_file,
@@ -845,7 +852,8 @@ def summary_lines(summary: dict[str, Any], runs: Sequence[RunResult], latency: L
         f"wal_sync_method={servers['postgres_wal_sync_method']}, "
         f"shared_buffers={servers['postgres_shared_buffers']}); {servers['nats_server']}",
         f"workload         N={summary['events']} events per run, runs={len(runs)}, "
-        f"{summary['worker_processes']} worker process(es), worker batch {WORKER_BATCH_SIZE}, "
+        f"{summary['worker_processes']} worker process(es)"
+        f"{' with an SDK MeterProvider' if summary.get('metrics_sdk') else ''}, worker batch {WORKER_BATCH_SIZE}, "
         f"{PUBLISH_TASKS} publishing tasks, max_in_flight {MAX_IN_FLIGHT}",
         f"publish          median {medians['publish_events_per_second']:>10,.0f} ev/s    "
         f"runs: {all_of(runs, 'publish_events_per_second')}",
@@ -951,6 +959,7 @@ async def benchmark(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         "worker_batch_size": WORKER_BATCH_SIZE,
         "publishing_tasks": PUBLISH_TASKS,
         "worker_processes": args.workers,
+        "metrics_sdk": args.metrics_sdk,
         "max_in_flight": MAX_IN_FLIGHT,
         "median": medians,
         "per_run": [asdict(run) for run in runs],
@@ -966,6 +975,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="latency phase length, 0 to skip")
     parser.add_argument("--rate", type=float, default=1000.0, help="events per second in the latency phase")
     parser.add_argument("--workers", type=int, default=1, help="ingest worker processes (default 1)")
+    parser.add_argument(
+        "--metrics-sdk",
+        action="store_true",
+        help="run the workers with an OpenTelemetry SDK MeterProvider installed (the cost of recording metrics)",
+    )
     args = parser.parse_args(argv)
     if args.events < 1 or args.runs < 1 or args.workers < 1 or args.rate <= 0 or args.latency_seconds < 0:
         parser.error("--events, --runs and --workers must be positive, --rate positive, --latency-seconds not negative")
@@ -980,6 +994,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         postgres=EmbeddedPostgres(workdir / "pg", port=free_port(), durable=True),
         nats=NatsServer(workdir / "nats", port=free_port()),
         worker_processes=args.workers,
+        metrics_sdk=args.metrics_sdk,
     )
     try:
         stack.start()

@@ -109,6 +109,8 @@ class IngestConfig:
     """How long one fetch waits for messages before the worker checks for shutdown."""
     ack_wait_seconds: float = 30.0
     """Seconds before JetStream redelivers a message that was fetched but not acknowledged."""
+    lag_refresh_seconds: float = 5.0
+    """How often a worker reads its consumer's pending count for the audit.ingest.pending gauge."""
     limits: Limits = field(default_factory=Limits)
     """Event size and time limits."""
     mask: SecretMask = field(default_factory=SecretMask)
@@ -545,6 +547,9 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
             env, "AUDIT_INGEST_FETCH_TIMEOUT_SECONDS", IngestConfig().fetch_timeout_seconds
         ),
         ack_wait_seconds=_positive_float(env, "AUDIT_INGEST_ACK_WAIT_SECONDS", IngestConfig().ack_wait_seconds),
+        lag_refresh_seconds=_positive_float(
+            env, "AUDIT_INGEST_LAG_REFRESH_SECONDS", IngestConfig().lag_refresh_seconds
+        ),
         limits=replace(
             default_limits,
             max_event_bytes=_positive_int(env, "AUDIT_MAX_EVENT_BYTES", default_limits.max_event_bytes),

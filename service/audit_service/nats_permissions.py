@@ -69,13 +69,17 @@ def ingest_user(nats: NatsConfig, durable: str = DEFAULT_DURABLE) -> NatsUser:
     events, dead = nats.events_stream, nats.dead_stream
     return NatsUser(
         name=INGEST_USER,
-        purpose="ingest workers: create and pull the streams, acknowledge, dead-letter, announce commits",
+        purpose=(
+            "ingest workers: create the streams, create, pull and read their consumer, acknowledge, dead-letter, "
+            "announce commits"
+        ),
         publish=(
             f"$JS.API.STREAM.INFO.{events}",
             f"$JS.API.STREAM.CREATE.{events}",
             f"$JS.API.STREAM.INFO.{dead}",
             f"$JS.API.STREAM.CREATE.{dead}",
             f"$JS.API.CONSUMER.DURABLE.CREATE.{events}.{durable}",
+            f"$JS.API.CONSUMER.INFO.{events}.{durable}",
             f"$JS.API.CONSUMER.MSG.NEXT.{events}.{durable}",
             f"$JS.ACK.{events}.{durable}.>",
             f"{nats.dead_subject_prefix}.>",

@@ -332,3 +332,17 @@ async def test_generated_passwords_are_read_by_nats_server_whatever_their_random
         await nc.close()
     finally:
         server.stop()
+
+
+async def test_the_ingest_user_reads_its_own_consumers_pending_count_only(as_user, start_worker, connect_as) -> None:
+    """What the worker refreshes audit.ingest.pending from."""
+    await start_worker(as_user("ingest"))
+    ingest = await connect_as("ingest")
+    js = ingest.nc.jetstream()
+    info = await js.consumer_info("AUDIT_EVENTS", "audit-ingest", timeout=5)
+    assert info.num_pending == 0
+    assert ingest.violations() == []
+    with pytest.raises(nats.errors.TimeoutError):  # refused: the server answers nothing to a denied request
+        await js.consumer_info("AUDIT_EVENTS", "someone-else", timeout=1)
+    await settle(ingest)
+    assert len(ingest.violations()) == 1

@@ -26,6 +26,7 @@ def test_each_user_gets_only_what_its_process_does() -> None:
         "$JS.API.STREAM.INFO.AUDIT_DEAD",
         "$JS.API.STREAM.CREATE.AUDIT_DEAD",
         "$JS.API.CONSUMER.DURABLE.CREATE.AUDIT_EVENTS.audit-ingest",
+        "$JS.API.CONSUMER.INFO.AUDIT_EVENTS.audit-ingest",
         "$JS.API.CONSUMER.MSG.NEXT.AUDIT_EVENTS.audit-ingest",
         "$JS.ACK.AUDIT_EVENTS.audit-ingest.>",
         "audit.dead.>",

@@ -24,6 +24,7 @@ from .dependency_health import DependencyHealth
 from .errors import ErrorMappingInterceptor
 from .live_feed import LiveFeed
 from .read_budget import ReadBudget
+from .rpc_metrics import RpcMetricsInterceptor
 from .servicer import AuditServicer
 from .tls import CertificateFiles
 
@@ -123,11 +124,12 @@ async def start_server(
     if read_budget is None:
         read_budget = ReadBudget(config.read_buffer_bytes, wait_seconds=config.query_timeout_seconds)
     _quiet_client_disconnects()
-    # The error mapper comes first, so it also turns authentication failures into statuses.
-    # The tracing interceptor (when spans are recorded) comes before both, so its span covers the whole call and
-    # sees the status the error mapper aborts with.
+    # Metrics come first of all, to see the status every call ends with; the tracing interceptor (when spans are
+    # recorded) next, so its span covers the rest of the call and sees the status the error mapper aborts with; the
+    # error mapper before authentication, so it also turns authentication failures into statuses.
     server = aio.server(
         interceptors=[
+            RpcMetricsInterceptor(),
             *server_interceptors([SERVICE_NAME]),
             ErrorMappingInterceptor(),
             AuthInterceptor(token_verifier(auth), SERVICE_NAME),

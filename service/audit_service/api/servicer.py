@@ -24,6 +24,7 @@ from ..core.records import micros_to_datetime
 from ..core.stored_event import row_to_event
 from ..errors import InvalidArgumentError, NotFoundError, PermissionDeniedError, UnavailableError
 from ..store import queries
+from ..telemetry import metrics
 from . import export, history, verification
 from .auth import current_caller
 from .live_feed import LiveFeed
@@ -61,6 +62,12 @@ def scope_of(caller: Principal | None, request_filter: pb.EventFilter) -> Scope:
         raise PermissionDeniedError(f"filter.tenant: the caller's token is for tenant {caller.tenant!r}")
     return Scope(tenant=caller.tenant, actor_id=None if caller.admin else caller.subject)
 
+
+_EXPORT_FORMAT_ATTRIBUTES = {
+    number: {"format": pb.ExportFormat.Name(number).removeprefix("EXPORT_FORMAT_").lower()}
+    for number in pb.ExportFormat.values()
+}
+"""audit.export.sent's attributes by format: csv, ndjson, log_lines."""
 
 _OUTCOME_NAMES = {str(number): event_pb2.Outcome.Name(number) for number in event_pb2.Outcome.values()}
 
@@ -186,8 +193,11 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
                 self._pool, request, where, max_response_bytes=self._max_response_bytes, read_budget=self._read_budget
             )
         ) as chunks:
+            attributes = _EXPORT_FORMAT_ATTRIBUTES.get(request.format)
             async for chunk in chunks:
                 yield chunk
+                # Counted once gRPC has taken the chunk (the generator resumes only then).
+                metrics.EXPORT_SENT.add(len(chunk.data), attributes)
 
     async def VerifyChain(self, request: pb.VerifyChainRequest, context: aio.ServicerContext) -> pb.VerifyChainResponse:
         return await verification.verify_chain(
@@ -267,7 +277,9 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             plan, self._feed, self._pool, self._tail_config, self._max_response_bytes, read_budget=self._read_budget
         )
         # grpc never closes a handler's generator itself: when the call ends mid-write, leave the feed at once.
-        context.add_done_callback(lambda _: stream.leave())
+        # The call's end is also where an open tail stops counting, however it ends.
+        metrics.TAILS_OPEN.add(1)
+        context.add_done_callback(lambda _: (stream.leave(), metrics.TAILS_OPEN.add(-1)))
         async with contextlib.aclosing(stream.responses()) as responses:  # leaves the feed as soon as the call ends
             async for response in responses:
                 yield response

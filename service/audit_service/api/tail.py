@@ -28,6 +28,7 @@ from ..core.records import timestamp_micros
 from ..core.stored_event import row_to_event
 from ..errors import InvalidArgumentError, ShuttingDownError
 from ..store import queries
+from ..telemetry import metrics
 from .live_feed import LiveEvent, LiveFeed, LiveSubscription
 from .read_budget import ReadBudget
 
@@ -106,6 +107,7 @@ class TailStream:
                     async for response in live:
                         yield response
                 # It fell behind: back to the log, then live again.
+                metrics.TAIL_RESYNCS.add(1)
                 target = await self._target(self._feed.resync(subscription))
         finally:
             self._feed.unsubscribe(subscription)
@@ -219,6 +221,10 @@ class TailStream:
                 events = await self._matching(taken)
                 if events:
                     for response in self._sized(events, max(self._cursor, examined)):
+                        # As it is handed to gRPC; its first event is the oldest it carries.
+                        recorded_at = response.events[0].recorded_at
+                        lag = time.time() - recorded_at.seconds - recorded_at.nanos / 1e9
+                        metrics.TAIL_DELIVERY_LAG.record(max(lag, 0.0))
                         yield response
                     continue
             self._cursor = max(self._cursor, examined)

@@ -24,10 +24,13 @@ from ..core.decode import DecodedEvent, decode_event
 from ..core.records import Content
 from ..core.tracecontext import parse_traceparent
 from ..errors import UnavailableError
+from ..store import queries
 from ..store.append import AppendResult, LogAppender
 from ..store.pool import acquire
+from ..telemetry import metrics
 from .announce import Announcer
 from .dead_letter import dead_letter_message
+from .lag import ConsumerLag
 from .pull import PullReader
 from .storage_errors import caused_by_the_events, storage_refusal_detail, timed_out
 from .streams import provision
@@ -101,6 +104,21 @@ class IngestWorker:
         self._announcer = Announcer(nc, config.nats.committed_subject_prefix)
         self._stop: asyncio.Event | None = None
         self.stats = IngestStats()
+        self._attributes: dict[str, str] = {
+            "messaging.system": "nats",
+            "messaging.destination.name": config.nats.events_stream,
+            "messaging.consumer.group.name": config.ingest.durable,
+        }
+        self._reason_attributes: dict[str, dict[str, str]] = {}
+        self._lag = ConsumerLag(
+            self._js,
+            config.nats.events_stream,
+            config.ingest.durable,
+            self._attributes,
+            refresh_seconds=config.ingest.lag_refresh_seconds,
+        )
+        self.head: int | None = None
+        """The log's last position as of this worker's start or its last append (None: not known yet)."""
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         """Ingests until `stop` is set; the batch in hand when it is set is finished, committed and acked."""
@@ -115,6 +133,28 @@ class IngestWorker:
             expires=ingest.fetch_timeout_seconds,
         )
         await reader.start()
+        try:
+            self.head = await queries.log_head(self._pool)  # the gauge has a value before the first append
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError) as error:
+            name = type(error).__name__
+            log.warning("cannot read the log's head (%s: %s); its gauge waits for an append", name, error)
+        remove_head = metrics.LOG_HEAD.add({}, lambda: self.head)
+        try:
+            async with self._lag.running():
+                await self._consume(reader, stop, ready)
+        finally:
+            remove_head()
+        await reader.stop()
+        self._report_consumer("stopped")
+        log.info(
+            "ingest worker stopped: %d appended, %d duplicates, %d dead-lettered",
+            self.stats.appended,
+            self.stats.duplicates,
+            self.stats.dead_lettered,
+        )
+
+    async def _consume(self, reader: PullReader, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
+        nats_config, ingest = self._config.nats, self._config.ingest
         log.info(
             "ingest worker consuming %s.> as %s (batch %d)",
             nats_config.events_subject_prefix,
@@ -154,20 +194,14 @@ class IngestWorker:
                     await self._finish(storing)
                     storing = None
                 continue
+            metrics.INGEST_BATCH_SIZE.record(len(msgs), self._attributes)
             batch = self._decode(msgs)
+            self._lag.hold(id(batch), msgs)
             if storing is not None:
                 await self._finish(storing)
             storing = asyncio.create_task(self._store(batch))
         if storing is not None:
             await self._finish(storing)
-        await reader.stop()
-        self._report_consumer("stopped")
-        log.info(
-            "ingest worker stopped: %d appended, %d duplicates, %d dead-lettered",
-            self.stats.appended,
-            self.stats.duplicates,
-            self.stats.dead_lettered,
-        )
 
     def _report_consumer(self, problem: str | None) -> None:
         if self._readiness is not None:
@@ -220,6 +254,12 @@ class IngestWorker:
 
     async def _store(self, batch: _Batch) -> None:
         """Appends the accepted events in one transaction, dead-letters the rest, acks all after COMMIT."""
+        try:
+            await self._store_batch(batch)
+        finally:
+            self._lag.release(id(batch))
+
+    async def _store_batch(self, batch: _Batch) -> None:
         refused = batch.refused
         nats_config = self._config.nats
         before = (self.stats.appended, self.stats.duplicates, self.stats.dead_lettered)
@@ -275,6 +315,7 @@ class IngestWorker:
                 *await self._append_isolating_rejects(accepted[:middle]),
                 *await self._append_isolating_rejects(accepted[middle:]),
             ]
+        committed_at = time.time()
         conflicting = {conflict.index: conflict for conflict in result.conflicts}
         for index, (msg, _) in enumerate(accepted):
             if index not in conflicting:
@@ -282,6 +323,11 @@ class IngestWorker:
         await self._announcer.announce(result.prev_position, result.last_position, result.sealed)
         self.stats.appended += result.appended
         self.stats.duplicates += result.duplicates
+        self.head = result.last_position if self.head is None else max(self.head, result.last_position)
+        metrics.INGEST_APPENDED.add(result.appended, self._attributes)
+        metrics.INGEST_DUPLICATES.add(result.duplicates, self._attributes)
+        published_at = accepted[0][0].metadata.timestamp.timestamp()
+        metrics.INGEST_PUBLISH_TO_COMMIT.record(max(committed_at - published_at, 0.0), self._attributes)
         return [
             _Refusal(
                 accepted[conflict.index][0],
@@ -297,6 +343,7 @@ class IngestWorker:
         attempt = 0
         while True:
             try:
+                started = time.perf_counter()
                 with tracer.start_as_current_span(
                     "audit.append",
                     attributes={"db.system.name": "postgresql", "audit.append.events": len(contents)},
@@ -312,7 +359,8 @@ class IngestWorker:
                                 "audit.append.last_position": result.last_position,
                             }
                         )
-                    return result
+                metrics.INGEST_APPEND_DURATION.record(time.perf_counter() - started, self._attributes)
+                return result
             except Exception as error:
                 if caused_by_the_events(error):
                     raise EventsRejected(error) from error
@@ -358,6 +406,7 @@ class IngestWorker:
                 await js.publish(subject, body, headers=headers)
             await refusal.msg.ack()
             self.stats.dead_lettered += 1
+            metrics.INGEST_DEAD_LETTERED.add(1, self._reason_attributes_of(refusal.reason))
             log.warning(
                 "dead-lettered stream sequence %d to %s.%s: %s%s",
                 refusal.msg.metadata.sequence.stream,
@@ -366,6 +415,12 @@ class IngestWorker:
                 f"{refusal.field}: " if refusal.field else "",
                 refusal.detail,
             )
+
+    def _reason_attributes_of(self, reason: str) -> dict[str, str]:
+        attributes = self._reason_attributes.get(reason)
+        if attributes is None:  # reasons are a short fixed list (audit_client.errors), so is this cache
+            attributes = self._reason_attributes[reason] = {**self._attributes, "reason": reason}
+        return attributes
 
 
 def _producer_links(msgs: Sequence[Msg]) -> list[Link]:

@@ -8,7 +8,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 
@@ -24,6 +25,7 @@ from ..core.checkpoints import (
 )
 from ..core.signing import Signer, Verifier, load_signer, load_verifier
 from ..errors import ConfigError
+from ..telemetry import metrics
 from .pool import acquire
 
 __all__ = [
@@ -104,11 +106,16 @@ class PeriodicCheckpointer:
     """Signs a checkpoint every `interval_seconds` while running (nothing without a signing key). A failure
     is logged and retried at the next interval; it never stops the process it runs in."""
 
-    def __init__(self, signer: Signer | None, interval_seconds: float) -> None:
+    def __init__(
+        self, signer: Signer | None, interval_seconds: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._signer = signer
         self._interval = interval_seconds
+        self._clock = clock
         self.taken = 0
         """Checkpoints signed or found current so far."""
+        self.covered_at: float | None = None
+        """When (on `clock`) the log's head was last covered by a signed checkpoint, or when checkpointing started."""
 
     @classmethod
     def from_config(cls, config: CheckpointConfig) -> PeriodicCheckpointer:
@@ -121,26 +128,39 @@ class PeriodicCheckpointer:
             yield
             return
         log.info("signing checkpoints of the chain heads every %.0f s with key %s", self._interval, self._signer.key_id)
-        task = asyncio.create_task(self._run(pool, self._signer), name="audit-checkpointer")
+        self.covered_at = self._clock()
+        remove_age = metrics.CHECKPOINT_AGE.add({}, self.age)
+        task = asyncio.create_task(self._run(pool), name="audit-checkpointer")
         try:
             yield
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            remove_age()
 
-    async def _run(self, pool: asyncpg.Pool, signer: Signer) -> None:
+    def age(self) -> float | None:
+        """Seconds since the log's head was last covered by a signed checkpoint (audit.checkpoint.age)."""
+        return None if self.covered_at is None else max(self._clock() - self.covered_at, 0.0)
+
+    async def sign_once(self, pool: asyncpg.Pool) -> None:
+        """Signs a checkpoint now (or finds the latest one current); a failure is logged, never raised."""
+        assert self._signer is not None
+        try:
+            async with acquire(pool) as conn:
+                checkpoint = await take_checkpoint(conn, self._signer)
+            self.taken += 1
+            self.covered_at = self._clock()
+            log.debug("checkpoint at log position %d", checkpoint.parsed().log_position)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a checkpoint is retried at the next interval; ingest goes on
+            log.warning("cannot sign a checkpoint of the chain heads: %s: %s", type(error).__name__, error)
+
+    async def _run(self, pool: asyncpg.Pool) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            try:
-                async with acquire(pool) as conn:
-                    checkpoint = await take_checkpoint(conn, signer)
-                self.taken += 1
-                log.debug("checkpoint at log position %d", checkpoint.parsed().log_position)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # a checkpoint is retried at the next interval; ingest goes on
-                log.warning("cannot sign a checkpoint of the chain heads: %s: %s", type(error).__name__, error)
+            await self.sign_once(pool)
 
 
 async def checkpoint_command(config: Config, args: argparse.Namespace) -> int:

@@ -48,6 +48,7 @@ from ..core.ndjson import event_line
 from ..core.records import GENESIS_HASH, Content, columns_sql, content_from_event
 from ..core.signing import Signer, Verifier, load_signer
 from ..offline_verify import ARCHIVE_SUFFIX, MANIFEST_FORMAT, MANIFEST_SUFFIX, manifest_signing_bytes, verify_archive
+from ..telemetry import metrics
 from .append import RANKED_ACTION_COUNTS, LogAppender
 from .checkpoints import checkpoint_verifiers
 from .projections import HOUR_OF_EVENT, fold_streams
@@ -458,10 +459,20 @@ async def retention_command(config, args, *, lock_timeout_seconds: float = LOCK_
     """`audit-service retention`: one line per partition archived and dropped (or listed, with --dry-run).
 
     `lock_timeout_seconds` is for tests (how long dropping waits for the log's lock)."""
+    outcome = "failed"
+    try:
+        status, outcome = await _retention(config, args, lock_timeout_seconds)
+        return status
+    finally:
+        metrics.RETENTION_RUNS.add(1, {"outcome": outcome})
+
+
+async def _retention(config, args, lock_timeout_seconds: float) -> tuple[int, str]:
+    """retention_command's exit status and its outcome for audit.retention.runs."""
     days = args.days if args.days is not None else config.retention.days
     if days <= 0:
         print("audit-service retention: --days must be a positive number of days", file=sys.stderr)
-        return 1
+        return 1, "failed"
     archive_dir = Path(args.archive_dir or config.retention.archive_dir)
     signer = load_signer(config.checkpoints.signing_key_file) if config.checkpoints.signing_key_file else None
     verifiers = checkpoint_verifiers(config.checkpoints)
@@ -471,17 +482,17 @@ async def retention_command(config, args, *, lock_timeout_seconds: float = LOCK_
             "configured, archive manifests must be signed",
             file=sys.stderr,
         )
-        return 1
+        return 1, "failed"
     try:
         conn = await asyncpg.connect(config.database.migrate_url or config.database.url)
     except (OSError, asyncpg.PostgresError) as error:
         print(f"audit-service retention: cannot connect to the database: {error}", file=sys.stderr)
-        return 1
+        return 1, "failed"
     try:
         partitions = await expired_partitions(conn, days)
         if not partitions:
             print(f"nothing to archive: no partition ended more than {days} days ago")
-            return 0
+            return 0, "nothing_to_do"
         if args.dry_run:
             for partition in partitions:
                 events, first, last = await conn.fetchrow(
@@ -489,7 +500,7 @@ async def retention_command(config, args, *, lock_timeout_seconds: float = LOCK_
                 )
                 where = f" at positions {first}-{last}" if events else ""
                 print(f"would archive and drop {partition.name} ({partition.range_text}): {events} events{where}")
-            return 0
+            return 0, "dry_run"
         await asyncio.to_thread(archive_dir.mkdir, parents=True, exist_ok=True)
         for partition in partitions:
             archived = await archive_partition(
@@ -497,9 +508,9 @@ async def retention_command(config, args, *, lock_timeout_seconds: float = LOCK_
             )
             if archived is not None:
                 print(archived, flush=True)
-        return 0
+        return 0, "archived"
     except (RetentionError, OSError, asyncpg.PostgresError) as error:
         print(f"audit-service retention: {error}", file=sys.stderr)
-        return 1
+        return 1, "failed"
     finally:
         await conn.close()
