@@ -25,6 +25,7 @@ from audit_service.devstack.postgres import EmbeddedPostgres, postgres_bin_dir
 from audit_service.devstack.processes import free_port
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client.parser import text_string_to_metric_families
 
 from ..certificates import CertificateAuthority
 from ..compose import ComposeFile
@@ -254,6 +255,20 @@ async def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIte
         postgres.stop()
 
 
+def samples(exposition: str) -> list[tuple[str, dict[str, str], float]]:
+    """Prometheus text as (sample name, labels, value) triples."""
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    ]
+
+
+def total(scraped: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    """The sum of the samples named `name` whose labels include `labels`."""
+    return sum(value for sample, found, value in scraped if sample == name and labels.items() <= found.items())
+
+
 async def http_get(url: str) -> tuple[int, str]:
     def get() -> tuple[int, str]:
         try:
@@ -341,17 +356,35 @@ async def test_migrate_two_ingest_workers_and_the_api_run_as_docker_compose_give
         assert sorted(listed) == sorted(published), "each event stored once"
 
         # Every process is scraped and ready, and compose's own health checks pass against it.
+        scraped = {}
         for service, replica in [("ingest", worker) for worker in workers] + [("api", api)]:
             status, metrics = await http_get(replica.url(9464, "/metrics"))
             assert status == 200
             name = "audit-api" if service == "api" else "audit-ingest"
             assert re.search(rf'\ntarget_info\{{[^}}]*service_name="{name}"', metrics), metrics[:2000]
+            scraped[replica.process.log_path.stem] = samples(metrics)
             assert (await http_get(replica.url(9464, "/readyz")))[0] == 200
             check = await asyncio.to_thread(deployment.healthcheck, service, replica)
             assert check.returncode == 0, check.stderr
+        workers_scraped = [scraped[f"ingest-{i}"] for i in range(replicas)]
+        assert sum(total(worker, "audit_ingest_appended_total") for worker in workers_scraped) == len(events), (
+            "the two workers' appended counters add up to what was published"
+        )
+        assert max(total(worker, "audit_log_head") for worker in workers_scraped) == len(events)
+        listed_ok = total(
+            scraped["api-0"],
+            "rpc_server_call_duration_seconds_count",
+            rpc_method="audit.v1.AuditService/ListEvents",
+            rpc_response_status_code="OK",
+        )
+        assert listed_ok >= 3, "the grpcurl pages above, counted by method and status"
 
         # Spans reach the operator's collector: each batch of the workers, each RPC of the API.
         collector = deployment.collector
+
+        def appended_in_spans() -> int:
+            batches = [span for span in collector.spans() if span.name == "audit.ingest batch"]
+            return sum(int(span.attributes.get("audit.ingest.appended", 0)) for span in batches)
 
         async def spans_exported() -> bool:
             names = {(span.service_name, span.name) for span in collector.spans()}
@@ -360,11 +393,11 @@ async def test_migrate_two_ingest_workers_and_the_api_run_as_docker_compose_give
                 ("audit-ingest", "audit.append"),
                 ("audit-api", "/audit.v1.AuditService/ListEvents"),
                 ("audit-api", "/audit.v1.AuditService/CountEvents"),
-            } <= names
+            } <= names and appended_in_spans() >= len(events)
 
+        # (Each process exports its spans every few seconds: wait for both workers' batches.)
         await eventually(spans_exported, within=60, what="the spans of batches and RPCs at the collector")
-        batches = [span for span in collector.spans() if span.name == "audit.ingest batch"]
-        assert sum(int(span.attributes.get("audit.ingest.appended", 0)) for span in batches) == len(events)
+        assert appended_in_spans() == len(events), "each event appended once, in one batch's span"
 
         for process in processes:
             assert await process.terminate() == 0, process.output()
