@@ -136,7 +136,8 @@ async def _rebuild_projections(config: Config) -> int:
         await conn.close()
     print(
         f"rebuilt projections: {report.events} events in {report.rows} rows of audit_counts_hourly "
-        f"and {report.action_rows} rows of audit_action_counts_hourly; {report.streams} resource streams"
+        f"and {report.action_rows} rows of audit_action_counts_hourly; {report.streams} resource streams; "
+        f"{report.alert_rules} alert rules"
     )
     return 0
 

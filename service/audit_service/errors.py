@@ -53,3 +53,7 @@ class ShuttingDownError(UnavailableError):
 
 class ResourceExhaustedError(AuditServiceError):
     """The server is at a limit it keeps to protect itself (e.g. the bytes its reads may hold); retry later."""
+
+
+class AbortedError(AuditServiceError):
+    """A conditional change lost a race: the thing changed since the revision the caller named; re-read, retry."""

@@ -235,6 +235,7 @@ async def run_api(
                 certificates=certificates,
                 database_url=config.database.url,
                 nc=nc,
+                mask=config.ingest.mask,
                 on_database_checked=None
                 if readiness is None
                 else lambda reachable: readiness.set("api.postgres", None if reachable else "PostgreSQL unreachable"),

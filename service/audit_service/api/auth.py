@@ -1,5 +1,5 @@
-"""Authentication of every AuditService call, as an interceptor: the verified caller is put in a context
-variable for the servicer (health and reflection stay open, for probes and grpcurl's list/describe)."""
+"""Authentication of every AuditService and AlertRuleService call, as an interceptor: the verified caller is put
+in a context variable for the servicer (health and reflection stay open, for probes and grpcurl's list/describe)."""
 
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ def _bearer_token(context: aio.ServicerContext) -> str:
 
 
 class AuthInterceptor(aio.ServerInterceptor):
-    """Verifies the bearer token of calls to `protected_service` (or lets everyone in when verifier is None)."""
+    """Verifies the bearer token of calls to `protected_services` (or lets everyone in when verifier is None)."""
 
-    def __init__(self, verifier: TokenVerifier | None, protected_service: str) -> None:
+    def __init__(self, verifier: TokenVerifier | None, *protected_services: str) -> None:
         self._verifier = verifier
-        self._prefix = f"/{protected_service}/"
+        self._prefixes = tuple(f"/{service}/" for service in protected_services)
 
     def _authenticate(self, context: aio.ServicerContext) -> None:
         _caller.set(None if self._verifier is None else self._verifier.verify(_bearer_token(context)))
@@ -55,7 +55,7 @@ class AuthInterceptor(aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(self._prefix):
+        if handler is None or not handler_call_details.method.startswith(self._prefixes):
             return handler
         if handler.unary_unary is not None:
             unary = handler.unary_unary

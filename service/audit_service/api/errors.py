@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from grpc import aio
 
 from ..errors import (
+    AbortedError,
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
@@ -50,6 +51,8 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.PERMISSION_DENIED, str(error)
     if isinstance(error, NotFoundError):
         return grpc.StatusCode.NOT_FOUND, str(error)
+    if isinstance(error, AbortedError):
+        return grpc.StatusCode.ABORTED, str(error)
     if isinstance(error, TimeoutError):  # a statement over AUDIT_QUERY_TIMEOUT_SECONDS (before OSError, its base)
         return grpc.StatusCode.DEADLINE_EXCEEDED, (
             "the query ran longer than the service allows and was cancelled; narrow the filter "

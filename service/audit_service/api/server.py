@@ -1,4 +1,4 @@
-"""gRPC server lifecycle: AuditService, health and reflection, plaintext or TLS; graceful shutdown."""
+"""gRPC server lifecycle: AuditService, AlertRuleService, health and reflection, plaintext or TLS; graceful shutdown."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
-from audit.v1 import audit_service_pb2, audit_service_pb2_grpc
+from audit.v1 import alert_rules_pb2_grpc, audit_service_pb2, audit_service_pb2_grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
@@ -16,9 +16,13 @@ from nats.aio.client import Client as NatsClient
 
 from ..auth.tokens import TokenVerifier
 from ..config import ApiConfig, AuthConfig, TailConfig
+from ..core.masking import SecretMask
 from ..core.signing import Verifier
 from ..errors import ConfigError
+from ..store.append import LogAppender
 from ..telemetry.setup import server_interceptors
+from .alert_rules import SERVICE_NAME as ALERT_RULES_SERVICE_NAME
+from .alert_rules import AlertRuleServicer
 from .auth import AuthInterceptor
 from .dependency_health import DependencyHealth
 from .errors import ErrorMappingInterceptor
@@ -109,6 +113,7 @@ async def start_server(
     database_url: str = "",
     nc: NatsClient | None = None,
     on_database_checked: Callable[[bool], None] | None = None,
+    mask: SecretMask | None = None,
 ) -> RunningServer:
     """Starts serving; the caller stops it with `RunningServer.stop`.
 
@@ -118,6 +123,7 @@ async def start_server(
             config.health_check_interval_seconds; without it, health is SERVING until shutdown.
         feed: a started live feed for TailEvents (without one, TailEvents is UNAVAILABLE).
         checkpoint_keys: the public keys VerifyChain checks signed checkpoints with.
+        mask: what LogAppender masks in the states it copies into rule-change events (AUDIT_SECRET_KEYS).
         read_budget: the bytes the process's reads may hold at once, shared with the feed (a new one of
             config.read_buffer_bytes when not given).
     """
@@ -130,9 +136,9 @@ async def start_server(
     server = aio.server(
         interceptors=[
             RpcMetricsInterceptor(),
-            *server_interceptors([SERVICE_NAME]),
+            *server_interceptors([SERVICE_NAME, ALERT_RULES_SERVICE_NAME]),
             ErrorMappingInterceptor(),
-            AuthInterceptor(token_verifier(auth), SERVICE_NAME),
+            AuthInterceptor(token_verifier(auth), SERVICE_NAME, ALERT_RULES_SERVICE_NAME),
         ]
     )
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
@@ -146,10 +152,17 @@ async def start_server(
         ),
         server,
     )
+    alert_rules_pb2_grpc.add_AlertRuleServiceServicer_to_server(AlertRuleServicer(pool, LogAppender(mask)), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        (
+            SERVICE_NAME,
+            ALERT_RULES_SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
     )
     if certificates is None and config.tls.enabled:
         certificates = CertificateFiles(config.tls)
@@ -164,7 +177,7 @@ async def start_server(
     if database_url:
         dependency_health = DependencyHealth(
             health,
-            ("", SERVICE_NAME),
+            ("", SERVICE_NAME, ALERT_RULES_SERVICE_NAME),
             database_url,
             nc,
             interval=config.health_check_interval_seconds,
@@ -175,6 +188,7 @@ async def start_server(
     else:
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await health.set(ALERT_RULES_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await server.start()
     if dependency_health is not None:
         dependency_health.start()

@@ -15,6 +15,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from .masking import DEFAULT_MASK, SecretMask
 from .records import Content, content_from_event
+from .reserved import reserved_field
 from .tracecontext import parse_traceparent
 
 JSON_CONTENT_TYPE = "application/json"
@@ -105,6 +106,11 @@ def decode_event(
             "tenant_mismatch",
             f"the event is for tenant {event.tenant!r} but was published on the subject of tenant "
             f"{subject_tenant[:80]!r}; publish it on the subject of its own tenant",
+        )
+    reserved = reserved_field(event.resource.type, event.action)
+    if reserved is not None:
+        raise InvalidEventError(
+            reserved, "invalid_field", "is reserved for the service's own events (alert rule changes)"
         )
     structs = StructValues(mask.mask(metadata), mask.mask(before), mask.mask(after))
     return DecodedEvent(event, content_from_event(event, structs))

@@ -1,0 +1,131 @@
+"""AlertRuleService: tenant admins manage their tenant's alert rules; each change is recorded in the log (see
+store/alert_rules.py). Failures are raised as domain errors and mapped to statuses by api/errors.py."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+
+import asyncpg
+from audit.v1 import alert_rules_pb2 as pb
+from audit.v1 import alert_rules_pb2_grpc as pb_grpc
+from audit.v1 import event_pb2
+from audit_client.validation import TENANT_PATTERN
+from grpc import aio
+
+from ..auth.tokens import Principal
+from ..core.page_token import query_digest
+from ..errors import InvalidArgumentError, PermissionDeniedError
+from ..store import alert_rules as store
+from ..store.append import LogAppender
+from .auth import current_caller
+from .paging import caller_identity, page_size_of
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AlertRuleService"].full_name
+UNAUTHENTICATED_ACTOR = store.Actor("unauthenticated", event_pb2.SUBJECT_TYPE_SYSTEM)
+"""The actor of rule changes when authentication is disabled."""
+
+
+def rule_tenant(caller: Principal | None, requested: str, field: str) -> str:
+    """The tenant whose rules the call manages: the caller's, who must be its admin (PERMISSION_DENIED otherwise);
+    with authentication off, the requested one (required)."""
+    if caller is None:
+        if not requested:
+            raise InvalidArgumentError(field, "is required when authentication is disabled")
+        if not TENANT_PATTERN.fullmatch(requested):
+            raise InvalidArgumentError(field, f"must match {TENANT_PATTERN.pattern}")
+        return requested
+    if not caller.admin:
+        raise PermissionDeniedError("only tenant admins may manage alert rules")
+    if requested and requested != caller.tenant:
+        raise PermissionDeniedError(f"{field}: the caller's token is for tenant {caller.tenant!r}")
+    return caller.tenant
+
+
+def actor_of(caller: Principal | None) -> store.Actor:
+    return UNAUTHENTICATED_ACTOR if caller is None else store.Actor(caller.subject)
+
+
+def encode_list_token(after_id: str, digest: str) -> str:
+    document = {"v": 1, "a": after_id, "q": digest}
+    return base64.urlsafe_b64encode(json.dumps(document, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_list_token(text: str, expected_digest: str) -> str:
+    """The id a page starts after.
+
+    Raises:
+        InvalidArgumentError: naming page_token, when malformed or issued for another tenant or caller.
+    """
+    try:
+        document = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        version, after_id, digest = document["v"], document["a"], document["q"]
+        after_id = str(uuid.UUID(after_id))
+    except (binascii.Error, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        raise InvalidArgumentError("page_token", "is malformed; pass next_page_token back unchanged") from None
+    if version != 1 or digest != expected_digest:
+        raise InvalidArgumentError("page_token", "belongs to a different tenant or caller")
+    return after_id
+
+
+class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
+    def __init__(self, pool: asyncpg.Pool, appender: LogAppender | None = None) -> None:
+        """
+        Args:
+            pool: connections of the service role.
+            appender: appends the rule-change events (one per process, shared).
+        """
+        self._pool = pool
+        self._appender = appender or LogAppender()
+
+    async def CreateAlertRule(
+        self, request: pb.CreateAlertRuleRequest, context: aio.ServicerContext
+    ) -> pb.CreateAlertRuleResponse:
+        caller = current_caller()
+        rule = pb.AlertRule()
+        rule.CopyFrom(request.alert_rule)
+        rule.tenant = rule_tenant(caller, rule.tenant, "alert_rule.tenant")
+        async with self._pool.acquire() as conn:
+            change = await store.create_rule(conn, self._appender, rule, actor_of(caller))
+        return pb.CreateAlertRuleResponse(alert_rule=change.rule)
+
+    async def GetAlertRule(
+        self, request: pb.GetAlertRuleRequest, context: aio.ServicerContext
+    ) -> pb.GetAlertRuleResponse:
+        tenant = rule_tenant(current_caller(), request.tenant, "tenant")
+        return pb.GetAlertRuleResponse(alert_rule=await store.get_rule(self._pool, tenant, request.id))
+
+    async def ListAlertRules(
+        self, request: pb.ListAlertRulesRequest, context: aio.ServicerContext
+    ) -> pb.ListAlertRulesResponse:
+        caller = current_caller()
+        tenant = rule_tenant(caller, request.tenant, "tenant")
+        limit = page_size_of(request)
+        digest = query_digest(b"alert_rules", tenant.encode(), caller_identity(caller))
+        after_id = decode_list_token(request.page_token, digest) if request.page_token else None
+        rules = await store.list_rules(self._pool, tenant, after_id, limit + 1)
+        next_token = encode_list_token(rules[limit - 1].id, digest) if len(rules) > limit else ""
+        return pb.ListAlertRulesResponse(alert_rules=rules[:limit], next_page_token=next_token)
+
+    async def UpdateAlertRule(
+        self, request: pb.UpdateAlertRuleRequest, context: aio.ServicerContext
+    ) -> pb.UpdateAlertRuleResponse:
+        caller = current_caller()
+        tenant = rule_tenant(caller, request.alert_rule.tenant, "alert_rule.tenant")
+        paths = list(request.update_mask.paths)
+        async with self._pool.acquire() as conn:
+            change = await store.update_rule(conn, self._appender, tenant, request.alert_rule, paths, actor_of(caller))
+        return pb.UpdateAlertRuleResponse(alert_rule=change.rule)
+
+    async def DeleteAlertRule(
+        self, request: pb.DeleteAlertRuleRequest, context: aio.ServicerContext
+    ) -> pb.DeleteAlertRuleResponse:
+        caller = current_caller()
+        tenant = rule_tenant(caller, request.tenant, "tenant")
+        async with self._pool.acquire() as conn:
+            change = await store.delete_rule(
+                conn, self._appender, tenant, request.id, request.revision, actor_of(caller)
+            )
+        return pb.DeleteAlertRuleResponse(alert_rule=change.rule)

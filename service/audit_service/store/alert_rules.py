@@ -1,0 +1,214 @@
+"""Alert rules, event-sourced: each change appends an audit event to the log (through LogAppender, so positions,
+hash chains, resource streams, counts and de-duplication stay right) and writes the alert_rules read model in the
+same transaction. The rule's resource stream in audit_resource_heads holds the same state, which is what the read
+model is rebuilt from (rebuild_alert_rules).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import orjson
+from audit.v1 import alert_rules_pb2 as pb
+from audit.v1 import event_pb2
+from audit_client import new_event_id
+from audit_client.validation import validate_event
+
+from ..core.alert_rules import apply_update, rule_from_json, rule_to_json, validate_rule
+from ..core.records import CHANGE_AFTER_INDEX, Content, content_from_event
+from ..core.reserved import ALERT_RULE_ACTION_PREFIX as ACTION_PREFIX
+from ..core.reserved import ALERT_RULE_RESOURCE_TYPE as RESOURCE_TYPE
+from ..errors import AbortedError, InvalidArgumentError, NotFoundError
+from .append import AppendResult, LogAppender
+
+_SELECT = "SELECT rule::text AS rule, revision FROM alert_rules WHERE tenant = $1 AND id = $2"
+_INSERT = """
+INSERT INTO alert_rules (tenant, id, revision, enabled, rule, last_position) VALUES ($1, $2, $3, $4, $5::jsonb, $6)
+"""
+_UPDATE = """
+UPDATE alert_rules SET revision = $3, enabled = $4, rule = $5::jsonb, last_position = $6 WHERE tenant = $1 AND id = $2
+"""
+_DELETE = "DELETE FROM alert_rules WHERE tenant = $1 AND id = $2"
+_LIST = """
+SELECT id::text AS id, rule::text AS rule FROM alert_rules
+WHERE tenant = $1 AND id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') ORDER BY id LIMIT $3
+"""
+_REBUILD = """
+INSERT INTO alert_rules (tenant, id, revision, enabled, rule, last_position)
+SELECT tenant, resource_id::uuid, (state->>'revision')::bigint, coalesce((state->>'enabled')::boolean, false), state,
+       last_position
+FROM audit_resource_heads
+WHERE resource_type = $1 AND state IS NOT NULL
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who changes a rule, as the event's actor."""
+
+    id: str
+    type: int = event_pb2.SUBJECT_TYPE_USER
+
+
+@dataclass(frozen=True, slots=True)
+class RuleChange:
+    """What a change stored: the rule after it (before it, for a deletion) and the append."""
+
+    rule: pb.AlertRule
+    append: AppendResult
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def change_event(
+    verb: str, tenant: str, rule_id: str, display_name: str, actor: Actor, before: dict | None, after: dict | None
+) -> Content:
+    """The log content recording one change of a rule."""
+    event = event_pb2.AuditEvent(
+        event_id=new_event_id(),
+        tenant=tenant,
+        action=ACTION_PREFIX + verb,
+        outcome=event_pb2.OUTCOME_SUCCESS,
+        actor=event_pb2.Subject(id=actor.id, type=actor.type),
+        resource=event_pb2.Resource(type=RESOURCE_TYPE, id=rule_id, name=display_name[:200]),
+        message=f"alert rule {display_name[:200]!r} {verb}d",
+    )
+    event.occurred_at.GetCurrentTime()
+    if before is not None:
+        event.change.before.update(before)
+    if after is not None:
+        event.change.after.update(after)
+    return content_from_event(event, validate_event(event, now_seconds=time.time()))
+
+
+def _uuid(rule_id: str, field: str) -> str:
+    if not rule_id:
+        raise InvalidArgumentError(field, "is required")
+    try:
+        return str(uuid.UUID(rule_id))
+    except ValueError:
+        raise InvalidArgumentError(field, f"is not a UUID: {rule_id[:64]!r}") from None
+
+
+async def _stored(conn: asyncpg.Connection, tenant: str, rule_id: str, *, lock: bool) -> pb.AlertRule:
+    row = await conn.fetchrow(_SELECT + (" FOR UPDATE" if lock else ""), tenant, rule_id)
+    if row is None:  # also another tenant's rule: its existence is not disclosed
+        raise NotFoundError(f"alert rule {rule_id} not found")
+    return rule_from_json(orjson.loads(row["rule"]))
+
+
+async def _record(
+    conn: asyncpg.Connection, appender: LogAppender, content: Content, sql: str, rule: pb.AlertRule
+) -> AppendResult:
+    """Appends the change's event and writes the read model with what the log holds (in the caller's transaction)."""
+    result = await appender.append(conn, [content])
+    if result.appended != 1:
+        raise RuntimeError(f"the change event of alert rule {rule.id} was not appended: {result}")
+    state = content[CHANGE_AFTER_INDEX]
+    if sql != _DELETE:
+        await conn.execute(
+            sql, rule.tenant, rule.id, rule.revision, rule.enabled, orjson.dumps(state).decode(), result.last_position
+        )
+    else:
+        await conn.execute(sql, rule.tenant, rule.id)
+    return result
+
+
+async def create_rule(conn: asyncpg.Connection, appender: LogAppender, rule: pb.AlertRule, actor: Actor) -> RuleChange:
+    """Stores a new rule of rule.tenant (checked by the caller) with a new id, revision 1, and its creation event."""
+    created = pb.AlertRule()
+    created.CopyFrom(rule)
+    created.id = new_event_id()  # a UUIDv7: id order is creation order
+    created.revision = 1
+    now = _now()
+    created.create_time.FromDatetime(now)
+    created.update_time.FromDatetime(now)
+    validate_rule(created)
+    content = change_event(
+        "create", created.tenant, created.id, created.display_name, actor, None, rule_to_json(created)
+    )
+    async with conn.transaction():
+        result = await _record(conn, appender, content, _INSERT, created)
+    return RuleChange(created, result)
+
+
+async def get_rule(conn: asyncpg.Connection | asyncpg.Pool, tenant: str, rule_id: str) -> pb.AlertRule:
+    """The tenant's rule (NotFoundError when it has none with this id)."""
+    rule_id = _uuid(rule_id, "id")
+    row = await conn.fetchrow(_SELECT, tenant, rule_id)
+    if row is None:
+        raise NotFoundError(f"alert rule {rule_id} not found")
+    return rule_from_json(orjson.loads(row["rule"]))
+
+
+async def list_rules(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, after_id: str | None, limit: int
+) -> list[pb.AlertRule]:
+    """Up to `limit` rules of the tenant with ids after `after_id`, in id order."""
+    rows = await conn.fetch(_LIST, tenant, after_id, limit)
+    return [rule_from_json(orjson.loads(row["rule"])) for row in rows]
+
+
+def _check_revision(current: pb.AlertRule, expected: int, field: str) -> None:
+    if expected < 0:
+        raise InvalidArgumentError(field, f"must not be negative, got {expected}")
+    if expected and expected != current.revision:
+        raise AbortedError(
+            f"alert rule {current.id} is at revision {current.revision}, not {expected}: somebody changed it; "
+            "get it again and retry"
+        )
+
+
+async def update_rule(
+    conn: asyncpg.Connection,
+    appender: LogAppender,
+    tenant: str,
+    change: pb.AlertRule,
+    paths: Sequence[str],
+    actor: Actor,
+) -> RuleChange:
+    """Applies the fields of `change` named by `paths` to the tenant's rule change.id, at change.revision when
+    it is not 0 (AbortedError otherwise), and records the update."""
+    rule_id = _uuid(change.id, "alert_rule.id")
+    async with conn.transaction():
+        current = await _stored(conn, tenant, rule_id, lock=True)
+        _check_revision(current, change.revision, "alert_rule.revision")
+        updated = apply_update(current, change, paths)
+        updated.revision = current.revision + 1
+        updated.update_time.FromDatetime(_now())
+        validate_rule(updated)
+        content = change_event(
+            "update", tenant, rule_id, updated.display_name, actor, rule_to_json(current), rule_to_json(updated)
+        )
+        result = await _record(conn, appender, content, _UPDATE, updated)
+    return RuleChange(updated, result)
+
+
+async def delete_rule(
+    conn: asyncpg.Connection, appender: LogAppender, tenant: str, rule_id: str, revision: int, actor: Actor
+) -> RuleChange:
+    """Deletes the tenant's rule (at `revision` when it is not 0) and records the deletion."""
+    rule_id = _uuid(rule_id, "id")
+    async with conn.transaction():
+        current = await _stored(conn, tenant, rule_id, lock=True)
+        _check_revision(current, revision, "revision")
+        content = change_event("delete", tenant, rule_id, current.display_name, actor, rule_to_json(current), None)
+        result = await _record(conn, appender, content, _DELETE, current)
+    return RuleChange(current, result)
+
+
+async def rebuild_alert_rules(conn: asyncpg.Connection) -> int:
+    """Replaces the alert_rules read model with the states of the rules' resource streams (audit_resource_heads,
+    itself a projection of the log); returns the rows. Call it in the transaction that rebuilt those heads, or
+    alone (as the schema owner)."""
+    async with conn.transaction():
+        await conn.execute("DELETE FROM alert_rules")
+        await conn.execute(_REBUILD, RESOURCE_TYPE)
+        return await conn.fetchval("SELECT count(*) FROM alert_rules")
