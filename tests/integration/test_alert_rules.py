@@ -428,3 +428,45 @@ async def test_grpcurl_creates_and_lists_rules_through_reflection(service_env):
         listed = await grpcurl(*common, "-d", "{}", f"127.0.0.1:{port}", "audit.v1.AlertRuleService/ListAlertRules")
         assert [r["id"] for r in listed["alert_rules"]] == [created["alert_rule"]["id"]]
         assert listed["alert_rules"][0]["threshold"] == {"count": 20, "window": "300s", "group_by": "actor.id"}
+        rule_id = created["alert_rule"]["id"]
+        # As the README shows: the mask as {"paths": [...]} (grpcurl takes no string form), revisions as strings.
+        update = {
+            "alert_rule": {"id": rule_id, "revision": "1", "enabled": False},
+            "update_mask": {"paths": ["enabled"]},
+        }
+        updated = await grpcurl(
+            *common, "-d", json.dumps(update), f"127.0.0.1:{port}", "audit.v1.AlertRuleService/UpdateAlertRule"
+        )
+        assert updated["alert_rule"]["revision"] == "2" and "enabled" not in updated["alert_rule"]
+        await grpcurl(
+            *common,
+            "-d",
+            json.dumps({"id": rule_id, "revision": "2"}),
+            f"127.0.0.1:{port}",
+            "audit.v1.AlertRuleService/DeleteAlertRule",
+        )
+        events = await grpcurl(
+            *common,
+            "-d",
+            json.dumps({"filter": {"resource_type": "audit.alert_rule"}, "order": "ORDER_OLDEST_FIRST"}),
+            f"127.0.0.1:{port}",
+            "audit.v1.AuditService/ListEvents",
+        )
+        assert [e["action"] for e in events["events"]] == [
+            "audit.alert_rule.create",
+            "audit.alert_rule.update",
+            "audit.alert_rule.delete",
+        ]
+        process = await asyncio.create_subprocess_exec(
+            GRPCURL, "-plaintext", f"127.0.0.1:{port}", "list", stdout=asyncio.subprocess.PIPE
+        )
+        services = (await process.communicate())[0].decode().split()
+        assert "audit.v1.AlertRuleService" in services
+        health = await grpcurl(
+            "-plaintext",
+            "-d",
+            json.dumps({"service": "audit.v1.AlertRuleService"}),
+            f"127.0.0.1:{port}",
+            "grpc.health.v1.Health/Check",
+        )
+        assert health["status"] == "SERVING"
