@@ -13,18 +13,20 @@ import asyncpg
 import grpc
 import pytest
 from audit.v1 import alert_rules_pb2 as rules_pb
-from audit.v1 import alert_rules_pb2_grpc, event_pb2
+from audit.v1 import alert_rules_pb2_grpc, audit_service_pb2_grpc, event_pb2
 from audit.v1 import audit_service_pb2 as pb
 from audit_client.errors import InvalidEventError
 from audit_client.validation import Limits
 from audit_service.auth.tokens import mint_token
+from audit_service.config import load_config
 from audit_service.core.decode import decode_event
 from audit_service.store.alert_rules import rebuild_alert_rules
 from audit_service.store.projections import rebuild_projections
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from ..conftest import JWT_SECRET, bearer, serving_with_auth
+from ..conftest import JWT_SECRET, bearer, serving_api, serving_with_auth
 from ..factories import make_event, stamp
+from ..tail_helpers import Reader
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 RULE_ROWS = "SELECT tenant, id, revision, enabled, rule, last_position FROM alert_rules ORDER BY tenant, id"
@@ -470,3 +472,31 @@ async def test_grpcurl_creates_and_lists_rules_through_reflection(service_env):
             "grpc.health.v1.Health/Check",
         )
         assert health["status"] == "SERVING"
+
+
+async def test_a_live_tail_gets_rule_changes_as_they_commit_and_unauthenticated_calls_name_the_tenant(service_env):
+    """The API announces the events it appends as ingest does: with the head poll an hour apart, a tail still
+    gets the change at once. With authentication off, requests name the tenant and the actor is recorded."""
+    env = service_env | {"AUDIT_TAIL_POLL_SECONDS": "3600"}
+    async with serving_api(load_config(env=env)) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        rules = alert_rules_pb2_grpc.AlertRuleServiceStub(ch)
+        reader = Reader(audit_service_pb2_grpc.AuditServiceStub(ch).TailEvents(pb.TailEventsRequest()))
+        await reader.until(lambda r: any(response.caught_up for response in r.responses), what="caught_up")
+        code, details = await failure(
+            rules.CreateAlertRule(rules_pb.CreateAlertRuleRequest(alert_rule=failed_logins()))
+        )
+        assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "alert_rule.tenant")
+        created = await rules.CreateAlertRule(
+            rules_pb.CreateAlertRuleRequest(alert_rule=failed_logins(tenant="acme")), timeout=10
+        )
+        await reader.until(lambda r: len(r.events) == 1, within=10, what="the rule's creation event")
+        event = reader.events[0]
+        assert (event.tenant, event.action, event.resource.id) == (
+            "acme",
+            "audit.alert_rule.create",
+            created.alert_rule.id,
+        )
+        assert event.actor.id == "unauthenticated"
+        listed = await rules.ListAlertRules(rules_pb.ListAlertRulesRequest(tenant="acme"))
+        assert [rule.id for rule in listed.alert_rules] == [created.alert_rule.id]
+        await reader.close()

@@ -18,6 +18,7 @@ from grpc import aio
 from ..auth.tokens import Principal
 from ..core.page_token import query_digest
 from ..errors import InvalidArgumentError, PermissionDeniedError
+from ..ingest.announce import Announcer
 from ..store import alert_rules as store
 from ..store.append import LogAppender
 from .auth import current_caller
@@ -71,14 +72,24 @@ def decode_list_token(text: str, expected_digest: str) -> str:
 
 
 class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, appender: LogAppender | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, appender: LogAppender | None = None, announcer: Announcer | None = None
+    ) -> None:
         """
         Args:
             pool: connections of the service role.
             appender: appends the rule-change events (one per process, shared).
+            announcer: announces each committed change event to the API replicas' live tails, as ingest does
+                (without one, tails find it at their next poll of the log's head).
         """
         self._pool = pool
         self._appender = appender or LogAppender()
+        self._announcer = announcer
+
+    async def _announce(self, change: store.RuleChange) -> None:
+        if self._announcer is not None:
+            result = change.append
+            await self._announcer.announce(result.prev_position, result.last_position, result.sealed)
 
     async def CreateAlertRule(
         self, request: pb.CreateAlertRuleRequest, context: aio.ServicerContext
@@ -89,6 +100,7 @@ class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
         rule.tenant = rule_tenant(caller, rule.tenant, "alert_rule.tenant")
         async with self._pool.acquire() as conn:
             change = await store.create_rule(conn, self._appender, rule, actor_of(caller))
+        await self._announce(change)
         return pb.CreateAlertRuleResponse(alert_rule=change.rule)
 
     async def GetAlertRule(
@@ -117,6 +129,7 @@ class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
         paths = list(request.update_mask.paths)
         async with self._pool.acquire() as conn:
             change = await store.update_rule(conn, self._appender, tenant, request.alert_rule, paths, actor_of(caller))
+        await self._announce(change)
         return pb.UpdateAlertRuleResponse(alert_rule=change.rule)
 
     async def DeleteAlertRule(
@@ -128,4 +141,5 @@ class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
             change = await store.delete_rule(
                 conn, self._appender, tenant, request.id, request.revision, actor_of(caller)
             )
+        await self._announce(change)
         return pb.DeleteAlertRuleResponse(alert_rule=change.rule)
