@@ -500,3 +500,45 @@ async def test_a_live_tail_gets_rule_changes_as_they_commit_and_unauthenticated_
         listed = await rules.ListAlertRules(rules_pb.ListAlertRulesRequest(tenant="acme"))
         assert [rule.id for rule in listed.alert_rules] == [created.alert_rule.id]
         await reader.close()
+
+
+async def test_a_template_creates_a_tuned_rule_recorded_like_any_other(secured, rules):
+    admin = secured.token("acme", "u-admin", admin=True)
+    templates = await rules.ListAlertRuleTemplates(rules_pb.ListAlertRuleTemplatesRequest(), metadata=bearer(admin))
+    assert [t.name for t in templates.templates] == [
+        "multiple_failed_logins",
+        "mass_deletions",
+        "permission_escalations",
+        "new_api_tokens",
+    ]
+    request = rules_pb.CreateAlertRuleFromTemplateRequest(
+        template="mass_deletions",
+        overrides=rules_pb.AlertRule(destinations=["siem"], severity=rules_pb.ALERT_SEVERITY_CRITICAL),
+        override_mask=field_mask_pb2.FieldMask(paths=["destinations", "severity"]),
+    )
+    created = (await rules.CreateAlertRuleFromTemplate(request, metadata=bearer(admin))).alert_rule
+    assert (created.display_name, created.query) == ("Mass deletions", templates.templates[1].alert_rule.query)
+    assert (list(created.destinations), created.severity, created.tenant) == (
+        ["siem"],
+        rules_pb.ALERT_SEVERITY_CRITICAL,
+        "acme",
+    )
+    got = (await rules.GetAlertRule(rules_pb.GetAlertRuleRequest(id=created.id), metadata=bearer(admin))).alert_rule
+    assert got == created
+    (event,) = await rule_events(secured, admin)
+    assert (event.action, event.actor.id, event.resource.id) == ("audit.alert_rule.create", "u-admin", created.id)
+
+    bad = rules_pb.CreateAlertRuleFromTemplateRequest(
+        template="mass_deletions",
+        overrides=rules_pb.AlertRule(threshold=rules_pb.AlertThreshold(count=0)),
+        override_mask=field_mask_pb2.FieldMask(paths=["threshold"]),
+    )
+    code, details = await failure(rules.CreateAlertRuleFromTemplate(bad, metadata=bearer(admin)))
+    assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "overrides.threshold.count")
+    unknown = rules_pb.CreateAlertRuleFromTemplateRequest(template="nope")
+    code, details = await failure(rules.CreateAlertRuleFromTemplate(unknown, metadata=bearer(admin)))
+    assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "template")
+    user = secured.token("acme", "u-alice")
+    code, _ = await failure(rules.CreateAlertRuleFromTemplate(request, metadata=bearer(user)))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert len(await rule_events(secured, admin)) == 1

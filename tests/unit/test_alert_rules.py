@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from audit.v1 import alert_rules_pb2 as pb
 from audit.v1 import audit_service_pb2
+from audit_service.core.alert_rule_templates import TEMPLATES, rule_from_template
 from audit_service.core.alert_rules import (
     GROUP_BY_FIELDS,
     Placeholder,
@@ -161,3 +162,20 @@ def test_rule_change_names_are_reserved_for_the_service():
     assert reserved_field("AUDIT.ALERT_RULE", "x.create") == "resource.type"
     assert reserved_field("api_key", "audit.alert_rule.delete") == "action"
     assert reserved_field("api_key", "audit.retention.purge") is None
+
+
+def test_the_four_templates_are_valid_rules_and_take_overrides():
+    assert set(TEMPLATES) == {"multiple_failed_logins", "mass_deletions", "permission_escalations", "new_api_tokens"}
+    for name, template in TEMPLATES.items():
+        validate_rule(rule_from_template(name, pb.AlertRule(), []))
+        assert template.description
+    tuned = rule_from_template(
+        "multiple_failed_logins",
+        pb.AlertRule(threshold=pb.AlertThreshold(count=3, window={"seconds": 60}), destinations=["siem"]),
+        ["threshold", "destinations"],
+    )
+    assert (tuned.threshold.count, tuned.threshold.window.seconds, tuned.threshold.group_by) == (3, 60, "")
+    assert list(tuned.destinations) == ["siem"] and tuned.query == TEMPLATES["multiple_failed_logins"].rule.query
+    assert not TEMPLATES["multiple_failed_logins"].rule.destinations  # the template itself is untouched
+    assert refused_field(rule_from_template, "nope", pb.AlertRule(), []) == "template"
+    assert refused_field(rule_from_template, "mass_deletions", pb.AlertRule(), ["id"]) == "override_mask"

@@ -141,3 +141,41 @@ class DeleteAlertRuleResponse(_message.Message):
     ALERT_RULE_FIELD_NUMBER: _ClassVar[int]
     alert_rule: AlertRule
     def __init__(self, alert_rule: _Optional[_Union[AlertRule, _Mapping]] = ...) -> None: ...
+
+class ListAlertRuleTemplatesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListAlertRuleTemplatesResponse(_message.Message):
+    __slots__ = ("templates",)
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    templates: _containers.RepeatedCompositeFieldContainer[AlertRuleTemplate]
+    def __init__(self, templates: _Optional[_Iterable[_Union[AlertRuleTemplate, _Mapping]]] = ...) -> None: ...
+
+class AlertRuleTemplate(_message.Message):
+    __slots__ = ("name", "description", "alert_rule")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ALERT_RULE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    alert_rule: AlertRule
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., alert_rule: _Optional[_Union[AlertRule, _Mapping]] = ...) -> None: ...
+
+class CreateAlertRuleFromTemplateRequest(_message.Message):
+    __slots__ = ("tenant", "template", "overrides", "override_mask")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDE_MASK_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    template: str
+    overrides: AlertRule
+    override_mask: _field_mask_pb2.FieldMask
+    def __init__(self, tenant: _Optional[str] = ..., template: _Optional[str] = ..., overrides: _Optional[_Union[AlertRule, _Mapping]] = ..., override_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class CreateAlertRuleFromTemplateResponse(_message.Message):
+    __slots__ = ("alert_rule",)
+    ALERT_RULE_FIELD_NUMBER: _ClassVar[int]
+    alert_rule: AlertRule
+    def __init__(self, alert_rule: _Optional[_Union[AlertRule, _Mapping]] = ...) -> None: ...

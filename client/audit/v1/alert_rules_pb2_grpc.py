@@ -63,6 +63,16 @@ class AlertRuleServiceStub:
                 request_serializer=audit_dot_v1_dot_alert__rules__pb2.DeleteAlertRuleRequest.SerializeToString,
                 response_deserializer=audit_dot_v1_dot_alert__rules__pb2.DeleteAlertRuleResponse.FromString,
                 _registered_method=True)
+        self.ListAlertRuleTemplates = channel.unary_unary(
+                '/audit.v1.AlertRuleService/ListAlertRuleTemplates',
+                request_serializer=audit_dot_v1_dot_alert__rules__pb2.ListAlertRuleTemplatesRequest.SerializeToString,
+                response_deserializer=audit_dot_v1_dot_alert__rules__pb2.ListAlertRuleTemplatesResponse.FromString,
+                _registered_method=True)
+        self.CreateAlertRuleFromTemplate = channel.unary_unary(
+                '/audit.v1.AlertRuleService/CreateAlertRuleFromTemplate',
+                request_serializer=audit_dot_v1_dot_alert__rules__pb2.CreateAlertRuleFromTemplateRequest.SerializeToString,
+                response_deserializer=audit_dot_v1_dot_alert__rules__pb2.CreateAlertRuleFromTemplateResponse.FromString,
+                _registered_method=True)
 
 
 class AlertRuleServiceServicer:
@@ -107,6 +117,20 @@ class AlertRuleServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAlertRuleTemplates(self, request, context):
+        """Lists the ready-made rules CreateAlertRuleFromTemplate can create.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAlertRuleFromTemplate(self, request, context):
+        """Creates a rule from a template, with some of its fields replaced (recorded like CreateAlertRule).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AlertRuleServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +158,16 @@ def add_AlertRuleServiceServicer_to_server(servicer, server):
                     servicer.DeleteAlertRule,
                     request_deserializer=audit_dot_v1_dot_alert__rules__pb2.DeleteAlertRuleRequest.FromString,
                     response_serializer=audit_dot_v1_dot_alert__rules__pb2.DeleteAlertRuleResponse.SerializeToString,
+            ),
+            'ListAlertRuleTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlertRuleTemplates,
+                    request_deserializer=audit_dot_v1_dot_alert__rules__pb2.ListAlertRuleTemplatesRequest.FromString,
+                    response_serializer=audit_dot_v1_dot_alert__rules__pb2.ListAlertRuleTemplatesResponse.SerializeToString,
+            ),
+            'CreateAlertRuleFromTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAlertRuleFromTemplate,
+                    request_deserializer=audit_dot_v1_dot_alert__rules__pb2.CreateAlertRuleFromTemplateRequest.FromString,
+                    response_serializer=audit_dot_v1_dot_alert__rules__pb2.CreateAlertRuleFromTemplateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -275,6 +309,60 @@ class AlertRuleService:
             '/audit.v1.AlertRuleService/DeleteAlertRule',
             audit_dot_v1_dot_alert__rules__pb2.DeleteAlertRuleRequest.SerializeToString,
             audit_dot_v1_dot_alert__rules__pb2.DeleteAlertRuleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlertRuleTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audit.v1.AlertRuleService/ListAlertRuleTemplates',
+            audit_dot_v1_dot_alert__rules__pb2.ListAlertRuleTemplatesRequest.SerializeToString,
+            audit_dot_v1_dot_alert__rules__pb2.ListAlertRuleTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAlertRuleFromTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audit.v1.AlertRuleService/CreateAlertRuleFromTemplate',
+            audit_dot_v1_dot_alert__rules__pb2.CreateAlertRuleFromTemplateRequest.SerializeToString,
+            audit_dot_v1_dot_alert__rules__pb2.CreateAlertRuleFromTemplateResponse.FromString,
             options,
             channel_credentials,
             insecure,

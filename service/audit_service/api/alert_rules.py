@@ -16,6 +16,7 @@ from audit_client.validation import TENANT_PATTERN
 from grpc import aio
 
 from ..auth.tokens import Principal
+from ..core.alert_rule_templates import TEMPLATES, rule_from_template
 from ..core.page_token import query_digest
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..ingest.announce import Announcer
@@ -143,3 +144,25 @@ class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
             )
         await self._announce(change)
         return pb.DeleteAlertRuleResponse(alert_rule=change.rule)
+
+    async def ListAlertRuleTemplates(
+        self, request: pb.ListAlertRuleTemplatesRequest, context: aio.ServicerContext
+    ) -> pb.ListAlertRuleTemplatesResponse:
+        return pb.ListAlertRuleTemplatesResponse(
+            templates=[
+                pb.AlertRuleTemplate(name=t.name, description=t.description, alert_rule=t.rule)
+                for t in TEMPLATES.values()
+            ]
+        )
+
+    async def CreateAlertRuleFromTemplate(
+        self, request: pb.CreateAlertRuleFromTemplateRequest, context: aio.ServicerContext
+    ) -> pb.CreateAlertRuleFromTemplateResponse:
+        caller = current_caller()
+        tenant = rule_tenant(caller, request.tenant, "tenant")
+        rule = rule_from_template(request.template, request.overrides, list(request.override_mask.paths))
+        rule.tenant = tenant
+        async with self._pool.acquire() as conn:
+            change = await store.create_rule(conn, self._appender, rule, actor_of(caller), prefix="overrides")
+        await self._announce(change)
+        return pb.CreateAlertRuleFromTemplateResponse(alert_rule=change.rule)

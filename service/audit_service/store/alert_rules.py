@@ -121,8 +121,14 @@ async def _record(
     return result
 
 
-async def create_rule(conn: asyncpg.Connection, appender: LogAppender, rule: pb.AlertRule, actor: Actor) -> RuleChange:
-    """Stores a new rule of rule.tenant (checked by the caller) with a new id, revision 1, and its creation event."""
+async def create_rule(
+    conn: asyncpg.Connection, appender: LogAppender, rule: pb.AlertRule, actor: Actor, *, prefix: str = "alert_rule"
+) -> RuleChange:
+    """Stores a new rule of rule.tenant (checked by the caller) with a new id, revision 1, and its creation event.
+
+    Args:
+        prefix: how errors name the rule (alert_rule, or overrides for a rule made from a template).
+    """
     created = pb.AlertRule()
     created.CopyFrom(rule)
     created.id = new_event_id()  # a UUIDv7: id order is creation order
@@ -130,7 +136,7 @@ async def create_rule(conn: asyncpg.Connection, appender: LogAppender, rule: pb.
     now = _now()
     created.create_time.FromDatetime(now)
     created.update_time.FromDatetime(now)
-    validate_rule(created)
+    validate_rule(created, prefix)
     content = change_event(
         "create", created.tenant, created.id, created.display_name, actor, None, rule_to_json(created)
     )
