@@ -1,5 +1,5 @@
 """`audit-service`: dev | migrate | ingest | serve | verify | verify-file | checkpoint | retention |
-rebuild-projections | token | nats-config."""
+rebuild-projections | token | nats-config | rules."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     retention.add_argument("--dry-run", action="store_true", help="only list the partitions that would be archived")
     commands.add_parser(
         "rebuild-projections",
-        help="recompute the projections (counts, resource streams) from the log "
+        help="recompute the projections (counts, resource streams, alert rules) from the log "
         "(AUDIT_MIGRATE_DATABASE_URL; appends wait meanwhile)",
     )
     token = commands.add_parser(
@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="USER=TENANT[,TENANT...]",
         help="a producer's NATS user and the tenants it may publish for (* for every tenant); repeat for more",
     )
+    from .rules_cli import add_parser as add_rules_parser
+
+    add_rules_parser(commands)
     return parser
 
 
@@ -207,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.grpc_address:
                 config = load_config(env={**os.environ, "AUDIT_GRPC_ADDRESS": args.grpc_address})
             config = _with_dev_metrics_address(config)
+        if args.command == "rules":
+            from .rules_cli import rules_command
+
+            return rules_command(args)
         if args.command not in ("token", "nats-config", "verify-file"):
             # Before anything makes a span or an instrument, so that they bind to these providers.
             telemetry = setup_telemetry(config.telemetry, default_service_name(args.command))

@@ -24,7 +24,7 @@ from audit_service.store.alert_rules import rebuild_alert_rules
 from audit_service.store.projections import rebuild_projections
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from ..conftest import JWT_SECRET, bearer, serving_api, serving_with_auth
+from ..conftest import JWT_SECRET, bearer, run_cli, serving_api, serving_with_auth
 from ..factories import make_event, stamp
 from ..tail_helpers import Reader
 
@@ -542,3 +542,33 @@ async def test_a_template_creates_a_tuned_rule_recorded_like_any_other(secured, 
     code, _ = await failure(rules.CreateAlertRuleFromTemplate(request, metadata=bearer(user)))
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert len(await rule_events(secured, admin)) == 1
+
+
+async def test_the_cli_manages_rules_through_the_api(service_env):
+    async with serving_with_auth(service_env, {"AUDIT_AUTH_JWT_SECRET": JWT_SECRET}) as (config, port):
+        token = mint_token(config.auth, subject="u-admin", tenant="acme", admin=True, ttl_seconds=600)
+        env = {"AUDIT_TOKEN": token, "AUDIT_API_TARGET": f"127.0.0.1:{port}"}
+
+        async def cli(*args: str):
+            return await asyncio.to_thread(run_cli, env, "rules", *args)
+
+        made = await cli("create", "--template", "new_api_tokens", "--overrides", '{"destinations": ["siem"]}')
+        assert made.returncode == 0, made.stderr
+        from_template = json.loads(made.stdout)
+        assert from_template["destinations"] == ["siem"] and from_template["display_name"] == "New API tokens"
+        rule = {"display_name": "Secrets read", "query": "action:secret.read", "severity": "ALERT_SEVERITY_LOW"}
+        made = await cli("create", "--json", json.dumps(rule))
+        assert made.returncode == 0, made.stderr
+        created = json.loads(made.stdout)
+        listed = await cli("list")
+        assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [from_template["id"], created["id"]]
+        got = await cli("get", created["id"])
+        assert json.loads(got.stdout) == created
+        stale = await cli("delete", created["id"], "--revision", "7")
+        assert stale.returncode == 1 and stale.stderr.startswith("audit-service rules: ABORTED: ")
+        deleted = await cli("delete", created["id"], "--revision", "1")
+        assert deleted.returncode == 0, deleted.stderr
+        gone = await cli("get", created["id"])
+        assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
+        bad = await cli("create", "--json", json.dumps(rule | {"message_template": "{nope}"}))
+        assert bad.returncode == 1 and "INVALID_ARGUMENT: alert_rule.message_template" in bad.stderr
