@@ -359,9 +359,17 @@ async def test_the_read_model_is_rebuilt_from_the_log(secured, rules, owner):
         metadata=bearer(acme),
     )
     await rules.DeleteAlertRule(rules_pb.DeleteAlertRuleRequest(id=kept[1][1].id), metadata=bearer(acme))
+    await rules.UpdateAlertRule(
+        rules_pb.UpdateAlertRuleRequest(
+            alert_rule=rules_pb.AlertRule(id=kept[2][1].id, enabled=False),
+            update_mask=field_mask_pb2.FieldMask(paths=["enabled"]),
+        ),
+        metadata=bearer(globex),
+    )
     online = [tuple(row) for row in await owner.fetch(RULE_ROWS)]
     assert len(online) == 3
 
+    assert [row[3] for row in online] == [True, True, False]  # acme's two, then globex's disabled one
     await owner.execute("DELETE FROM alert_rules")
     assert await rebuild_alert_rules(owner) == 3
     assert [tuple(row) for row in await owner.fetch(RULE_ROWS)] == online
@@ -572,3 +580,44 @@ async def test_the_cli_manages_rules_through_the_api(service_env):
         assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
         bad = await cli("create", "--json", json.dumps(rule | {"message_template": "{nope}"}))
         assert bad.returncode == 1 and "INVALID_ARGUMENT: alert_rule.message_template" in bad.stderr
+
+
+async def test_the_event_and_the_read_model_commit_together_or_not_at_all(secured, rules, owner):
+    """When the read model cannot be written, the change's event is not in the log either (same transaction)."""
+    admin = secured.token("acme", "u-admin", admin=True)
+    head = await owner.fetchval("SELECT last_position FROM audit_log_head")
+    await owner.execute("REVOKE INSERT ON alert_rules FROM audit_service")
+    code, details = await failure(
+        rules.CreateAlertRule(rules_pb.CreateAlertRuleRequest(alert_rule=failed_logins()), metadata=bearer(admin))
+    )
+    assert code == grpc.StatusCode.INTERNAL and "Traceback" not in details
+    assert await owner.fetchval("SELECT last_position FROM audit_log_head") == head
+    assert await owner.fetchval("SELECT count(*) FROM audit_events") == 0
+    await owner.execute("GRANT INSERT ON alert_rules TO audit_service")
+    created = await rules.CreateAlertRule(
+        rules_pb.CreateAlertRuleRequest(alert_rule=failed_logins()), metadata=bearer(admin)
+    )
+    assert await owner.fetchval("SELECT last_position FROM audit_log_head") == head + 1
+    assert (
+        await owner.fetchval("SELECT last_position FROM alert_rules WHERE id = $1", created.alert_rule.id) == head + 1
+    )
+
+
+async def test_a_rules_versions_are_its_resource_history(secured, rules):
+    admin = secured.token("acme", "u-admin", admin=True)
+    rule = (
+        await rules.CreateAlertRule(rules_pb.CreateAlertRuleRequest(alert_rule=failed_logins()), metadata=bearer(admin))
+    ).alert_rule
+    await rules.UpdateAlertRule(
+        rules_pb.UpdateAlertRuleRequest(
+            alert_rule=rules_pb.AlertRule(id=rule.id, threshold=failed_logins().threshold, display_name="Logins"),
+            update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+        ),
+        metadata=bearer(admin),
+    )
+    history = await secured.stub.ListResourceHistory(
+        pb.ListResourceHistoryRequest(resource_type="audit.alert_rule", resource_id=rule.id), metadata=bearer(admin)
+    )
+    assert [r.event.action for r in history.revisions] == ["audit.alert_rule.create", "audit.alert_rule.update"]
+    changed = {change.path for change in history.revisions[1].changes}
+    assert {"display_name", "revision", "update_time"} <= changed and "threshold.count" not in changed
