@@ -104,21 +104,20 @@ async def _stored(conn: asyncpg.Connection, tenant: str, rule_id: str, *, lock: 
     return rule_from_json(orjson.loads(row["rule"]))
 
 
-async def _record(
-    conn: asyncpg.Connection, appender: LogAppender, content: Content, sql: str, rule: pb.AlertRule
-) -> AppendResult:
-    """Appends the change's event and writes the read model with what the log holds (in the caller's transaction)."""
+async def _append_change(conn: asyncpg.Connection, appender: LogAppender, content: Content) -> AppendResult:
+    """Appends the change's event (in the caller's transaction: the read model is written after it)."""
     result = await appender.append(conn, [content])
     if result.appended != 1:
-        raise RuntimeError(f"the change event of alert rule {rule.id} was not appended: {result}")
-    state = content[CHANGE_AFTER_INDEX]
-    if sql != _DELETE:
-        await conn.execute(
-            sql, rule.tenant, rule.id, rule.revision, rule.enabled, orjson.dumps(state).decode(), result.last_position
-        )
-    else:
-        await conn.execute(sql, rule.tenant, rule.id)
+        raise RuntimeError(f"the change event {content[0]} was not appended: {result}")
     return result
+
+
+async def _write_rule(
+    conn: asyncpg.Connection, statement: str, rule: pb.AlertRule, content: Content, result: AppendResult
+) -> None:
+    """Inserts or updates the rule's row with the state the log holds (the event's change.after, as stored)."""
+    state = orjson.dumps(content[CHANGE_AFTER_INDEX]).decode()
+    await conn.execute(statement, rule.tenant, rule.id, rule.revision, rule.enabled, state, result.last_position)
 
 
 async def create_rule(
@@ -141,7 +140,8 @@ async def create_rule(
         "create", created.tenant, created.id, created.display_name, actor, None, rule_to_json(created)
     )
     async with conn.transaction():
-        result = await _record(conn, appender, content, _INSERT, created)
+        result = await _append_change(conn, appender, content)
+        await _write_rule(conn, _INSERT, created, content, result)
     return RuleChange(created, result)
 
 
@@ -193,7 +193,8 @@ async def update_rule(
         content = change_event(
             "update", tenant, rule_id, updated.display_name, actor, rule_to_json(current), rule_to_json(updated)
         )
-        result = await _record(conn, appender, content, _UPDATE, updated)
+        result = await _append_change(conn, appender, content)
+        await _write_rule(conn, _UPDATE, updated, content, result)
     return RuleChange(updated, result)
 
 
@@ -206,7 +207,8 @@ async def delete_rule(
         current = await _stored(conn, tenant, rule_id, lock=True)
         _check_revision(current, revision, "revision")
         content = change_event("delete", tenant, rule_id, current.display_name, actor, rule_to_json(current), None)
-        result = await _record(conn, appender, content, _DELETE, current)
+        result = await _append_change(conn, appender, content)
+        await conn.execute(_DELETE, tenant, rule_id)
     return RuleChange(current, result)
 
 
