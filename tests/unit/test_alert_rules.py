@@ -135,6 +135,11 @@ def test_each_invalid_field_is_named(change, field):
     assert refused_field(validate_rule, bad) == field
 
 
+def test_a_rule_too_large_for_its_change_event_is_refused():
+    huge = rule(filter=audit_service_pb2.EventFilter(actor_ids=[f"{i:04d}" + "x" * 1000 for i in range(70)]))
+    assert refused_field(validate_rule, huge) == "alert_rule"
+
+
 def test_a_rule_without_filter_or_query_is_refused():
     bad = rule()
     bad.ClearField("selector")

@@ -25,6 +25,9 @@ MAX_QUERY_BYTES = 2048
 MAX_GROUP_BY_BYTES = 256
 MAX_METADATA_DEPTH = 8
 MAX_DESTINATIONS = 20
+MAX_RULE_BYTES = 64 * 1024
+"""A rule's largest protobuf size: its change event holds it twice (before and after), well within the log's
+256 KiB event limit."""
 MAX_THRESHOLD_COUNT = 1_000_000
 MIN_WINDOW_SECONDS = 1
 MAX_WINDOW_SECONDS = 7 * 24 * 3600
@@ -208,6 +211,8 @@ def validate_rule(rule: pb.AlertRule, prefix: str = "alert_rule") -> None:
     Raises:
         InvalidArgumentError: naming the first field at fault, e.g. alert_rule.threshold.window.
     """
+    if rule.ByteSize() > MAX_RULE_BYTES:
+        raise InvalidArgumentError(prefix, f"is {rule.ByteSize():,} bytes, more than {MAX_RULE_BYTES:,}")
     _check_text(rule.display_name, f"{prefix}.display_name", MAX_DISPLAY_NAME_BYTES, required=True)
     selector = rule.WhichOneof("selector")
     if selector is None:
