@@ -480,6 +480,20 @@ async def test_grpcurl_creates_and_lists_rules_through_reflection(service_env):
             "grpc.health.v1.Health/Check",
         )
         assert health["status"] == "SERVING"
+        from_template = {
+            "template": "multiple_failed_logins",
+            "overrides": {"query": "action:auth.signin outcome:failure", "destinations": ["siem"]},
+            "override_mask": {"paths": ["query", "destinations"]},
+        }
+        made = await grpcurl(
+            *common,
+            "-d",
+            json.dumps(from_template),
+            f"127.0.0.1:{port}",
+            "audit.v1.AlertRuleService/CreateAlertRuleFromTemplate",
+        )
+        assert made["alert_rule"]["query"] == "action:auth.signin outcome:failure"
+        assert made["alert_rule"]["threshold"]["count"] == 5 and made["alert_rule"]["destinations"] == ["siem"]
 
 
 async def test_a_live_tail_gets_rule_changes_as_they_commit_and_unauthenticated_calls_name_the_tenant(service_env):
