@@ -24,7 +24,7 @@ from audit_service.store.alert_rules import rebuild_alert_rules
 from audit_service.store.projections import rebuild_projections
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from ..conftest import JWT_SECRET, bearer, run_cli, serving_api, serving_with_auth
+from ..conftest import JWT_SECRET, bearer, eventually, run_cli, serving_api, serving_with_auth
 from ..factories import make_event, stamp
 from ..tail_helpers import Reader
 
@@ -635,3 +635,35 @@ async def test_a_rules_versions_are_its_resource_history(secured, rules):
     assert [r.event.action for r in history.revisions] == ["audit.alert_rule.create", "audit.alert_rule.update"]
     changed = {change.path for change in history.revisions[1].changes}
     assert {"display_name", "revision", "update_time"} <= changed and "threshold.count" not in changed
+
+
+async def test_a_producer_publishing_a_forged_rule_change_is_dead_lettered_and_no_rule_appears(
+    publisher, nc, config, start_worker, owner
+):
+    """The rules' read model is rebuilt from their streams: a producer must not be able to write into them."""
+    js = nc.jetstream()
+    await start_worker()
+    forged_rule = {"id": "0190c0de-0000-7000-8000-000000000001", "display_name": "x", "enabled": True}
+    forged = make_event(
+        "acme",
+        action="audit.alert_rule.create",
+        resource=event_pb2.Resource(type="audit.alert_rule", id=forged_rule["id"]),
+    )
+    forged.change.after.update(forged_rule)
+    await publisher.publish(forged)
+    sentinel = await publisher.publish(make_event("acme"))
+
+    async def sentinel_stored() -> bool:
+        return await owner.fetchval("SELECT count(*) FROM audit_events") >= 1
+
+    await eventually(sentinel_stored, what="the sentinel stored")
+    await eventually(lambda: _dead_letters(js, config.nats.dead_stream, 1), what="the forged rule change dead-lettered")
+    assert [row[0] for row in await owner.fetch("SELECT event_id::text FROM audit_events")] == [sentinel.event_id]
+    dead = await js.get_msg(config.nats.dead_stream, 1)
+    assert (dead.headers["Audit-Dead-Reason"], dead.headers["Audit-Dead-Field"]) == ("invalid_field", "resource.type")
+    await rebuild_projections(owner)
+    assert await owner.fetchval("SELECT count(*) FROM alert_rules") == 0
+
+
+async def _dead_letters(js, stream: str, n: int) -> bool:
+    return (await js.stream_info(stream)).state.messages >= n
