@@ -26,10 +26,10 @@ if _version_not_supported:
 
 
 class AlertRuleServiceStub:
-    """Manages a tenant's alert rules. Only tenant admins may call it; a rule of another tenant is NOT_FOUND. Every
-    change is recorded in the log as an event of the rule's tenant: action audit.alert_rule.create, .update or
-    .delete, resource type audit.alert_rule and id the rule's id, the caller as actor, and the rule before and
-    after (as JSON) in change.
+    """Manages a tenant's alert rules. Only tenant admins may call it (any authenticated caller may list the
+    templates); a rule of another tenant is NOT_FOUND. Every change is recorded in the log as an event of the
+    rule's tenant: action audit.alert_rule.create, .update or .delete, resource type audit.alert_rule and id the
+    rule's id, the caller as actor, and the rule before and after (as JSON) in change.
     """
 
     def __init__(self, channel):
@@ -76,10 +76,10 @@ class AlertRuleServiceStub:
 
 
 class AlertRuleServiceServicer:
-    """Manages a tenant's alert rules. Only tenant admins may call it; a rule of another tenant is NOT_FOUND. Every
-    change is recorded in the log as an event of the rule's tenant: action audit.alert_rule.create, .update or
-    .delete, resource type audit.alert_rule and id the rule's id, the caller as actor, and the rule before and
-    after (as JSON) in change.
+    """Manages a tenant's alert rules. Only tenant admins may call it (any authenticated caller may list the
+    templates); a rule of another tenant is NOT_FOUND. Every change is recorded in the log as an event of the
+    rule's tenant: action audit.alert_rule.create, .update or .delete, resource type audit.alert_rule and id the
+    rule's id, the caller as actor, and the rule before and after (as JSON) in change.
     """
 
     def CreateAlertRule(self, request, context):
@@ -178,10 +178,10 @@ def add_AlertRuleServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AlertRuleService:
-    """Manages a tenant's alert rules. Only tenant admins may call it; a rule of another tenant is NOT_FOUND. Every
-    change is recorded in the log as an event of the rule's tenant: action audit.alert_rule.create, .update or
-    .delete, resource type audit.alert_rule and id the rule's id, the caller as actor, and the rule before and
-    after (as JSON) in change.
+    """Manages a tenant's alert rules. Only tenant admins may call it (any authenticated caller may list the
+    templates); a rule of another tenant is NOT_FOUND. Every change is recorded in the log as an event of the
+    rule's tenant: action audit.alert_rule.create, .update or .delete, resource type audit.alert_rule and id the
+    rule's id, the caller as actor, and the rule before and after (as JSON) in change.
     """
 
     @staticmethod
