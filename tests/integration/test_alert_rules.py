@@ -19,8 +19,9 @@ from audit_client.errors import InvalidEventError
 from audit_client.validation import Limits
 from audit_service.auth.tokens import mint_token
 from audit_service.config import load_config
+from audit_service.core.alert_rules import compile_rule
 from audit_service.core.decode import decode_event
-from audit_service.store.alert_rules import rebuild_alert_rules
+from audit_service.store.alert_rules import enabled_rules, rebuild_alert_rules
 from audit_service.store.projections import rebuild_projections
 from google.protobuf import duration_pb2, field_mask_pb2
 
@@ -335,7 +336,7 @@ async def test_concurrent_updates_at_one_revision_let_exactly_one_through(secure
     assert len(await rule_events(secured, admin)) == 2
 
 
-async def test_the_read_model_is_rebuilt_from_the_log(secured, rules, owner):
+async def test_the_read_model_is_rebuilt_from_the_log(secured, rules, owner, database):
     acme = secured.token("acme", "u-admin", admin=True)
     globex = secured.token("globex", "g-admin", admin=True)
     kept = []
@@ -370,6 +371,13 @@ async def test_the_read_model_is_rebuilt_from_the_log(secured, rules, owner):
     assert len(online) == 3
 
     assert [row[3] for row in online] == [True, True, False]  # acme's two, then globex's disabled one
+    app = await asyncpg.connect(database.app_url)
+    try:
+        enabled = await enabled_rules(app)  # what an evaluator loads, as the service role
+    finally:
+        await app.close()
+    assert [r.id for r in enabled] == [kept[0][1].id, kept[3][1].id]
+    assert all(compile_rule(r).rule.enabled for r in enabled)
     await owner.execute("DELETE FROM alert_rules")
     assert await rebuild_alert_rules(owner) == 3
     assert [tuple(row) for row in await owner.fetch(RULE_ROWS)] == online

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 from audit.v1 import alert_rules_pb2 as pb
-from audit.v1 import audit_service_pb2
+from audit.v1 import audit_service_pb2, event_pb2
 from audit_service.core.alert_rule_templates import TEMPLATES, rule_from_template
 from audit_service.core.alert_rules import (
     GROUP_BY_FIELDS,
     Placeholder,
     apply_update,
+    compile_rule,
+    event_value,
     group_by_path,
     parse_template,
     render_template,
@@ -18,6 +20,7 @@ from audit_service.core.alert_rules import (
     rule_to_json,
     validate_rule,
 )
+from audit_service.core.matching import event_columns
 from audit_service.core.reserved import reserved_field
 from audit_service.errors import InvalidArgumentError
 from google.protobuf import duration_pb2
@@ -184,3 +187,49 @@ def test_the_four_templates_are_valid_rules_and_take_overrides():
     assert not TEMPLATES["multiple_failed_logins"].rule.destinations  # the template itself is untouched
     assert refused_field(rule_from_template, "nope", pb.AlertRule(), []) == "template"
     assert refused_field(rule_from_template, "mass_deletions", pb.AlertRule(), ["id"]) == "override_mask"
+
+
+def login(tenant: str = "acme", outcome: int = event_pb2.OUTCOME_FAILURE, **metadata) -> event_pb2.AuditEvent:
+    event = event_pb2.AuditEvent(
+        tenant=tenant,
+        action="user.login",
+        outcome=outcome,
+        actor=event_pb2.Subject(id="u-7", type=event_pb2.SUBJECT_TYPE_USER),
+        resource=event_pb2.Resource(type="session", id="s-1"),
+        request=event_pb2.RequestContext(ip_address="10.0.0.9"),
+        message="login failed",
+    )
+    event.occurred_at.FromJsonString("2026-12-06T10:00:00Z")
+    if metadata:
+        event.metadata.update(metadata)
+    return event
+
+
+def test_a_compiled_rule_matches_its_tenants_events_groups_them_and_renders_its_message():
+    failed = rule(
+        id="0190c0de-0000-7000-8000-000000000001",
+        tenant="acme",
+        query="action:user.login outcome:failure",
+        message_template="{actor.id} from {request.ip_address}: {count} x {outcome} ({group}, {window}, {severity})",
+    )
+    compiled = compile_rule(failed)
+    assert compiled.matcher(event_columns(login())) is True
+    assert compiled.matcher(event_columns(login(outcome=event_pb2.OUTCOME_SUCCESS))) is False
+    assert compiled.matcher(event_columns(login(tenant="globex"))) is False  # never another tenant's events
+    assert compiled.group_key(login()) == "u-7"
+    assert compiled.message(login(), count=5, group="u-7") == "u-7 from 10.0.0.9: 5 x OUTCOME_FAILURE (u-7, 300s, HIGH)"
+
+
+def test_event_values_at_field_paths():
+    event = login(geo={"country": "FR", "asn": 3215}, tags=["a"])
+    assert event_value(event, "actor.type") == "SUBJECT_TYPE_USER"
+    assert event_value(event, "request.ip_address") == "10.0.0.9"
+    assert event_value(event, "metadata.geo.country") == "FR"
+    assert event_value(event, "metadata.geo.asn") == "3215"
+    assert event_value(event, "metadata.geo") == '{"asn":3215,"country":"FR"}'
+    assert event_value(event, "metadata.tags") == '["a"]'
+    assert event_value(event, "metadata.geo.city") is None and event_value(event, "metadata.nope.x") is None
+    assert event_value(event, "cluster_id") is None
+    assert event_value(event, "occurred_at") == "2026-12-06T10:00:00Z"
+    for path in GROUP_BY_FIELDS:
+        event_value(event, path)  # every path a rule may name resolves on an event

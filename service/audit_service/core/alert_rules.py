@@ -10,13 +10,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from audit.v1 import alert_rules_pb2 as pb
-from audit.v1 import audit_service_pb2
+from audit.v1 import audit_service_pb2, event_pb2
 from google.protobuf import json_format
 
 from ..errors import InvalidArgumentError
-from .event_filter import UNRESTRICTED, compile_filter
+from .event_filter import UNRESTRICTED, Scope, compile_filter
 from .filters import has_control_characters
+from .matching import Matcher, compile_matcher
 from .query_string import compile_query
 
 MAX_DISPLAY_NAME_BYTES = 200
@@ -335,3 +337,72 @@ def rule_filter(rule: pb.AlertRule) -> audit_service_pb2.EventFilter:
     if rule.WhichOneof("selector") == "query":
         return audit_service_pb2.EventFilter(query=rule.query)
     return rule.filter
+
+
+_ENUM_FIELDS = {"outcome": event_pb2.Outcome, "actor.type": event_pb2.SubjectType}
+
+
+def event_value(event: event_pb2.AuditEvent, path: str) -> str | None:
+    """The value at an event field path (those of GROUP_BY_FIELDS, message, tenant, trace_id, occurred_at or
+    metadata.<key>...) as text: enum names ("OUTCOME_FAILURE"), RFC 3339 times, JSON for metadata objects and
+    lists; None when the event has no value there."""
+    if path.startswith("metadata."):
+        value: Any = json_format.MessageToDict(event.metadata) if event.HasField("metadata") else {}
+        for key in path.split(".")[1:]:
+            if not isinstance(value, Mapping) or key not in value:
+                return None
+            value = value[key]
+        if isinstance(value, str):
+            return value
+        return orjson.dumps(_integral(value), option=orjson.OPT_SORT_KEYS).decode()
+    if path == "occurred_at":
+        return event.occurred_at.ToJsonString() if event.HasField("occurred_at") else None
+    message: Any = event
+    for part in path.split("."):
+        message = getattr(message, part)
+    if path in _ENUM_FIELDS:
+        return _ENUM_FIELDS[path].Name(message) if message in _ENUM_FIELDS[path].values() else str(message)
+    return message or None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """A stored rule ready to evaluate: its matcher (scoped to its tenant), its grouping and its template."""
+
+    rule: pb.AlertRule
+    matcher: Matcher
+    group_by: str
+    template: tuple[TemplatePart, ...]
+
+    def group_key(self, event: event_pb2.AuditEvent) -> str:
+        """The group an event counts in ("" without group_by, or when the event has no value there)."""
+        return (event_value(event, self.group_by) or "") if self.group_by else ""
+
+    def message(self, event: event_pb2.AuditEvent, *, count: int, group: str) -> str:
+        """The alert's message for the event that raised it, `count` events of `group`."""
+        rule = self.rule
+        alert_values = {
+            "count": count,
+            "group": group,
+            "rule.id": rule.id,
+            "rule.display_name": rule.display_name,
+            "severity": pb.AlertSeverity.Name(rule.severity).removeprefix("ALERT_SEVERITY_"),
+            "window": rule.threshold.window.ToJsonString() if rule.HasField("threshold") else "",
+        }
+
+        def value_of(path: str) -> Any:
+            return alert_values[path] if path in alert_values else event_value(event, path)
+
+        return render_template(self.template, value_of)
+
+
+def compile_rule(rule: pb.AlertRule) -> CompiledRule:
+    """A stored (valid) rule compiled for evaluation, its filter ANDed with its tenant.
+
+    Raises:
+        InvalidArgumentError: the rule no longer compiles (e.g. stored under older rules): a broken rule.
+    """
+    validate_rule(rule)
+    matcher = compile_matcher(compile_filter(rule_filter(rule), Scope(tenant=rule.tenant)))
+    group_by = rule.threshold.group_by if rule.HasField("threshold") else ""
+    return CompiledRule(rule, matcher, group_by, parse_template(rule.message_template))

@@ -162,6 +162,12 @@ async def list_rules(
     return [rule_from_json(orjson.loads(row["rule"])) for row in rows]
 
 
+async def enabled_rules(conn: asyncpg.Connection | asyncpg.Pool) -> list[pb.AlertRule]:
+    """Every tenant's enabled rules, by tenant and id (what an evaluator loads)."""
+    rows = await conn.fetch("SELECT rule::text AS rule FROM alert_rules WHERE enabled ORDER BY tenant, id")
+    return [rule_from_json(orjson.loads(row["rule"])) for row in rows]
+
+
 def _check_revision(current: pb.AlertRule, expected: int, field: str) -> None:
     if expected < 0:
         raise InvalidArgumentError(field, f"must not be negative, got {expected}")
