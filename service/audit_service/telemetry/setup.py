@@ -93,10 +93,17 @@ def _package_version() -> str:
         return "0"
 
 
+def _export_timeout(config: TelemetryConfig, signal: str) -> float | None:
+    """The timeout to give an exporter of `signal` (TRACES, METRICS): None when the operator set one, which the
+    exporter then reads itself (an explicit timeout would override theirs)."""
+    names = (f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+    return None if any(os.environ.get(name, "").strip() for name in names) else config.export_timeout_seconds
+
+
 def _span_exporter(kind: str, config: TelemetryConfig, meter_provider: MeterProvider | None) -> SpanExporter:
     if kind == "console":
         return ConsoleSpanExporter()
-    timeout = None if os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT") else config.export_timeout_seconds
+    timeout = _export_timeout(config, "TRACES")
     if config.traces_protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 
@@ -109,7 +116,7 @@ def _span_exporter(kind: str, config: TelemetryConfig, meter_provider: MeterProv
 def _metric_reader(kind: str, config: TelemetryConfig) -> MetricReader:
     if kind == "console":
         return PeriodicExportingMetricReader(ConsoleMetricExporter())
-    timeout = None if os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT") else config.export_timeout_seconds
+    timeout = _export_timeout(config, "METRICS")
     if config.metrics_protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 
