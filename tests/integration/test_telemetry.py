@@ -267,6 +267,20 @@ BAD_SETTINGS = [
     ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER"),
     ({"AUDIT_METRICS_ADDRESS": "9464"}, "AUDIT_METRICS_ADDRESS"),
     ({"AUDIT_LOG_FORMAT": "xml"}, "AUDIT_LOG_FORMAT"),
+    # Numbers, endpoints and files the SDK reads itself: before, a traceback (exit 1) or a warning and a default.
+    ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TIMEOUT": "ten"}, "OTEL_EXPORTER_OTLP_TIMEOUT"),
+    ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "abc"}, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+    ({"OTEL_METRICS_EXPORTER": "console", "OTEL_METRIC_EXPORT_INTERVAL": "0"}, "OTEL_METRIC_EXPORT_INTERVAL"),
+    ({"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "soon"}, "OTEL_BSP_SCHEDULE_DELAY"),
+    ({"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_MAX_QUEUE_SIZE": "lots"}, "OTEL_BSP_MAX_QUEUE_SIZE"),
+    (
+        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:99999"},
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ),
+    (
+        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"},
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    ),
     # A batch larger than the queue (2048 by default): the SDK refuses it.
     (
         {"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4096"},
@@ -299,3 +313,33 @@ def test_a_metrics_address_in_use_stops_start_up_with_one_line(service_env):
         "audit-service: configuration error: AUDIT_METRICS_ADDRESS: cannot listen on"
     ), result.stderr
     assert "Traceback" not in result.stderr
+
+
+FORGED_LINE = "2026-12-06T10:00:00+0000 INFO audit_service.ingest.worker: \x1b[32mall events stored\x1b[0m"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_a_producer_cannot_forge_log_lines_through_a_dead_letter_reason(spawn_worker, nc, config, log_format):
+    """A JSON payload whose unknown field name holds a line break, a whole fake log line and ANSI escapes is
+    dead-lettered; the worker's warning quotes protobuf's error, which quotes the name. Each record must stay one
+    line, with no raw escape reaching the terminal (before: the text format wrote the forged line as is)."""
+    worker = spawn_worker(AUDIT_LOG_FORMAT=log_format)
+    await worker.ready()
+    payload = json.dumps({f"x\n{FORGED_LINE}\r\n": 1}).encode()
+    await nc.jetstream().publish(
+        f"{config.nats.events_subject_prefix}.acme", payload, headers={"Content-Type": "application/json"}
+    )
+
+    async def dead_lettered() -> bool:
+        return "dead-lettered stream sequence" in worker.output()
+
+    await eventually(dead_lettered, what="the forged payload dead-lettered and logged")
+    assert await worker.terminate() == 0
+    output = worker.output()
+    assert "\x1b" not in output and "\r" not in output
+    lines = output.splitlines()
+    assert not any(line.startswith(FORGED_LINE[:24]) for line in lines), output
+    if log_format == "json":
+        assert all(isinstance(json.loads(line), dict) for line in lines), output
+    else:
+        assert all(re.match(r"\d{4}-\d\d-\d\dT", line) for line in lines), output
