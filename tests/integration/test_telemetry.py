@@ -343,3 +343,49 @@ async def test_a_producer_cannot_forge_log_lines_through_a_dead_letter_reason(sp
         assert all(isinstance(json.loads(line), dict) for line in lines), output
     else:
         assert all(re.match(r"\d{4}-\d\d-\d\dT", line) for line in lines), output
+
+
+async def test_idle_and_half_sent_requests_on_the_metrics_port_are_closed(spawn_worker):
+    """Clients that connect and send nothing, or half a request line, each held a thread of the HTTP server for
+    ever (slow loris: thousands of them exhaust the process). They are now closed after a timeout, and probes and
+    scrapes are answered meanwhile."""
+    import socket
+
+    port = free_port()
+    worker = spawn_worker(AUDIT_METRICS_ADDRESS=f"127.0.0.1:{port}")
+    await worker.ready()
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+    half = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+    try:
+        for sock in half:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # the blank line never comes
+        assert (await get(f"http://127.0.0.1:{port}/livez"))[0] == 200
+        assert (await get(f"http://127.0.0.1:{port}/metrics"))[0] == 200
+
+        def closed_by_the_server(socks: list[socket.socket], within: float) -> int:
+            """How many of `socks` the server closed (end of stream or reset) within `within` seconds."""
+            import selectors
+            import time
+
+            deadline, open_, closed = time.monotonic() + within, set(socks), 0
+            with selectors.DefaultSelector() as selector:
+                for sock in socks:
+                    selector.register(sock, selectors.EVENT_READ)
+                while open_ and time.monotonic() < deadline:
+                    for key, _ in selector.select(timeout=1):
+                        try:
+                            data = key.fileobj.recv(4096)  # a 408 maybe, then the end of the stream
+                        except OSError:
+                            data = b""
+                        if not data:
+                            selector.unregister(key.fileobj)
+                            open_.discard(key.fileobj)
+                            closed += 1
+            return closed
+
+        assert await asyncio.to_thread(closed_by_the_server, idle + half, 90) == len(idle + half)
+    finally:
+        for sock in idle + half:
+            sock.close()
+    assert (await get(f"http://127.0.0.1:{port}/readyz"))[0] == 200
+    assert await worker.terminate() == 0
