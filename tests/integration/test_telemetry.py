@@ -389,3 +389,36 @@ async def test_idle_and_half_sent_requests_on_the_metrics_port_are_closed(spawn_
             sock.close()
     assert (await get(f"http://127.0.0.1:{port}/readyz"))[0] == 200
     assert await worker.terminate() == 0
+
+
+async def test_a_collector_that_accepts_and_never_answers_stops_neither_ingest_nor_shutdown(
+    spawn_worker, publisher, owner
+):
+    """An OTLP endpoint whose TCP connections are accepted by the kernel and never answered (a hung collector, a
+    black-holing proxy), with the operator's export timeout long: events are stored, and SIGTERM ends the process
+    with 0, the flush given up after telemetry's SHUTDOWN_SECONDS (5 s) as documented, well within the 60 s
+    ServiceProcess.terminate waits. Before, the SDK's own atexit hooks flushed the providers a second time at exit,
+    waiting for the whole export timeout (here 120 s: the process outlived Kubernetes' 30 s grace)."""
+    import socket
+
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(1000)  # never accepted, never read
+        endpoint = f"http://127.0.0.1:{black_hole.getsockname()[1]}"
+        for protocol in ("grpc", "http/protobuf"):
+            worker = spawn_worker(
+                **{**otlp_env(endpoint), "OTEL_EXPORTER_OTLP_PROTOCOL": protocol},
+                OTEL_EXPORTER_OTLP_TIMEOUT="120",
+                AUDIT_INGEST_BATCH_SIZE="10",
+            )
+            await worker.ready()
+            ids = [(await publisher.publish(make_event())).event_id for _ in range(100)]
+
+            async def all_stored(ids=ids) -> bool:
+                count = "SELECT count(*) FROM audit_events WHERE event_id = ANY($1::uuid[])"
+                return await owner.fetchval(count, ids) == len(ids)
+
+            await eventually(all_stored, within=60, what=f"every event stored with a hung {protocol} collector")
+            assert await worker.terminate() == 0, worker.output()
+            assert "Traceback" not in worker.output(), worker.output()
+            assert "shutdown can only be called once" not in worker.output(), "flushed twice"

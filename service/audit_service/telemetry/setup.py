@@ -143,9 +143,13 @@ def build_telemetry(config: TelemetryConfig, default_service_name: str) -> Telem
         readers.append(PrometheusMetricReader())
         telemetry.prometheus = True
     if readers:
-        telemetry.meter_provider = MeterProvider(metric_readers=readers, resource=resource)
+        # shutdown_on_exit=False: Telemetry.shutdown flushes, bounded; the SDK's atexit hook would flush a second
+        # time at exit, unbounded (as long as an export to a hung collector may take).
+        telemetry.meter_provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
     if config.tracing:
-        telemetry.tracer_provider = TracerProvider(resource=resource, meter_provider=telemetry.meter_provider)
+        telemetry.tracer_provider = TracerProvider(
+            resource=resource, meter_provider=telemetry.meter_provider, shutdown_on_exit=False
+        )
         for kind in config.traces_exporters:
             exporter = _span_exporter(kind, config, telemetry.meter_provider)
             try:
