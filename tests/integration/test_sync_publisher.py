@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import audit_client
 import pytest
 from audit.v1 import event_pb2
+from nats import connect as nats_connect
 from nats.aio.client import Client as NatsClient
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -141,3 +142,35 @@ async def test_refused_credentials_fail_at_once_and_leave_no_thread(tmp_path):
         server.stop()
     assert type(refused).__name__ == "AuthorizationError", refused
     assert publisher_threads() == before
+
+
+async def test_close_while_nats_is_unreachable_closes_without_raising_natss_internals(tmp_path):
+    """NATS went away (reconnecting): close() raised nats.errors.ConnectionReconnectingError from drain(), from
+    nats-py's internals, and left the connection to its reconnect loop. Now it closes, and the publisher refuses
+    later publishes with PublishError; the async Publisher likewise."""
+    from audit_service.devstack.nats import NatsServer
+    from audit_service.devstack.processes import free_port
+
+    server = NatsServer(tmp_path / "nats", port=free_port())
+    server.start()
+    before = publisher_threads()
+    try:
+        nc = await nats_connect(server.url)
+        await nc.jetstream().add_stream(name="GONE", subjects=["gone.>"])
+        await nc.close()
+        sync_publisher = await asyncio.to_thread(
+            audit_client.connect_sync, server.url, subject_prefix="gone", ack_timeout=1
+        )
+        async_publisher = await audit_client.connect(server.url, subject_prefix="gone", ack_timeout=1)
+        await asyncio.to_thread(sync_publisher.publish, make_event(tenant="acme"))
+        await async_publisher.publish(make_event(tenant="acme"))
+    finally:
+        server.stop()
+    with pytest.raises(audit_client.PublishError):
+        await async_publisher.publish(make_event(tenant="acme"))
+    await async_publisher.close()
+    assert async_publisher._nc.is_closed
+    await asyncio.to_thread(sync_publisher.close)
+    assert publisher_threads() == before
+    with pytest.raises(audit_client.PublishError, match="closed"):
+        await asyncio.to_thread(sync_publisher.publish, make_event(tenant="acme"))
