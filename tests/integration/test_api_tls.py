@@ -16,7 +16,7 @@ from audit.v1 import audit_service_pb2_grpc
 from audit_service.config import load_config
 
 from ..certificates import CertificateAuthority
-from ..conftest import REPO_ROOT, serving_api, store_events
+from ..conftest import REPO_ROOT, run_cli, serving_api, store_events
 from ..factories import make_event
 from ..tail_helpers import Reader
 
@@ -173,3 +173,13 @@ async def test_the_readme_openssl_recipe_makes_files_the_api_serves_with_mtls(se
         assert "audit.v1.AuditService" in listed.split()
         code, _, _ = await grpcurl("-cacert", str(tls / "ca.crt"), f"localhost:{api.port}", "list")
         assert code != 0, "served a client without a certificate"
+
+
+def test_a_key_file_that_is_not_a_key_stops_serve_with_one_line(service_env, authority):
+    """Before: an AttributeError traceback (exit 1), from an except clause naming a class cryptography lacks."""
+    server = authority.issue("api", server=True)
+    server.key.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")  # a key file written half-way
+    result = run_cli(tls_env(service_env, server), "serve")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("audit-service: configuration error: AUDIT_GRPC_TLS_KEY_FILE: ")

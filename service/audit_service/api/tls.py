@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from ..config import TlsConfig
@@ -66,11 +67,13 @@ def check_pair(cert_chain: bytes, private_key: bytes, client_ca: bytes | None) -
         certificates = x509.load_pem_x509_certificates(cert_chain)
     except ValueError:
         raise ConfigError(CERT_VARIABLE, "holds no PEM certificate") from None
+    if cert_chain.count(b"-----BEGIN") != len(certificates):  # cryptography skips a block cut short
+        raise ConfigError(CERT_VARIABLE, "holds a PEM block that is not a whole certificate (a truncated file?)")
     try:
         key = serialization.load_pem_private_key(private_key, password=None)
     except TypeError:
         raise ConfigError(KEY_VARIABLE, "is encrypted; give the key without a passphrase") from None
-    except (ValueError, x509.UnsupportedGeneratorError) as error:
+    except (ValueError, UnsupportedAlgorithm) as error:
         raise ConfigError(KEY_VARIABLE, f"holds no usable PEM private key ({error})") from None
     public = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*public) != certificates[0].public_key().public_bytes(*public):
@@ -148,6 +151,7 @@ class CertificateFiles:
             log.warning("gRPC TLS: keeping the certificate in use: %s", error)
             return None
         except Exception:  # a fetcher that raises fails the handshake; never let it
+            self._refused = stamps
             log.exception("gRPC TLS: keeping the certificate in use")
             return None
         self._stamps, self._refused = stamps, None
