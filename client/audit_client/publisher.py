@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections import deque
@@ -236,7 +237,8 @@ class Publisher:
                 try:
                     await self._nc.drain()
                 except nats.errors.Error:  # reconnecting, drain timeout, closed meanwhile: nothing left to flush to
-                    await self._nc.close()
+                    with contextlib.suppress(OSError):  # nats-py flushes what is pending into a broken socket
+                        await self._nc.close()
         finally:
             self._acks.close()
 
