@@ -422,3 +422,50 @@ async def test_a_collector_that_accepts_and_never_answers_stops_neither_ingest_n
             assert await worker.terminate() == 0, worker.output()
             assert "Traceback" not in worker.output(), worker.output()
             assert "shutdown can only be called once" not in worker.output(), "flushed twice"
+
+
+def test_the_metrics_port_and_the_grpc_port_being_the_same_stops_serve_with_one_line(service_env):
+    port = free_port()
+    env = {**service_env, "AUDIT_GRPC_ADDRESS": f"127.0.0.1:{port}", "AUDIT_METRICS_ADDRESS": f"127.0.0.1:{port}"}
+    result = run_cli(env, "serve")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("audit-service:")]
+    assert len(errors) == 1 and errors[0].startswith("audit-service: configuration error: AUDIT_GRPC_ADDRESS: ")
+    assert "Traceback" not in result.stderr
+
+
+async def test_no_password_reaches_logs_metrics_or_readyz(spawn_worker, service_env, database_outage, publisher):
+    """Passwords in AUDIT_NATS_URL and AUDIT_DATABASE_URL (the test servers do not check them) stay out of the
+    logs (DEBUG, JSON), /metrics and /readyz, including while PostgreSQL refuses the service."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    secret = "s3cret-Pa55"
+
+    def with_password(url: str) -> str:
+        parts = urlsplit(url)
+        user = parts.username or "audit"
+        return urlunsplit(parts._replace(netloc=f"{user}:{secret}@{parts.hostname}:{parts.port}"))
+
+    port = free_port()
+    worker = spawn_worker(
+        AUDIT_NATS_URL=with_password(service_env["AUDIT_NATS_URL"]),
+        AUDIT_DATABASE_URL=with_password(service_env["AUDIT_DATABASE_URL"]),
+        AUDIT_METRICS_ADDRESS=f"127.0.0.1:{port}",
+        AUDIT_LOG_LEVEL="DEBUG",
+        AUDIT_LOG_FORMAT="json",
+    )
+    await worker.ready()
+    await publisher.publish(make_event())
+    bodies = []
+    async with database_outage():
+
+        async def unready() -> bool:
+            status, body = await get(f"http://127.0.0.1:{port}/readyz")
+            bodies.append(body)
+            return status == 503 and "ingest.postgres: PostgreSQL unreachable" in body
+
+        await eventually(unready, what="/readyz naming PostgreSQL")
+    bodies.append((await get(f"http://127.0.0.1:{port}/metrics"))[1])
+    assert await worker.terminate() == 0
+    assert secret not in worker.output()
+    assert not any(secret in body for body in bodies)
