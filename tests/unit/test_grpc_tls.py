@@ -110,3 +110,27 @@ def test_a_chain_whose_last_certificate_is_cut_short_is_not_served(files, tmp_pa
     assert certificates.current.cert_chain == first.cert.read_bytes()
     put(second.cert, served.cert_file)  # the renewal completed
     assert certificates.fetch() is not None
+
+
+def test_an_expired_certificate_put_in_place_of_a_valid_one_is_not_served(files, tmp_path, caplog) -> None:
+    """An old backup restored, a renewal job that copied the wrong file: before, it was served ("serving the
+    renewed ... valid until <yesterday>") and every new client refused the handshake."""
+    served, first, _ = files
+    certificates = CertificateFiles(served)
+    old = CertificateAuthority(tmp_path / "old", "old").issue("api", server=True, expired=True)
+    put(old.key, served.key_file)
+    put(old.cert, served.cert_file)
+    with caplog.at_level("WARNING", logger="audit_service.api.tls"):
+        assert certificates.fetch() is None
+        assert certificates.fetch() is None
+    assert certificates.current.cert_chain == first.cert.read_bytes()
+    assert [record.getMessage() for record in caplog.records if "expired" in record.getMessage()] != []
+    assert len(caplog.records) == 1
+
+
+def test_an_expired_certificate_at_start_is_served_with_a_warning(tmp_path, caplog) -> None:
+    old = CertificateAuthority(tmp_path / "old", "old").issue("api", server=True, expired=True)
+    with caplog.at_level("WARNING", logger="audit_service.api.tls"):
+        certificates = CertificateFiles(TlsConfig(cert_file=str(old.cert), key_file=str(old.key)))
+    assert certificates.current.expired
+    assert any("expired" in record.getMessage() for record in caplog.records)

@@ -8,6 +8,7 @@ there yet) is not served: the previous pair stays until the files agree again.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ class CertificatePair:
     client_ca: bytes | None
     not_valid_after: str
     """Expiry of the leaf certificate, for the log."""
+
+    @property
+    def expired(self) -> bool:
+        return dt.datetime.fromisoformat(self.not_valid_after) <= dt.datetime.now(dt.UTC)
 
 
 def _stamp(path: str) -> _Stamp:
@@ -104,6 +109,10 @@ class CertificateFiles:
             self.current.not_valid_after,
             ", client certificates required" if config.client_ca_file else "",
         )
+        if self.current.expired:
+            log.warning(
+                "gRPC TLS: %s expired at %s: clients will refuse it", config.cert_file, self.current.not_valid_after
+            )
 
     @property
     def _paths(self) -> list[tuple[str, str]]:
@@ -153,6 +162,14 @@ class CertificateFiles:
         except Exception:  # a fetcher that raises fails the handshake; never let it
             self._refused = stamps
             log.exception("gRPC TLS: keeping the certificate in use")
+            return None
+        if loaded.expired and not self.current.expired:  # an old backup put back: not a renewal
+            self._refused = stamps
+            log.warning(
+                "gRPC TLS: keeping the certificate in use: %s expired at %s",
+                self._config.cert_file,
+                loaded.not_valid_after,
+            )
             return None
         self._stamps, self._refused = stamps, None
         if loaded == self.current:
