@@ -183,3 +183,31 @@ def test_a_key_file_that_is_not_a_key_stops_serve_with_one_line(service_env, aut
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("audit-service: configuration error: AUDIT_GRPC_TLS_KEY_FILE: ")
+
+
+async def test_mtls_refuses_an_expired_client_certificate_of_its_ca_and_ignores_silent_clients(service_env, authority):
+    """A client certificate signed by the right CA but expired is refused; clients that connect to the TLS port
+    and never send a handshake, or speak plaintext gRPC to it, do not keep others from being served."""
+    import socket
+
+    server_cert = authority.issue("api", server=True)
+    client_cert = authority.issue("reader", server=False)
+    expired = authority.issue("old-reader", server=False, expired=True)
+    async with serving_api(load_config(env=tls_env(service_env, server_cert, client_ca=authority.cert))) as api:
+        target = f"localhost:{api.port}"
+        trust = ("-cacert", str(authority.cert))
+        check = (target, "grpc.health.v1.Health/Check")
+        silent = [socket.create_connection(("127.0.0.1", api.port)) for _ in range(100)]
+        try:
+            code, _, stderr = await grpcurl(*trust, "-cert", str(expired.cert), "-key", str(expired.key), *check)
+            assert code != 0, "an expired client certificate was accepted"
+            code, _, _ = await grpcurl("-plaintext", *check)
+            assert code != 0, "plaintext served on the TLS port"
+            code, out, stderr = await grpcurl(
+                *trust, "-cert", str(client_cert.cert), "-key", str(client_cert.key), *check
+            )
+            assert code == 0, stderr
+            assert json.loads(out) == {"status": "SERVING"}
+        finally:
+            for sock in silent:
+                sock.close()
