@@ -469,3 +469,17 @@ async def test_no_password_reaches_logs_metrics_or_readyz(spawn_worker, service_
     assert await worker.terminate() == 0
     assert secret not in worker.output()
     assert not any(secret in body for body in bodies)
+
+
+async def test_otel_values_with_surrounding_spaces_mean_what_they_say(spawn_worker, publisher, owner):
+    """OTEL_TRACES_SAMPLER=" always_off " (a stray space in a manifest) passed the start-up check, which strips,
+    and the SDK, which does not, ignored it with a warning: every batch was traced."""
+    worker = spawn_worker(
+        OTEL_TRACES_EXPORTER="console", OTEL_TRACES_SAMPLER=" always_off ", OTEL_BSP_SCHEDULE_DELAY="100"
+    )
+    await worker.ready()
+    event_id = (await publisher.publish(make_event())).event_id
+    await eventually(lambda: stored(owner, event_id), what="the event stored")
+    assert await worker.terminate() == 0
+    assert "audit.ingest batch" not in worker.output()
+    assert "always_off" not in worker.output(), "no warning about the sampler"

@@ -169,9 +169,13 @@ def setup_telemetry(config: TelemetryConfig, default_service_name: str) -> Telem
     failed.
     """
     # An empty OTEL_* variable means unset (docker-compose.yml passes `${OTEL_EXPORTER_OTLP_ENDPOINT:-}`); the
-    # SDK's exporters would take an empty endpoint for one.
-    for name in [name for name, value in os.environ.items() if name.startswith("OTEL_") and not value.strip()]:
-        del os.environ[name]
+    # SDK's exporters would take an empty endpoint for one. Others are stripped, as config.py reads them: the SDK
+    # would ignore " always_off " (a warning, then the default sampler) after config.py accepted it.
+    for name, value in [(name, value) for name, value in os.environ.items() if name.startswith("OTEL_")]:
+        if not value.strip():
+            del os.environ[name]
+        elif value != value.strip():
+            os.environ[name] = value.strip()
     if config.metrics_exporters or config.metrics_address:
         os.environ.setdefault(SDK_SELF_METRICS, "true")  # read by the SDK's constructors, below
     telemetry = build_telemetry(config, default_service_name)
