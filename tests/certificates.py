@@ -69,10 +69,11 @@ class CertificateAuthority:
         self.cert = directory / f"{name}-ca.pem"
         self.cert.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, common_name: str, *, server: bool, file_stem: str | None = None) -> Issued:
-        """A certificate for a server (SAN localhost and 127.0.0.1) or a client, in `<stem>.pem`/`<stem>.key`."""
+    def issue(self, common_name: str, *, server: bool, file_stem: str | None = None, expired: bool = False) -> Issued:
+        """A certificate for a server (SAN localhost and 127.0.0.1) or a client, in `<stem>.pem`/`<stem>.key`;
+        `expired`: one whose validity ended a day ago."""
         key = _key()
-        now = datetime.datetime.now(datetime.UTC)
+        now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2 if expired else 0)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))

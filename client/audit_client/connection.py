@@ -119,7 +119,9 @@ async def connect_nats(
         if user_error_cb is not None:
             await user_error_cb(error)
         else:
-            _nats_log.error("nats: encountered error", exc_info=error)
+            # One line: nats-py's own default logs a traceback for every failed reconnection attempt (every 2 s
+            # while NATS is away), of its internals, which buries the cause.
+            _nats_log.error("nats: %s: %s", type(error).__name__, error or "(no detail)")
 
     nc = NatsClient()
     try:

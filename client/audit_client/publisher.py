@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections import deque
@@ -228,10 +229,18 @@ class Publisher:
         return acks  # type: ignore[return-value]  # no None left when there is no error
 
     async def close(self) -> None:
-        """Closes the NATS connection if this publisher opened it (pending publishes are flushed first)."""
-        if self._owns_connection and not self._nc.is_closed:
-            await self._nc.drain()
-        self._acks.close()
+        """Closes the NATS connection if this publisher opened it: pending publishes are flushed first while the
+        connection is up; while NATS is unreachable (reconnecting) it is closed at once. Never raises for NATS's
+        state: a publish that was not acknowledged has already raised PublishError to its caller."""
+        try:
+            if self._owns_connection and not self._nc.is_closed:
+                try:
+                    await self._nc.drain()
+                except nats.errors.Error:  # reconnecting, drain timeout, closed meanwhile: nothing left to flush to
+                    with contextlib.suppress(OSError):  # nats-py flushes what is pending into a broken socket
+                        await self._nc.close()
+        finally:
+            self._acks.close()
 
     async def __aenter__(self) -> Publisher:
         return self

@@ -6,6 +6,7 @@ inject their own; bad values raise ConfigError with one line naming the variable
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -314,7 +315,7 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(name, f"expected a positive number of seconds, got {raw!r}") from None
-    if not value > 0:
+    if not 0 < value < math.inf:  # inf would make a loop sleep, or a wait last, forever
         raise ConfigError(name, f"expected a positive number of seconds, got {raw!r}")
     return value
 
@@ -452,7 +453,7 @@ def _choices(env: Mapping[str, str], name: str, allowed: tuple[str, ...], defaul
 
 def _otlp_protocol(env: Mapping[str, str], signal: str) -> str:
     for name in (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
-        raw = env.get(name, "").strip()
+        raw = env.get(name, "").strip().lower()  # OpenTelemetry's enumerated values are case-insensitive
         if raw:
             if raw not in OTLP_PROTOCOLS:
                 raise ConfigError(name, f"expected {' or '.join(OTLP_PROTOCOLS)}, got {raw!r}")
@@ -475,6 +476,58 @@ def _sampler(env: Mapping[str, str]) -> None:
             raise ConfigError("OTEL_TRACES_SAMPLER_ARG", f"expected a ratio from 0 to 1, got {argument!r}")
 
 
+OTEL_SDK_INTEGERS = (
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_EXPORT_TIMEOUT",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+)
+"""Read by the SDK with int(); a bad one is logged with a traceback and replaced by the default."""
+OTEL_SDK_NUMBERS = (
+    "OTEL_METRIC_EXPORT_INTERVAL",
+    "OTEL_METRIC_EXPORT_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+)
+"""Read by the SDK with float(); a bad one raises from the exporter's or reader's constructor."""
+OTLP_ENDPOINTS = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+)
+OTLP_FILES = tuple(
+    f"OTEL_EXPORTER_OTLP{signal}_{kind}"
+    for signal in ("", "_TRACES", "_METRICS")
+    for kind in ("CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY")
+)
+"""PEM files the OTLP exporters read at start-up (a missing one is a traceback there)."""
+
+
+def _sdk_settings(env: Mapping[str, str]) -> None:
+    """The OTEL_* numbers, endpoints and files the SDK reads itself: refused here, with one line, rather than by a
+    traceback at start-up (or a warning and a silent default)."""
+    for name in (*OTEL_SDK_INTEGERS, *OTEL_SDK_NUMBERS):
+        raw = env.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            value = int(raw) if name in OTEL_SDK_INTEGERS else float(raw)
+        except ValueError:
+            value = 0
+        if not 0 < value < math.inf:
+            kind = "integer" if name in OTEL_SDK_INTEGERS else "number"
+            raise ConfigError(name, f"expected a positive {kind}, got {raw!r}")
+    for name in OTLP_ENDPOINTS:
+        raw = env.get(name, "").strip()
+        try:
+            urlsplit(raw).port  # noqa: B018 - raises ValueError for a port out of range or not a number
+        except ValueError as error:
+            raise ConfigError(name, f"expected a URL such as http://collector:4317, got {raw!r} ({error})") from None
+    for name in OTLP_FILES:
+        _readable_file(env, name)
+
+
 def _telemetry(env: Mapping[str, str]) -> TelemetryConfig:
     metrics_address = env.get("AUDIT_METRICS_ADDRESS", "").strip()
     if metrics_address:
@@ -493,6 +546,7 @@ def _telemetry(env: Mapping[str, str]) -> TelemetryConfig:
     )
     traces_protocol, metrics_protocol = _otlp_protocol(env, "TRACES"), _otlp_protocol(env, "METRICS")
     _sampler(env)
+    _sdk_settings(env)
     if _bool(env, "OTEL_SDK_DISABLED"):
         traces = metrics = ()
     return TelemetryConfig(

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 
 import orjson
 from opentelemetry import trace
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 TEXT_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+"""What could end a text line or drive a terminal (tabs are left alone)."""
+
+
+def escape_controls(text: str) -> str:
+    """`text` with line breaks, ANSI escapes and other control characters written as Python escapes (\\n,
+    \\x1b...), so that text from outside (a producer's payload in a dead-letter reason) cannot forge log lines."""
+    return _CONTROL_CHARACTERS.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 def current_trace_ids() -> tuple[str, str] | None:
@@ -26,10 +35,14 @@ def current_trace_ids() -> tuple[str, str] | None:
 
 
 class TextFormatter(logging.Formatter):
-    """The classic line, with the current trace and span ids appended when a span is recording."""
+    """The classic line, with the current trace and span ids appended when a span is recording. The message is one
+    line whatever it holds (control characters escaped); only a traceback follows on lines of its own."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT, datefmt=TEXT_DATE_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

@@ -16,7 +16,7 @@ from audit.v1 import audit_service_pb2_grpc
 from audit_service.config import load_config
 
 from ..certificates import CertificateAuthority
-from ..conftest import REPO_ROOT, serving_api, store_events
+from ..conftest import REPO_ROOT, run_cli, serving_api, store_events
 from ..factories import make_event
 from ..tail_helpers import Reader
 
@@ -173,3 +173,41 @@ async def test_the_readme_openssl_recipe_makes_files_the_api_serves_with_mtls(se
         assert "audit.v1.AuditService" in listed.split()
         code, _, _ = await grpcurl("-cacert", str(tls / "ca.crt"), f"localhost:{api.port}", "list")
         assert code != 0, "served a client without a certificate"
+
+
+def test_a_key_file_that_is_not_a_key_stops_serve_with_one_line(service_env, authority):
+    """Before: an AttributeError traceback (exit 1), from an except clause naming a class cryptography lacks."""
+    server = authority.issue("api", server=True)
+    server.key.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")  # a key file written half-way
+    result = run_cli(tls_env(service_env, server), "serve")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("audit-service: configuration error: AUDIT_GRPC_TLS_KEY_FILE: ")
+
+
+async def test_mtls_refuses_an_expired_client_certificate_of_its_ca_and_ignores_silent_clients(service_env, authority):
+    """A client certificate signed by the right CA but expired is refused; clients that connect to the TLS port
+    and never send a handshake, or speak plaintext gRPC to it, do not keep others from being served."""
+    import socket
+
+    server_cert = authority.issue("api", server=True)
+    client_cert = authority.issue("reader", server=False)
+    expired = authority.issue("old-reader", server=False, expired=True)
+    async with serving_api(load_config(env=tls_env(service_env, server_cert, client_ca=authority.cert))) as api:
+        target = f"localhost:{api.port}"
+        trust = ("-cacert", str(authority.cert))
+        check = (target, "grpc.health.v1.Health/Check")
+        silent = [socket.create_connection(("127.0.0.1", api.port)) for _ in range(100)]
+        try:
+            code, _, stderr = await grpcurl(*trust, "-cert", str(expired.cert), "-key", str(expired.key), *check)
+            assert code != 0, "an expired client certificate was accepted"
+            code, _, _ = await grpcurl("-plaintext", *check)
+            assert code != 0, "plaintext served on the TLS port"
+            code, out, stderr = await grpcurl(
+                *trust, "-cert", str(client_cert.cert), "-key", str(client_cert.key), *check
+            )
+            assert code == 0, stderr
+            assert json.loads(out) == {"status": "SERVING"}
+        finally:
+            for sock in silent:
+                sock.close()

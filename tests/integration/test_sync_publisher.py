@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import audit_client
 import pytest
 from audit.v1 import event_pb2
+from nats import connect as nats_connect
 from nats.aio.client import Client as NatsClient
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -141,3 +142,65 @@ async def test_refused_credentials_fail_at_once_and_leave_no_thread(tmp_path):
         server.stop()
     assert type(refused).__name__ == "AuthorizationError", refused
     assert publisher_threads() == before
+
+
+async def test_close_while_nats_is_unreachable_closes_without_raising_natss_internals(tmp_path):
+    """NATS went away (reconnecting): close() raised nats.errors.ConnectionReconnectingError from drain(), from
+    nats-py's internals, and left the connection to its reconnect loop. Now it closes, and the publisher refuses
+    later publishes with PublishError; the async Publisher likewise."""
+    from audit_service.devstack.nats import NatsServer
+    from audit_service.devstack.processes import free_port
+
+    server = NatsServer(tmp_path / "nats", port=free_port())
+    server.start()
+    before = publisher_threads()
+    try:
+        nc = await nats_connect(server.url)
+        await nc.jetstream().add_stream(name="GONE", subjects=["gone.>"])
+        await nc.close()
+        sync_publisher = await asyncio.to_thread(
+            audit_client.connect_sync, server.url, subject_prefix="gone", ack_timeout=1
+        )
+        async_publisher = await audit_client.connect(server.url, subject_prefix="gone", ack_timeout=1)
+        await asyncio.to_thread(sync_publisher.publish, make_event(tenant="acme"))
+        await async_publisher.publish(make_event(tenant="acme"))
+    finally:
+        server.stop()
+    with pytest.raises(audit_client.PublishError):
+        await async_publisher.publish(make_event(tenant="acme"))
+    await async_publisher.close()
+    assert async_publisher._nc.is_closed
+    await asyncio.to_thread(sync_publisher.close)
+    assert publisher_threads() == before
+    with pytest.raises(audit_client.PublishError, match="closed"):
+        await asyncio.to_thread(sync_publisher.publish, make_event(tenant="acme"))
+
+
+async def test_nats_going_away_mid_batch_names_the_events_not_acknowledged_and_close_still_closes(tmp_path, caplog):
+    """publish_many of large events while NATS stops: a PublishBatchError naming what was not acknowledged; then
+    close() closes without raising (before: BrokenPipeError, or ConnectionReconnectingError, from nats-py), and
+    reconnection attempts are logged one line each, without nats-py's tracebacks."""
+    from audit_service.devstack.nats import NatsServer
+    from audit_service.devstack.processes import free_port
+
+    server = NatsServer(tmp_path / "nats", port=free_port())
+    server.start()
+    try:
+        nc = await nats_connect(server.url)
+        await nc.jetstream().add_stream(name="AWAY", subjects=["away.>"])
+        await nc.close()
+        publisher = await asyncio.to_thread(audit_client.connect_sync, server.url, subject_prefix="away", ack_timeout=2)
+        events = [make_event(tenant="acme", message="x" * 16_000) for _ in range(4_000)]
+        first_acks = await asyncio.to_thread(publisher.publish_many, events[:10])
+        assert len(first_acks) == 10
+        with caplog.at_level("ERROR", logger="nats.aio.client"):
+            batch = asyncio.create_task(asyncio.to_thread(publisher.publish_many, events[10:], window=16))
+            await asyncio.sleep(0.05)  # stopped early in the batch, or before it starts: either way, not all acked
+            server.stop()
+            with pytest.raises(audit_client.PublishBatchError) as failed:
+                await batch
+            await asyncio.to_thread(publisher.close)
+    finally:
+        server.stop()
+    assert failed.value.errors, "some events are named as not acknowledged"
+    assert all(record.exc_info is None for record in caplog.records if record.name == "nats.aio.client")

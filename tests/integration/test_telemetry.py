@@ -267,6 +267,20 @@ BAD_SETTINGS = [
     ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER"),
     ({"AUDIT_METRICS_ADDRESS": "9464"}, "AUDIT_METRICS_ADDRESS"),
     ({"AUDIT_LOG_FORMAT": "xml"}, "AUDIT_LOG_FORMAT"),
+    # Numbers, endpoints and files the SDK reads itself: before, a traceback (exit 1) or a warning and a default.
+    ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TIMEOUT": "ten"}, "OTEL_EXPORTER_OTLP_TIMEOUT"),
+    ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "abc"}, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+    ({"OTEL_METRICS_EXPORTER": "console", "OTEL_METRIC_EXPORT_INTERVAL": "0"}, "OTEL_METRIC_EXPORT_INTERVAL"),
+    ({"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "soon"}, "OTEL_BSP_SCHEDULE_DELAY"),
+    ({"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_MAX_QUEUE_SIZE": "lots"}, "OTEL_BSP_MAX_QUEUE_SIZE"),
+    (
+        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:99999"},
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ),
+    (
+        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"},
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    ),
     # A batch larger than the queue (2048 by default): the SDK refuses it.
     (
         {"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4096"},
@@ -299,3 +313,173 @@ def test_a_metrics_address_in_use_stops_start_up_with_one_line(service_env):
         "audit-service: configuration error: AUDIT_METRICS_ADDRESS: cannot listen on"
     ), result.stderr
     assert "Traceback" not in result.stderr
+
+
+FORGED_LINE = "2026-12-06T10:00:00+0000 INFO audit_service.ingest.worker: \x1b[32mall events stored\x1b[0m"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_a_producer_cannot_forge_log_lines_through_a_dead_letter_reason(spawn_worker, nc, config, log_format):
+    """A JSON payload whose unknown field name holds a line break, a whole fake log line and ANSI escapes is
+    dead-lettered; the worker's warning quotes protobuf's error, which quotes the name. Each record must stay one
+    line, with no raw escape reaching the terminal (before: the text format wrote the forged line as is)."""
+    worker = spawn_worker(AUDIT_LOG_FORMAT=log_format)
+    await worker.ready()
+    payload = json.dumps({f"x\n{FORGED_LINE}\r\n": 1}).encode()
+    await nc.jetstream().publish(
+        f"{config.nats.events_subject_prefix}.acme", payload, headers={"Content-Type": "application/json"}
+    )
+
+    async def dead_lettered() -> bool:
+        return "dead-lettered stream sequence" in worker.output()
+
+    await eventually(dead_lettered, what="the forged payload dead-lettered and logged")
+    assert await worker.terminate() == 0
+    output = worker.output()
+    assert "\x1b" not in output and "\r" not in output
+    lines = output.splitlines()
+    assert not any(line.startswith(FORGED_LINE[:24]) for line in lines), output
+    if log_format == "json":
+        assert all(isinstance(json.loads(line), dict) for line in lines), output
+    else:
+        assert all(re.match(r"\d{4}-\d\d-\d\dT", line) for line in lines), output
+
+
+async def test_idle_and_half_sent_requests_on_the_metrics_port_are_closed(spawn_worker):
+    """Clients that connect and send nothing, or half a request line, each held a thread of the HTTP server for
+    ever (slow loris: thousands of them exhaust the process). They are now closed after a timeout, and probes and
+    scrapes are answered meanwhile."""
+    import socket
+
+    port = free_port()
+    worker = spawn_worker(AUDIT_METRICS_ADDRESS=f"127.0.0.1:{port}")
+    await worker.ready()
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+    half = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+    try:
+        for sock in half:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # the blank line never comes
+        assert (await get(f"http://127.0.0.1:{port}/livez"))[0] == 200
+        assert (await get(f"http://127.0.0.1:{port}/metrics"))[0] == 200
+
+        def closed_by_the_server(socks: list[socket.socket], within: float) -> int:
+            """How many of `socks` the server closed (end of stream or reset) within `within` seconds."""
+            import selectors
+            import time
+
+            deadline, open_, closed = time.monotonic() + within, set(socks), 0
+            with selectors.DefaultSelector() as selector:
+                for sock in socks:
+                    selector.register(sock, selectors.EVENT_READ)
+                while open_ and time.monotonic() < deadline:
+                    for key, _ in selector.select(timeout=1):
+                        try:
+                            data = key.fileobj.recv(4096)  # a 408 maybe, then the end of the stream
+                        except OSError:
+                            data = b""
+                        if not data:
+                            selector.unregister(key.fileobj)
+                            open_.discard(key.fileobj)
+                            closed += 1
+            return closed
+
+        assert await asyncio.to_thread(closed_by_the_server, idle + half, 90) == len(idle + half)
+    finally:
+        for sock in idle + half:
+            sock.close()
+    assert (await get(f"http://127.0.0.1:{port}/readyz"))[0] == 200
+    assert await worker.terminate() == 0
+
+
+async def test_a_collector_that_accepts_and_never_answers_stops_neither_ingest_nor_shutdown(
+    spawn_worker, publisher, owner
+):
+    """An OTLP endpoint whose TCP connections are accepted by the kernel and never answered (a hung collector, a
+    black-holing proxy), with the operator's export timeout long: events are stored, and SIGTERM ends the process
+    with 0, the flush given up after telemetry's SHUTDOWN_SECONDS (5 s) as documented, well within the 60 s
+    ServiceProcess.terminate waits. Before, the SDK's own atexit hooks flushed the providers a second time at exit,
+    waiting for the whole export timeout (here 120 s: the process outlived Kubernetes' 30 s grace)."""
+    import socket
+
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(1000)  # never accepted, never read
+        endpoint = f"http://127.0.0.1:{black_hole.getsockname()[1]}"
+        for protocol in ("grpc", "http/protobuf"):
+            worker = spawn_worker(
+                **{**otlp_env(endpoint), "OTEL_EXPORTER_OTLP_PROTOCOL": protocol},
+                OTEL_EXPORTER_OTLP_TIMEOUT="120",
+                AUDIT_INGEST_BATCH_SIZE="10",
+            )
+            await worker.ready()
+            ids = [(await publisher.publish(make_event())).event_id for _ in range(100)]
+
+            async def all_stored(ids=ids) -> bool:
+                count = "SELECT count(*) FROM audit_events WHERE event_id = ANY($1::uuid[])"
+                return await owner.fetchval(count, ids) == len(ids)
+
+            await eventually(all_stored, within=60, what=f"every event stored with a hung {protocol} collector")
+            assert await worker.terminate() == 0, worker.output()
+            assert "Traceback" not in worker.output(), worker.output()
+            assert "shutdown can only be called once" not in worker.output(), "flushed twice"
+
+
+def test_the_metrics_port_and_the_grpc_port_being_the_same_stops_serve_with_one_line(service_env):
+    port = free_port()
+    env = {**service_env, "AUDIT_GRPC_ADDRESS": f"127.0.0.1:{port}", "AUDIT_METRICS_ADDRESS": f"127.0.0.1:{port}"}
+    result = run_cli(env, "serve")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("audit-service:")]
+    assert len(errors) == 1 and errors[0].startswith("audit-service: configuration error: AUDIT_GRPC_ADDRESS: ")
+    assert "Traceback" not in result.stderr
+
+
+async def test_no_password_reaches_logs_metrics_or_readyz(spawn_worker, service_env, database_outage, publisher):
+    """Passwords in AUDIT_NATS_URL and AUDIT_DATABASE_URL (the test servers do not check them) stay out of the
+    logs (DEBUG, JSON), /metrics and /readyz, including while PostgreSQL refuses the service."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    secret = "s3cret-Pa55"
+
+    def with_password(url: str) -> str:
+        parts = urlsplit(url)
+        user = parts.username or "audit"
+        return urlunsplit(parts._replace(netloc=f"{user}:{secret}@{parts.hostname}:{parts.port}"))
+
+    port = free_port()
+    worker = spawn_worker(
+        AUDIT_NATS_URL=with_password(service_env["AUDIT_NATS_URL"]),
+        AUDIT_DATABASE_URL=with_password(service_env["AUDIT_DATABASE_URL"]),
+        AUDIT_METRICS_ADDRESS=f"127.0.0.1:{port}",
+        AUDIT_LOG_LEVEL="DEBUG",
+        AUDIT_LOG_FORMAT="json",
+    )
+    await worker.ready()
+    await publisher.publish(make_event())
+    bodies = []
+    async with database_outage():
+
+        async def unready() -> bool:
+            status, body = await get(f"http://127.0.0.1:{port}/readyz")
+            bodies.append(body)
+            return status == 503 and "ingest.postgres: PostgreSQL unreachable" in body
+
+        await eventually(unready, what="/readyz naming PostgreSQL")
+    bodies.append((await get(f"http://127.0.0.1:{port}/metrics"))[1])
+    assert await worker.terminate() == 0
+    assert secret not in worker.output()
+    assert not any(secret in body for body in bodies)
+
+
+async def test_otel_values_with_surrounding_spaces_mean_what_they_say(spawn_worker, publisher, owner):
+    """OTEL_TRACES_SAMPLER=" always_off " (a stray space in a manifest) passed the start-up check, which strips,
+    and the SDK, which does not, ignored it with a warning: every batch was traced."""
+    worker = spawn_worker(
+        OTEL_TRACES_EXPORTER="console", OTEL_TRACES_SAMPLER=" always_off ", OTEL_BSP_SCHEDULE_DELAY="100"
+    )
+    await worker.ready()
+    event_id = (await publisher.publish(make_event())).event_id
+    await eventually(lambda: stored(owner, event_id), what="the event stored")
+    assert await worker.terminate() == 0
+    assert "audit.ingest batch" not in worker.output()
+    assert "always_off" not in worker.output(), "no warning about the sampler"

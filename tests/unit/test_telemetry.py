@@ -72,6 +72,16 @@ def test_an_otlp_endpoint_alone_turns_otlp_export_on_and_none_or_sdk_disabled_tu
         ("AUDIT_METRICS_ADDRESS", "127.0.0.1:99999"),
         ("AUDIT_LOG_FORMAT", "logfmt"),
         ("OTEL_SDK_DISABLED", "maybe"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "abc"),
+        ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "-1"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "inf"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
+        ("OTEL_METRIC_EXPORT_TIMEOUT", "nan"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "1.5"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "-3"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:port"),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/nonexistent/key.pem"),
+        ("AUDIT_HEALTH_CHECK_INTERVAL_SECONDS", "inf"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
@@ -79,6 +89,12 @@ def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
         load_config(env={variable: value})
     assert raised.value.setting == variable
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("value", ["GRPC", "HTTP/Protobuf", " grpc "])
+def test_otlp_protocols_are_case_insensitive_as_opentelemetry_specifies(value: str) -> None:
+    config = load_config(env={"OTEL_EXPORTER_OTLP_PROTOCOL": value})
+    assert config.telemetry.traces_protocol == value.strip().lower()
 
 
 @pytest.mark.parametrize("argument", ["2", "-0.1", "half"])

@@ -8,12 +8,14 @@ there yet) is not served: the previous pair stays until the files agree again.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 from dataclasses import dataclass
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from ..config import TlsConfig
@@ -38,6 +40,10 @@ class CertificatePair:
     client_ca: bytes | None
     not_valid_after: str
     """Expiry of the leaf certificate, for the log."""
+
+    @property
+    def expired(self) -> bool:
+        return dt.datetime.fromisoformat(self.not_valid_after) <= dt.datetime.now(dt.UTC)
 
 
 def _stamp(path: str) -> _Stamp:
@@ -66,11 +72,13 @@ def check_pair(cert_chain: bytes, private_key: bytes, client_ca: bytes | None) -
         certificates = x509.load_pem_x509_certificates(cert_chain)
     except ValueError:
         raise ConfigError(CERT_VARIABLE, "holds no PEM certificate") from None
+    if cert_chain.count(b"-----BEGIN") != len(certificates):  # cryptography skips a block cut short
+        raise ConfigError(CERT_VARIABLE, "holds a PEM block that is not a whole certificate (a truncated file?)")
     try:
         key = serialization.load_pem_private_key(private_key, password=None)
     except TypeError:
         raise ConfigError(KEY_VARIABLE, "is encrypted; give the key without a passphrase") from None
-    except (ValueError, x509.UnsupportedGeneratorError) as error:
+    except (ValueError, UnsupportedAlgorithm) as error:
         raise ConfigError(KEY_VARIABLE, f"holds no usable PEM private key ({error})") from None
     public = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*public) != certificates[0].public_key().public_bytes(*public):
@@ -101,6 +109,10 @@ class CertificateFiles:
             self.current.not_valid_after,
             ", client certificates required" if config.client_ca_file else "",
         )
+        if self.current.expired:
+            log.warning(
+                "gRPC TLS: %s expired at %s: clients will refuse it", config.cert_file, self.current.not_valid_after
+            )
 
     @property
     def _paths(self) -> list[tuple[str, str]]:
@@ -148,7 +160,16 @@ class CertificateFiles:
             log.warning("gRPC TLS: keeping the certificate in use: %s", error)
             return None
         except Exception:  # a fetcher that raises fails the handshake; never let it
+            self._refused = stamps
             log.exception("gRPC TLS: keeping the certificate in use")
+            return None
+        if loaded.expired and not self.current.expired:  # an old backup put back: not a renewal
+            self._refused = stamps
+            log.warning(
+                "gRPC TLS: keeping the certificate in use: %s expired at %s",
+                self._config.cert_file,
+                loaded.not_valid_after,
+            )
             return None
         self._stamps, self._refused = stamps, None
         if loaded == self.current:

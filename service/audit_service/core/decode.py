@@ -41,8 +41,9 @@ def _parse(data: bytes, media_type: str) -> event_pb2.AuditEvent:
             raise InvalidEventError("", "schema_mismatch", "payload must be a JSON object")
         try:
             json_format.ParseDict(document, event)
-        except (json_format.ParseError, OverflowError, ValueError, TypeError, RecursionError) as error:
-            # ParseError for most mismatches; the others escape protobuf for e.g. an enum given as 1e400.
+        except (json_format.ParseError, OverflowError, ValueError, TypeError, RecursionError, SystemError) as error:
+            # ParseError for most mismatches; the others escape protobuf for e.g. an enum given as 1e400, and
+            # SystemError for a field name holding a lone surrogate (upb fails to look it up).
             raise InvalidEventError("", "schema_mismatch", str(error)[:500] or type(error).__name__) from None
         return event
     if media_type not in PROTOBUF_CONTENT_TYPES:

@@ -30,6 +30,9 @@ BEAT_SECONDS = 1.0
 DATABASE_CHECK_SECONDS = 2.0
 """How often the readiness check of PostgreSQL runs `SELECT 1`."""
 DATABASE_CHECK_TIMEOUT_SECONDS = 5.0
+REQUEST_TIMEOUT_SECONDS = 10.0
+"""Longest a client may take to send its request (or to read the response) before its connection is closed: a
+client that connects and sends nothing (slow loris) would otherwise hold a thread of the server for ever."""
 
 
 class Readiness:
@@ -114,9 +117,19 @@ async def watch_database(url: str, readiness: Readiness, name: str) -> None:
             conn.terminate()
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the listen backlog (5 by default): a burst of probes and scrapes is not refused
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that went away or timed out mid-response: not a traceback on stderr (socketserver's default).
+        log.debug("metrics port: the request of %s failed", client_address, exc_info=True)
+
+
 def _handler(readiness: Readiness) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "audit-service"
+        timeout = REQUEST_TIMEOUT_SECONDS  # socket timeout of each connection
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -164,10 +177,9 @@ async def serving_http(address: str, readiness: Readiness) -> AsyncIterator[int]
     host, port = parse_grpc_address(address, "AUDIT_METRICS_ADDRESS")
     host = host.strip("[]")
     try:
-        server = ThreadingHTTPServer((host, port), _handler(readiness))
+        server = _Server((host, port), _handler(readiness))
     except OSError as error:
         raise ConfigError("AUDIT_METRICS_ADDRESS", f"cannot listen on {address}: {error}") from None
-    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
     thread.start()
     beating = asyncio.create_task(_beat(readiness), name="liveness-beat")

@@ -93,10 +93,17 @@ def _package_version() -> str:
         return "0"
 
 
+def _export_timeout(config: TelemetryConfig, signal: str) -> float | None:
+    """The timeout to give an exporter of `signal` (TRACES, METRICS): None when the operator set one, which the
+    exporter then reads itself (an explicit timeout would override theirs)."""
+    names = (f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+    return None if any(os.environ.get(name, "").strip() for name in names) else config.export_timeout_seconds
+
+
 def _span_exporter(kind: str, config: TelemetryConfig, meter_provider: MeterProvider | None) -> SpanExporter:
     if kind == "console":
         return ConsoleSpanExporter()
-    timeout = None if os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT") else config.export_timeout_seconds
+    timeout = _export_timeout(config, "TRACES")
     if config.traces_protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 
@@ -109,7 +116,7 @@ def _span_exporter(kind: str, config: TelemetryConfig, meter_provider: MeterProv
 def _metric_reader(kind: str, config: TelemetryConfig) -> MetricReader:
     if kind == "console":
         return PeriodicExportingMetricReader(ConsoleMetricExporter())
-    timeout = None if os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT") else config.export_timeout_seconds
+    timeout = _export_timeout(config, "METRICS")
     if config.metrics_protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 
@@ -136,9 +143,13 @@ def build_telemetry(config: TelemetryConfig, default_service_name: str) -> Telem
         readers.append(PrometheusMetricReader())
         telemetry.prometheus = True
     if readers:
-        telemetry.meter_provider = MeterProvider(metric_readers=readers, resource=resource)
+        # shutdown_on_exit=False: Telemetry.shutdown flushes, bounded; the SDK's atexit hook would flush a second
+        # time at exit, unbounded (as long as an export to a hung collector may take).
+        telemetry.meter_provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
     if config.tracing:
-        telemetry.tracer_provider = TracerProvider(resource=resource, meter_provider=telemetry.meter_provider)
+        telemetry.tracer_provider = TracerProvider(
+            resource=resource, meter_provider=telemetry.meter_provider, shutdown_on_exit=False
+        )
         for kind in config.traces_exporters:
             exporter = _span_exporter(kind, config, telemetry.meter_provider)
             try:
@@ -158,9 +169,13 @@ def setup_telemetry(config: TelemetryConfig, default_service_name: str) -> Telem
     failed.
     """
     # An empty OTEL_* variable means unset (docker-compose.yml passes `${OTEL_EXPORTER_OTLP_ENDPOINT:-}`); the
-    # SDK's exporters would take an empty endpoint for one.
-    for name in [name for name, value in os.environ.items() if name.startswith("OTEL_") and not value.strip()]:
-        del os.environ[name]
+    # SDK's exporters would take an empty endpoint for one. Others are stripped, as config.py reads them: the SDK
+    # would ignore " always_off " (a warning, then the default sampler) after config.py accepted it.
+    for name, value in [(name, value) for name, value in os.environ.items() if name.startswith("OTEL_")]:
+        if not value.strip():
+            del os.environ[name]
+        elif value != value.strip():
+            os.environ[name] = value.strip()
     if config.metrics_exporters or config.metrics_address:
         os.environ.setdefault(SDK_SELF_METRICS, "true")  # read by the SDK's constructors, below
     telemetry = build_telemetry(config, default_service_name)
