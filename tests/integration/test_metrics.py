@@ -17,8 +17,9 @@ from dataclasses import dataclass, replace
 import asyncpg
 import grpc
 import pytest
+from audit.v1 import alert_rules_pb2 as rules_pb
+from audit.v1 import alert_rules_pb2_grpc, event_pb2
 from audit.v1 import audit_service_pb2 as pb
-from audit.v1 import event_pb2
 from audit_service.core.signing import generate_private_key_pem, load_signer
 from audit_service.ingest.lag import ConsumerLag
 from audit_service.ingest.streams import provision
@@ -234,6 +235,27 @@ async def test_rpc_calls_are_counted_by_method_and_status(metric_reader, api):
     assert calls(after, "ExportEvents", "OK") - calls(before, "ExportEvents", "OK") == 1, "a stream, once ended"
     invalid = [a for a in after.attributes("rpc.server.call.duration") if a["rpc.response.status_code"] != "OK"]
     assert invalid and all("error.type" not in a for a in invalid), "a client's mistake is not a server error"
+
+
+async def test_alert_rule_calls_are_counted_by_method_and_status(metric_reader, api):
+    method = "audit.v1.AlertRuleService/"
+    before = read(metric_reader)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{api.port}") as channel:
+        rules = alert_rules_pb2_grpc.AlertRuleServiceStub(channel)
+        await rules.ListAlertRules(rules_pb.ListAlertRulesRequest(tenant="acme"))
+        for rule_id in ("not-a-uuid", "0190c0de-0000-7000-8000-000000000001"):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await rules.GetAlertRule(rules_pb.GetAlertRuleRequest(tenant="acme", id=rule_id))
+    after = read(metric_reader)
+
+    def calls(reading: Reading, name: str, code: str) -> int:
+        return reading.count(
+            "rpc.server.call.duration",
+            **{"rpc.system.name": "grpc", "rpc.method": method + name, "rpc.response.status_code": code},
+        )
+
+    for name, code in (("ListAlertRules", "OK"), ("GetAlertRule", "INVALID_ARGUMENT"), ("GetAlertRule", "NOT_FOUND")):
+        assert calls(after, name, code) - calls(before, name, code) == 1, (name, code)
 
 
 async def test_open_tails_go_up_and_back_down_and_live_deliveries_record_their_lag(
