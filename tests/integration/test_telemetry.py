@@ -12,8 +12,8 @@ import urllib.request
 
 import grpc
 import pytest
+from audit.v1 import alert_rules_pb2, alert_rules_pb2_grpc, audit_service_pb2_grpc
 from audit.v1 import audit_service_pb2 as pb
-from audit.v1 import audit_service_pb2_grpc
 from audit_service.devstack.processes import free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -95,6 +95,8 @@ async def test_spans_of_rpcs_and_ingest_batches_reach_an_otlp_collector(
             # The tracing interceptor neither changes the status nor leaks a traceback.
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "Traceback" not in refused.value.details()
+            rules = alert_rules_pb2_grpc.AlertRuleServiceStub(channel)
+            await rules.ListAlertRules(alert_rules_pb2.ListAlertRulesRequest(tenant="acme"))
             tail = stub.TailEvents(pb.TailEventsRequest())
             responses = [response async for response in _until_caught_up(tail)]
             assert responses[-1].caught_up
@@ -117,7 +119,13 @@ async def test_spans_of_rpcs_and_ingest_batches_reach_an_otlp_collector(
             return bool(
                 server_spans(0)
                 and server_spans(3)
-                and {"audit.ingest batch", "audit.append", "/audit.v1.AuditService/TailEvents"} <= names
+                and {
+                    "audit.ingest batch",
+                    "audit.append",
+                    "/audit.v1.AuditService/TailEvents",
+                    "/audit.v1.AlertRuleService/ListAlertRules",
+                }
+                <= names
             )
 
         await eventually(exported, what="the spans of the RPCs and of the batch at the collector")
