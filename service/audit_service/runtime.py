@@ -21,7 +21,6 @@ from .api.server import RunningServer, start_server
 from .api.tls import CertificateFiles
 from .config import Config, NatsConfig
 from .errors import ConfigError, UnavailableError
-from .ingest.announce import Announcer
 from .ingest.worker import IngestWorker
 from .store.checkpoints import PeriodicCheckpointer, checkpoint_verifiers
 from .store.migrate import migrate
@@ -237,7 +236,6 @@ async def run_api(
                 database_url=config.database.url,
                 nc=nc,
                 mask=config.ingest.mask,
-                announcer=Announcer(nc, config.nats.committed_subject_prefix),
                 on_database_checked=None
                 if readiness is None
                 else lambda reachable: readiness.set("api.postgres", None if reachable else "PostgreSQL unreachable"),

@@ -16,8 +16,8 @@ import nats
 import nats.errors
 import pytest
 import yaml
+from audit.v1 import alert_rules_pb2, alert_rules_pb2_grpc, audit_service_pb2_grpc, committed_pb2
 from audit.v1 import audit_service_pb2 as pb
-from audit.v1 import audit_service_pb2_grpc, committed_pb2
 from audit_client import PublishError
 from audit_client import connect as connect_publisher
 from audit_service.config import Config, load_config
@@ -126,6 +126,27 @@ def test_compose_gives_each_process_its_own_user_and_nats_every_password() -> No
     assert set(services["nats"]["environment"]) == {password_variable(user) for user in PASSWORDS}
     assert services["ingest"]["environment"]["AUDIT_NATS_URL"].startswith("nats://ingest:${AUDIT_NATS_INGEST_PASSWORD")
     assert services["api"]["environment"]["AUDIT_NATS_URL"].startswith("nats://api:${AUDIT_NATS_API_PASSWORD")
+
+
+async def test_the_api_changes_alert_rules_under_its_nats_user_without_a_permissions_violation(as_user, caplog) -> None:
+    """The API appends rule-change events itself but publishes nothing on NATS: no violation, and a tail still
+    gets the change (from its poll of the log's head)."""
+    async with serving_api(as_user("api", AUDIT_TAIL_POLL_SECONDS="0.2")) as server:
+        tail = Reader.on_port(server.port, pb.TailEventsRequest(after_position=0))
+        await tail.caught_up()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            rules = alert_rules_pb2_grpc.AlertRuleServiceStub(channel)
+            rule = alert_rules_pb2.AlertRule(
+                tenant="acme", display_name="Tokens", query="action:api_key.create", severity=3
+            )
+            created = await rules.CreateAlertRule(alert_rules_pb2.CreateAlertRuleRequest(alert_rule=rule))
+        await tail.until(
+            lambda reader: [e.resource.id for e in reader.events] == [created.alert_rule.id],
+            within=10,
+            what="the rule's creation event",
+        )
+        await tail.close()
+    assert not [r for r in caplog.records if "ermissions" in r.getMessage()]
 
 
 async def test_a_producer_publishes_its_tenant_and_the_worker_and_api_store_and_tail_it(

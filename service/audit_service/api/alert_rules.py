@@ -19,7 +19,6 @@ from ..auth.tokens import Principal
 from ..core.alert_rule_templates import TEMPLATES, rule_from_template
 from ..core.page_token import query_digest
 from ..errors import InvalidArgumentError, PermissionDeniedError
-from ..ingest.announce import Announcer
 from ..store import alert_rules as store
 from ..store.append import LogAppender
 from .auth import current_caller
@@ -73,24 +72,18 @@ def decode_list_token(text: str, expected_digest: str) -> str:
 
 
 class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
-    def __init__(
-        self, pool: asyncpg.Pool, appender: LogAppender | None = None, announcer: Announcer | None = None
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, appender: LogAppender | None = None) -> None:
         """
         Args:
             pool: connections of the service role.
             appender: appends the rule-change events (one per process, shared).
-            announcer: announces each committed change event to the API replicas' live tails, as ingest does
-                (without one, tails find it at their next poll of the log's head).
+
+        The API publishes nothing on NATS (its NATS user may not: see nats_permissions.py), so the change events
+        it appends are not announced: live tails find them at their next poll of the log's head
+        (AUDIT_TAIL_POLL_SECONDS).
         """
         self._pool = pool
         self._appender = appender or LogAppender()
-        self._announcer = announcer
-
-    async def _announce(self, change: store.RuleChange) -> None:
-        if self._announcer is not None:
-            result = change.append
-            await self._announcer.announce(result.prev_position, result.last_position, result.sealed)
 
     async def CreateAlertRule(
         self, request: pb.CreateAlertRuleRequest, context: aio.ServicerContext
@@ -101,7 +94,6 @@ class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
         rule.tenant = rule_tenant(caller, rule.tenant, "alert_rule.tenant")
         async with self._pool.acquire() as conn:
             change = await store.create_rule(conn, self._appender, rule, actor_of(caller))
-        await self._announce(change)
         return pb.CreateAlertRuleResponse(alert_rule=change.rule)
 
     async def GetAlertRule(
@@ -130,7 +122,6 @@ class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
         paths = list(request.update_mask.paths)
         async with self._pool.acquire() as conn:
             change = await store.update_rule(conn, self._appender, tenant, request.alert_rule, paths, actor_of(caller))
-        await self._announce(change)
         return pb.UpdateAlertRuleResponse(alert_rule=change.rule)
 
     async def DeleteAlertRule(
@@ -142,7 +133,6 @@ class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
             change = await store.delete_rule(
                 conn, self._appender, tenant, request.id, request.revision, actor_of(caller)
             )
-        await self._announce(change)
         return pb.DeleteAlertRuleResponse(alert_rule=change.rule)
 
     async def ListAlertRuleTemplates(
@@ -164,5 +154,4 @@ class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
         rule.tenant = tenant
         async with self._pool.acquire() as conn:
             change = await store.create_rule(conn, self._appender, rule, actor_of(caller), prefix="overrides")
-        await self._announce(change)
         return pb.CreateAlertRuleFromTemplateResponse(alert_rule=change.rule)

@@ -19,7 +19,6 @@ from ..config import ApiConfig, AuthConfig, TailConfig
 from ..core.masking import SecretMask
 from ..core.signing import Verifier
 from ..errors import ConfigError
-from ..ingest.announce import Announcer
 from ..store.append import LogAppender
 from ..telemetry.setup import server_interceptors
 from .alert_rules import SERVICE_NAME as ALERT_RULES_SERVICE_NAME
@@ -115,7 +114,6 @@ async def start_server(
     nc: NatsClient | None = None,
     on_database_checked: Callable[[bool], None] | None = None,
     mask: SecretMask | None = None,
-    announcer: Announcer | None = None,
 ) -> RunningServer:
     """Starts serving; the caller stops it with `RunningServer.stop`.
 
@@ -125,7 +123,6 @@ async def start_server(
             config.health_check_interval_seconds; without it, health is SERVING until shutdown.
         feed: a started live feed for TailEvents (without one, TailEvents is UNAVAILABLE).
         checkpoint_keys: the public keys VerifyChain checks signed checkpoints with.
-        announcer: announces the rule-change events the API appends (as ingest announces its appends).
         mask: what LogAppender masks in the states it copies into rule-change events (AUDIT_SECRET_KEYS).
         read_budget: the bytes the process's reads may hold at once, shared with the feed (a new one of
             config.read_buffer_bytes when not given).
@@ -155,7 +152,7 @@ async def start_server(
         ),
         server,
     )
-    alert_rules = AlertRuleServicer(pool, LogAppender(mask), announcer)
+    alert_rules = AlertRuleServicer(pool, LogAppender(mask))
     alert_rules_pb2_grpc.add_AlertRuleServiceServicer_to_server(alert_rules, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
