@@ -566,6 +566,11 @@ async def test_a_template_creates_a_tuned_rule_recorded_like_any_other(secured, 
     user = secured.token("acme", "u-alice")
     code, _ = await failure(rules.CreateAlertRuleFromTemplate(request, metadata=bearer(user)))
     assert code == grpc.StatusCode.PERMISSION_DENIED
+    # Reading the templates discloses nothing of a tenant: any authenticated caller may, nobody else.
+    seen = await rules.ListAlertRuleTemplates(rules_pb.ListAlertRuleTemplatesRequest(), metadata=bearer(user))
+    assert seen == templates
+    code, _ = await failure(rules.ListAlertRuleTemplates(rules_pb.ListAlertRuleTemplatesRequest()))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
     assert len(await rule_events(secured, admin)) == 1
 
 
