@@ -18,7 +18,7 @@ from typing import Any
 from .config import Config, load_config
 from .errors import ConfigError
 from .logs import configure_logging
-from .runtime import StartupError, run_api, run_ingest, run_migrate
+from .runtime import StartupError, run_api, run_ingest, run_migrate, run_react
 from .telemetry.http import Readiness, serving_http
 from .telemetry.setup import Telemetry, default_service_name, setup_telemetry
 
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply database migrations (AUDIT_MIGRATE_DATABASE_URL or AUDIT_DATABASE_URL)")
     commands.add_parser("ingest", help="run an ingest worker (AUDIT_DATABASE_URL, AUDIT_NATS_URL)")
     commands.add_parser("serve", help="serve the gRPC API (AUDIT_DATABASE_URL, AUDIT_GRPC_ADDRESS)")
+    commands.add_parser("react", help="evaluate alert rules on the committed log, storing alerts (AUDIT_DATABASE_URL)")
     verify = commands.add_parser(
         "verify", help="recompute the hash chains, check them against the signed checkpoints, report the first break"
     )
@@ -116,6 +117,8 @@ async def _serving_process(config: Config, command: str, stop: asyncio.Event) ->
             await stack.enter_async_context(serving_http(address, readiness))
         if command == "ingest":
             await run_ingest(config, stop, readiness=readiness)
+        elif command == "react":
+            await run_react(config, stop)
         else:
             await run_api(config, stop, readiness=readiness)
 

@@ -189,6 +189,18 @@ async def run_ingest(
         return worker
 
 
+async def run_react(config: Config, stop: asyncio.Event) -> None:
+    """Runs the reactor (alert rules evaluated on the committed log, store/reactor.py) until `stop` is set."""
+    import os
+
+    from .store.reactor import PAGE_EVENTS, react
+
+    # Events per step (and so per transaction); an environment knob until it has a place in Config.
+    page_events = int(os.environ.get("AUDIT_REACTOR_PAGE_EVENTS", PAGE_EVENTS))
+    async with database_pool(config.database.url, max_size=2) as pool:
+        await react(pool, stop, page_events=page_events)
+
+
 async def run_api(
     config: Config,
     stop: asyncio.Event,

@@ -76,6 +76,10 @@ class Reactor:
         self._groups: dict[tuple[str, str], _Group] = {}
 
     @property
+    def rule_ids(self) -> list[str]:
+        return [c.rule.id for rules in self._by_tenant.values() for c in rules]
+
+    @property
     def longest_window(self) -> int:
         """The longest threshold window of the rules, in µs (0 without thresholds): how far back to warm."""
         return max((window_micros(c.rule) for rules in self._by_tenant.values() for c in rules), default=0)

@@ -22,7 +22,7 @@ from ..config import AuthConfig, CheckpointConfig, Config, DatabaseConfig, Reten
 from ..core.signing import generate_private_key_pem
 from ..errors import ConfigError
 from ..nats_permissions import API_USER, INGEST_USER, PASSWORD_PATTERN, new_password, render, service_users
-from ..runtime import run_api, run_ingest, run_migrate
+from ..runtime import run_api, run_ingest, run_migrate, run_react
 from ..telemetry.http import Readiness, serving_http
 from .nats import NatsServer, nats_server_binary
 from .postgres import EmbeddedPostgres, postgres_bin_dir
@@ -270,10 +270,11 @@ async def run_dev(
             await asyncio.gather(ingest, api)  # re-raises the start-up error
             return
         grpc_port = api_ready.result().port
+        react = asyncio.create_task(run_react(config, stop), name="react")  # alert rules on the committed log
         announce(
             banner(config, settings, grpc_port, nats_server.url, owner_url, nats_urls[settings.producer], metrics_port)
         )
-        await asyncio.gather(ingest, api)
+        await asyncio.gather(ingest, api, react)
     finally:
         await stack.aclose()
         await asyncio.to_thread(nats_server.stop)

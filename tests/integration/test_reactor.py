@@ -1,0 +1,185 @@
+"""The reactor on real parts: events published on NATS, ingested by the real worker, evaluated by the reactor
+(in-process, or `audit-service react` killed with SIGKILL and restarted); alerts stored exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+import pytest
+from audit.v1 import alert_rules_pb2 as rules_pb
+from audit.v1 import event_pb2
+from audit_service.core.alert_rules import compile_rule
+from audit_service.core.reactor import Reactor
+from audit_service.core.stored_event import row_to_event
+from audit_service.store.alert_rules import Actor, create_rule
+from audit_service.store.append import LogAppender
+from audit_service.store.pool import create_pool
+from audit_service.store.reactor import react
+from google.protobuf import duration_pb2
+
+from ..conftest import ServiceProcess, eventually
+from ..factories import make_event
+
+pytestmark = pytest.mark.asyncio
+
+ADMIN = Actor("admin-1")
+
+
+def failed_logins(tenant: str = "acme", count: int = 5, window: int = 600) -> rules_pb.AlertRule:
+    return rules_pb.AlertRule(
+        tenant=tenant,
+        enabled=True,
+        display_name="Failed logins",
+        query="action:user.login outcome:failure",
+        threshold=rules_pb.AlertThreshold(
+            count=count, window=duration_pb2.Duration(seconds=window), group_by="actor.id"
+        ),
+        severity=rules_pb.ALERT_SEVERITY_HIGH,
+        message_template="{actor.id}: {count} failed logins",
+    )
+
+
+def deletions(tenant: str = "acme") -> rules_pb.AlertRule:
+    return rules_pb.AlertRule(
+        tenant=tenant,
+        enabled=True,
+        display_name="Deletions",
+        query="action:user.delete",
+        severity=rules_pb.ALERT_SEVERITY_LOW,
+        message_template="{actor.id} deleted {resource.id}",
+    )
+
+
+def login(actor: str, tenant: str = "acme") -> event_pb2.AuditEvent:
+    return make_event(
+        tenant,
+        action="user.login",
+        outcome=event_pb2.OUTCOME_FAILURE,
+        actor=event_pb2.Subject(id=actor, type=event_pb2.SUBJECT_TYPE_USER),
+    )
+
+
+def deletion(actor: str, tenant: str = "acme") -> event_pb2.AuditEvent:
+    return make_event(tenant, action="user.delete", actor=event_pb2.Subject(id=actor, type=event_pb2.SUBJECT_TYPE_USER))
+
+
+async def add_rules(app: asyncpg.Connection, *rules: rules_pb.AlertRule) -> list[rules_pb.AlertRule]:
+    return [(await create_rule(app, LogAppender(), rule, ADMIN)).rule for rule in rules]
+
+
+async def caught_up(app: asyncpg.Connection) -> bool:
+    head = await app.fetchval("SELECT last_position FROM audit_log_head")
+    position = await app.fetchval("SELECT position FROM reactor_checkpoints WHERE subscription = 'alerts'")
+    return position == head
+
+
+async def publish_all(publisher, app: asyncpg.Connection, events: list[event_pb2.AuditEvent]) -> None:
+    before = await app.fetchval("SELECT last_position FROM audit_log_head")
+    for event in events:
+        await publisher.publish(event)
+
+    async def stored() -> bool:
+        return await app.fetchval("SELECT last_position FROM audit_log_head") >= before + len(events)
+
+    await eventually(stored, what=f"{len(events)} events ingested")
+
+
+@contextlib.asynccontextmanager
+async def reacting(database):
+    pool = await create_pool(database.app_url, max_size=2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(react(pool, stop, poll_seconds=0.05))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await task
+        await pool.close()
+
+
+async def test_ingested_events_raise_alerts_for_rules_with_and_without_threshold(
+    database, app, owner, publisher, start_worker
+):
+    await start_worker()
+    failed, deleted, other = await add_rules(app, failed_logins(), deletions(), failed_logins("globex", count=1))
+    async with reacting(database):
+        await publish_all(
+            publisher,
+            app,
+            [*(login("u-2") for _ in range(4)), *(login("u-1") for _ in range(5)), deletion("u-3")],
+        )
+        await eventually(lambda: caught_up(app), what="the reactor at the log's head")
+    rows = await app.fetch("SELECT * FROM alerts ORDER BY rule_id, group_key")
+    by_rule = {}
+    for row in rows:
+        by_rule.setdefault(str(row["rule_id"]), []).append(row)
+    assert other.id not in by_rule  # globex's rule never sees acme's events
+    [threshold] = by_rule[failed.id]  # u-1's five failures; u-2's four raise nothing
+    assert threshold["group_key"] == "u-1"
+    assert threshold["message"] == "u-1: 5 failed logins"
+    assert threshold["rule_revision"] == 1
+    assert threshold["severity"] == rules_pb.ALERT_SEVERITY_HIGH
+    positions = threshold["event_positions"]
+    assert len(positions) == 5
+    events = await app.fetch("SELECT actor_id, action FROM audit_events WHERE position = ANY($1::bigint[])", positions)
+    assert {(e["actor_id"], e["action"]) for e in events} == {("u-1", "user.login")}
+    [single] = by_rule[deleted.id]
+    assert single["message"].startswith("u-3 deleted ")
+    # The service role may not change alerts, and the database refuses it even to the owner (as for the log).
+    with pytest.raises(asyncpg.PostgresError, match="permission denied"):
+        await app.execute("DELETE FROM alerts")
+    for statement in ("DELETE FROM alerts", "UPDATE alerts SET message = 'x'", "TRUNCATE alerts"):
+        with pytest.raises(asyncpg.PostgresError, match="append-only"):
+            await owner.execute(statement)
+
+
+async def test_a_killed_react_process_resumes_from_its_checkpoint_with_no_alert_lost_or_doubled(
+    database, app, publisher, start_worker, service_env, tmp_path
+):
+    await start_worker()
+    await add_rules(app, failed_logins(count=3), deletions(), failed_logins("globex", count=2))
+    actors = ["u-1", "u-2", "u-3", "u-4"]
+    events = []
+    for n in range(240):
+        actor, tenant = actors[n % 4], "globex" if n % 5 == 0 else "acme"
+        events.append(deletion(actor, tenant) if n % 7 == 0 else login(actor, tenant))
+    await publish_all(publisher, app, events)
+    head = await app.fetchval("SELECT last_position FROM audit_log_head")
+
+    process = ServiceProcess(
+        "react", {**service_env, "AUDIT_REACTOR_PAGE_EVENTS": "1"}, tmp_path / "react.log", "resuming after"
+    )
+    process.start()
+    try:
+
+        async def midway() -> bool:
+            assert process.process.poll() is None, process.output()
+            position = await app.fetchval("SELECT position FROM reactor_checkpoints")
+            return position is not None and position >= 20
+
+        await eventually(midway, what="the reactor midway")
+        process.process.kill()  # SIGKILL: no clean shutdown
+        process.process.wait()
+        stopped_at = await app.fetchval("SELECT position FROM reactor_checkpoints")
+        assert stopped_at < head, "the reactor finished before it was killed: nothing was tested"
+        process.start()
+        await eventually(lambda: caught_up(app), what="the restarted reactor at the log's head")
+    finally:
+        process.close()
+
+    # One uninterrupted run over the same log, by the same evaluation.
+    rules = [compile_rule(r) for r in await _enabled(app)]
+    reactor = Reactor(rules)
+    rows = await app.fetch("SELECT * FROM audit_events ORDER BY position")
+    expected = {(a.id, a.event_positions) for row in rows for a in reactor.feed(row_to_event(row))}
+    stored = await app.fetch("SELECT id::text AS id, event_positions FROM alerts")
+    assert len(stored) == len(expected) > 10
+    assert {(row["id"], tuple(row["event_positions"])) for row in stored} == expected
+
+
+async def _enabled(app: asyncpg.Connection) -> list[rules_pb.AlertRule]:
+    from audit_service.store.alert_rules import enabled_rules
+
+    return await enabled_rules(app)
