@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 
 import asyncpg
+import grpc
 import pytest
 from audit.v1 import alert_rules_pb2 as rules_pb
-from audit.v1 import event_pb2
+from audit.v1 import alert_rules_pb2_grpc, event_pb2
+from audit_service.auth.tokens import mint_token
 from audit_service.core.alert_rules import compile_rule
 from audit_service.core.reactor import Reactor
 from audit_service.core.stored_event import row_to_event
@@ -19,7 +21,7 @@ from audit_service.store.pool import create_pool
 from audit_service.store.reactor import react
 from google.protobuf import duration_pb2
 
-from ..conftest import ServiceProcess, eventually
+from ..conftest import JWT_SECRET, ServiceProcess, bearer, eventually, serving_with_auth
 from ..factories import make_event
 
 pytestmark = pytest.mark.asyncio
@@ -183,3 +185,52 @@ async def _enabled(app: asyncpg.Connection) -> list[rules_pb.AlertRule]:
     from audit_service.store.alert_rules import enabled_rules
 
     return await enabled_rules(app)
+
+
+async def test_list_alerts_is_tenant_scoped_paged_and_for_admins_only(
+    database, app, publisher, start_worker, service_env
+):
+    await start_worker()
+    await add_rules(app, deletions("acme"), deletions("globex"))
+    async with reacting(database):
+        await publish_all(
+            publisher, app, [*(deletion(f"a-{n}") for n in range(5)), *(deletion("g-1", "globex") for _ in range(2))]
+        )
+        await eventually(lambda: caught_up(app), what="the reactor at the log's head")
+    async with (
+        serving_with_auth(service_env, {"AUDIT_AUTH_JWT_SECRET": JWT_SECRET}) as (config, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = alert_rules_pb2_grpc.AlertRuleServiceStub(channel)
+
+        def token(tenant: str, *, admin: bool = True) -> str:
+            return mint_token(config.auth, subject="u-admin", tenant=tenant, admin=admin, ttl_seconds=600)
+
+        seen, page_token = [], ""
+        while True:
+            response = await stub.ListAlerts(
+                rules_pb.ListAlertsRequest(page_size=2, page_token=page_token), metadata=bearer(token("acme"))
+            )
+            seen.extend(response.alerts)
+            page_token = response.next_page_token
+            if not page_token:
+                break
+        assert [a.message.split(" ")[0] for a in seen] == [f"a-{n}" for n in range(5)]  # in stored order
+        assert {a.tenant for a in seen} == {"acme"} and all(len(a.event_positions) == 1 for a in seen)
+        assert len({a.id for a in seen}) == 5
+        globex = await stub.ListAlerts(rules_pb.ListAlertsRequest(), metadata=bearer(token("globex")))
+        assert [a.tenant for a in globex.alerts] == ["globex", "globex"]
+        for request, metadata in [
+            (rules_pb.ListAlertsRequest(), bearer(token("acme", admin=False))),
+            (rules_pb.ListAlertsRequest(tenant="globex"), bearer(token("acme"))),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await stub.ListAlerts(request, metadata=metadata)
+            assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        first = await stub.ListAlerts(rules_pb.ListAlertsRequest(page_size=1), metadata=bearer(token("acme")))
+        with pytest.raises(grpc.aio.AioRpcError) as error:  # a token of acme's pages is no use to globex
+            await stub.ListAlerts(
+                rules_pb.ListAlertsRequest(page_size=1, page_token=first.next_page_token),
+                metadata=bearer(token("globex")),
+            )
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT

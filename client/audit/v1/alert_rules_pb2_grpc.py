@@ -73,6 +73,11 @@ class AlertRuleServiceStub:
                 request_serializer=audit_dot_v1_dot_alert__rules__pb2.CreateAlertRuleFromTemplateRequest.SerializeToString,
                 response_deserializer=audit_dot_v1_dot_alert__rules__pb2.CreateAlertRuleFromTemplateResponse.FromString,
                 _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/audit.v1.AlertRuleService/ListAlerts',
+                request_serializer=audit_dot_v1_dot_alert__rules__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=audit_dot_v1_dot_alert__rules__pb2.ListAlertsResponse.FromString,
+                _registered_method=True)
 
 
 class AlertRuleServiceServicer:
@@ -131,6 +136,13 @@ class AlertRuleServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAlerts(self, request, context):
+        """Lists the alerts the reactor raised for the tenant, in the order they were stored, with keyset pagination.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AlertRuleServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +180,11 @@ def add_AlertRuleServiceServicer_to_server(servicer, server):
                     servicer.CreateAlertRuleFromTemplate,
                     request_deserializer=audit_dot_v1_dot_alert__rules__pb2.CreateAlertRuleFromTemplateRequest.FromString,
                     response_serializer=audit_dot_v1_dot_alert__rules__pb2.CreateAlertRuleFromTemplateResponse.SerializeToString,
+            ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=audit_dot_v1_dot_alert__rules__pb2.ListAlertsRequest.FromString,
+                    response_serializer=audit_dot_v1_dot_alert__rules__pb2.ListAlertsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -363,6 +380,33 @@ class AlertRuleService:
             '/audit.v1.AlertRuleService/CreateAlertRuleFromTemplate',
             audit_dot_v1_dot_alert__rules__pb2.CreateAlertRuleFromTemplateRequest.SerializeToString,
             audit_dot_v1_dot_alert__rules__pb2.CreateAlertRuleFromTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audit.v1.AlertRuleService/ListAlerts',
+            audit_dot_v1_dot_alert__rules__pb2.ListAlertsRequest.SerializeToString,
+            audit_dot_v1_dot_alert__rules__pb2.ListAlertsResponse.FromString,
             options,
             channel_credentials,
             insecure,

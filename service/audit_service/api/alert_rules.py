@@ -21,6 +21,7 @@ from ..core.page_token import query_digest
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..store import alert_rules as store
 from ..store.append import LogAppender
+from ..store.reactor import list_alerts
 from .auth import current_caller
 from .paging import caller_identity, page_size_of
 
@@ -69,6 +70,46 @@ def decode_list_token(text: str, expected_digest: str) -> str:
     if version != 1 or digest != expected_digest:
         raise InvalidArgumentError("page_token", "belongs to a different tenant or caller")
     return after_id
+
+
+def encode_alerts_token(after_seq: int, digest: str) -> str:
+    document = {"v": 1, "s": after_seq, "q": digest}
+    return base64.urlsafe_b64encode(json.dumps(document, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_alerts_token(text: str, expected_digest: str) -> int:
+    """The storage sequence number a page of alerts starts after.
+
+    Raises:
+        InvalidArgumentError: naming page_token, when malformed or issued for another tenant or caller.
+    """
+    try:
+        document = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        version, after_seq, digest = document["v"], document["s"], document["q"]
+        if not isinstance(after_seq, int) or after_seq < 0:
+            raise ValueError(after_seq)
+    except (binascii.Error, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        raise InvalidArgumentError("page_token", "is malformed; pass next_page_token back unchanged") from None
+    if version != 1 or digest != expected_digest:
+        raise InvalidArgumentError("page_token", "belongs to a different tenant or caller")
+    return after_seq
+
+
+def alert_message(row) -> pb.Alert:
+    alert = pb.Alert(
+        id=row["id"],
+        tenant=row["tenant"],
+        rule_id=row["rule_id"],
+        rule_revision=row["rule_revision"],
+        severity=row["severity"],
+        group_key=row["group_key"],
+        message=row["message"],
+        event_positions=row["event_positions"],
+    )
+    alert.window_start.FromDatetime(row["window_start"])
+    alert.window_end.FromDatetime(row["window_end"])
+    alert.create_time.FromDatetime(row["created_at"])
+    return alert
 
 
 class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
@@ -155,3 +196,13 @@ class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
         async with self._pool.acquire() as conn:
             change = await store.create_rule(conn, self._appender, rule, actor_of(caller), prefix="overrides")
         return pb.CreateAlertRuleFromTemplateResponse(alert_rule=change.rule)
+
+    async def ListAlerts(self, request: pb.ListAlertsRequest, context: aio.ServicerContext) -> pb.ListAlertsResponse:
+        caller = current_caller()
+        tenant = rule_tenant(caller, request.tenant, "tenant")
+        limit = page_size_of(request)
+        digest = query_digest(b"alerts", tenant.encode(), caller_identity(caller))
+        after_seq = decode_alerts_token(request.page_token, digest) if request.page_token else 0
+        rows = await list_alerts(self._pool, tenant, after_seq, limit + 1)
+        next_token = encode_alerts_token(rows[limit - 1]["seq"], digest) if len(rows) > limit else ""
+        return pb.ListAlertsResponse(alerts=[alert_message(row) for row in rows[:limit]], next_page_token=next_token)

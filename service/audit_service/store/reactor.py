@@ -51,6 +51,19 @@ ORDER BY rule_id, group_key, window_end DESC
 """
 
 
+_LIST_ALERTS = """
+SELECT seq, tenant, id::text AS id, rule_id::text AS rule_id, rule_revision, severity, group_key, window_start,
+       window_end, message, event_positions, created_at
+FROM alerts WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3
+"""
+
+
+async def list_alerts(pool: asyncpg.Pool, tenant: str, after_seq: int, limit: int) -> list[asyncpg.Record]:
+    """Up to `limit` alerts of the tenant stored after `after_seq` (0: from the first), in storage order."""
+    async with pool.acquire() as conn:
+        return await conn.fetch(_LIST_ALERTS, tenant, after_seq, limit)
+
+
 class RuleCompiler:
     """Compiles stored rules, warning once per (rule, revision) that no longer compiles.
 
