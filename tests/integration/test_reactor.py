@@ -19,7 +19,7 @@ from audit_service.store.alert_rules import Actor, create_rule
 from audit_service.store.append import LogAppender
 from audit_service.store.pool import create_pool
 from audit_service.store.reactor import react
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, json_format
 
 from ..conftest import JWT_SECRET, ServiceProcess, bearer, eventually, serving_with_auth
 from ..factories import make_event
@@ -234,3 +234,34 @@ async def test_list_alerts_is_tenant_scoped_paged_and_for_admins_only(
                 metadata=bearer(token("globex")),
             )
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_rules_changed_while_running_apply_and_a_rule_that_no_longer_compiles_is_skipped_once(
+    database, app, owner, publisher, start_worker, caplog
+):
+    await start_worker()
+    [good] = await add_rules(app, deletions())
+    # A rule stored under older validation (as if): its query no longer compiles.
+    broken = rules_pb.AlertRule()
+    broken.CopyFrom(good)
+    broken.id, broken.query = "00000000-0000-4000-8000-000000000001", "foo:bar"
+    await owner.execute(
+        "INSERT INTO alert_rules (tenant, id, revision, enabled, rule, last_position) VALUES ($1, $2, 1, true, $3, 1)",
+        "acme",
+        broken.id,
+        json_format.MessageToJson(broken, preserving_proto_field_name=True),
+    )
+    async with reacting(database):
+        await publish_all(publisher, app, [deletion("u-1")])
+        await eventually(lambda: caught_up(app), what="the reactor at the log's head")
+        [later] = await add_rules(app, failed_logins(count=1))  # created while the reactor runs
+        await publish_all(publisher, app, [login("u-2"), deletion("u-3")])
+        await eventually(lambda: caught_up(app), what="the reactor at the log's head again")
+    rows = await app.fetch("SELECT rule_id::text AS rule_id, message FROM alerts ORDER BY seq")
+    assert [(row["rule_id"], row["message"].split(" ")[0]) for row in rows] == [
+        (good.id, "u-1"),
+        (later.id, "u-2:"),
+        (good.id, "u-3"),
+    ]
+    warnings = [r for r in caplog.records if broken.id in r.getMessage()]
+    assert len(warnings) == 1 and "foo" in warnings[0].getMessage()
