@@ -210,6 +210,38 @@ def test_readme_example_publishes_and_grpcurl_reads_it_back(dev_stack, tmp_path)
     assert health == {"status": "SERVING"}
 
 
+def test_the_dev_process_runs_the_reactor_alerts_are_listed_with_grpcurl(dev_stack, tmp_path):
+    target = dev_stack["target"]
+    bearer = ("-H", f"authorization: Bearer {printed_token(dev_stack)}")
+    created = json.loads(
+        grpcurl(
+            *bearer,
+            "-d",
+            '{"template": "new_api_tokens"}',
+            target,
+            "audit.v1.AlertRuleService/CreateAlertRuleFromTemplate",
+        ).stdout
+    )
+    rule_id = created["alert_rule"]["id"]
+    example = tmp_path / "example.py"
+    example.write_text(readme_producer_example())  # publishes an api_key.create
+    env = {**os.environ, "AUDIT_NATS_URL": printed_nats_url(dev_stack)}
+    published = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, env=env, timeout=60)
+    assert published.returncode == 0, published.stderr
+
+    deadline = time.monotonic() + 30
+    while True:
+        listed = json.loads(
+            grpcurl(*bearer, "-d", '{"page_size": 50}', target, "audit.v1.AlertRuleService/ListAlerts").stdout
+        )
+        alerts = [alert for alert in listed.get("alerts", []) if alert["rule_id"] == rule_id]
+        if alerts:
+            break
+        assert time.monotonic() < deadline, "no alert was raised"
+        time.sleep(0.2)
+    assert alerts[0]["tenant"] == "acme" and len(alerts[0]["event_positions"]) == 1
+
+
 def test_sigint_stops_every_process_it_started(dev_stack):
     process = dev_stack["process"]
     process.send_signal(signal.SIGINT)
