@@ -3,11 +3,6 @@ store/alert_rules.py). Failures are raised as domain errors and mapped to status
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import uuid
-
 import asyncpg
 from audit.v1 import alert_rules_pb2 as pb
 from audit.v1 import alert_rules_pb2_grpc as pb_grpc
@@ -17,7 +12,14 @@ from grpc import aio
 
 from ..auth.tokens import Principal
 from ..core.alert_rule_templates import TEMPLATES, rule_from_template
-from ..core.page_token import query_digest
+from ..core.page_token import (
+    PageToken,
+    decode_id_token,
+    decode_page_token,
+    encode_id_token,
+    encode_page_token,
+    query_digest,
+)
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..store import alert_rules as store
 from ..store.append import LogAppender
@@ -50,49 +52,7 @@ def actor_of(caller: Principal | None) -> store.Actor:
     return UNAUTHENTICATED_ACTOR if caller is None else store.Actor(caller.subject)
 
 
-def encode_list_token(after_id: str, digest: str) -> str:
-    document = {"v": 1, "a": after_id, "q": digest}
-    return base64.urlsafe_b64encode(json.dumps(document, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def decode_list_token(text: str, expected_digest: str) -> str:
-    """The id a page starts after.
-
-    Raises:
-        InvalidArgumentError: naming page_token, when malformed or issued for another tenant or caller.
-    """
-    try:
-        document = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        version, after_id, digest = document["v"], document["a"], document["q"]
-        after_id = str(uuid.UUID(after_id))
-    except (binascii.Error, ValueError, TypeError, KeyError, AttributeError, RecursionError):
-        raise InvalidArgumentError("page_token", "is malformed; pass next_page_token back unchanged") from None
-    if version != 1 or digest != expected_digest:
-        raise InvalidArgumentError("page_token", "belongs to a different tenant or caller")
-    return after_id
-
-
-def encode_alerts_token(after_seq: int, digest: str) -> str:
-    document = {"v": 1, "s": after_seq, "q": digest}
-    return base64.urlsafe_b64encode(json.dumps(document, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def decode_alerts_token(text: str, expected_digest: str) -> int:
-    """The storage sequence number a page of alerts starts after.
-
-    Raises:
-        InvalidArgumentError: naming page_token, when malformed or issued for another tenant or caller.
-    """
-    try:
-        document = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        version, after_seq, digest = document["v"], document["s"], document["q"]
-        if not isinstance(after_seq, int) or after_seq < 0:
-            raise ValueError(after_seq)
-    except (binascii.Error, ValueError, TypeError, KeyError, AttributeError, RecursionError):
-        raise InvalidArgumentError("page_token", "is malformed; pass next_page_token back unchanged") from None
-    if version != 1 or digest != expected_digest:
-        raise InvalidArgumentError("page_token", "belongs to a different tenant or caller")
-    return after_seq
+OTHER_CALLER = "belongs to a different tenant or caller"
 
 
 def alert_message(row) -> pb.Alert:
@@ -150,9 +110,9 @@ class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
         tenant = rule_tenant(caller, request.tenant, "tenant")
         limit = page_size_of(request)
         digest = query_digest(b"alert_rules", tenant.encode(), caller_identity(caller))
-        after_id = decode_list_token(request.page_token, digest) if request.page_token else None
+        after_id = decode_id_token(request.page_token, digest, mismatch=OTHER_CALLER) if request.page_token else None
         rules = await store.list_rules(self._pool, tenant, after_id, limit + 1)
-        next_token = encode_list_token(rules[limit - 1].id, digest) if len(rules) > limit else ""
+        next_token = encode_id_token(rules[limit - 1].id, digest) if len(rules) > limit else ""
         return pb.ListAlertRulesResponse(alert_rules=rules[:limit], next_page_token=next_token)
 
     async def UpdateAlertRule(
@@ -202,7 +162,11 @@ class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
         tenant = rule_tenant(caller, request.tenant, "tenant")
         limit = page_size_of(request)
         digest = query_digest(b"alerts", tenant.encode(), caller_identity(caller))
-        after_seq = decode_alerts_token(request.page_token, digest) if request.page_token else 0
+        after_seq = (
+            decode_page_token(request.page_token, digest, mismatch=OTHER_CALLER).after_position
+            if request.page_token
+            else 0
+        )
         rows = await list_alerts(self._pool, tenant, after_seq, limit + 1)
-        next_token = encode_alerts_token(rows[limit - 1]["seq"], digest) if len(rows) > limit else ""
+        next_token = encode_page_token(PageToken(rows[limit - 1]["seq"], digest)) if len(rows) > limit else ""
         return pb.ListAlertsResponse(alerts=[alert_message(row) for row in rows[:limit]], next_page_token=next_token)

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError
@@ -31,30 +32,62 @@ def query_digest(*parts: bytes) -> str:
     return digest.hexdigest()[:24]
 
 
-def encode_page_token(token: PageToken) -> str:
-    document = {"v": _VERSION, "p": token.after_position, "q": token.query_digest}
+_MALFORMED = "is malformed; pass next_page_token back unchanged"
+
+
+def _encode(document: dict[str, object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(document, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def decode_page_token(text: str, expected_digest: str) -> PageToken:
+def _decode(text: str, cursor_key: str, expected_digest: str, *, mismatch: str) -> object:
+    """The cursor of a token of this version whose digest is `expected_digest`.
+
+    Raises:
+        InvalidArgumentError: naming page_token, when malformed or issued for another query (`mismatch` says which).
+    """
+    try:
+        document = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        version, cursor, digest = document["v"], document[cursor_key], document["q"]
+    except (binascii.Error, ValueError, TypeError, KeyError, RecursionError):
+        raise InvalidArgumentError("page_token", _MALFORMED) from None
+    if version != _VERSION or not isinstance(digest, str):
+        raise InvalidArgumentError("page_token", _MALFORMED)
+    if digest != expected_digest:
+        raise InvalidArgumentError("page_token", mismatch)
+    return cursor
+
+
+def encode_page_token(token: PageToken) -> str:
+    return _encode({"v": _VERSION, "p": token.after_position, "q": token.query_digest})
+
+
+def decode_page_token(
+    text: str, expected_digest: str, *, mismatch: str = "belongs to a different filter, order or caller"
+) -> PageToken:
     """Parses a token and checks that it belongs to the query being run.
 
     Raises:
         InvalidArgumentError: naming page_token, when malformed or from another query.
     """
+    position = _decode(text, "p", expected_digest, mismatch=mismatch)
+    if type(position) is not int or not 0 <= position <= _MAX_POSITION:
+        raise InvalidArgumentError("page_token", _MALFORMED)
+    return PageToken(after_position=position, query_digest=expected_digest)
+
+
+def encode_id_token(after_id: str, query_digest: str) -> str:
+    """A token whose keyset cursor is a UUID (the last row of the previous page)."""
+    return _encode({"v": _VERSION, "a": after_id, "q": query_digest})
+
+
+def decode_id_token(text: str, expected_digest: str, *, mismatch: str) -> str:
+    """The UUID a page starts after (canonical form).
+
+    Raises:
+        InvalidArgumentError: naming page_token, when malformed or from another query.
+    """
+    after_id = _decode(text, "a", expected_digest, mismatch=mismatch)
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        document = json.loads(raw)
-        version, position, digest = document["v"], document["p"], document["q"]
-    except (binascii.Error, ValueError, TypeError, KeyError, RecursionError):
-        raise InvalidArgumentError("page_token", "is malformed; pass next_page_token back unchanged") from None
-    if (
-        version != _VERSION
-        or type(position) is not int
-        or not 0 <= position <= _MAX_POSITION
-        or not isinstance(digest, str)
-    ):
-        raise InvalidArgumentError("page_token", "is malformed; pass next_page_token back unchanged")
-    if digest != expected_digest:
-        raise InvalidArgumentError("page_token", "belongs to a different filter, order or caller")
-    return PageToken(after_position=position, query_digest=digest)
+        return str(uuid.UUID(after_id))  # type: ignore[arg-type]
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidArgumentError("page_token", _MALFORMED) from None
