@@ -57,3 +57,11 @@ class ResourceExhaustedError(AuditServiceError):
 
 class AbortedError(AuditServiceError):
     """A conditional change lost a race: the thing changed since the revision the caller named; re-read, retry."""
+
+
+class AlreadyExistsError(AuditServiceError):
+    """What the call would create exists already (e.g. a destination of the same name)."""
+
+
+class FailedPreconditionError(AuditServiceError):
+    """The system is not in a state the call needs (e.g. a destination still named by alert rules)."""

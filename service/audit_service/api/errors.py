@@ -20,6 +20,8 @@ from grpc import aio
 
 from ..errors import (
     AbortedError,
+    AlreadyExistsError,
+    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
@@ -53,6 +55,10 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(error)
     if isinstance(error, AbortedError):
         return grpc.StatusCode.ABORTED, str(error)
+    if isinstance(error, AlreadyExistsError):
+        return grpc.StatusCode.ALREADY_EXISTS, str(error)
+    if isinstance(error, FailedPreconditionError):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(error)
     if isinstance(error, TimeoutError):  # a statement over AUDIT_QUERY_TIMEOUT_SECONDS (before OSError, its base)
         return grpc.StatusCode.DEADLINE_EXCEEDED, (
             "the query ran longer than the service allows and was cancelled; narrow the filter "

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
-from audit.v1 import alert_rules_pb2_grpc, audit_service_pb2, audit_service_pb2_grpc
+from audit.v1 import alert_rules_pb2_grpc, audit_service_pb2, audit_service_pb2_grpc, destinations_pb2_grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
@@ -23,6 +23,8 @@ from ..store.append import LogAppender
 from ..telemetry.setup import server_interceptors
 from .alert_rules import SERVICE_NAME as ALERT_RULES_SERVICE_NAME
 from .alert_rules import AlertRuleServicer
+from .destinations import SERVICE_NAME as DESTINATIONS_SERVICE_NAME
+from .destinations import DestinationServicer
 from .auth import AuthInterceptor
 from .dependency_health import DependencyHealth
 from .errors import ErrorMappingInterceptor
@@ -136,9 +138,9 @@ async def start_server(
     server = aio.server(
         interceptors=[
             RpcMetricsInterceptor(),
-            *server_interceptors([SERVICE_NAME, ALERT_RULES_SERVICE_NAME]),
+            *server_interceptors([SERVICE_NAME, ALERT_RULES_SERVICE_NAME, DESTINATIONS_SERVICE_NAME]),
             ErrorMappingInterceptor(),
-            AuthInterceptor(token_verifier(auth), SERVICE_NAME, ALERT_RULES_SERVICE_NAME),
+            AuthInterceptor(token_verifier(auth), SERVICE_NAME, ALERT_RULES_SERVICE_NAME, DESTINATIONS_SERVICE_NAME),
         ]
     )
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
@@ -154,12 +156,15 @@ async def start_server(
     )
     alert_rules = AlertRuleServicer(pool, LogAppender(mask))
     alert_rules_pb2_grpc.add_AlertRuleServiceServicer_to_server(alert_rules, server)
+    destinations = DestinationServicer(pool, LogAppender(mask))
+    destinations_pb2_grpc.add_DestinationServiceServicer_to_server(destinations, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
             ALERT_RULES_SERVICE_NAME,
+            DESTINATIONS_SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -178,7 +183,7 @@ async def start_server(
     if database_url:
         dependency_health = DependencyHealth(
             health,
-            ("", SERVICE_NAME, ALERT_RULES_SERVICE_NAME),
+            ("", SERVICE_NAME, ALERT_RULES_SERVICE_NAME, DESTINATIONS_SERVICE_NAME),
             database_url,
             nc,
             interval=config.health_check_interval_seconds,
@@ -190,6 +195,7 @@ async def start_server(
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await health.set(ALERT_RULES_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await health.set(DESTINATIONS_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await server.start()
     if dependency_health is not None:
         dependency_health.start()

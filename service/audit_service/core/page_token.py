@@ -91,3 +91,20 @@ def decode_id_token(text: str, expected_digest: str, *, mismatch: str) -> str:
         return str(uuid.UUID(after_id))  # type: ignore[arg-type]
     except (ValueError, TypeError, AttributeError):
         raise InvalidArgumentError("page_token", _MALFORMED) from None
+
+
+def encode_name_token(after_name: str, query_digest: str) -> str:
+    """A token whose keyset cursor is a name (the last row of the previous page, in name order)."""
+    return _encode({"v": _VERSION, "n": after_name, "q": query_digest})
+
+
+def decode_name_token(text: str, expected_digest: str, *, mismatch: str) -> str:
+    """The name a page starts after.
+
+    Raises:
+        InvalidArgumentError: naming page_token, when malformed or from another query.
+    """
+    after_name = _decode(text, "n", expected_digest, mismatch=mismatch)
+    if type(after_name) is not str or not 0 < len(after_name) <= 255:
+        raise InvalidArgumentError("page_token", _MALFORMED)
+    return after_name

@@ -7,7 +7,6 @@ model is rebuilt from (rebuild_alert_rules).
 from __future__ import annotations
 
 import datetime as dt
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,16 +14,16 @@ from dataclasses import dataclass
 import asyncpg
 import orjson
 from audit.v1 import alert_rules_pb2 as pb
-from audit.v1 import event_pb2
 from audit_client import new_event_id
-from audit_client.validation import validate_event
 
 from ..core.alert_rules import apply_update, rule_from_json, rule_to_json, validate_rule
-from ..core.records import CHANGE_AFTER_INDEX, Content, content_from_event
+from ..core.records import CHANGE_AFTER_INDEX, Content
 from ..core.reserved import ALERT_RULE_ACTION_PREFIX as ACTION_PREFIX
 from ..core.reserved import ALERT_RULE_RESOURCE_TYPE as RESOURCE_TYPE
 from ..errors import AbortedError, InvalidArgumentError, NotFoundError
 from .append import AppendResult, LogAppender
+from .config_changes import Actor, append_change
+from .config_changes import change_event as config_change_event
 
 _SELECT = "SELECT rule::text AS rule, revision FROM alert_rules WHERE tenant = $1 AND id = $2"
 _INSERT = """
@@ -48,14 +47,6 @@ WHERE resource_type = $1 AND state IS NOT NULL
 
 
 @dataclass(frozen=True, slots=True)
-class Actor:
-    """Who changes a rule, as the event's actor."""
-
-    id: str
-    type: int = event_pb2.SUBJECT_TYPE_USER
-
-
-@dataclass(frozen=True, slots=True)
 class RuleChange:
     """What a change stored: the rule after it (before it, for a deletion) and the append."""
 
@@ -71,21 +62,17 @@ def change_event(
     verb: str, tenant: str, rule_id: str, display_name: str, actor: Actor, before: dict | None, after: dict | None
 ) -> Content:
     """The log content recording one change of a rule."""
-    event = event_pb2.AuditEvent(
-        event_id=new_event_id(),
-        tenant=tenant,
+    return config_change_event(
         action=ACTION_PREFIX + verb,
-        outcome=event_pb2.OUTCOME_SUCCESS,
-        actor=event_pb2.Subject(id=actor.id, type=actor.type),
-        resource=event_pb2.Resource(type=RESOURCE_TYPE, id=rule_id, name=display_name[:200]),
+        resource_type=RESOURCE_TYPE,
+        tenant=tenant,
+        resource_id=rule_id,
+        name=display_name,
+        actor=actor,
+        before=before,
+        after=after,
         message=f"alert rule {display_name[:200]!r} {verb}d",
     )
-    event.occurred_at.GetCurrentTime()
-    if before is not None:
-        event.change.before.update(before)
-    if after is not None:
-        event.change.after.update(after)
-    return content_from_event(event, validate_event(event, now_seconds=time.time()))
 
 
 def _uuid(rule_id: str, field: str) -> str:
@@ -102,14 +89,6 @@ async def _stored(conn: asyncpg.Connection, tenant: str, rule_id: str, *, lock: 
     if row is None:  # also another tenant's rule: its existence is not disclosed
         raise NotFoundError(f"alert rule {rule_id} not found")
     return rule_from_json(orjson.loads(row["rule"]))
-
-
-async def _append_change(conn: asyncpg.Connection, appender: LogAppender, content: Content) -> AppendResult:
-    """Appends the change's event (in the caller's transaction: the read model is written after it)."""
-    result = await appender.append(conn, [content])
-    if result.appended != 1:
-        raise RuntimeError(f"the change event {content[0]} was not appended: {result}")
-    return result
 
 
 async def _write_rule(
@@ -140,7 +119,7 @@ async def create_rule(
         "create", created.tenant, created.id, created.display_name, actor, None, rule_to_json(created)
     )
     async with conn.transaction():
-        result = await _append_change(conn, appender, content)
+        result = await append_change(conn, appender, content)
         await _write_rule(conn, _INSERT, created, content, result)
     return RuleChange(created, result)
 
@@ -199,7 +178,7 @@ async def update_rule(
         content = change_event(
             "update", tenant, rule_id, updated.display_name, actor, rule_to_json(current), rule_to_json(updated)
         )
-        result = await _append_change(conn, appender, content)
+        result = await append_change(conn, appender, content)
         await _write_rule(conn, _UPDATE, updated, content, result)
     return RuleChange(updated, result)
 
@@ -213,7 +192,7 @@ async def delete_rule(
         current = await _stored(conn, tenant, rule_id, lock=True)
         _check_revision(current, revision, "revision")
         content = change_event("delete", tenant, rule_id, current.display_name, actor, rule_to_json(current), None)
-        result = await _append_change(conn, appender, content)
+        result = await append_change(conn, appender, content)
         await conn.execute(_DELETE, tenant, rule_id)
     return RuleChange(current, result)
 
