@@ -11,8 +11,7 @@ from audit.v1 import destinations_pb2 as pb
 from audit.v1 import destinations_pb2_grpc as pb_grpc
 from grpc import aio
 
-from ..core.delivery_formats import new_webhook_secret
-from ..core.destinations import ALERT_KINDS, check_name, kind_of
+from ..core.destinations import ALERT_KINDS, check_name, kind_of, new_webhook_secret
 from ..core.page_token import (
     PageToken,
     decode_name_token,

@@ -1,4 +1,5 @@
-"""gRPC server lifecycle: AuditService, AlertRuleService, health and reflection, plaintext or TLS; graceful shutdown."""
+"""gRPC server lifecycle: AuditService, AlertRuleService, DestinationService, health and reflection, plaintext
+or TLS; graceful shutdown."""
 
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from ..store.append import LogAppender
 from ..telemetry.setup import server_interceptors
 from .alert_rules import SERVICE_NAME as ALERT_RULES_SERVICE_NAME
 from .alert_rules import AlertRuleServicer
-from .destinations import SERVICE_NAME as DESTINATIONS_SERVICE_NAME
-from .destinations import DestinationServicer
 from .auth import AuthInterceptor
 from .dependency_health import DependencyHealth
+from .destinations import SERVICE_NAME as DESTINATIONS_SERVICE_NAME
+from .destinations import DestinationServicer
 from .errors import ErrorMappingInterceptor
 from .live_feed import LiveFeed
 from .read_budget import ReadBudget

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import secrets
 import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -115,6 +116,11 @@ def webhook_secret_bytes(secret: str, field: str) -> bytes:
             field, f"must hold {MIN_WEBHOOK_SECRET_BYTES} to {MAX_WEBHOOK_SECRET_BYTES} bytes, got {len(key)}"
         )
     return key
+
+
+def new_webhook_secret() -> str:
+    """A new Standard Webhooks secret: "whsec_" and the base64 of 32 random bytes."""
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def check_secret(kind: str, secret: str, field: str) -> None:

@@ -28,7 +28,8 @@ UPDATE destination_state SET consecutive_failures = consecutive_failures + 1, la
 WHERE tenant = $1 AND name = $2 AND generation = $3
 """
 _ATTEMPT = """
-INSERT INTO delivery_attempts (tenant, destination, delivery_id, attempt, outcome, http_status, error, duration_ms, items)
+INSERT INTO delivery_attempts (tenant, destination, delivery_id, attempt, outcome, http_status, error, duration_ms,
+                               items)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 """
 _ATTEMPTS = """
