@@ -143,7 +143,7 @@ async def _rebuild_projections(config: Config) -> int:
     print(
         f"rebuilt projections: {report.events} events in {report.rows} rows of audit_counts_hourly "
         f"and {report.action_rows} rows of audit_action_counts_hourly; {report.streams} resource streams; "
-        f"{report.alert_rules} alert rules"
+        f"{report.alert_rules} alert rules; {report.destinations} destinations"
     )
     return 0
 

@@ -183,6 +183,28 @@ class ApiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """How the reactor delivers to destinations (webhooks, HTTP, Splunk HEC, syslog)."""
+
+    allow_private: bool = False
+    """AUDIT_DESTINATIONS_ALLOW_PRIVATE: whether destinations may point at loopback or private addresses
+    (10/8, 172.16/12, 192.168/16, fc00::/7, 127/8, ::1). Off: only public addresses. Link-local and cloud metadata
+    addresses, and this service's own ports, are refused either way (SSRF)."""
+    webhook_max_attempts: int = 8
+    """AUDIT_WEBHOOK_MAX_ATTEMPTS: attempts of one alert to a webhook before it is given up and shown as failed."""
+    retry_base_seconds: float = 1.0
+    """AUDIT_DELIVERY_RETRY_BASE_SECONDS: the first retry's largest delay; each next one doubles it (full
+    jitter: the delay is uniform between 0 and that bound)."""
+    retry_cap_seconds: float = 60.0
+    """AUDIT_DELIVERY_RETRY_CAP_SECONDS: the largest delay between two attempts."""
+    request_timeout_seconds: float = 10.0
+    """AUDIT_DELIVERY_TIMEOUT_SECONDS: longest one request (or syslog write) may take."""
+    poll_seconds: float = 0.5
+    """AUDIT_DELIVERY_POLL_SECONDS: how often caught-up subscriptions look for new events, alerts and changed
+    destinations."""
+
+
+@dataclass(frozen=True, slots=True)
 class TailConfig:
     buffer_events: int = 10_000
     """Most live events held for one TailEvents subscriber that is slower than the log; beyond that it is moved
@@ -286,6 +308,7 @@ class Config:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
     def require_database(self) -> Config:
         """Returns self, or raises ConfigError when no database URL is configured."""
@@ -669,5 +692,24 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         telemetry=_telemetry(env),
         retention=retention,
         checkpoints=checkpoints,
+        delivery=_delivery(env),
     )
     return replace(config, **overrides) if overrides else config
+
+
+def _delivery(env: Mapping[str, str]) -> DeliveryConfig:
+    default = DeliveryConfig()
+    delivery = DeliveryConfig(
+        allow_private=_bool(env, "AUDIT_DESTINATIONS_ALLOW_PRIVATE"),
+        webhook_max_attempts=_positive_int(env, "AUDIT_WEBHOOK_MAX_ATTEMPTS", default.webhook_max_attempts),
+        retry_base_seconds=_positive_float(env, "AUDIT_DELIVERY_RETRY_BASE_SECONDS", default.retry_base_seconds),
+        retry_cap_seconds=_positive_float(env, "AUDIT_DELIVERY_RETRY_CAP_SECONDS", default.retry_cap_seconds),
+        request_timeout_seconds=_positive_float(env, "AUDIT_DELIVERY_TIMEOUT_SECONDS", default.request_timeout_seconds),
+        poll_seconds=_positive_float(env, "AUDIT_DELIVERY_POLL_SECONDS", default.poll_seconds),
+    )
+    if delivery.retry_cap_seconds < delivery.retry_base_seconds:
+        raise ConfigError(
+            "AUDIT_DELIVERY_RETRY_CAP_SECONDS",
+            f"must be at least AUDIT_DELIVERY_RETRY_BASE_SECONDS ({delivery.retry_base_seconds})",
+        )
+    return delivery

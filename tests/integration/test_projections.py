@@ -76,7 +76,7 @@ async def test_rebuild_projections_reproduces_exactly_the_rows_written_online(pu
     assert result.stdout.strip() == (
         f"rebuilt projections: 120 events in {len(online)} rows of audit_counts_hourly "
         f"and {len(online_by_action)} rows of audit_action_counts_hourly; {len(streams)} resource streams; "
-        "0 alert rules"
+        "0 alert rules; 0 destinations"
     )
     assert "120/120" in result.stderr  # the progress bar
     assert [tuple(row) for row in await owner.fetch(PROJECTION_ROWS)] == online

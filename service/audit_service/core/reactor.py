@@ -41,6 +41,8 @@ class Alert:
     """recorded_at of the newest (the one that raised it), in µs."""
     message: str
     event_positions: tuple[int, ...]
+    destinations: tuple[str, ...] = ()
+    """The rule's destinations when it raised the alert: where it is delivered."""
 
 
 def alert_id(rule_id: str, name: str) -> str:
@@ -142,6 +144,7 @@ class Reactor:
                         window_end=recorded_micros(event),
                         message=compiled.message(event, count=1, group=""),
                         event_positions=(event.position,),
+                        destinations=tuple(rule.destinations),
                     )
                 )
                 continue
@@ -166,6 +169,7 @@ class Reactor:
                     window_end=recorded,
                     message=compiled.message(event, count=count, group=key),
                     event_positions=tuple(position for _, position in raised),
+                    destinations=tuple(rule.destinations),
                 )
             )
             group.events.clear()

@@ -24,6 +24,7 @@ from ..errors import AbortedError, InvalidArgumentError, NotFoundError
 from .append import AppendResult, LogAppender
 from .config_changes import Actor, append_change
 from .config_changes import change_event as config_change_event
+from .destinations import missing_webhook_destinations
 
 _SELECT = "SELECT rule::text AS rule, revision FROM alert_rules WHERE tenant = $1 AND id = $2"
 _INSERT = """
@@ -91,6 +92,16 @@ async def _stored(conn: asyncpg.Connection, tenant: str, rule_id: str, *, lock: 
     return rule_from_json(orjson.loads(row["rule"]))
 
 
+async def _check_destinations(conn: asyncpg.Connection, rule: pb.AlertRule, prefix: str) -> None:
+    """Every destination the rule names is a webhook of its tenant: an alert is never routed nowhere."""
+    missing = await missing_webhook_destinations(conn, rule.tenant, list(rule.destinations))
+    if missing:
+        index, name = missing[0]
+        raise InvalidArgumentError(
+            f"{prefix}.destinations[{index}]", f"tenant {rule.tenant!r} has no webhook destination named {name!r}"
+        )
+
+
 async def _write_rule(
     conn: asyncpg.Connection, statement: str, rule: pb.AlertRule, content: Content, result: AppendResult
 ) -> None:
@@ -119,6 +130,7 @@ async def create_rule(
         "create", created.tenant, created.id, created.display_name, actor, None, rule_to_json(created)
     )
     async with conn.transaction():
+        await _check_destinations(conn, created, prefix)
         result = await append_change(conn, appender, content)
         await _write_rule(conn, _INSERT, created, content, result)
     return RuleChange(created, result)
@@ -175,6 +187,7 @@ async def update_rule(
         updated.revision = current.revision + 1
         updated.update_time.FromDatetime(_now())
         validate_rule(updated)
+        await _check_destinations(conn, updated, "alert_rule")
         content = change_event(
             "update", tenant, rule_id, updated.display_name, actor, rule_to_json(current), rule_to_json(updated)
         )

@@ -22,6 +22,7 @@ UPDATE destination_state SET checkpoint = $4, consecutive_failures = 0, last_err
     last_attempt_at = clock_timestamp(), last_success_at = clock_timestamp()
 WHERE tenant = $1 AND name = $2 AND generation = $3
 """
+_SKIP = "UPDATE destination_state SET checkpoint = $4 WHERE tenant = $1 AND name = $2 AND generation = $3"
 _FAILED = """
 UPDATE destination_state SET consecutive_failures = consecutive_failures + 1, last_error = $4,
     last_attempt_at = clock_timestamp()
@@ -55,9 +56,13 @@ async def state_of(conn: asyncpg.Connection | asyncpg.Pool, tenant: str, name: s
     return None if row is None else SubscriptionState(**dict(row))
 
 
-async def advance(conn: asyncpg.Connection, tenant: str, name: str, generation: int, checkpoint: int) -> bool:
-    """Moves the checkpoint after a delivery; False when a replay (or a deletion) came in between."""
-    return await conn.execute(_ADVANCE, tenant, name, generation, checkpoint) == "UPDATE 1"
+async def advance(
+    conn: asyncpg.Connection, tenant: str, name: str, generation: int, checkpoint: int, *, success: bool = True
+) -> bool:
+    """Moves the checkpoint after a delivery (success) or past what is not delivered (nothing of the destination's
+    there, or an alert given up); False when a replay (or a deletion) came in between."""
+    statement = _ADVANCE if success else _SKIP
+    return await conn.execute(statement, tenant, name, generation, checkpoint) == "UPDATE 1"
 
 
 async def record_failure(conn: asyncpg.Connection, tenant: str, name: str, generation: int, error: str) -> None:

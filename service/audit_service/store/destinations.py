@@ -301,10 +301,13 @@ async def replay_destination(
     return checkpoint
 
 
-async def rules_naming_missing(conn: asyncpg.Connection, tenant: str, names: list[str]) -> list[tuple[int, str]]:
-    """(index, name) of the names that are not webhook destinations of the tenant."""
+async def missing_webhook_destinations(
+    conn: asyncpg.Connection, tenant: str, names: list[str]
+) -> list[tuple[int, str]]:
+    """(index, name) of the names that are not webhook destinations of the tenant; the others are locked (FOR
+    SHARE) until the caller's transaction ends, so none is deleted before the rule naming it is stored."""
     rows = await conn.fetch(
-        "SELECT name FROM destinations WHERE tenant = $1 AND name = ANY($2::text[]) AND kind = 'webhook'",
+        "SELECT name FROM destinations WHERE tenant = $1 AND name = ANY($2::text[]) AND kind = 'webhook' FOR SHARE",
         tenant,
         names,
     )

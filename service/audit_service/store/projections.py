@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from .alert_rules import rebuild_alert_rules
+from .destinations import rebuild_destinations
 from .append import ADD_TO_ACTION_COUNTS, RANKED_ACTION_COUNTS
 
 _LOCK_HEAD = "SELECT last_position FROM audit_log_head FOR UPDATE"
@@ -97,13 +98,15 @@ class RebuildReport:
     """Rows of the rebuilt audit_resource_heads."""
     alert_rules: int = 0
     """Rows of the rebuilt alert_rules (the states of the rules' streams)."""
+    destinations: int = 0
+    """Rows of the rebuilt destinations (the states of their streams; their secrets are kept, not in the log)."""
 
 
 async def rebuild_projections(
     conn: asyncpg.Connection, *, chunk_size: int = 100_000, on_progress: Callable[[int, int], None] | None = None
 ) -> RebuildReport:
     """Replaces the projections (audit_counts_hourly, audit_action_counts_hourly, audit_resource_heads, and
-    alert_rules from the heads) with their values recomputed from the log.
+    alert_rules and destinations from the heads) with their values recomputed from the log.
 
     Args:
         conn: a connection of the schema owner.
@@ -131,6 +134,12 @@ async def rebuild_projections(
             "(SELECT count(*) FROM audit_resource_heads)"
         )
         alert_rules = await rebuild_alert_rules(conn)
+        destinations = await rebuild_destinations(conn)
     return RebuildReport(
-        events=int(events), rows=rows, action_rows=action_rows, streams=streams, alert_rules=alert_rules
+        events=int(events),
+        rows=rows,
+        action_rows=action_rows,
+        streams=streams,
+        alert_rules=alert_rules,
+        destinations=destinations,
     )

@@ -41,8 +41,8 @@ ON CONFLICT (subscription) DO UPDATE SET position = excluded.position, updated_a
 """
 _INSERT_ALERT = """
 INSERT INTO alerts (tenant, id, rule_id, rule_revision, severity, group_key, window_start, window_end, message,
-                    event_positions)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (tenant, id) DO NOTHING
+                    event_positions, destinations)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (tenant, id) DO NOTHING
 """
 _LATEST_ALERTS = """
 SELECT DISTINCT ON (rule_id, group_key) rule_id::text AS rule_id, group_key, window_start, event_positions
@@ -114,6 +114,7 @@ async def store_step(conn: asyncpg.Connection, alerts: Sequence[Alert], position
                         micros_to_datetime(a.window_end),
                         a.message,
                         list(a.event_positions),
+                        list(a.destinations),
                     )
                     for a in alerts
                 ],

@@ -170,3 +170,19 @@ TAIL_DELIVERY_LAG = _meter.create_histogram(
 EXPORT_SENT = _meter.create_counter(
     "audit.export.sent", unit="By", description="Bytes of export data sent by ExportEvents, by format."
 )
+
+# Destinations (the reactor's subscriptions).
+DESTINATION_LAG = ObservedValues()
+_meter.create_observable_gauge(
+    "audit.destination.lag",
+    callbacks=[DESTINATION_LAG],
+    unit="{position}",
+    description="Log positions (alerts, for a webhook) after a destination's checkpoint, as of its latest look; "
+    "attributes tenant and destination.",
+)
+DESTINATION_ATTEMPTS = _meter.create_counter(
+    "audit.destination.attempts",
+    unit="{attempt}",
+    description="Delivery attempts to destinations; attributes tenant, destination and outcome (delivered, "
+    "retrying, failed).",
+)

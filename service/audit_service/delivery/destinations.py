@@ -1,0 +1,384 @@
+"""Destinations as durable subscriptions of the reactor process: one asyncio task per destination, so a slow or
+dead receiver only ever delays itself.
+
+A streaming destination (http, splunk_hec, syslog) reads the tenant's events matching its filter after its
+checkpoint, with the same SQL as ListEvents, in batches; it sends a batch, then advances the checkpoint (at least
+once: a crash in between sends the batch again, with the same event ids). A failed batch is retried with
+exponential backoff and full jitter, forever: skipping it would lose events; the status shows the destination
+as failing and its lag grows. A webhook reads the tenant's alerts after its checkpoint (alerts.seq) and delivers
+those of the rules naming it, one request each, signed as Standard Webhooks describe (webhook-id = the alert's id,
+the same on every attempt); after AUDIT_WEBHOOK_MAX_ATTEMPTS failures an alert is given up (a FAILED attempt)
+and the next one goes. Every attempt is recorded in delivery_attempts.
+
+A destination's task is restarted whenever its revision changes (update, pause, resume) and stopped when it is
+deleted or paused; a replay bumps the subscription's generation, which the task notices before its next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import orjson
+from audit.v1 import destinations_pb2 as pb
+from google.protobuf import json_format
+
+from ..api.alert_rules import alert_message
+from ..config import DeliveryConfig
+from ..core.backoff import backoff_delay
+from ..core.delivery_formats import (
+    http_batch_body,
+    octet_counted,
+    sign_webhook,
+    splunk_hec_body,
+    syslog_message,
+)
+from ..core.destinations import (
+    ALERT_KINDS,
+    DEFAULT_APP_NAME,
+    DEFAULT_FACILITY,
+    batch_size,
+    destination_filter,
+    destination_from_json,
+    kind_of,
+    syslog_address,
+)
+from ..core.event_filter import Scope, compile_filter
+from ..core.stored_event import row_to_event
+from ..errors import DeliveryError
+from ..store import delivery_state
+from ..store.queries import PageQuery, list_events, log_head
+from ..telemetry.metrics import DESTINATION_ATTEMPTS, DESTINATION_LAG
+from .address_guard import AddressGuard
+from .http_sender import HttpSender
+from .syslog_sender import SyslogSender
+
+log = logging.getLogger(__name__)
+
+PAGE_BYTES = 4 * 1024 * 1024
+ALERT_PAGE = 100
+
+_DESTINATIONS = """
+SELECT d.tenant, d.name, d.revision, d.destination::text AS destination, coalesce(s.secret, '') AS secret
+FROM destinations d LEFT JOIN destination_secrets s USING (tenant, name)
+"""
+_ALERTS_AFTER = """
+SELECT seq, tenant, id::text AS id, rule_id::text AS rule_id, rule_revision, severity, group_key, window_start,
+       window_end, message, event_positions, created_at, destinations
+FROM alerts WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What a receiver answered to one attempt."""
+
+    http_status: int = 0
+
+
+class Subscription:
+    """One destination's delivery loop (run as its own task)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        destination: pb.Destination,
+        secret: str,
+        config: DeliveryConfig,
+        guard: AddressGuard,
+        http: HttpSender,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._pool = pool
+        self._destination = destination
+        self._secret = secret
+        self._config = config
+        self._guard = guard
+        self._http = http
+        self._rng = rng or random.Random()
+        self._kind = kind_of(destination)
+        self._syslog: SyslogSender | None = None
+        self.tenant = destination.tenant
+        self.name = destination.name
+        self._attributes = {"tenant": self.tenant, "destination": self.name}
+        self._lag: int | None = None
+
+    async def run(self) -> None:
+        remove_gauge = DESTINATION_LAG.add(self._attributes, lambda: self._lag)
+        try:
+            while True:
+                state = await delivery_state.state_of(self._pool, self.tenant, self.name)
+                if state is None:  # deleted: the supervisor stops this task
+                    await asyncio.sleep(self._config.poll_seconds)
+                    continue
+                if self._kind in ALERT_KINDS:
+                    progressed = await self._deliver_alerts(state)
+                else:
+                    progressed = await self._stream_events(state)
+                if not progressed:
+                    await asyncio.sleep(self._config.poll_seconds)
+        finally:
+            remove_gauge()
+            if self._syslog is not None:
+                await self._syslog.aclose()
+                self._syslog = None
+
+    # Streaming destinations.
+
+    async def _stream_events(self, state: delivery_state.SubscriptionState) -> bool:
+        head = await log_head(self._pool)
+        self._lag = max(0, head - state.checkpoint)
+        if head <= state.checkpoint:
+            return False
+        where = compile_filter(destination_filter(self._destination), Scope(tenant=self.tenant))
+        page = await list_events(
+            self._pool,
+            PageQuery(
+                where=where,
+                newest_first=False,
+                after_position=state.checkpoint,
+                limit=batch_size(self._destination),
+                max_bytes=PAGE_BYTES,
+                up_to_position=head,
+            ),
+        )
+        if not page.rows:  # nothing of ours up to the head: skip to it
+            async with self._pool.acquire() as conn:
+                await delivery_state.advance(conn, self.tenant, self.name, state.generation, head, success=False)
+            return True
+        events = [row_to_event(row) for row in page.rows]
+        positions = [row["position"] for row in page.rows]
+        last = positions[-1]
+        delivery_id = f"{positions[0]}-{last}"
+        await self._until_delivered(
+            state, delivery_id, len(events), lambda: self._send_events(events, positions, delivery_id)
+        )
+        return True
+
+    async def _send_events(self, events: list, positions: list[int], delivery_id: str) -> Sent:
+        destination = self._destination
+        if self._kind == "syslog":
+            target = destination.syslog
+            host, port = syslog_address(target.address, "destination.syslog.address")
+            if self._syslog is None:
+                self._syslog = SyslogSender(
+                    host,
+                    port,
+                    ca_pem=target.ca_pem,
+                    server_name=target.server_name or host,
+                    timeout=self._config.request_timeout_seconds,
+                    guard=self._guard,
+                )
+            frames = [
+                octet_counted(
+                    syslog_message(
+                        event,
+                        position,
+                        app_name=target.app_name or DEFAULT_APP_NAME,
+                        facility=target.facility or DEFAULT_FACILITY,
+                    )
+                )
+                for event, position in zip(events, positions, strict=True)
+            ]
+            await self._syslog.send(frames)
+            return Sent()
+        headers = dict(destination.headers)
+        if self._kind == "http":
+            body = http_batch_body(events, positions, destination=destination.name)
+            headers.update(sign_webhook(self._secret, f"batch_{delivery_id}", int(time.time()), body))
+            url = destination.http.url
+        else:
+            hec = destination.splunk_hec
+            body = splunk_hec_body(events, positions, index=hec.index, source=hec.source, sourcetype=hec.sourcetype)
+            headers["Authorization"] = f"Splunk {self._secret}"
+            url = hec.url
+        headers["Content-Type"] = "application/json"
+        status = await self._http.send(url, body, headers, guard=self._guard)
+        return Sent(status)
+
+    # Webhooks (alerts).
+
+    async def _deliver_alerts(self, state: delivery_state.SubscriptionState) -> bool:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(_ALERTS_AFTER, self.tenant, state.checkpoint, ALERT_PAGE)
+            head = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM alerts WHERE tenant = $1", self.tenant)
+        self._lag = max(0, head - state.checkpoint)
+        if not rows:
+            return False
+        for row in rows:
+            if self.name in row["destinations"]:
+                body = alert_webhook_body(row)
+                delivered = await self._until_delivered(
+                    state,
+                    row["id"],
+                    1,
+                    lambda body=body, alert_id=row["id"]: self._send_alert(alert_id, body),
+                    max_attempts=self._config.webhook_max_attempts,
+                    advance_to=row["seq"],
+                )
+            else:
+                async with self._pool.acquire() as conn:
+                    delivered = await delivery_state.advance(
+                        conn, self.tenant, self.name, state.generation, row["seq"], success=False
+                    )
+            if not delivered:  # replayed (or deleted) meanwhile: start again from the new checkpoint
+                return True
+        return True
+
+    async def _send_alert(self, alert_id: str, body: bytes) -> Sent:
+        headers = dict(self._destination.headers)
+        headers.update(sign_webhook(self._secret, alert_id, int(time.time()), body))
+        headers["Content-Type"] = "application/json"
+        return Sent(await self._http.send(self._destination.webhook.url, body, headers, guard=self._guard))
+
+    # Attempts.
+
+    async def _until_delivered(
+        self,
+        state: delivery_state.SubscriptionState,
+        delivery_id: str,
+        items: int,
+        send: Callable[[], Awaitable[Sent]],
+        *,
+        max_attempts: int = 0,
+        advance_to: int | None = None,
+    ) -> bool:
+        """Attempts `send` until it succeeds (or, with max_attempts, gives up), recording every attempt; then
+        advances the checkpoint. False when the subscription was replayed or deleted meanwhile."""
+        attempt = 0
+        target = advance_to if advance_to is not None else int(delivery_id.rsplit("-", 1)[-1])
+        while True:
+            attempt += 1
+            started = time.monotonic()
+            try:
+                sent = await send()
+            except DeliveryError as error:
+                elapsed = int((time.monotonic() - started) * 1000)
+                given_up = bool(max_attempts) and attempt >= max_attempts
+                outcome = pb.ATTEMPT_OUTCOME_FAILED if given_up else pb.ATTEMPT_OUTCOME_RETRYING
+                DESTINATION_ATTEMPTS.add(1, {**self._attributes, "outcome": "failed" if given_up else "retrying"})
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await delivery_state.record_attempt(
+                        conn,
+                        self.tenant,
+                        self.name,
+                        delivery_state.Attempt(
+                            delivery_id, attempt, outcome, error.status or 0, error.reason, elapsed, items
+                        ),
+                    )
+                    await delivery_state.record_failure(conn, self.tenant, self.name, state.generation, error.reason)
+                    if given_up:
+                        return await delivery_state.advance(
+                            conn, self.tenant, self.name, state.generation, target, success=False
+                        )
+                log.warning(
+                    "destination %s/%s: attempt %d of %s failed: %s",
+                    self.tenant,
+                    self.name,
+                    attempt,
+                    delivery_id,
+                    error.reason,
+                )
+                await asyncio.sleep(
+                    backoff_delay(
+                        attempt,
+                        base=self._config.retry_base_seconds,
+                        cap=self._config.retry_cap_seconds,
+                        rng=self._rng,
+                    )
+                )
+                current = await delivery_state.state_of(self._pool, self.tenant, self.name)
+                if current is None or current.generation != state.generation:
+                    return False
+                continue
+            elapsed = int((time.monotonic() - started) * 1000)
+            DESTINATION_ATTEMPTS.add(1, {**self._attributes, "outcome": "delivered"})
+            async with self._pool.acquire() as conn, conn.transaction():
+                await delivery_state.record_attempt(
+                    conn,
+                    self.tenant,
+                    self.name,
+                    delivery_state.Attempt(
+                        delivery_id, attempt, pb.ATTEMPT_OUTCOME_DELIVERED, sent.http_status, "", elapsed, items
+                    ),
+                )
+                return await delivery_state.advance(conn, self.tenant, self.name, state.generation, target)
+
+
+def alert_webhook_body(row: asyncpg.Record) -> bytes:
+    """The webhook payload of an alert, in the Standard Webhooks shape: type, timestamp and data."""
+    data = json_format.MessageToDict(alert_message(row), preserving_proto_field_name=True)
+    stored: dt.datetime = row["created_at"]
+    return orjson.dumps(
+        {"type": "audit.alert", "timestamp": stored.astimezone(dt.UTC).isoformat(), "data": data},
+    )
+
+
+class DestinationSupervisor:
+    """Keeps one Subscription task per destination that is not paused, following the destinations table."""
+
+    def __init__(self, pool: asyncpg.Pool, config: DeliveryConfig, guard: AddressGuard) -> None:
+        self._pool = pool
+        self._config = config
+        self._guard = guard
+        self._tasks: dict[tuple[str, str], tuple[int, asyncio.Task[None]]] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with HttpSender(timeout=self._config.request_timeout_seconds) as http:
+            try:
+                while not stop.is_set():
+                    try:
+                        await self._reconcile(http)
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                        log.warning("destinations: %s; retrying", error)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=self._config.poll_seconds)
+            finally:
+                await self._stop(list(self._tasks))
+
+    async def _reconcile(self, http: HttpSender) -> None:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(_DESTINATIONS)
+        wanted: dict[tuple[str, str], tuple[int, pb.Destination, str]] = {}
+        for row in rows:
+            destination = destination_from_json(orjson.loads(row["destination"]))
+            destination.tenant = row["tenant"]
+            if not destination.paused:
+                wanted[(row["tenant"], row["name"])] = (row["revision"], destination, row["secret"])
+        stale = [key for key, (revision, task) in self._tasks.items() if wanted.get(key, (None,))[0] != revision]
+        stale += [key for key, (_, task) in self._tasks.items() if task.done() and key not in stale]
+        await self._stop(stale)
+        for key, (revision, destination, secret) in wanted.items():
+            if key not in self._tasks:
+                subscription = Subscription(self._pool, destination, secret, self._config, self._guard, http)
+                task = asyncio.create_task(self._guarded(subscription), name=f"destination {key[0]}/{key[1]}")
+                self._tasks[key] = (revision, task)
+
+    async def _guarded(self, subscription: Subscription) -> None:
+        """Runs a subscription, restarting it after an unexpected error (the checkpoint is in the database)."""
+        while True:
+            try:
+                await subscription.run()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                log.warning("destination %s/%s: %s; resuming", subscription.tenant, subscription.name, error)
+            except Exception:
+                log.exception("destination %s/%s failed; resuming", subscription.tenant, subscription.name)
+            await asyncio.sleep(self._config.poll_seconds)
+
+    async def _stop(self, keys: Sequence[tuple[str, str]]) -> None:
+        tasks = [self._tasks.pop(key)[1] for key in keys if key in self._tasks]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
