@@ -13,7 +13,7 @@ import asyncpg
 import grpc
 import pytest
 from audit.v1 import alert_rules_pb2 as rules_pb
-from audit.v1 import alert_rules_pb2_grpc, audit_service_pb2_grpc, event_pb2
+from audit.v1 import alert_rules_pb2_grpc, audit_service_pb2_grpc, destinations_pb2, destinations_pb2_grpc, event_pb2
 from audit.v1 import audit_service_pb2 as pb
 from audit_client.errors import InvalidEventError
 from audit_client.validation import Limits
@@ -41,11 +41,23 @@ def failed_logins(**overrides) -> rules_pb.AlertRule:
         threshold=rules_pb.AlertThreshold(count=5, window=duration_pb2.Duration(seconds=600), group_by="actor.id"),
         severity=rules_pb.ALERT_SEVERITY_HIGH,
         message_template="{actor.id} failed to log in {count} times in {window}",
-        destinations=["security-webhook"],
+        destinations=[],  # naming one needs the webhook to exist (tests/integration/test_destinations.py)
     )
     for name, value in overrides.items():
         setattr(rule, name, value)
     return rule
+
+
+async def create_webhook(channel: grpc.aio.Channel, token: str, name: str) -> None:
+    """A webhook destination of the token's tenant (what a rule's destinations must name)."""
+    await destinations_pb2_grpc.DestinationServiceStub(channel).CreateDestination(
+        destinations_pb2.CreateDestinationRequest(
+            destination=destinations_pb2.Destination(
+                name=name, webhook=destinations_pb2.WebhookTarget(url="https://hooks.example.com/audit")
+            )
+        ),
+        metadata=bearer(token),
+    )
 
 
 @pytest.fixture
@@ -488,6 +500,15 @@ async def test_grpcurl_creates_and_lists_rules_through_reflection(service_env):
             "grpc.health.v1.Health/Check",
         )
         assert health["status"] == "SERVING"
+        webhook = {"name": "siem", "webhook": {"url": "https://hooks.example.com/audit"}}
+        made = await grpcurl(
+            *common,
+            "-d",
+            json.dumps({"destination": webhook}),
+            f"127.0.0.1:{port}",
+            "audit.v1.DestinationService/CreateDestination",
+        )
+        assert made["generated_secret"].startswith("whsec_") and made["destination"]["has_secret"] is True
         from_template = {
             "template": "multiple_failed_logins",
             "overrides": {"query": "action:auth.signin outcome:failure", "destinations": ["siem"]},
@@ -536,6 +557,7 @@ async def test_a_template_creates_a_tuned_rule_recorded_like_any_other(secured, 
         "permission_escalations",
         "new_api_tokens",
     ]
+    await create_webhook(secured.channel, admin, "siem")
     request = rules_pb.CreateAlertRuleFromTemplateRequest(
         template="mass_deletions",
         overrides=rules_pb.AlertRule(destinations=["siem"], severity=rules_pb.ALERT_SEVERITY_CRITICAL),
@@ -582,6 +604,8 @@ async def test_the_cli_manages_rules_through_the_api(service_env):
         async def cli(*args: str):
             return await asyncio.to_thread(run_cli, env, "rules", *args)
 
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await create_webhook(channel, token, "siem")
         made = await cli("create", "--template", "new_api_tokens", "--overrides", '{"destinations": ["siem"]}')
         assert made.returncode == 0, made.stderr
         from_template = json.loads(made.stdout)
