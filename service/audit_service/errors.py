@@ -57,3 +57,22 @@ class ResourceExhaustedError(AuditServiceError):
 
 class AbortedError(AuditServiceError):
     """A conditional change lost a race: the thing changed since the revision the caller named; re-read, retry."""
+
+
+class DeliveryError(AuditServiceError):
+    """Sending to a destination or webhook failed.
+
+    Attributes:
+        retryable: whether the same request may succeed later (timeouts, refused or dropped connections, 408,
+            429, 5xx); False when the receiver refused it for what it is (other 4xx) or the destination's
+            address is refused.
+        reason: what went wrong, for logs and the destination's status; never holds a secret (no header value,
+            no URL query string).
+        status: the HTTP status of the answer, None when there was none.
+    """
+
+    def __init__(self, retryable: bool, reason: str, status: int | None = None) -> None:
+        self.retryable = retryable
+        self.reason = reason
+        self.status = status
+        super().__init__(reason)
