@@ -65,3 +65,22 @@ class AlreadyExistsError(AuditServiceError):
 
 class FailedPreconditionError(AuditServiceError):
     """The system is not in a state the call needs (e.g. a destination still named by alert rules)."""
+
+
+class DeliveryError(AuditServiceError):
+    """Sending to a destination or webhook failed.
+
+    Attributes:
+        retryable: whether the same request may succeed later (timeouts, refused or dropped connections, 408,
+            429, 5xx); False when the receiver refused it for what it is (other 4xx) or the destination's
+            address is refused.
+        reason: what went wrong, for logs and the destination's status; never holds a secret (no header value,
+            no URL query string).
+        status: the HTTP status of the answer, None when there was none.
+    """
+
+    def __init__(self, retryable: bool, reason: str, status: int | None = None) -> None:
+        self.retryable = retryable
+        self.reason = reason
+        self.status = status
+        super().__init__(reason)

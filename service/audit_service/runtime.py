@@ -20,6 +20,8 @@ from .api.read_budget import ReadBudget
 from .api.server import RunningServer, start_server
 from .api.tls import CertificateFiles
 from .config import Config, NatsConfig
+from .delivery.destinations import DestinationSupervisor
+from .delivery.policy import address_policy
 from .errors import ConfigError, UnavailableError
 from .ingest.worker import IngestWorker
 from .store.checkpoints import PeriodicCheckpointer, checkpoint_verifiers
@@ -190,15 +192,24 @@ async def run_ingest(
 
 
 async def run_react(config: Config, stop: asyncio.Event) -> None:
-    """Runs the reactor (alert rules evaluated on the committed log, store/reactor.py) until `stop` is set."""
+    """Runs the reactor until `stop` is set: alert rules evaluated on the committed log (store/reactor.py) and
+    the destinations' subscriptions (delivery/destinations.py), each on its own pool so that no destination
+    can starve the evaluation of connections."""
     import os
 
     from .store.reactor import PAGE_EVENTS, react
 
     # Events per step (and so per transaction); an environment knob until it has a place in Config.
     page_events = int(os.environ.get("AUDIT_REACTOR_PAGE_EVENTS", PAGE_EVENTS))
-    async with database_pool(config.database.url, max_size=2) as pool:
-        await react(pool, stop, page_events=page_events)
+    policy = address_policy(config)
+    async with (
+        database_pool(config.database.url, max_size=2) as pool,
+        database_pool(config.database.url, max_size=config.database.pool_max_size) as delivery_pool,
+    ):
+        supervisor = DestinationSupervisor(delivery_pool, config.delivery, policy)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(react(pool, stop, page_events=page_events))
+            tasks.create_task(supervisor.run(stop))
 
 
 async def run_api(
@@ -248,6 +259,7 @@ async def run_api(
                 database_url=config.database.url,
                 nc=nc,
                 mask=config.ingest.mask,
+                address_policy=address_policy(config),
                 on_database_checked=None
                 if readiness is None
                 else lambda reachable: readiness.set("api.postgres", None if reachable else "PostgreSQL unreachable"),

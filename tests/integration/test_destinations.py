@@ -5,6 +5,7 @@ naming only existing webhooks, pause/resume/replay and the status."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import grpc
 import pytest
@@ -54,12 +55,16 @@ async def destination_events(secured, token: str) -> list:
 async def test_crud_records_every_change_and_never_returns_or_logs_the_secret(secured, destinations, owner):
     admin = secured.token("acme", "u-admin", admin=True)
     made = await destinations.CreateDestination(
-        dpb.CreateDestinationRequest(destination=webhook(headers={"X-Team": "security"})), metadata=bearer(admin)
+        dpb.CreateDestinationRequest(
+            destination=webhook(headers={"X-Team": "security", "Authorization": "Bearer rcv-credential-1"})
+        ),
+        metadata=bearer(admin),
     )
     secret = made.generated_secret
     assert secret.startswith("whsec_") and len(secret) > 40
     created = made.destination
     assert (created.tenant, created.revision, created.has_secret, created.secret) == ("acme", 1, True, "")
+    assert dict(created.headers) == {"X-Team": "[MASKED]", "Authorization": "[MASKED]"}
     assert await owner.fetchval("SELECT secret FROM destination_secrets WHERE name = 'security-webhook'") == secret
 
     got = await destinations.GetDestination(dpb.GetDestinationRequest(name="security-webhook"), metadata=bearer(admin))
@@ -78,6 +83,8 @@ async def test_crud_records_every_change_and_never_returns_or_logs_the_secret(se
     ).destination
     assert (updated.description, updated.revision, updated.secret, updated.has_secret) == ("pager", 2, "", True)
     assert await owner.fetchval("SELECT secret FROM destination_secrets WHERE name = 'security-webhook'") == new_secret
+    kept = await owner.fetchval("SELECT headers::text FROM destination_secrets WHERE name = 'security-webhook'")
+    assert json.loads(kept) == {"X-Team": "security", "Authorization": "Bearer rcv-credential-1"}
 
     deleted = await destinations.DeleteDestination(
         dpb.DeleteDestinationRequest(name="security-webhook", revision=2), metadata=bearer(admin)
@@ -104,6 +111,9 @@ async def test_crud_records_every_change_and_never_returns_or_logs_the_secret(se
     text = "".join(row["row"] for row in stored) + "".join(str(e) for e in events)
     for value in (secret, new_secret, secret.removeprefix("whsec_"), new_secret.removeprefix("whsec_")):
         assert value not in text
+    assert "rcv-credential-1" not in text and "security" not in text.replace("security-webhook", "")
+    headers = await owner.fetchval("SELECT headers::text FROM destination_secrets WHERE name = 'security-webhook'")
+    assert headers is None  # deleted with the destination
     assert "secret" not in {key for e in events for key in e.change.after}
 
 
@@ -178,13 +188,26 @@ def _long_url() -> str:
             dpb.Destination(name="x", http=dpb.HttpTarget(url="https://user:pw@hooks.example.com/")),
             "destination.http.url",
         ),
-        (webhook("x", headers={"Authorization": "Bearer abc"}), "destination.headers['Authorization']"),
+        (webhook("x", headers={"Webhook-Id": "forged"}), "destination.headers['Webhook-Id']"),
+        (webhook("x", headers={"X-Token": "[MASKED]"}), "destination.headers['X-Token']"),
+        (
+            dpb.Destination(
+                name="x",
+                splunk_hec=dpb.SplunkHecTarget(url=WEBHOOK_URL),
+                secret="token",
+                headers={"Authorization": "Splunk other"},
+            ),
+            "destination.headers['Authorization']",
+        ),
         (webhook("x", headers={"X-Name": "caf\u00e9"}), "destination.headers['X-Name']"),
         (webhook("x", secret="not-a-webhook-secret"), "destination.secret"),
         (webhook("x", secret="whsec_" + "QUJD" * 4), "destination.secret"),
         (webhook("x", query="action:user.login"), "destination.query"),
         (webhook("x", max_batch_events=10), "destination.max_batch_events"),
-        (dpb.Destination(name="x", http=dpb.HttpTarget(url=WEBHOOK_URL), query="outcome:nonsense"), "destination.query"),
+        (
+            dpb.Destination(name="x", http=dpb.HttpTarget(url=WEBHOOK_URL), query="outcome:nonsense"),
+            "destination.query",
+        ),
         (
             dpb.Destination(name="x", http=dpb.HttpTarget(url=WEBHOOK_URL), max_batch_events=1001),
             "destination.max_batch_events",

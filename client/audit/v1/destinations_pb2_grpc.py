@@ -32,7 +32,8 @@ class DestinationServiceStub:
     call it; another tenant's destination is NOT_FOUND. Every change (create, update, delete, pause, resume,
     replay) is recorded in the log as an event of the tenant: action audit.destination.<verb>, resource type
     audit.destination and id the destination's name, the caller as actor, and the destination before and after in
-    change, WITHOUT its secret (only has_secret). A secret is never returned by any call after the one that set it.
+    change, WITHOUT its secret (only has_secret) and header values ("[MASKED]"). A secret is never returned by any
+    call after the one that set it.
     """
 
     def __init__(self, channel):
@@ -100,7 +101,8 @@ class DestinationServiceServicer:
     call it; another tenant's destination is NOT_FOUND. Every change (create, update, delete, pause, resume,
     replay) is recorded in the log as an event of the tenant: action audit.destination.<verb>, resource type
     audit.destination and id the destination's name, the caller as actor, and the destination before and after in
-    change, WITHOUT its secret (only has_secret). A secret is never returned by any call after the one that set it.
+    change, WITHOUT its secret (only has_secret) and header values ("[MASKED]"). A secret is never returned by any
+    call after the one that set it.
     """
 
     def CreateDestination(self, request, context):
@@ -241,7 +243,8 @@ class DestinationService:
     call it; another tenant's destination is NOT_FOUND. Every change (create, update, delete, pause, resume,
     replay) is recorded in the log as an event of the tenant: action audit.destination.<verb>, resource type
     audit.destination and id the destination's name, the caller as actor, and the destination before and after in
-    change, WITHOUT its secret (only has_secret). A secret is never returned by any call after the one that set it.
+    change, WITHOUT its secret (only has_secret) and header values ("[MASKED]"). A secret is never returned by any
+    call after the one that set it.
     """
 
     @staticmethod

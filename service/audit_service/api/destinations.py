@@ -11,7 +11,9 @@ from audit.v1 import destinations_pb2 as pb
 from audit.v1 import destinations_pb2_grpc as pb_grpc
 from grpc import aio
 
-from ..core.destinations import ALERT_KINDS, check_name, kind_of, new_webhook_secret
+from ..core.delivery_formats import new_webhook_secret
+from ..core.destination_urls import AddressPolicy
+from ..core.destinations import ALERT_KINDS, check_name, kind_of, validate_destination
 from ..core.page_token import (
     PageToken,
     decode_name_token,
@@ -20,6 +22,7 @@ from ..core.page_token import (
     encode_page_token,
     query_digest,
 )
+from ..delivery.policy import check_destination_address
 from ..errors import InvalidArgumentError, NotFoundError
 from ..store import delivery_state
 from ..store import destinations as store
@@ -60,14 +63,18 @@ async def destination_status(pool: asyncpg.Pool, tenant: str, name: str) -> pb.D
 
 
 class DestinationServicer(pb_grpc.DestinationServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, appender: LogAppender | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, appender: LogAppender | None = None, policy: AddressPolicy | None = None
+    ) -> None:
         """
         Args:
             pool: connections of the service role.
             appender: appends the change events (one per process, shared).
+            policy: which addresses destinations may point at (delivery/policy.address_policy).
         """
         self._pool = pool
         self._appender = appender or LogAppender()
+        self._policy = policy or AddressPolicy()
 
     async def CreateDestination(
         self, request: pb.CreateDestinationRequest, context: aio.ServicerContext
@@ -77,6 +84,8 @@ class DestinationServicer(pb_grpc.DestinationServiceServicer):
         destination.CopyFrom(request.destination)
         destination.tenant = rule_tenant(caller, destination.tenant, "destination.tenant")
         generated = "" if destination.secret else new_webhook_secret()
+        validate_destination(destination)
+        await check_destination_address(destination, self._policy)
         async with self._pool.acquire() as conn:
             change = await store.create_destination(conn, self._appender, destination, actor_of(caller), generated)
         used = generated if change.destination.has_secret and not request.destination.secret else ""
@@ -108,7 +117,13 @@ class DestinationServicer(pb_grpc.DestinationServiceServicer):
         paths = list(request.update_mask.paths)
         async with self._pool.acquire() as conn:
             change = await store.update_destination(
-                conn, self._appender, tenant, request.destination, paths, actor_of(caller)
+                conn,
+                self._appender,
+                tenant,
+                request.destination,
+                paths,
+                actor_of(caller),
+                check=lambda updated: check_destination_address(updated, self._policy),
             )
         return pb.UpdateDestinationResponse(destination=change.destination)
 

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NatsClient
 
 from ..auth.tokens import TokenVerifier
 from ..config import ApiConfig, AuthConfig, TailConfig
+from ..core.destination_urls import AddressPolicy
 from ..core.masking import SecretMask
 from ..core.signing import Verifier
 from ..errors import ConfigError
@@ -117,6 +118,7 @@ async def start_server(
     nc: NatsClient | None = None,
     on_database_checked: Callable[[bool], None] | None = None,
     mask: SecretMask | None = None,
+    address_policy: AddressPolicy | None = None,
 ) -> RunningServer:
     """Starts serving; the caller stops it with `RunningServer.stop`.
 
@@ -127,6 +129,8 @@ async def start_server(
         feed: a started live feed for TailEvents (without one, TailEvents is UNAVAILABLE).
         checkpoint_keys: the public keys VerifyChain checks signed checkpoints with.
         mask: what LogAppender masks in the states it copies into rule-change events (AUDIT_SECRET_KEYS).
+        address_policy: where destinations may point (delivery/policy.address_policy; by default, only at
+            public addresses).
         read_budget: the bytes the process's reads may hold at once, shared with the feed (a new one of
             config.read_buffer_bytes when not given).
     """
@@ -157,7 +161,7 @@ async def start_server(
     )
     alert_rules = AlertRuleServicer(pool, LogAppender(mask))
     alert_rules_pb2_grpc.add_AlertRuleServiceServicer_to_server(alert_rules, server)
-    destinations = DestinationServicer(pool, LogAppender(mask))
+    destinations = DestinationServicer(pool, LogAppender(mask), address_policy)
     destinations_pb2_grpc.add_DestinationServiceServicer_to_server(destinations, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

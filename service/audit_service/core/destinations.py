@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import secrets
 import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,6 +21,7 @@ from .alert_rules import DESTINATION_NAME, MAX_QUERY_BYTES, _integral
 from .destination_urls import check_url
 from .event_filter import UNRESTRICTED, Scope, compile_filter
 from .filters import has_control_characters
+from .masking import MASK
 from .matching import Matcher, compile_matcher
 from .query_string import compile_query
 
@@ -54,13 +54,12 @@ _RESERVED_HEADERS = frozenset(
         "content-type",
         "transfer-encoding",
         "connection",
-        "authorization",
         "webhook-id",
         "webhook-timestamp",
         "webhook-signature",
     }
 )
-"""Headers the service sets itself (authorization carries the HEC token; credentials belong in the secret)."""
+"""Headers the service sets itself (and, for splunk_hec, Authorization: it carries the HEC token)."""
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 _APP_NAME = re.compile(r"[\x21-\x7e]{1,48}")
 
@@ -118,11 +117,6 @@ def webhook_secret_bytes(secret: str, field: str) -> bytes:
     return key
 
 
-def new_webhook_secret() -> str:
-    """A new Standard Webhooks secret: "whsec_" and the base64 of 32 random bytes."""
-    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
 def check_secret(kind: str, secret: str, field: str) -> None:
     """A secret fit for its kind (an empty one is for the caller to generate or refuse)."""
     if not secret:
@@ -139,12 +133,12 @@ def check_secret(kind: str, secret: str, field: str) -> None:
 
 
 def syslog_address(address: str, field: str) -> tuple[str, int]:
-    """The host and port of a syslog target's host:port ([v6]:port for IPv6), checked like a URL's."""
+    """The host and port of a syslog target's host:port ([v6]:port for IPv6), checked as a URL's would be."""
     host, separator, port = address.rpartition(":")
-    if not separator or not port.isdigit():
+    if not separator or not host or not port.isdigit() or "/" in address or "@" in address:
         raise InvalidArgumentError(field, f"must be host:port, got {address[:64]!r}")
-    check_url(f"tcp://{address}", field, schemes=("tcp",))
-    return host.strip("[]"), int(port)
+    checked = check_url(f"https://{address}", field)
+    return checked.host, checked.port
 
 
 def _check_ca_pem(pem: str, field: str) -> None:
@@ -179,7 +173,7 @@ def _check_target(destination: pb.Destination, kind: str, prefix: str) -> None:
     if syslog.app_name and not _APP_NAME.fullmatch(syslog.app_name):
         raise InvalidArgumentError(f"{field}.app_name", f"must be 1 to {MAX_APP_NAME} printable ASCII characters")
     if not 0 <= syslog.facility <= 23:
-        raise InvalidArgumentError(f"{field}.facility", f"must be from 0 to 23, got {syslog.facility}")
+        raise InvalidArgumentError(f"{field}.facility", f"must be from 1 to 23 (0: 13), got {syslog.facility}")
 
 
 def _rename(error: InvalidArgumentError, prefix: str) -> InvalidArgumentError:
@@ -225,8 +219,12 @@ def _check_headers(headers: Mapping[str, str], kind: str, prefix: str) -> None:
         field = f"{prefix}.headers[{name[:64]!r}]"
         if not _HEADER_NAME.fullmatch(name):
             raise InvalidArgumentError(field, "a header name is 1 to 64 letters, digits or '-'")
-        if name.lower() in _RESERVED_HEADERS:
-            raise InvalidArgumentError(field, "is set by the service (put credentials in secret)")
+        if name.lower() in _RESERVED_HEADERS or (kind == "splunk_hec" and name.lower() == "authorization"):
+            raise InvalidArgumentError(field, "is set by the service")
+        if value == MASK:
+            raise InvalidArgumentError(
+                field, f"is {MASK} (as calls return it): send the real value, or leave headers out of update_mask"
+            )
         if _byte_length(value) > MAX_HEADER_VALUE_BYTES or not _PRINTABLE_ASCII.fullmatch(value):
             raise InvalidArgumentError(field, f"a value is at most {MAX_HEADER_VALUE_BYTES} printable ASCII characters")
 
@@ -296,12 +294,14 @@ def apply_update(current: pb.Destination, change: pb.Destination, paths: Sequenc
 
 
 def destination_to_json(destination: pb.Destination) -> dict[str, Any]:
-    """The destination as JSON without its secret (what the log and the read model hold): has_secret says
-    whether one is set."""
+    """The destination as JSON without its secret and header values (what the log and the read model hold):
+    has_secret says whether a secret is set, header values read MASK."""
     public = pb.Destination()
     public.CopyFrom(destination)
     public.has_secret = bool(destination.secret) or destination.has_secret
     public.ClearField("secret")
+    for name in public.headers:
+        public.headers[name] = MASK
     return json_format.MessageToDict(public, preserving_proto_field_name=True)
 
 

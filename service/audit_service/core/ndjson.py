@@ -18,9 +18,14 @@ from .records import canonical_bytes, content_from_event, timestamp_micros
 from .stored_event import Row, row_to_event
 
 
+def event_json(event: event_pb2.AuditEvent) -> dict:
+    """An event in protobuf's canonical JSON mapping, as a dict (what every JSON form of an event is made of)."""
+    return json_format.MessageToDict(event)
+
+
 def event_line(row: Row) -> bytes:
     """One stored row as an NDJSON line (with its newline)."""
-    return orjson.dumps(json_format.MessageToDict(row_to_event(row))) + b"\n"
+    return orjson.dumps(event_json(row_to_event(row))) + b"\n"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from ..core.delivery_formats import (
     splunk_hec_body,
     syslog_message,
 )
+from ..core.destination_urls import AddressPolicy
 from ..core.destinations import (
     ALERT_KINDS,
     DEFAULT_APP_NAME,
@@ -56,17 +58,19 @@ from ..errors import DeliveryError
 from ..store import delivery_state
 from ..store.queries import PageQuery, list_events, log_head
 from ..telemetry.metrics import DESTINATION_ATTEMPTS, DESTINATION_LAG
-from .address_guard import AddressGuard
 from .http_sender import HttpSender
 from .syslog_sender import SyslogSender
 
 log = logging.getLogger(__name__)
 
 PAGE_BYTES = 4 * 1024 * 1024
+HOSTNAME = socket.gethostname()
+"""The HOSTNAME of syslog messages and the host of HEC events: the reactor's host."""
 ALERT_PAGE = 100
 
 _DESTINATIONS = """
-SELECT d.tenant, d.name, d.revision, d.destination::text AS destination, coalesce(s.secret, '') AS secret
+SELECT d.tenant, d.name, d.revision, d.destination::text AS destination, coalesce(s.secret, '') AS secret,
+       coalesce(s.headers, '{}')::text AS headers
 FROM destinations d LEFT JOIN destination_secrets s USING (tenant, name)
 """
 _ALERTS_AFTER = """
@@ -90,18 +94,18 @@ class Subscription:
         self,
         pool: asyncpg.Pool,
         destination: pb.Destination,
-        secret: str,
         config: DeliveryConfig,
-        guard: AddressGuard,
+        policy: AddressPolicy,
         http: HttpSender,
         *,
         rng: random.Random | None = None,
     ) -> None:
         self._pool = pool
         self._destination = destination
-        self._secret = secret
+        """With its secret and real header values (store/destinations.with_secrets)."""
+        self._secret = destination.secret
         self._config = config
-        self._guard = guard
+        self._policy = policy
         self._http = http
         self._rng = rng or random.Random()
         self._kind = kind_of(destination)
@@ -158,12 +162,10 @@ class Subscription:
         positions = [row["position"] for row in page.rows]
         last = positions[-1]
         delivery_id = f"{positions[0]}-{last}"
-        await self._until_delivered(
-            state, delivery_id, len(events), lambda: self._send_events(events, positions, delivery_id)
-        )
+        await self._until_delivered(state, delivery_id, len(events), lambda: self._send_events(events, delivery_id))
         return True
 
-    async def _send_events(self, events: list, positions: list[int], delivery_id: str) -> Sent:
+    async def _send_events(self, events: list, delivery_id: str) -> Sent:
         destination = self._destination
         if self._kind == "syslog":
             target = destination.syslog
@@ -172,37 +174,37 @@ class Subscription:
                 self._syslog = SyslogSender(
                     host,
                     port,
-                    ca_pem=target.ca_pem,
+                    policy=self._policy,
+                    ca_pem=target.ca_pem or None,
                     server_name=target.server_name or host,
-                    timeout=self._config.request_timeout_seconds,
-                    guard=self._guard,
+                    connect_timeout=self._config.request_timeout_seconds,
+                    write_timeout=self._config.request_timeout_seconds,
                 )
             frames = [
                 octet_counted(
                     syslog_message(
                         event,
-                        position,
                         app_name=target.app_name or DEFAULT_APP_NAME,
+                        hostname=HOSTNAME,
                         facility=target.facility or DEFAULT_FACILITY,
                     )
                 )
-                for event, position in zip(events, positions, strict=True)
+                for event in events
             ]
             await self._syslog.send(frames)
             return Sent()
         headers = dict(destination.headers)
         if self._kind == "http":
-            body = http_batch_body(events, positions, destination=destination.name)
+            body = http_batch_body(events, destination.name)
             headers.update(sign_webhook(self._secret, f"batch_{delivery_id}", int(time.time()), body))
             url = destination.http.url
         else:
             hec = destination.splunk_hec
-            body = splunk_hec_body(events, positions, index=hec.index, source=hec.source, sourcetype=hec.sourcetype)
+            body = splunk_hec_body(events, index=hec.index, source=hec.source, sourcetype=hec.sourcetype, host=HOSTNAME)
             headers["Authorization"] = f"Splunk {self._secret}"
             url = hec.url
         headers["Content-Type"] = "application/json"
-        status = await self._http.send(url, body, headers, guard=self._guard)
-        return Sent(status)
+        return Sent(await self._http.send(url, body, headers))
 
     # Webhooks (alerts).
 
@@ -237,7 +239,7 @@ class Subscription:
         headers = dict(self._destination.headers)
         headers.update(sign_webhook(self._secret, alert_id, int(time.time()), body))
         headers["Content-Type"] = "application/json"
-        return Sent(await self._http.send(self._destination.webhook.url, body, headers, guard=self._guard))
+        return Sent(await self._http.send(self._destination.webhook.url, body, headers))
 
     # Attempts.
 
@@ -325,14 +327,14 @@ def alert_webhook_body(row: asyncpg.Record) -> bytes:
 class DestinationSupervisor:
     """Keeps one Subscription task per destination that is not paused, following the destinations table."""
 
-    def __init__(self, pool: asyncpg.Pool, config: DeliveryConfig, guard: AddressGuard) -> None:
+    def __init__(self, pool: asyncpg.Pool, config: DeliveryConfig, policy: AddressPolicy) -> None:
         self._pool = pool
         self._config = config
-        self._guard = guard
+        self._policy = policy
         self._tasks: dict[tuple[str, str], tuple[int, asyncio.Task[None]]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with HttpSender(timeout=self._config.request_timeout_seconds) as http:
+        async with HttpSender(policy=self._policy, timeout=self._config.request_timeout_seconds) as http:
             try:
                 while not stop.is_set():
                     try:
@@ -347,18 +349,21 @@ class DestinationSupervisor:
     async def _reconcile(self, http: HttpSender) -> None:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(_DESTINATIONS)
-        wanted: dict[tuple[str, str], tuple[int, pb.Destination, str]] = {}
+        wanted: dict[tuple[str, str], tuple[int, pb.Destination]] = {}
         for row in rows:
             destination = destination_from_json(orjson.loads(row["destination"]))
             destination.tenant = row["tenant"]
+            destination.secret = row["secret"]
+            destination.headers.clear()
+            destination.headers.update(orjson.loads(row["headers"]))
             if not destination.paused:
-                wanted[(row["tenant"], row["name"])] = (row["revision"], destination, row["secret"])
+                wanted[(row["tenant"], row["name"])] = (row["revision"], destination)
         stale = [key for key, (revision, task) in self._tasks.items() if wanted.get(key, (None,))[0] != revision]
         stale += [key for key, (_, task) in self._tasks.items() if task.done() and key not in stale]
         await self._stop(stale)
-        for key, (revision, destination, secret) in wanted.items():
+        for key, (revision, destination) in wanted.items():
             if key not in self._tasks:
-                subscription = Subscription(self._pool, destination, secret, self._config, self._guard, http)
+                subscription = Subscription(self._pool, destination, self._config, self._policy, http)
                 task = asyncio.create_task(self._guarded(subscription), name=f"destination {key[0]}/{key[1]}")
                 self._tasks[key] = (revision, task)
 

@@ -8,6 +8,7 @@ webhook the alerts stored after it.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -40,10 +41,11 @@ ON CONFLICT (tenant, name) DO UPDATE SET revision = excluded.revision, destinati
 _LIST = """
 SELECT destination::text AS destination FROM destinations WHERE tenant = $1 AND name > $2 ORDER BY name LIMIT $3
 """
-_SET_SECRET = """
-INSERT INTO destination_secrets (tenant, name, secret) VALUES ($1, $2, $3)
-ON CONFLICT (tenant, name) DO UPDATE SET secret = excluded.secret
+_SET_SECRETS = """
+INSERT INTO destination_secrets (tenant, name, secret, headers) VALUES ($1, $2, $3, $4::jsonb)
+ON CONFLICT (tenant, name) DO UPDATE SET secret = excluded.secret, headers = excluded.headers
 """
+_SECRETS = "SELECT secret, headers::text AS headers FROM destination_secrets WHERE tenant = $1 AND name = $2"
 _START_STATE = """
 INSERT INTO destination_state (tenant, name, checkpoint) VALUES ($1, $2, $3)
 ON CONFLICT (tenant, name) DO UPDATE SET checkpoint = excluded.checkpoint,
@@ -68,6 +70,29 @@ class DestinationChange:
 
     destination: pb.Destination
     append: AppendResult
+
+
+async def with_secrets(conn: asyncpg.Connection, destination: pb.Destination) -> pb.Destination:
+    """The destination with its secret and real header values (from destination_secrets), for the store's own
+    changes and for delivery; never for a response."""
+    full = pb.Destination()
+    full.CopyFrom(destination)
+    row = await conn.fetchrow(_SECRETS, destination.tenant, destination.name)
+    if row is not None:
+        full.secret = row["secret"]
+        full.headers.clear()
+        full.headers.update(orjson.loads(row["headers"]))
+    return full
+
+
+async def _write_secrets(conn: asyncpg.Connection, destination: pb.Destination) -> None:
+    await conn.execute(
+        _SET_SECRETS,
+        destination.tenant,
+        destination.name,
+        destination.secret,
+        orjson.dumps(dict(destination.headers)).decode(),
+    )
 
 
 def _now() -> dt.datetime:
@@ -144,8 +169,7 @@ async def create_destination(
             raise AlreadyExistsError(f"destination {created.name!r} already exists")
         result = await append_change(conn, appender, content)
         await _write(conn, created, content, result)
-        if created.secret:
-            await conn.execute(_SET_SECRET, created.tenant, created.name, created.secret)
+        await _write_secrets(conn, created)
         await conn.execute(_START_STATE, created.tenant, created.name, await head_of(conn, kind, created.tenant))
     return DestinationChange(_public(created), result)
 
@@ -201,21 +225,27 @@ async def update_destination(
     change: pb.Destination,
     paths: list[str],
     actor: Actor,
+    *,
+    check: Callable[[pb.Destination], Awaitable[None]] | None = None,
 ) -> DestinationChange:
     """Applies the fields of `change` named by `paths` to the tenant's destination change.name, at
-    change.revision when it is not 0 (AbortedError otherwise), and records the update (without the secret)."""
+    change.revision when it is not 0 (AbortedError otherwise), and records the update (without the secret).
+
+    Args:
+        check: what else the updated destination must pass (the API's address check), before it is stored.
+    """
     name = check_name(change.name, "destination.name")
     async with conn.transaction():
-        current = await _stored(conn, tenant, name, lock=True)
+        current = await with_secrets(conn, await _stored(conn, tenant, name, lock=True))
         _check_revision(current, change.revision, "destination.revision")
         updated = apply_update(current, change, paths)
         updated.tenant = tenant
         validate_destination(updated)
-        if "secret" in paths:
-            if not updated.secret:
-                raise InvalidArgumentError("destination.secret", "is required when update_mask names it")
-            await conn.execute(_SET_SECRET, tenant, name, updated.secret)
-            updated.has_secret = True
+        if check is not None:
+            await check(updated)
+        if "secret" in paths and not updated.secret:
+            raise InvalidArgumentError("destination.secret", "is required when update_mask names it")
+        await _write_secrets(conn, updated)
         return await _change(conn, appender, "update", current, updated, actor)
 
 

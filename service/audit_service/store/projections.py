@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from .alert_rules import rebuild_alert_rules
-from .destinations import rebuild_destinations
 from .append import ADD_TO_ACTION_COUNTS, RANKED_ACTION_COUNTS
+from .destinations import rebuild_destinations
 
 _LOCK_HEAD = "SELECT last_position FROM audit_log_head FOR UPDATE"
 HOUR_OF_EVENT = "date_bin('1 hour', occurred_at, timestamptz '1970-01-01 00:00:00+00')"

@@ -4,7 +4,8 @@
 -- `destinations` is a read model of the destination-change events in the log (resource type audit.destination,
 -- resource id = the name, change.after = the destination as JSON WITHOUT its secret), written in the same
 -- transaction as the event and rebuilt from audit_resource_heads like alert_rules. Secrets are not in the log:
--- they live in destination_secrets only (never returned, never logged), which a rebuild keeps.
+-- the secret and the values of the custom headers (which may carry credentials) live in destination_secrets
+-- only (never returned, never logged: the log and the read model hold "[MASKED]"), which a rebuild keeps.
 -- destination_state is each subscription's checkpoint and health; delivery_attempts records every attempt.
 
 CREATE TABLE destinations (
@@ -20,7 +21,8 @@ CREATE TABLE destinations (
 CREATE TABLE destination_secrets (
     tenant text NOT NULL,
     name   text NOT NULL,
-    secret text NOT NULL,
+    secret  text  NOT NULL DEFAULT '',
+    headers jsonb NOT NULL DEFAULT '{}',  -- {name: value} of the custom request headers
     PRIMARY KEY (tenant, name)
 );
 
