@@ -4,17 +4,13 @@ the SSRF guard decides at every connection and the TLS name check stays the URL'
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
-from aiohttp import web
 from audit_service.core.delivery_formats import http_batch_body, new_webhook_secret, sign_webhook
 from audit_service.core.destination_urls import AddressPolicy
 from audit_service.delivery.http_sender import HttpSender
@@ -24,53 +20,10 @@ from standardwebhooks.webhooks import Webhook
 
 from ..certificates import CertificateAuthority
 from ..factories import make_event, stamp
+from ..http_receiver import receiving
 
 PRIVATE_OK = AddressPolicy(allow_private=True)
 SECRET = "s3cr3t-token-value"
-
-
-@dataclass
-class Received:
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Receiver:
-    port: int
-    requests: list[Received] = field(default_factory=list)
-    status: int = 200
-    hang: bool = False
-    close_connections: bool = False
-
-
-@contextlib.asynccontextmanager
-async def receiving(ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[Receiver]:
-    receiver = Receiver(port=free_port())
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        receiver.requests.append(
-            Received(request.path, request.query_string, dict(request.headers), await request.read())
-        )
-        if receiver.hang:
-            await asyncio.Event().wait()  # never answers; cancelled when the client goes or the server stops
-        headers = {"Connection": "close"} if receiver.close_connections else {}
-        if receiver.status in (301, 302, 307, 308):
-            return web.Response(status=receiver.status, headers={**headers, "Location": "/elsewhere"})
-        return web.Response(status=receiver.status, text="x" * 100_000, headers=headers)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", receiver.port, ssl_context=ssl_context)
-    await site.start()
-    try:
-        yield receiver
-    finally:
-        await runner.cleanup()
 
 
 def events(count: int, first_position: int = 1):
