@@ -12,6 +12,7 @@ import pytest
 from audit.v1 import alert_rules_pb2 as rules_pb
 from audit.v1 import alert_rules_pb2_grpc, event_pb2
 from audit_service.auth.tokens import mint_token
+from audit_service.config import load_config
 from audit_service.core.alert_rules import compile_rule
 from audit_service.core.reactor import Reactor
 from audit_service.core.stored_event import row_to_event
@@ -21,7 +22,7 @@ from audit_service.store.pool import create_pool
 from audit_service.store.reactor import react
 from google.protobuf import duration_pb2, json_format
 
-from ..conftest import JWT_SECRET, ServiceProcess, bearer, eventually, serving_with_auth
+from ..conftest import JWT_SECRET, ServiceProcess, bearer, eventually, serving_api, serving_with_auth
 from ..factories import make_event
 
 pytestmark = pytest.mark.asyncio
@@ -265,3 +266,93 @@ async def test_rules_changed_while_running_apply_and_a_rule_that_no_longer_compi
     ]
     warnings = [r for r in caplog.records if broken.id in r.getMessage()]
     assert len(warnings) == 1 and "foo" in warnings[0].getMessage()
+
+
+async def watch_until(call, count: int) -> list[rules_pb.WatchAlertsResponse]:
+    """Reads the stream's messages until `count` alerts have arrived (heartbeats and markers included)."""
+    messages = []
+    while sum(m.HasField("alert") for m in messages) < count:
+        message = await call.read()
+        assert message is not grpc.aio.EOF, f"the stream ended after {messages}"
+        messages.append(message)
+    return messages
+
+
+async def test_watch_alerts_resumes_from_a_cursor_with_exactly_the_missing_alerts_and_goes_live(
+    database, app, publisher, start_worker, service_env
+):
+    await start_worker()
+    await add_rules(app, deletions("acme"), deletions("globex"))
+    async with reacting(database):
+        await publish_all(publisher, app, [*(deletion(f"a-{n}") for n in range(3)), deletion("g-0", "globex")])
+        await eventually(lambda: caught_up(app), what="the reactor at the log's head")
+        async with (
+            serving_with_auth(service_env, {"AUDIT_AUTH_JWT_SECRET": JWT_SECRET}) as (config, port),
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            stub = alert_rules_pb2_grpc.AlertRuleServiceStub(channel)
+
+            def token(tenant: str, *, admin: bool = True) -> tuple[tuple[str, str]]:
+                return bearer(mint_token(config.auth, subject="u-admin", tenant=tenant, admin=admin, ttl_seconds=600))
+
+            everything = rules_pb.WatchAlertsRequest(from_time={"seconds": 0})
+            first = stub.WatchAlerts(everything, metadata=token("acme"))
+            messages = await watch_until(first, 2)
+            first.cancel()  # the client goes away after the second alert
+            assert [m.alert.message.split(" ")[0] for m in messages] == ["a-0", "a-1"]
+            assert all(m.cursor for m in messages) and len({m.cursor for m in messages}) == 2
+            resume_at = messages[-1].cursor
+
+            await publish_all(publisher, app, [deletion("a-3"), deletion("a-4"), deletion("g-1", "globex")])
+            await eventually(lambda: caught_up(app), what="the reactor at the log's head again")
+            resumed = stub.WatchAlerts(rules_pb.WatchAlertsRequest(after_cursor=resume_at), metadata=token("acme"))
+            messages = await watch_until(resumed, 3)
+            while not messages[-1].caught_up:
+                messages.append(await resumed.read())
+            alerts = [m.alert for m in messages if m.HasField("alert")]
+            assert [a.message.split(" ")[0] for a in alerts] == ["a-2", "a-3", "a-4"]  # no gap, no repeat
+            assert {a.tenant for a in alerts} == {"acme"}
+            # Then live: an alert stored now arrives on the same stream, after the caught_up marker.
+            await publish_all(publisher, app, [deletion("a-5")])
+            [live] = [m.alert for m in await watch_until(resumed, 1) if m.HasField("alert")]
+            assert live.message.startswith("a-5 ")
+            resumed.cancel()
+
+            # Another tenant's admin sees only its own alerts, and cannot use our cursor.
+            globex = stub.WatchAlerts(everything, metadata=token("globex"))
+            messages = [await globex.read()]
+            while not messages[-1].caught_up:
+                messages.append(await globex.read())
+            assert [m.alert.message.split(" ")[0] for m in messages if m.HasField("alert")] == ["g-0", "g-1"]
+            globex.cancel()
+            refused = [
+                (rules_pb.WatchAlertsRequest(after_cursor=resume_at), token("globex"), "INVALID_ARGUMENT"),
+                (rules_pb.WatchAlertsRequest(after_cursor="garbage!"), token("acme"), "INVALID_ARGUMENT"),
+                (rules_pb.WatchAlertsRequest(after_cursor="e30"), token("acme"), "INVALID_ARGUMENT"),
+                (everything, token("acme", admin=False), "PERMISSION_DENIED"),
+                (rules_pb.WatchAlertsRequest(tenant="globex"), token("acme"), "PERMISSION_DENIED"),
+            ]
+            for request, metadata, code in refused:
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await stub.WatchAlerts(request, metadata=metadata).read()
+                assert error.value.code().name == code, (request, error.value.details())
+                if code == "INVALID_ARGUMENT":
+                    assert error.value.details().startswith("after_cursor: ")
+
+
+async def test_watch_alerts_ends_with_unavailable_and_a_cursor_when_the_server_stops(database, app, service_env):
+    await add_rules(app, deletions("acme"))
+    config = load_config(env=service_env)
+    server = contextlib.AsyncExitStack()
+    running = await server.enter_async_context(serving_api(config))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = alert_rules_pb2_grpc.AlertRuleServiceStub(channel)
+        call = stub.WatchAlerts(rules_pb.WatchAlertsRequest(tenant="acme"))
+        marker = await call.read()
+        assert marker.caught_up and marker.cursor  # a watch from now says where it started at once
+        stopping = asyncio.create_task(server.aclose())
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call.read()
+        await stopping
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"after_cursor={marker.cursor}" in error.value.details()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Sequence
 
@@ -44,6 +45,7 @@ INSERT INTO alerts (tenant, id, rule_id, rule_revision, severity, group_key, win
                     event_positions)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (tenant, id) DO NOTHING
 """
+_ALERTS_LOCK = 0x4155_4449_545F_414C  # arbitrary constant: alerts are inserted by one transaction at a time
 _LATEST_ALERTS = """
 SELECT DISTINCT ON (rule_id, group_key) rule_id::text AS rule_id, group_key, window_start, event_positions
 FROM alerts WHERE rule_id = ANY($1::uuid[]) AND window_end >= $2
@@ -62,6 +64,45 @@ async def list_alerts(pool: asyncpg.Pool, tenant: str, after_seq: int, limit: in
     """Up to `limit` alerts of the tenant stored after `after_seq` (0: from the first), in storage order."""
     async with pool.acquire() as conn:
         return await conn.fetch(_LIST_ALERTS, tenant, after_seq, limit)
+
+
+_ALERT_BYTES = "(256 + octet_length(message) + 8 * cardinality(event_positions))"
+_SIZED_ALERTS = f"""
+SELECT * FROM (
+    SELECT page.*, sum({_ALERT_BYTES}) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - {_ALERT_BYTES} AS bytes_before,
+           count(*) OVER () AS page_rows
+    FROM ({_LIST_ALERTS}) AS page
+) AS sized WHERE bytes_before < $4 ORDER BY seq
+"""
+
+
+async def alerts_page(
+    pool: asyncpg.Pool, tenant: str, after_seq: int, limit: int, max_bytes: int
+) -> tuple[list[asyncpg.Record], bool]:
+    """The tenant's alerts stored after `after_seq`, at most `limit` and cut at about `max_bytes` (at least one):
+    the rows, and whether more were found than returned (the page is not the last)."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(_SIZED_ALERTS, tenant, after_seq, limit, max_bytes)
+    return rows, bool(rows) and (rows[0]["page_rows"] > len(rows) or len(rows) == limit)
+
+
+_WATCH_START_NOW = "SELECT coalesce(max(seq), 0) FROM alerts WHERE tenant = $1"
+_WATCH_START_AT = """
+SELECT coalesce(
+    (SELECT seq - 1 FROM alerts WHERE tenant = $1 AND created_at >= $2 ORDER BY created_at, seq LIMIT 1),
+    (SELECT max(seq) FROM alerts WHERE tenant = $1),
+    0
+)
+"""
+
+
+async def alerts_start(pool: asyncpg.Pool, tenant: str, stored_from: dt.datetime | None) -> int:
+    """Where a watch of the tenant's alerts starts (the seq it reads after): before the first alert stored at or
+    after `stored_from`, or after the newest alert (None: now)."""
+    async with pool.acquire() as conn:
+        if stored_from is None:
+            return await conn.fetchval(_WATCH_START_NOW, tenant)
+        return await conn.fetchval(_WATCH_START_AT, tenant, stored_from)
 
 
 class RuleCompiler:
@@ -100,6 +141,9 @@ async def store_step(conn: asyncpg.Connection, alerts: Sequence[Alert], position
     """Inserts the alerts and advances the checkpoint to `position`, in one transaction."""
     async with conn.transaction():
         if alerts:
+            # One writer of alerts at a time (even with two reactors running): seq order is then commit order, so
+            # a reader that has seen seq S and reads `seq > S` never misses an alert committed later (WatchAlerts).
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _ALERTS_LOCK)
             await conn.executemany(
                 _INSERT_ALERT,
                 [
