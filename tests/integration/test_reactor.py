@@ -8,21 +8,31 @@ import contextlib
 
 import asyncpg
 import grpc
+import orjson
 import pytest
 from audit.v1 import alert_rules_pb2 as rules_pb
 from audit.v1 import alert_rules_pb2_grpc, event_pb2
 from audit_service.auth.tokens import mint_token
 from audit_service.config import load_config
-from audit_service.core.alert_rules import compile_rule
+from audit_service.core.alert_rules import compile_rule, rule_to_json
 from audit_service.core.reactor import Reactor
+from audit_service.core.records import CHANGE_AFTER_INDEX
 from audit_service.core.stored_event import row_to_event
-from audit_service.store.alert_rules import Actor, create_rule
+from audit_service.store.alert_rules import Actor, change_event, create_rule, delete_rule, update_rule
 from audit_service.store.append import LogAppender
 from audit_service.store.pool import create_pool
 from audit_service.store.reactor import react
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import duration_pb2
 
-from ..conftest import JWT_SECRET, ServiceProcess, bearer, eventually, serving_api, serving_with_auth
+from ..conftest import (
+    JWT_SECRET,
+    ServiceProcess,
+    bearer,
+    eventually,
+    serving_api,
+    serving_with_auth,
+    store_events,
+)
 from ..factories import make_event
 
 pytestmark = pytest.mark.asyncio
@@ -237,32 +247,118 @@ async def test_list_alerts_is_tenant_scoped_paged_and_for_admins_only(
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_rules_changed_while_running_apply_and_a_rule_that_no_longer_compiles_is_skipped_once(
-    database, app, owner, publisher, start_worker, caplog
+async def test_rules_apply_at_their_log_positions_whenever_the_reactor_starts(database, app):
+    """Rule changes and events all committed before the reactor starts: each event is evaluated with the rules
+    as of its position (a read model read at start would apply the latest rules to every event)."""
+    [rule] = await add_rules(app, deletions())
+    [counted] = await add_rules(app, failed_logins(count=2))
+
+    async def change(rule_id: str, paths: list[str], **fields) -> None:
+        update = rules_pb.AlertRule(id=rule_id, **fields)
+        await update_rule(app, LogAppender(), "acme", update, paths, ADMIN)
+
+    await store_events(database, [deletion("u-1"), deletion("u-2"), login("u-9")])
+    await change(rule.id, ["enabled"], enabled=False)
+    await change(counted.id, ["display_name"], display_name="Renamed")  # its windows start afresh
+    await store_events(database, [deletion("u-3"), deletion("u-4"), login("u-9")])
+    await change(rule.id, ["enabled"], enabled=True)
+    await store_events(database, [deletion("u-5"), login("u-9")])
+    await delete_rule(app, LogAppender(), "acme", rule.id, 0, ADMIN)
+    await store_events(database, [deletion("u-6")])
+    head = await app.fetchval("SELECT last_position FROM audit_log_head")
+
+    # One run that stops midway (one event per step) and a restart: the alerts of one uninterrupted run.
+    pool = await create_pool(database.app_url, max_size=2)
+    try:
+        stop = asyncio.Event()
+        task = asyncio.create_task(react(pool, stop, poll_seconds=0.05, page_events=1))
+
+        async def midway() -> bool:
+            return (await app.fetchval("SELECT position FROM reactor_checkpoints") or 0) >= head // 2
+
+        await eventually(midway, what="the reactor midway")
+        stop.set()
+        await task
+        async with reacting(database):
+            await eventually(lambda: caught_up(app), what="the reactor at the log's head")
+    finally:
+        await pool.close()
+    rows = await app.fetch("SELECT rule_id::text AS rule_id, rule_revision, message FROM alerts ORDER BY seq")
+    assert [(row["rule_id"], row["rule_revision"], row["message"].split(" ")[0]) for row in rows] == [
+        (rule.id, 1, "u-1"),
+        (rule.id, 1, "u-2"),
+        (rule.id, 3, "u-5"),
+        (counted.id, 2, "u-9:"),
+    ]  # none for u-3 and u-4 (the rule was disabled) nor u-6 (deleted)
+    logins = await app.fetch("SELECT position FROM audit_events WHERE action = 'user.login' ORDER BY position")
+    counted_positions = await app.fetchval("SELECT event_positions FROM alerts WHERE rule_id = $1", counted.id)
+    assert counted_positions == [logins[1]["position"], logins[2]["position"]]  # not the failure before the rename
+
+
+async def store_broken_rule(app: asyncpg.Connection, like: rules_pb.AlertRule) -> rules_pb.AlertRule:
+    """A rule stored as if under older validation: its create event is in the log (and its row in the read
+    model), but its query no longer compiles."""
+    broken = rules_pb.AlertRule()
+    broken.CopyFrom(like)
+    broken.id, broken.query, broken.revision = "00000000-0000-4000-8000-000000000001", "foo:bar", 1
+    content = change_event("create", "acme", broken.id, broken.display_name, ADMIN, None, rule_to_json(broken))
+    async with app.transaction():
+        result = await LogAppender().append(app, [content])
+        await app.execute(
+            "INSERT INTO alert_rules (tenant, id, revision, enabled, rule, last_position) "
+            "VALUES ($1, $2, 1, true, $3, $4)",
+            "acme",
+            broken.id,
+            orjson.dumps(content[CHANGE_AFTER_INDEX]).decode(),
+            result.last_position,
+        )
+    return broken
+
+
+async def test_rules_changed_while_running_apply_and_a_broken_rule_is_skipped_once_and_shown_broken(
+    database, app, publisher, start_worker, service_env, caplog
 ):
     await start_worker()
     [good] = await add_rules(app, deletions())
-    # A rule stored under older validation (as if): its query no longer compiles.
-    broken = rules_pb.AlertRule()
-    broken.CopyFrom(good)
-    broken.id, broken.query = "00000000-0000-4000-8000-000000000001", "foo:bar"
-    await owner.execute(
-        "INSERT INTO alert_rules (tenant, id, revision, enabled, rule, last_position) VALUES ($1, $2, 1, true, $3, 1)",
-        "acme",
-        broken.id,
-        json_format.MessageToJson(broken, preserving_proto_field_name=True),
-    )
-    async with reacting(database):
+    broken = await store_broken_rule(app, good)
+    async with (
+        reacting(database),
+        serving_with_auth(service_env, {"AUDIT_AUTH_JWT_SECRET": JWT_SECRET}) as (config, port),
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = alert_rules_pb2_grpc.AlertRuleServiceStub(channel)
+        admin = bearer(mint_token(config.auth, subject="u-admin", tenant="acme", admin=True, ttl_seconds=600))
         await publish_all(publisher, app, [deletion("u-1")])
         await eventually(lambda: caught_up(app), what="the reactor at the log's head")
+        shown = (await stub.GetAlertRule(rules_pb.GetAlertRuleRequest(id=broken.id), metadata=admin)).alert_rule
+        assert "query" in shown.broken_reason and "foo" in shown.broken_reason
+        listed = await stub.ListAlertRules(rules_pb.ListAlertRulesRequest(), metadata=admin)
+        assert {r.id: r.broken_reason for r in listed.alert_rules} == {good.id: "", broken.id: shown.broken_reason}
+
         [later] = await add_rules(app, failed_logins(count=1))  # created while the reactor runs
         await publish_all(publisher, app, [login("u-2"), deletion("u-3")])
         await eventually(lambda: caught_up(app), what="the reactor at the log's head again")
+        # A later revision that compiles clears the reason, and the rule raises alerts again.
+        fixed = await stub.UpdateAlertRule(
+            rules_pb.UpdateAlertRuleRequest(
+                alert_rule=rules_pb.AlertRule(id=broken.id, query="action:user.delete actor.id:u-4"),
+                update_mask={"paths": ["query"]},
+            ),
+            metadata=admin,
+        )
+        assert fixed.alert_rule.revision == 2 and not fixed.alert_rule.broken_reason
+        await publish_all(publisher, app, [deletion("u-4")])
+        await eventually(lambda: caught_up(app), what="the reactor past the fix")
+        shown = (await stub.GetAlertRule(rules_pb.GetAlertRuleRequest(id=broken.id), metadata=admin)).alert_rule
+        assert shown.revision == 2 and shown.broken_reason == ""
+        assert await app.fetchval("SELECT count(*) FROM alert_rule_status") == 0
     rows = await app.fetch("SELECT rule_id::text AS rule_id, message FROM alerts ORDER BY seq")
     assert [(row["rule_id"], row["message"].split(" ")[0]) for row in rows] == [
         (good.id, "u-1"),
         (later.id, "u-2:"),
         (good.id, "u-3"),
+        (good.id, "u-4"),
+        (broken.id, "u-4"),
     ]
     warnings = [r for r in caplog.records if broken.id in r.getMessage()]
     assert len(warnings) == 1 and "foo" in warnings[0].getMessage()
