@@ -12,6 +12,7 @@ import orjson
 import pytest
 from audit.v1 import alert_rules_pb2 as rules_pb
 from audit.v1 import alert_rules_pb2_grpc, event_pb2
+from audit.v1 import audit_service_pb2 as audit_pb
 from audit_service.auth.tokens import mint_token
 from audit_service.config import load_config
 from audit_service.core.alert_rules import compile_rule, rule_to_json
@@ -30,6 +31,7 @@ from ..conftest import (
     bearer,
     eventually,
     serving_api,
+    serving_stub,
     serving_with_auth,
     store_events,
 )
@@ -452,3 +454,58 @@ async def test_watch_alerts_ends_with_unavailable_and_a_cursor_when_the_server_s
         await stopping
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
     assert f"after_cursor={marker.cursor}" in error.value.details()
+
+
+async def test_non_ascii_search_terms_are_evaluated_as_list_events_searches(database, app, service_env):
+    """Terms of 2-, 3- and 4-byte UTF-8 characters (and an ASCII term in non-ASCII text), which the in-memory
+    matcher cannot fold as PostgreSQL does: the reactor asks the database, so a rule alerts exactly on the events
+    ListEvents' search finds."""
+
+    def searching(name: str, **selector) -> rules_pb.AlertRule:
+        rule = deletions()
+        rule.display_name, rule.message_template = name, name + " {resource.id}"
+        if "query" in selector:
+            rule.query = selector["query"]
+        else:
+            rule.filter.search = selector["search"]
+        return rule
+
+    two, three, four, ascii_term = await add_rules(
+        app,
+        searching("two", query="ÉRIC"),
+        searching("three", search="日本"),
+        searching("four", query="action:user.delete 😀"),
+        searching("ascii", query="kelvin"),
+    )
+    messages = [
+        "Éric removed it",
+        "eric removed it",
+        "日本語 docs",
+        "deploy 😀 done",
+        "deploy 🙂",
+        "\u212aelvin",
+        "kelvin",
+    ]
+    events = []
+    for n, message in enumerate(messages):
+        event = deletion("u-1")
+        event.message, event.resource.id = message, f"r-{n}"
+        events.append(event)
+    await store_events(database, events)
+    async with reacting(database):
+        await eventually(lambda: caught_up(app), what="the reactor at the log's head")
+    rows = await app.fetch("SELECT message FROM alerts ORDER BY seq")
+    raised = sorted(row["message"] for row in rows)
+    # What ListEvents finds with each rule's selector, as the database folds case.
+    expected = []
+    async with serving_stub(service_env) as stub:
+        for rule in (two, three, four, ascii_term):
+            selector = audit_pb.EventFilter(query=rule.query) if rule.query else rule.filter
+            page = await stub.ListEvents(audit_pb.ListEventsRequest(filter=selector, page_size=100))
+            expected.extend(f"{rule.display_name} {event.resource.id}" for event in page.events)
+    assert raised == sorted(expected)
+    # Which is, letter by letter:
+    assert raised == sorted(["two r-0", "three r-2", "four r-3", "ascii r-5", "ascii r-6"])
+    assert {two.id, three.id, four.id, ascii_term.id} == {
+        str(row["rule_id"]) for row in await app.fetch("SELECT rule_id FROM alerts")
+    }
