@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 
 import asyncpg
 import grpc
@@ -13,16 +14,18 @@ import pytest
 from audit.v1 import alert_rules_pb2 as rules_pb
 from audit.v1 import alert_rules_pb2_grpc, event_pb2
 from audit.v1 import audit_service_pb2 as audit_pb
+from audit_service.api import alert_watch
+from audit_service.api.alert_watch import PAGE_ALERTS
 from audit_service.auth.tokens import mint_token
-from audit_service.config import load_config
+from audit_service.config import TailConfig, load_config
 from audit_service.core.alert_rules import compile_rule, rule_to_json
-from audit_service.core.reactor import Reactor
+from audit_service.core.reactor import Alert, Reactor
 from audit_service.core.records import CHANGE_AFTER_INDEX
 from audit_service.core.stored_event import row_to_event
 from audit_service.store.alert_rules import Actor, change_event, create_rule, delete_rule, update_rule
 from audit_service.store.append import LogAppender
 from audit_service.store.pool import create_pool
-from audit_service.store.reactor import react
+from audit_service.store.reactor import alerts_page, react, store_step
 from google.protobuf import duration_pb2
 
 from ..conftest import (
@@ -509,3 +512,35 @@ async def test_non_ascii_search_terms_are_evaluated_as_list_events_searches(data
     assert {two.id, three.id, four.id, ascii_term.id} == {
         str(row["rule_id"]) for row in await app.fetch("SELECT rule_id FROM alerts")
     }
+
+
+async def test_a_watch_reads_the_next_page_of_alerts_only_once_the_previous_one_was_taken(database, app, monkeypatch):
+    """A reader that stops reading holds the stream at one page: gRPC's flow control suspends the generator, and the
+    generator reads a page only when the previous one has been taken."""
+    rule_id = str(uuid.uuid4())
+    alerts = [
+        Alert("acme", str(uuid.uuid4()), rule_id, 1, 1, "", 0, 0, f"alert {n}", (n + 1,))
+        for n in range(PAGE_ALERTS + 5)
+    ]
+    await store_step(app, alerts, 0, "alerts")
+    reads = []
+
+    async def counting_page(*args):
+        reads.append(args[2])  # where the page starts
+        return await alerts_page(*args)
+
+    monkeypatch.setattr(alert_watch, "alerts_page", counting_page)
+    pool = await create_pool(database.app_url, max_size=1)
+    try:
+        watch = alert_watch.AlertWatch(pool, "acme", "digest", 0, asyncio.Event(), TailConfig())
+        async with contextlib.aclosing(watch.responses()) as responses:
+            taken = [await anext(responses)]
+            assert len(reads) == 1
+            while len(taken) < PAGE_ALERTS:
+                taken.append(await anext(responses))
+            assert len(reads) == 1  # the whole first page is out; the next is not read yet
+            taken.append(await anext(responses))
+            assert len(reads) == 2
+    finally:
+        await pool.close()
+    assert [t.alert.message for t in taken] == [f"alert {n}" for n in range(PAGE_ALERTS + 1)]
