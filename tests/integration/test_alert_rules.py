@@ -5,8 +5,10 @@ optimistic concurrency, grpcurl, and the read model rebuilt from the log."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -21,11 +23,14 @@ from audit_service.auth.tokens import mint_token
 from audit_service.config import load_config
 from audit_service.core.alert_rules import compile_rule
 from audit_service.core.decode import decode_event
+from audit_service.core.reactor import Alert
 from audit_service.store.alert_rules import enabled_rules, rebuild_alert_rules
 from audit_service.store.projections import rebuild_projections
+from audit_service.store.reactor import store_step
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from ..conftest import JWT_SECRET, bearer, eventually, run_cli, serving_api, serving_with_auth
+from ..e2e.test_tail_grpcurl import JsonMessages
 from ..factories import make_event, stamp
 from ..tail_helpers import Reader
 
@@ -699,3 +704,44 @@ async def test_a_producer_publishing_a_forged_rule_change_is_dead_lettered_and_n
 
 async def _dead_letters(js, stream: str, n: int) -> bool:
     return (await js.stream_info(stream)).state.messages >= n
+
+
+async def test_grpcurl_watches_alerts_as_json(service_env, app):
+    alert = Alert(
+        tenant="acme",
+        id=str(uuid.uuid4()),
+        rule_id=str(uuid.uuid4()),
+        rule_revision=1,
+        severity=rules_pb.ALERT_SEVERITY_HIGH,
+        group_key="u-1",
+        window_start=1_700_000_000_000_000,
+        window_end=1_700_000_001_000_000,
+        message="u-1 deleted 20 things",
+        event_positions=(1, 2),
+    )
+    await store_step(app, [alert], 0, "alerts")
+    async with serving_with_auth(service_env, {"AUDIT_AUTH_JWT_SECRET": JWT_SECRET}) as (config, port):
+        admin = mint_token(config.auth, subject="u-admin", tenant="acme", admin=True, ttl_seconds=600)
+        process = await asyncio.create_subprocess_exec(
+            GRPCURL,
+            "-plaintext",
+            "-H",
+            f"authorization: Bearer {admin}",
+            "-d",
+            '{"from_time": "1970-01-01T00:00:00Z"}',
+            f"127.0.0.1:{port}",
+            "audit.v1.AlertRuleService/WatchAlerts",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            printed = JsonMessages(process)
+            await printed.until(lambda messages: len(messages) >= 2, what="the alert and the caught_up marker")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+    first, marker = printed.messages[:2]
+    assert first["alert"]["id"] == alert.id and first["alert"]["event_positions"] == ["1", "2"]
+    assert first["alert"]["severity"] == "ALERT_SEVERITY_HIGH" and first["cursor"]
+    assert marker["caught_up"] is True and marker["cursor"] == first["cursor"]

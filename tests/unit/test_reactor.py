@@ -7,8 +7,8 @@ import uuid
 
 from audit.v1 import alert_rules_pb2 as pb
 from audit.v1 import event_pb2
-from audit_service.core.alert_rules import compile_rule
-from audit_service.core.reactor import Alert, Reactor, alert_id, recorded_micros
+from audit_service.core.alert_rules import compile_rule, rule_to_json
+from audit_service.core.reactor import Alert, Reactor, RuleChange, alert_id, recorded_micros, rule_change_of
 from google.protobuf import duration_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -164,3 +164,56 @@ RULES = [failed_logins(count=3, window=600), deletions(), failed_logins(tenant="
 def test_restarts_at_any_checkpoints_give_the_alerts_of_one_uninterrupted_run(log):
     events, cuts = log
     assert resumed(RULES, events, cuts) == run(RULES, events)
+
+
+def rule_change_event(position: int, seconds: float, verb: str, rule: pb.AlertRule | None, rule_id: str = RULE_A):
+    result = event(position, seconds, action=f"audit.alert_rule.{verb}")
+    result.resource.type, result.resource.id = "audit.alert_rule", rule_id
+    if rule is not None:
+        result.change.after.update(rule_to_json(rule))
+    return result
+
+
+def test_a_rule_change_event_says_the_rule_as_of_its_position_and_nothing_on_delete():
+    rule = failed_logins(count=2)
+    rule.revision = 4
+    change = rule_change_of(rule_change_event(7, 0, "update", rule))
+    assert change is not None and (change.tenant, change.rule_id) == ("acme", RULE_A)
+    assert change.rule == rule  # numbers back to integers, enums by name
+    assert rule_change_of(rule_change_event(8, 0, "delete", None)) == RuleChange("acme", RULE_A, None)
+    assert rule_change_of(event(9, 0)) is None
+    forged = event(10, 0, action="audit.alert_rule.update")  # not on the rule resource type
+    assert rule_change_of(forged) is None
+
+
+def test_applying_a_change_replaces_the_rule_and_starts_its_windows_afresh():
+    reactor = Reactor([compile_rule(failed_logins(count=2)), compile_rule(deletions())])
+    assert reactor.feed(event(1, 0)) == []
+    changed = failed_logins(count=2)
+    changed.revision = 2
+    reactor.apply_rule_change("acme", RULE_A, compile_rule(changed))
+    assert reactor.feed(event(2, 1)) == []  # the failure before the change no longer counts
+    [alert] = reactor.feed(event(3, 2))
+    assert (alert.rule_revision, alert.event_positions) == (2, (2, 3))
+    reactor.apply_rule_change("acme", RULE_A, None)
+    assert reactor.rule_ids == [RULE_B] and reactor.feed(event(4, 3)) == [] and reactor.feed(event(5, 4)) == []
+
+
+def test_undecided_searches_match_only_where_the_database_confirmed():
+    rule = deletions()
+    rule.query = "ÉRIC"
+    reactor = Reactor([compile_rule(rule)])
+    events = [event(1, 0, action="user.delete"), event(2, 1, action="user.delete")]
+    events[0].message, events[1].message = "éric", "eric"
+    assert reactor.undecided(events) == {RULE_B: [1, 2]}
+    assert reactor.feed(events[0]) == []  # undecided and not confirmed: no match
+    [alert] = reactor.feed(events[1], confirmed={(RULE_B, 2)})
+    assert alert.event_positions == (2,)
+
+
+def test_restored_alerts_of_an_older_revision_are_ignored():
+    reactor = Reactor([compile_rule(failed_logins(count=2))])
+    older = Alert("acme", "x", RULE_A, 0, 0, "u-1", 0, 0, "", (1, 2))
+    reactor.restore([older])  # revision 0, the rule is at 1: its group is not made quiet
+    reactor.feed(event(3, 1))
+    assert len(reactor.feed(event(4, 2))) == 1

@@ -39,7 +39,7 @@ class AlertThreshold(_message.Message):
     def __init__(self, count: _Optional[int] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., group_by: _Optional[str] = ...) -> None: ...
 
 class AlertRule(_message.Message):
-    __slots__ = ("id", "tenant", "display_name", "enabled", "filter", "query", "threshold", "severity", "message_template", "destinations", "create_time", "update_time", "revision")
+    __slots__ = ("id", "tenant", "display_name", "enabled", "filter", "query", "threshold", "severity", "message_template", "destinations", "create_time", "update_time", "revision", "broken_reason")
     ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class AlertRule(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    BROKEN_REASON_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant: str
     display_name: str
@@ -66,7 +67,8 @@ class AlertRule(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     revision: int
-    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., display_name: _Optional[str] = ..., enabled: _Optional[bool] = ..., filter: _Optional[_Union[_audit_service_pb2.EventFilter, _Mapping]] = ..., query: _Optional[str] = ..., threshold: _Optional[_Union[AlertThreshold, _Mapping]] = ..., severity: _Optional[_Union[AlertSeverity, str]] = ..., message_template: _Optional[str] = ..., destinations: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+    broken_reason: str
+    def __init__(self, id: _Optional[str] = ..., tenant: _Optional[str] = ..., display_name: _Optional[str] = ..., enabled: _Optional[bool] = ..., filter: _Optional[_Union[_audit_service_pb2.EventFilter, _Mapping]] = ..., query: _Optional[str] = ..., threshold: _Optional[_Union[AlertThreshold, _Mapping]] = ..., severity: _Optional[_Union[AlertSeverity, str]] = ..., message_template: _Optional[str] = ..., destinations: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., broken_reason: _Optional[str] = ...) -> None: ...
 
 class CreateAlertRuleRequest(_message.Message):
     __slots__ = ("alert_rule",)
@@ -223,3 +225,25 @@ class ListAlertsResponse(_message.Message):
     alerts: _containers.RepeatedCompositeFieldContainer[Alert]
     next_page_token: str
     def __init__(self, alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class WatchAlertsRequest(_message.Message):
+    __slots__ = ("tenant", "after_cursor", "from_time")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    FROM_TIME_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    after_cursor: str
+    from_time: _timestamp_pb2.Timestamp
+    def __init__(self, tenant: _Optional[str] = ..., after_cursor: _Optional[str] = ..., from_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class WatchAlertsResponse(_message.Message):
+    __slots__ = ("alert", "cursor", "caught_up", "heartbeat")
+    ALERT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    alert: Alert
+    cursor: str
+    caught_up: bool
+    heartbeat: bool
+    def __init__(self, alert: _Optional[_Union[Alert, _Mapping]] = ..., cursor: _Optional[str] = ..., caught_up: _Optional[bool] = ..., heartbeat: _Optional[bool] = ...) -> None: ...

@@ -78,6 +78,11 @@ class AlertRuleServiceStub:
                 request_serializer=audit_dot_v1_dot_alert__rules__pb2.ListAlertsRequest.SerializeToString,
                 response_deserializer=audit_dot_v1_dot_alert__rules__pb2.ListAlertsResponse.FromString,
                 _registered_method=True)
+        self.WatchAlerts = channel.unary_stream(
+                '/audit.v1.AlertRuleService/WatchAlerts',
+                request_serializer=audit_dot_v1_dot_alert__rules__pb2.WatchAlertsRequest.SerializeToString,
+                response_deserializer=audit_dot_v1_dot_alert__rules__pb2.WatchAlertsResponse.FromString,
+                _registered_method=True)
 
 
 class AlertRuleServiceServicer:
@@ -143,6 +148,15 @@ class AlertRuleServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchAlerts(self, request, context):
+        """Streams the tenant's alerts in the order they were stored, from a start, then as they are stored. Each
+        message carries a cursor: call again with after_cursor set to the last one received to resume without a gap
+        or a repeat. A server shutting down ends the stream with UNAVAILABLE (resume elsewhere or later).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AlertRuleServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +199,11 @@ def add_AlertRuleServiceServicer_to_server(servicer, server):
                     servicer.ListAlerts,
                     request_deserializer=audit_dot_v1_dot_alert__rules__pb2.ListAlertsRequest.FromString,
                     response_serializer=audit_dot_v1_dot_alert__rules__pb2.ListAlertsResponse.SerializeToString,
+            ),
+            'WatchAlerts': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAlerts,
+                    request_deserializer=audit_dot_v1_dot_alert__rules__pb2.WatchAlertsRequest.FromString,
+                    response_serializer=audit_dot_v1_dot_alert__rules__pb2.WatchAlertsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -407,6 +426,33 @@ class AlertRuleService:
             '/audit.v1.AlertRuleService/ListAlerts',
             audit_dot_v1_dot_alert__rules__pb2.ListAlertsRequest.SerializeToString,
             audit_dot_v1_dot_alert__rules__pb2.ListAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/audit.v1.AlertRuleService/WatchAlerts',
+            audit_dot_v1_dot_alert__rules__pb2.WatchAlertsRequest.SerializeToString,
+            audit_dot_v1_dot_alert__rules__pb2.WatchAlertsResponse.FromString,
             options,
             channel_credentials,
             insecure,

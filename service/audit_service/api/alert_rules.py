@@ -3,6 +3,10 @@ store/alert_rules.py). Failures are raised as domain errors and mapped to status
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 import asyncpg
 from audit.v1 import alert_rules_pb2 as pb
 from audit.v1 import alert_rules_pb2_grpc as pb_grpc
@@ -11,7 +15,9 @@ from audit_client.validation import TENANT_PATTERN
 from grpc import aio
 
 from ..auth.tokens import Principal
+from ..config import TailConfig
 from ..core.alert_rule_templates import TEMPLATES, rule_from_template
+from ..core.event_filter import timestamp_micros
 from ..core.page_token import (
     PageToken,
     decode_id_token,
@@ -20,10 +26,12 @@ from ..core.page_token import (
     encode_page_token,
     query_digest,
 )
+from ..core.records import micros_to_datetime
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..store import alert_rules as store
 from ..store.append import LogAppender
-from ..store.reactor import list_alerts
+from ..store.reactor import alerts_start, list_alerts
+from .alert_watch import AlertWatch, alert_message
 from .auth import current_caller
 from .paging import caller_identity, page_size_of
 
@@ -55,29 +63,15 @@ def actor_of(caller: Principal | None) -> store.Actor:
 OTHER_CALLER = "belongs to a different tenant or caller"
 
 
-def alert_message(row) -> pb.Alert:
-    alert = pb.Alert(
-        id=row["id"],
-        tenant=row["tenant"],
-        rule_id=row["rule_id"],
-        rule_revision=row["rule_revision"],
-        severity=row["severity"],
-        group_key=row["group_key"],
-        message=row["message"],
-        event_positions=row["event_positions"],
-    )
-    alert.window_start.FromDatetime(row["window_start"])
-    alert.window_end.FromDatetime(row["window_end"])
-    alert.create_time.FromDatetime(row["created_at"])
-    return alert
-
-
 class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, appender: LogAppender | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, appender: LogAppender | None = None, *, watch_config: TailConfig | None = None
+    ) -> None:
         """
         Args:
             pool: connections of the service role.
             appender: appends the rule-change events (one per process, shared).
+            watch_config: how often a WatchAlerts stream polls for new alerts and sends heartbeats (TailEvents').
 
         The API publishes nothing on NATS (its NATS user may not: see nats_permissions.py), so the change events
         it appends are not announced: live tails find them at their next poll of the log's head
@@ -85,6 +79,12 @@ class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
         """
         self._pool = pool
         self._appender = appender or LogAppender()
+        self._watch_config = watch_config or TailConfig()
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """The server is shutting down: open WatchAlerts streams end with UNAVAILABLE (their clients resume)."""
+        self._closing.set()
 
     async def CreateAlertRule(
         self, request: pb.CreateAlertRuleRequest, context: aio.ServicerContext
@@ -170,3 +170,32 @@ class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
         rows = await list_alerts(self._pool, tenant, after_seq, limit + 1)
         next_token = encode_page_token(PageToken(rows[limit - 1]["seq"], digest)) if len(rows) > limit else ""
         return pb.ListAlertsResponse(alerts=[alert_message(row) for row in rows[:limit]], next_page_token=next_token)
+
+    async def WatchAlerts(
+        self, request: pb.WatchAlertsRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchAlertsResponse]:
+        caller = current_caller()
+        tenant = rule_tenant(caller, request.tenant, "tenant")
+        digest = query_digest(b"alerts.watch", tenant.encode(), caller_identity(caller))
+        stored_from = None
+        start = request.WhichOneof("start")
+        if start == "after_cursor":
+            after_seq = decode_page_token(
+                request.after_cursor,
+                digest,
+                mismatch=OTHER_CALLER,
+                field="after_cursor",
+                malformed="is malformed; pass a WatchAlertsResponse.cursor back unchanged",
+            ).after_position
+        else:
+            if start == "from_time":
+                stored_from = timestamp_micros(request.from_time, "from_time")
+            after_seq = await alerts_start(
+                self._pool, tenant, None if stored_from is None else micros_to_datetime(stored_from)
+            )
+        watch = AlertWatch(
+            self._pool, tenant, digest, after_seq, self._closing, self._watch_config, stored_from=stored_from
+        )
+        async with contextlib.aclosing(watch.responses()) as responses:
+            async for response in responses:
+                yield response

@@ -75,15 +75,20 @@ class RunningServer:
     """What keeps `health` in step with PostgreSQL and NATS."""
     certificates: CertificateFiles | None = None
     """The TLS files served (None: plaintext)."""
+    alert_rules: AlertRuleServicer | None = None
+    """Whose WatchAlerts streams end at shutdown."""
 
     async def stop(self, grace: float) -> None:
-        """Reports NOT_SERVING, ends live tails with UNAVAILABLE (their clients resume elsewhere from their
-        checkpoint), stops accepting calls and lets in-flight ones finish within `grace` seconds."""
+        """Reports NOT_SERVING, ends live tails and alert watches with UNAVAILABLE (their clients resume elsewhere
+        from their checkpoint or cursor), stops accepting calls and lets in-flight ones finish within `grace`
+        seconds."""
         await self.health.enter_graceful_shutdown()
         if self.dependency_health is not None:
             await self.dependency_health.close()
         if self.feed is not None:
             await self.feed.close()
+        if self.alert_rules is not None:
+            self.alert_rules.close()
         await self.server.stop(grace)
 
 
@@ -159,7 +164,7 @@ async def start_server(
         ),
         server,
     )
-    alert_rules = AlertRuleServicer(pool, LogAppender(mask))
+    alert_rules = AlertRuleServicer(pool, LogAppender(mask), watch_config=tail)
     alert_rules_pb2_grpc.add_AlertRuleServiceServicer_to_server(alert_rules, server)
     destinations = DestinationServicer(pool, LogAppender(mask), address_policy)
     destinations_pb2_grpc.add_DestinationServiceServicer_to_server(destinations, server)
@@ -215,4 +220,5 @@ async def start_server(
         feed=feed,
         dependency_health=dependency_health,
         certificates=certificates,
+        alert_rules=alert_rules,
     )

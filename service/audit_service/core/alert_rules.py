@@ -17,7 +17,7 @@ from google.protobuf import json_format
 
 from ..errors import InvalidArgumentError
 from .event_filter import UNRESTRICTED, Scope, compile_filter
-from .filters import has_control_characters
+from .filters import Expr, has_control_characters
 from .matching import Matcher, compile_matcher
 from .query_string import compile_query
 
@@ -373,6 +373,8 @@ class CompiledRule:
     matcher: Matcher
     group_by: str
     template: tuple[TemplatePart, ...]
+    where: Expr
+    """The filter the matcher decides, for the database to decide what the matcher cannot (search outside ASCII)."""
 
     def group_key(self, event: event_pb2.AuditEvent) -> str:
         """The group an event counts in ("" without group_by, or when the event has no value there)."""
@@ -403,6 +405,6 @@ def compile_rule(rule: pb.AlertRule) -> CompiledRule:
         InvalidArgumentError: the rule no longer compiles (e.g. stored under older rules): a broken rule.
     """
     validate_rule(rule)
-    matcher = compile_matcher(compile_filter(rule_filter(rule), Scope(tenant=rule.tenant)))
+    where = compile_filter(rule_filter(rule), Scope(tenant=rule.tenant))
     group_by = rule.threshold.group_by if rule.HasField("threshold") else ""
-    return CompiledRule(rule, matcher, group_by, parse_template(rule.message_template))
+    return CompiledRule(rule, compile_matcher(where), group_by, parse_template(rule.message_template), where)

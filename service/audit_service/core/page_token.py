@@ -39,21 +39,21 @@ def _encode(document: dict[str, object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(document, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def _decode(text: str, cursor_key: str, expected_digest: str, *, mismatch: str) -> object:
+def _decode(text: str, cursor_key: str, expected_digest: str, *, mismatch: str, field: str, malformed: str) -> object:
     """The cursor of a token of this version whose digest is `expected_digest`.
 
     Raises:
-        InvalidArgumentError: naming page_token, when malformed or issued for another query (`mismatch` says which).
+        InvalidArgumentError: naming `field`, when malformed or issued for another query (`mismatch` says which).
     """
     try:
         document = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
         version, cursor, digest = document["v"], document[cursor_key], document["q"]
     except (binascii.Error, ValueError, TypeError, KeyError, RecursionError):
-        raise InvalidArgumentError("page_token", _MALFORMED) from None
+        raise InvalidArgumentError(field, malformed) from None
     if version != _VERSION or not isinstance(digest, str):
-        raise InvalidArgumentError("page_token", _MALFORMED)
+        raise InvalidArgumentError(field, malformed)
     if digest != expected_digest:
-        raise InvalidArgumentError("page_token", mismatch)
+        raise InvalidArgumentError(field, mismatch)
     return cursor
 
 
@@ -62,16 +62,25 @@ def encode_page_token(token: PageToken) -> str:
 
 
 def decode_page_token(
-    text: str, expected_digest: str, *, mismatch: str = "belongs to a different filter, order or caller"
+    text: str,
+    expected_digest: str,
+    *,
+    mismatch: str = "belongs to a different filter, order or caller",
+    field: str = "page_token",
+    malformed: str = _MALFORMED,
 ) -> PageToken:
     """Parses a token and checks that it belongs to the query being run.
 
+    Args:
+        field: the request field the token came in (a stream's cursor is one too), named by the errors.
+        malformed: the error's detail when the token cannot be parsed.
+
     Raises:
-        InvalidArgumentError: naming page_token, when malformed or from another query.
+        InvalidArgumentError: naming `field`, when malformed or from another query.
     """
-    position = _decode(text, "p", expected_digest, mismatch=mismatch)
+    position = _decode(text, "p", expected_digest, mismatch=mismatch, field=field, malformed=malformed)
     if type(position) is not int or not 0 <= position <= _MAX_POSITION:
-        raise InvalidArgumentError("page_token", _MALFORMED)
+        raise InvalidArgumentError(field, malformed)
     return PageToken(after_position=position, query_digest=expected_digest)
 
 
@@ -86,7 +95,7 @@ def decode_id_token(text: str, expected_digest: str, *, mismatch: str) -> str:
     Raises:
         InvalidArgumentError: naming page_token, when malformed or from another query.
     """
-    after_id = _decode(text, "a", expected_digest, mismatch=mismatch)
+    after_id = _decode(text, "a", expected_digest, mismatch=mismatch, field="page_token", malformed=_MALFORMED)
     try:
         return str(uuid.UUID(after_id))  # type: ignore[arg-type]
     except (ValueError, TypeError, AttributeError):

@@ -10,21 +10,27 @@ not quiet, it raises one alert naming those N positions, forgets them, and keeps
 alert's window (from its oldest event) has fully passed: no alert storm. That state is rebuildable: warm() feeds
 the events of the last W before a checkpoint without raising, and restore() applies the group's latest stored
 alert (what a run would have done at that alert).
+
+The rule set is a function of the log too: the caller applies each rule-change event (rule_change_of) with
+apply_rule_change() before that event is evaluated, so every event is evaluated with the rules as of its position,
+and a replay raises the same alerts whenever the reactor noticed the change.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from audit.v1 import alert_rules_pb2 as pb
 from audit.v1 import event_pb2
+from google.protobuf import json_format
 
-from .alert_rules import CompiledRule
+from .alert_rules import CompiledRule, rule_from_json
 from .matching import event_columns
 from .records import timestamp_micros
+from .reserved import ALERT_RULE_ACTION_PREFIX, ALERT_RULE_RESOURCE_TYPE
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +49,27 @@ class Alert:
     event_positions: tuple[int, ...]
     destinations: tuple[str, ...] = ()
     """The rule's destinations when it raised the alert: where it is delivered."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleChange:
+    """What a rule-change event of the log says: the rule as of its position (None: deleted)."""
+
+    tenant: str
+    rule_id: str
+    rule: pb.AlertRule | None
+
+
+def rule_change_of(event: event_pb2.AuditEvent) -> RuleChange | None:
+    """The rule change an event records, or None when it is not one (only the service appends those: producers'
+    are dead-lettered, core/reserved.py). The rule's tenant is the event's."""
+    if event.resource.type != ALERT_RULE_RESOURCE_TYPE or not event.action.startswith(ALERT_RULE_ACTION_PREFIX):
+        return None
+    rule = None
+    if event.change.HasField("after"):
+        rule = rule_from_json(json_format.MessageToDict(event.change.after))
+        rule.tenant, rule.id = event.tenant, event.resource.id
+    return RuleChange(event.tenant, event.resource.id, rule)
 
 
 def alert_id(rule_id: str, name: str) -> str:
@@ -86,17 +113,60 @@ class Reactor:
         """The longest threshold window of the rules, in µs (0 without thresholds): how far back to warm."""
         return max((window_micros(c.rule) for rules in self._by_tenant.values() for c in rules), default=0)
 
-    def _matching(self, event: event_pb2.AuditEvent) -> Iterable[CompiledRule]:
+    def rule(self, rule_id: str) -> CompiledRule | None:
+        for rules in self._by_tenant.values():
+            for compiled in rules:
+                if compiled.rule.id == rule_id:
+                    return compiled
+        return None
+
+    def apply_rule_change(self, tenant: str, rule_id: str, compiled: CompiledRule | None) -> None:
+        """The rule set from here on: the tenant's rule `rule_id` is `compiled` (None: gone, disabled or broken).
+        The groups of the rule's former revision are dropped: the new one starts with empty windows."""
+        rules = [c for c in self._by_tenant.get(tenant, ()) if c.rule.id != rule_id]
+        if compiled is not None:
+            rules.append(compiled)
+        if rules:
+            self._by_tenant[tenant] = rules
+        else:
+            self._by_tenant.pop(tenant, None)
+        for key in [key for key in self._groups if key[0] == rule_id]:
+            del self._groups[key]
+
+    def undecided(self, events: Iterable[event_pb2.AuditEvent]) -> dict[str, list[int]]:
+        """The positions of the events each rule's matcher cannot decide, by rule id: a free-text search where
+        the event or the term is outside ASCII, which only the database folds exactly as ListEvents' search does.
+        The caller asks it, and passes what it confirmed to feed() or warm()."""
+        undecided: dict[str, list[int]] = {}
+        for event in events:
+            rules = self._by_tenant.get(event.tenant)
+            if not rules:
+                continue
+            columns = event_columns(event)
+            for compiled in rules:
+                if compiled.matcher(columns) is None:
+                    undecided.setdefault(compiled.rule.id, []).append(event.position)
+        return undecided
+
+    def _matching(self, event: event_pb2.AuditEvent, confirmed: Collection[tuple[str, int]]) -> Iterable[CompiledRule]:
         rules = self._by_tenant.get(event.tenant)
         if not rules:
             return ()
         columns = event_columns(event)
-        # None (undecided: a non-ASCII free-text search only the database folds exactly) counts as no match.
-        return [compiled for compiled in rules if compiled.matcher(columns) is True]
+        matching = []
+        for compiled in rules:
+            verdict = compiled.matcher(columns)
+            if verdict is True or (verdict is None and (compiled.rule.id, event.position) in confirmed):
+                matching.append(compiled)
+        return matching
 
     def restore(self, alerts: Iterable[Alert]) -> None:
-        """Applies stored alerts (each group's latest suffices) as if this reactor had raised them."""
+        """Applies stored alerts (each group's latest suffices) as if this reactor had raised them, before or after
+        warm(). Alerts of another revision than the rule's are ignored: a change started its groups afresh."""
         for alert in alerts:
+            compiled = self.rule(alert.rule_id)
+            if compiled is None or alert.rule_revision != compiled.rule.revision:
+                continue
             group = self._groups.setdefault((alert.rule_id, alert.group_key), _Group())
             last = max(alert.event_positions)
             if last > group.cleared_through:
@@ -106,15 +176,16 @@ class Reactor:
                 group.events = deque(e for e in group.events if e[1] > last)
 
     def _window(self, rule_id: str) -> int:
-        for rules in self._by_tenant.values():
-            for compiled in rules:
-                if compiled.rule.id == rule_id:
-                    return window_micros(compiled.rule)
-        return 0
+        compiled = self.rule(rule_id)
+        return 0 if compiled is None else window_micros(compiled.rule)
 
-    def warm(self, event: event_pb2.AuditEvent) -> None:
-        """Feeds an event already evaluated before the checkpoint: it fills windows but raises nothing."""
-        for compiled in self._matching(event):
+    def warm(self, event: event_pb2.AuditEvent, confirmed: Collection[tuple[str, int]] = ()) -> None:
+        """Feeds an event already evaluated before the checkpoint: it fills windows but raises nothing.
+
+        Args:
+            confirmed: (rule id, position) pairs the database found matching among undecided() ones.
+        """
+        for compiled in self._matching(event, confirmed):
             if compiled.rule.HasField("threshold"):
                 group = self._groups.setdefault((compiled.rule.id, compiled.group_key(event)), _Group())
                 if event.position > group.cleared_through:
@@ -126,10 +197,14 @@ class Reactor:
         while group.events and recorded - group.events[0][0] >= window:
             group.events.popleft()
 
-    def feed(self, event: event_pb2.AuditEvent) -> list[Alert]:
-        """The alerts this event raises."""
+    def feed(self, event: event_pb2.AuditEvent, confirmed: Collection[tuple[str, int]] = ()) -> list[Alert]:
+        """The alerts this event raises.
+
+        Args:
+            confirmed: (rule id, position) pairs the database found matching among undecided() ones.
+        """
         alerts = []
-        for compiled in self._matching(event):
+        for compiled in self._matching(event, confirmed):
             rule = compiled.rule
             if not rule.HasField("threshold"):
                 alerts.append(

@@ -34,10 +34,18 @@ _UPDATE = """
 UPDATE alert_rules SET revision = $3, enabled = $4, rule = $5::jsonb, last_position = $6 WHERE tenant = $1 AND id = $2
 """
 _DELETE = "DELETE FROM alert_rules WHERE tenant = $1 AND id = $2"
-_LIST = """
-SELECT id::text AS id, rule::text AS rule FROM alert_rules
-WHERE tenant = $1 AND id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') ORDER BY id LIMIT $3
+_WITH_STATUS = """
+SELECT r.id::text AS id, r.rule::text AS rule, s.broken_reason FROM alert_rules r
+LEFT JOIN alert_rule_status s ON s.tenant = r.tenant AND s.rule_id = r.id AND s.revision = r.revision
 """
+"""Rules with the reactor's status of their current revision (an older revision's is not theirs)."""
+_GET = _WITH_STATUS + "WHERE r.tenant = $1 AND r.id = $2"
+_LIST = (
+    _WITH_STATUS
+    + """
+WHERE r.tenant = $1 AND r.id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') ORDER BY r.id LIMIT $3
+"""
+)
 _REBUILD = """
 INSERT INTO alert_rules (tenant, id, revision, enabled, rule, last_position)
 SELECT tenant, resource_id::uuid, (state->>'revision')::bigint, coalesce((state->>'enabled')::boolean, false), state,
@@ -120,6 +128,7 @@ async def create_rule(
     """
     created = pb.AlertRule()
     created.CopyFrom(rule)
+    created.ClearField("broken_reason")  # output only: set from the reactor's status, never stored in the log
     created.id = new_event_id()  # a UUIDv7: id order is creation order
     created.revision = 1
     now = _now()
@@ -139,10 +148,16 @@ async def create_rule(
 async def get_rule(conn: asyncpg.Connection | asyncpg.Pool, tenant: str, rule_id: str) -> pb.AlertRule:
     """The tenant's rule (NotFoundError when it has none with this id)."""
     rule_id = _uuid(rule_id, "id")
-    row = await conn.fetchrow(_SELECT, tenant, rule_id)
+    row = await conn.fetchrow(_GET, tenant, rule_id)
     if row is None:
         raise NotFoundError(f"alert rule {rule_id} not found")
-    return rule_from_json(orjson.loads(row["rule"]))
+    return _with_status(row)
+
+
+def _with_status(row: asyncpg.Record) -> pb.AlertRule:
+    rule = rule_from_json(orjson.loads(row["rule"]))
+    rule.broken_reason = row["broken_reason"] or ""
+    return rule
 
 
 async def list_rules(
@@ -150,7 +165,7 @@ async def list_rules(
 ) -> list[pb.AlertRule]:
     """Up to `limit` rules of the tenant with ids after `after_id`, in id order."""
     rows = await conn.fetch(_LIST, tenant, after_id, limit)
-    return [rule_from_json(orjson.loads(row["rule"])) for row in rows]
+    return [_with_status(row) for row in rows]
 
 
 async def enabled_rules(conn: asyncpg.Connection | asyncpg.Pool) -> list[pb.AlertRule]:
