@@ -77,9 +77,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
-    """Sends every record to stderr in `log_format` (text or json) from `level` up; NATS's own chatter from
+    """Sends every record to stderr in `log_format` (text or json) from `level` up; NATS's own chatter, and
+    httpx's and httpcore's (a line per request, with its URL, whose path may hold a receiver's token), from
     WARNING up."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    logging.getLogger("nats").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    for chatty in ("nats", "httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.getLevelName(level), logging.WARNING))
