@@ -20,6 +20,8 @@ from .config import IngestConfig, NatsConfig
 
 INGEST_USER = "ingest"
 API_USER = "api"
+REACTOR_USER = "reactor"
+SERVICE_USERS = (INGEST_USER, API_USER, REACTOR_USER)
 DEFAULT_DURABLE = IngestConfig().durable
 ALL_TENANTS = "*"
 """As a producer's tenant: every tenant (a platform service that records events for all of them)."""
@@ -98,15 +100,31 @@ def api_user(nats: NatsConfig) -> NatsUser:
     )
 
 
+def reactor_user(nats: NatsConfig) -> NatsUser:
+    """The reactor's user: it publishes the alerts (any tenant's: it raises them all) into the alerts stream, which
+    it creates; it may not publish events nor commit announcements, nor read anything but its inbox."""
+    alerts = nats.alerts_stream
+    return NatsUser(
+        name=REACTOR_USER,
+        purpose="the reactor: create the alerts stream, publish alerts (JetStream acknowledges them to its inbox)",
+        publish=(
+            f"$JS.API.STREAM.INFO.{alerts}",
+            f"$JS.API.STREAM.CREATE.{alerts}",
+            f"{nats.alerts_subject_prefix}.>",
+        ),
+        subscribe=(inbox(REACTOR_USER),),
+    )
+
+
 def producer_user(name: str, tenants: Sequence[str], nats: NatsConfig) -> NatsUser:
     """A producer that may publish the events of `tenants` (ALL_TENANTS: any), and read its own inboxes.
 
     Raises:
         ValueError: a bad user name or tenant.
     """
-    if not USER_PATTERN.fullmatch(name) or name in (INGEST_USER, API_USER):
+    if not USER_PATTERN.fullmatch(name) or name in SERVICE_USERS:
         raise ValueError(
-            f"producer user {name!r} must match {USER_PATTERN.pattern} and be neither {INGEST_USER} nor {API_USER}"
+            f"producer user {name!r} must match {USER_PATTERN.pattern} and be none of {', '.join(SERVICE_USERS)}"
         )
     if not tenants:
         raise ValueError(f"producer user {name!r} needs at least one tenant")
@@ -125,13 +143,13 @@ def producer_user(name: str, tenants: Sequence[str], nats: NatsConfig) -> NatsUs
 def service_users(
     nats: NatsConfig, producers: Mapping[str, Sequence[str]], *, durable: str = DEFAULT_DURABLE
 ) -> list[NatsUser]:
-    """The ingest workers' user (of the durable consumer `durable`), the API's, and one per producer
+    """The ingest workers' user (of the durable consumer `durable`), the API's, the reactor's, and one per producer
     ({user: tenants}).
 
     Raises:
         ValueError: a bad producer, or two users whose passwords would share a variable.
     """
-    users = [ingest_user(nats, durable), api_user(nats)]
+    users = [ingest_user(nats, durable), api_user(nats), reactor_user(nats)]
     users += [producer_user(name, tenants, nats) for name, tenants in producers.items()]
     variables: dict[str, str] = {}
     for user in users:

@@ -190,15 +190,39 @@ async def run_ingest(
 
 
 async def run_react(config: Config, stop: asyncio.Event) -> None:
-    """Runs the reactor (alert rules evaluated on the committed log, store/reactor.py) until `stop` is set."""
+    """Runs the reactor until `stop` is set: alert rules evaluated on the committed log (store/reactor.py), and
+    beside it, as a task of its own, the stored alerts published on NATS (delivery/nats_alerts.py). NATS being
+    unreachable, at start or later, only delays publishing (with warnings); evaluation goes on."""
     import os
 
+    from .delivery.nats_alerts import PAGE_ALERTS, ErrorCallback, NatsAlertDelivery
     from .store.reactor import PAGE_EVENTS, react
 
-    # Events per step (and so per transaction); an environment knob until it has a place in Config.
+    tls = nats_tls_context(config.nats)  # bad TLS files fail at start-up, before connecting
+
+    async def connect(error_cb: ErrorCallback) -> NatsClient:
+        return await connect_nats(
+            config.nats.servers,
+            tls=tls,
+            tls_handshake_first=config.nats.tls_handshake_first,
+            name="audit-react",
+            inbox_prefix=config.nats.inbox_prefix,
+            connect_timeout=5,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,  # the first connection too: nats-py tries until NATS answers
+            reconnect_time_wait=1.0,
+            error_cb=error_cb,
+        )
+
+    # Events per step (and so per transaction) and alerts per published page; environment knobs until they have
+    # a place in Config.
     page_events = int(os.environ.get("AUDIT_REACTOR_PAGE_EVENTS", PAGE_EVENTS))
-    async with database_pool(config.database.url, max_size=2) as pool:
-        await react(pool, stop, page_events=page_events)
+    page_alerts = int(os.environ.get("AUDIT_REACTOR_PUBLISH_PAGE_ALERTS", PAGE_ALERTS))
+    async with database_pool(config.database.url, max_size=3) as pool:
+        delivery = NatsAlertDelivery(pool, config.nats, connect, page_alerts=page_alerts)
+        async with asyncio.TaskGroup() as tasks:  # either failing (a bug: both retry what they expect) ends both
+            tasks.create_task(react(pool, stop, page_events=page_events), name="react")
+            tasks.create_task(delivery.run(stop), name="alerts-nats")
 
 
 async def run_api(

@@ -23,6 +23,7 @@ from audit_client import connect as connect_publisher
 from audit_service.config import Config, load_config
 from audit_service.devstack.nats import NatsServer
 from audit_service.devstack.processes import free_port
+from audit_service.ingest.streams import alerts_stream_config, ensure_stream
 from audit_service.nats_permissions import new_password, password_variable
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NatsClient
@@ -34,6 +35,7 @@ from ..tail_helpers import Reader
 PASSWORDS = {
     "ingest": "ingest-test-password-4f1c",
     "api": "api-test-password-9b2e",
+    "reactor": "reactor-test-password-1a6f",
     "producer-acme": "producer-test-password-77d0",
 }
 """The users of the shipped configuration and test passwords for them."""
@@ -126,6 +128,8 @@ def test_compose_gives_each_process_its_own_user_and_nats_every_password() -> No
     assert set(services["nats"]["environment"]) == {password_variable(user) for user in PASSWORDS}
     assert services["ingest"]["environment"]["AUDIT_NATS_URL"].startswith("nats://ingest:${AUDIT_NATS_INGEST_PASSWORD")
     assert services["api"]["environment"]["AUDIT_NATS_URL"].startswith("nats://api:${AUDIT_NATS_API_PASSWORD")
+    assert services["react"]["environment"]["AUDIT_NATS_URL"].startswith("nats://reactor:${AUDIT_NATS_REACTOR_PASSWORD")
+    assert services["react"]["command"] == ["react"]
 
 
 async def test_the_api_changes_alert_rules_under_its_nats_user_without_a_permissions_violation(as_user, caplog) -> None:
@@ -367,3 +371,40 @@ async def test_the_ingest_user_reads_its_own_consumers_pending_count_only(as_use
         await js.consumer_info("AUDIT_EVENTS", "someone-else", timeout=1)
     await settle(ingest)
     assert len(ingest.violations()) == 1
+
+
+async def test_the_reactor_publishes_alerts_only_and_producers_cannot_publish_alerts(
+    as_user, start_worker, connect_as
+) -> None:
+    """The reactor creates its stream and publishes any tenant's alerts, but neither events nor announcements;
+    a producer may not forge an alert, even of its own tenant."""
+    await start_worker(as_user("ingest"))
+    reactor, ingest, producer, api = (
+        await connect_as("reactor"),
+        await connect_as("ingest"),
+        await connect_as("producer-acme"),
+        await connect_as("api"),
+    )
+    announcements = await api.nc.subscribe("audit.committed.>")
+    js = reactor.nc.jetstream()
+    await ensure_stream(js, alerts_stream_config(load_config(env={}).nats))
+    for tenant in ("acme", "globex"):
+        ack = await js.publish(f"audit.alerts.{tenant}", b"{}", headers={"Nats-Msg-Id": f"alert-{tenant}"})
+        assert ack.stream == "AUDIT_ALERTS"
+    events_before = await stream_messages(ingest, "AUDIT_EVENTS")
+    await reactor.nc.publish("audit.events.acme", make_event("acme").SerializeToString())
+    await reactor.nc.publish("audit.committed.acme", b"")
+    await producer.nc.publish("audit.alerts.acme", b"{}")
+    await producer.nc.publish("audit.alerts.globex", b"{}")
+    await settle(reactor, producer, api)
+    assert reactor.violations() == [
+        'nats: permissions violation for publish to "audit.events.acme"',
+        'nats: permissions violation for publish to "audit.committed.acme"',
+    ]
+    assert producer.violations() == [
+        'nats: permissions violation for publish to "audit.alerts.acme"',
+        'nats: permissions violation for publish to "audit.alerts.globex"',
+    ]
+    assert await stream_messages(ingest, "AUDIT_EVENTS") == events_before
+    assert announcements.pending_msgs == 0
+    assert (await js.stream_info("AUDIT_ALERTS")).state.messages == 2

@@ -20,6 +20,7 @@ from ..core.page_token import (
     encode_page_token,
     query_digest,
 )
+from ..core.stored_alert import row_to_alert
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..store import alert_rules as store
 from ..store.append import LogAppender
@@ -53,23 +54,6 @@ def actor_of(caller: Principal | None) -> store.Actor:
 
 
 OTHER_CALLER = "belongs to a different tenant or caller"
-
-
-def alert_message(row) -> pb.Alert:
-    alert = pb.Alert(
-        id=row["id"],
-        tenant=row["tenant"],
-        rule_id=row["rule_id"],
-        rule_revision=row["rule_revision"],
-        severity=row["severity"],
-        group_key=row["group_key"],
-        message=row["message"],
-        event_positions=row["event_positions"],
-    )
-    alert.window_start.FromDatetime(row["window_start"])
-    alert.window_end.FromDatetime(row["window_end"])
-    alert.create_time.FromDatetime(row["created_at"])
-    return alert
 
 
 class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
@@ -169,4 +153,4 @@ class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
         )
         rows = await list_alerts(self._pool, tenant, after_seq, limit + 1)
         next_token = encode_page_token(PageToken(rows[limit - 1]["seq"], digest)) if len(rows) > limit else ""
-        return pb.ListAlertsResponse(alerts=[alert_message(row) for row in rows[:limit]], next_page_token=next_token)
+        return pb.ListAlertsResponse(alerts=[row_to_alert(row) for row in rows[:limit]], next_page_token=next_token)

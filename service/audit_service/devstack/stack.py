@@ -21,7 +21,15 @@ from ..auth.tokens import mint_token
 from ..config import AuthConfig, CheckpointConfig, Config, DatabaseConfig, RetentionConfig, parse_grpc_address
 from ..core.signing import generate_private_key_pem
 from ..errors import ConfigError
-from ..nats_permissions import API_USER, INGEST_USER, PASSWORD_PATTERN, new_password, render, service_users
+from ..nats_permissions import (
+    API_USER,
+    INGEST_USER,
+    PASSWORD_PATTERN,
+    REACTOR_USER,
+    new_password,
+    render,
+    service_users,
+)
 from ..runtime import run_api, run_ingest, run_migrate, run_react
 from ..telemetry.http import Readiness, serving_http
 from .nats import NatsServer, nats_server_binary
@@ -120,7 +128,7 @@ def dev_nats_passwords(data_dir: Path, users: list[str]) -> dict[str, str]:
 
 
 def dev_nats_server(config: Config, settings: DevSettings) -> tuple[NatsServer, dict[str, str]]:
-    """NATS with the service's users and permissions (ingest, api and the dev tenant's producer), and the URL
+    """NATS with the service's users and permissions (ingest, api, reactor and the dev tenant's producer), and the URL
     with credentials of each user."""
     users = service_users(config.nats, {settings.producer: [settings.tenant]}, durable=config.ingest.durable)
     passwords = dev_nats_passwords(settings.data_dir, [user.name for user in users])
@@ -257,6 +265,7 @@ async def run_dev(
         # Each process connects as its own NATS user, as in production.
         ingest_config = dataclasses.replace(config, nats=dataclasses.replace(config.nats, url=nats_urls[INGEST_USER]))
         api_config = dataclasses.replace(config, nats=dataclasses.replace(config.nats, url=nats_urls[API_USER]))
+        react_config = dataclasses.replace(config, nats=dataclasses.replace(config.nats, url=nats_urls[REACTOR_USER]))
         ingest = asyncio.create_task(
             run_ingest(ingest_config, stop, ready=worker_ready, readiness=readiness), name="ingest"
         )
@@ -270,7 +279,8 @@ async def run_dev(
             await asyncio.gather(ingest, api)  # re-raises the start-up error
             return
         grpc_port = api_ready.result().port
-        react = asyncio.create_task(run_react(config, stop), name="react")  # alert rules on the committed log
+        # Alert rules on the committed log; the alerts published on NATS (audit.alerts.<tenant>).
+        react = asyncio.create_task(run_react(react_config, stop), name="react")
         announce(
             banner(config, settings, grpc_port, nats_server.url, owner_url, nats_urls[settings.producer], metrics_port)
         )
