@@ -87,3 +87,14 @@ def test_the_dev_stack_keeps_its_passwords_and_replaces_those_nats_server_cannot
     assert passwords["api"] != "-BvZQs046D"
     assert all(PASSWORD_PATTERN.fullmatch(password) for password in passwords.values())
     assert dev_nats_passwords(tmp_path, ["ingest", "api", "producer-acme"]) == passwords, "kept once written"
+
+
+def test_an_alerts_subscriber_hears_its_tenants_alerts_and_publishes_nothing() -> None:
+    users = service_users(NatsConfig(), {}, alerts_subscribers={"siem": ["acme", "globex"], "ops": ["*"]})
+    siem, ops = users[-2], users[-1]
+    assert (siem.name, siem.publish, siem.subscribe) == ("siem", (), ("audit.alerts.acme", "audit.alerts.globex"))
+    assert ops.subscribe == ("audit.alerts.*",)
+    with pytest.raises(ValueError, match="both a producer and an alerts subscriber"):
+        service_users(NatsConfig(), {"siem": ["acme"]}, alerts_subscribers={"siem": ["acme"]})
+    with pytest.raises(ValueError, match="none of ingest, api, reactor"):
+        service_users(NatsConfig(), {}, alerts_subscribers={"reactor": ["acme"]})
