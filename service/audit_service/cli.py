@@ -1,4 +1,4 @@
-"""`audit-service`: dev | migrate | ingest | serve | verify | verify-file | checkpoint | retention |
+"""`audit-service`: dev | migrate | ingest | serve | react | verify | verify-file | checkpoint | retention |
 rebuild-projections | token | nats-config | rules."""
 
 from __future__ import annotations
@@ -43,7 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply database migrations (AUDIT_MIGRATE_DATABASE_URL or AUDIT_DATABASE_URL)")
     commands.add_parser("ingest", help="run an ingest worker (AUDIT_DATABASE_URL, AUDIT_NATS_URL)")
     commands.add_parser("serve", help="serve the gRPC API (AUDIT_DATABASE_URL, AUDIT_GRPC_ADDRESS)")
-    commands.add_parser("react", help="evaluate alert rules on the committed log, storing alerts (AUDIT_DATABASE_URL)")
+    commands.add_parser(
+        "react",
+        help="evaluate alert rules on the committed log, storing alerts and publishing them on NATS "
+        "(AUDIT_DATABASE_URL, AUDIT_NATS_URL)",
+    )
     verify = commands.add_parser(
         "verify", help="recompute the hash chains, check them against the signed checkpoints, report the first break"
     )

@@ -92,17 +92,18 @@ class NatsAlertDelivery:
                     if not stream_ready:
                         await ensure_stream(js, alerts_stream_config(self._config))
                         stream_ready = True
+                        self._succeeded()
                     if position is None:
                         async with self._pool.acquire() as conn:
                             position = await checkpoint(conn, self._subscription)
                     delivered = await self._deliver_page(js, position)
-                    self._succeeded()
-                    if delivered is None:
+                    if delivered is None:  # nothing asked of NATS: says nothing of whether it is back
                         await _wait(stop, self._poll_seconds)
                     else:
+                        self._succeeded()
                         position = delivered
                 except _RETRIED as error:
-                    self._failed(f"alerts wait in PostgreSQL ({type(error).__name__}: {error or 'no detail'})")
+                    self._failed(f"paused, alerts wait in PostgreSQL ({type(error).__name__}: {error or '-'})")
                     position = None
                     await _wait(stop, self._next_backoff())
         finally:
