@@ -5,6 +5,7 @@ API do their work as their own users. The rest of the suite runs on the session'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import grpc
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 import yaml
 from audit.v1 import alert_rules_pb2, alert_rules_pb2_grpc, audit_service_pb2_grpc, committed_pb2
@@ -25,12 +27,14 @@ from audit_service.devstack.nats import NatsServer
 from audit_service.devstack.processes import free_port
 from audit_service.ingest.streams import alerts_stream_config, ensure_stream
 from audit_service.nats_permissions import new_password, password_variable
+from audit_service.runtime import run_react
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NatsClient
 
 from ..conftest import REPO_ROOT, eventually, serving_api
 from ..factories import make_event
 from ..tail_helpers import Reader
+from .test_reactor import add_rules, deletion, deletions
 
 PASSWORDS = {
     "ingest": "ingest-test-password-4f1c",
@@ -408,3 +412,29 @@ async def test_the_reactor_publishes_alerts_only_and_producers_cannot_publish_al
     assert await stream_messages(ingest, "AUDIT_EVENTS") == events_before
     assert announcements.pending_msgs == 0
     assert (await js.stream_info("AUDIT_ALERTS")).state.messages == 2
+
+
+async def test_the_react_process_publishes_alerts_under_its_nats_user_without_a_permissions_violation(
+    as_user, secured_nats, start_worker, connect_as, app, caplog
+) -> None:
+    """`audit-service react`'s code path as the shipped `reactor` user: it creates AUDIT_ALERTS and publishes."""
+    await start_worker(as_user("ingest"))
+    await add_rules(app, deletions("acme"))
+    stop = asyncio.Event()
+    reacting = asyncio.create_task(run_react(as_user("reactor"), stop))
+    try:
+        async with connect_publisher(url_of(secured_nats, "producer-acme")) as publisher:
+            await publisher.publish(deletion("u-1"))
+        reactor = await connect_as("reactor")
+
+        async def published() -> bool:
+            assert not reacting.done(), reacting
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                return await stream_messages(reactor, "AUDIT_ALERTS") == 1
+            return False
+
+        await eventually(published, what="the alert in AUDIT_ALERTS")
+    finally:
+        stop.set()
+        await reacting
+    assert not [r for r in caplog.records if "ermissions" in r.getMessage()]
