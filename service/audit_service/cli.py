@@ -1,4 +1,4 @@
-"""`audit-service`: dev | migrate | ingest | serve | verify | verify-file | checkpoint | retention |
+"""`audit-service`: dev | migrate | ingest | serve | react | verify | verify-file | checkpoint | retention |
 rebuild-projections | token | nats-config | rules."""
 
 from __future__ import annotations
@@ -43,7 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply database migrations (AUDIT_MIGRATE_DATABASE_URL or AUDIT_DATABASE_URL)")
     commands.add_parser("ingest", help="run an ingest worker (AUDIT_DATABASE_URL, AUDIT_NATS_URL)")
     commands.add_parser("serve", help="serve the gRPC API (AUDIT_DATABASE_URL, AUDIT_GRPC_ADDRESS)")
-    commands.add_parser("react", help="evaluate alert rules on the committed log, storing alerts (AUDIT_DATABASE_URL)")
+    commands.add_parser(
+        "react",
+        help="evaluate alert rules on the committed log, storing alerts and publishing them on NATS "
+        "(AUDIT_DATABASE_URL, AUDIT_NATS_URL)",
+    )
     verify = commands.add_parser(
         "verify", help="recompute the hash chains, check them against the signed checkpoints, report the first break"
     )
@@ -94,6 +98,13 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="USER=TENANT[,TENANT...]",
         help="a producer's NATS user and the tenants it may publish for (* for every tenant); repeat for more",
+    )
+    nats_config.add_argument(
+        "--alerts-subscriber",
+        action="append",
+        default=[],
+        metavar="USER=TENANT[,TENANT...]",
+        help="a NATS user that may subscribe to the alerts of these tenants (* for every tenant); repeat for more",
     )
     from .rules_cli import add_parser as add_rules_parser
 
@@ -161,22 +172,28 @@ def _mint(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _users_and_tenants(option: str, specs: list[str]) -> dict[str, list[str]]:
+    users: dict[str, list[str]] = {}
+    for spec in specs:
+        user, sep, tenants = spec.partition("=")
+        if not sep or user in users:
+            raise ConfigError(option, f"expected USER=TENANT[,TENANT...] once per user, got {spec!r}")
+        users[user] = [tenant.strip() for tenant in tenants.split(",") if tenant.strip()]
+    return users
+
+
 def _nats_config(config: Config, args: argparse.Namespace) -> int:
     import shlex
 
     from .config import NatsConfig
     from .nats_permissions import DEFAULT_DURABLE, render, service_users
 
-    producers: dict[str, list[str]] = {}
-    for spec in args.producer:
-        user, sep, tenants = spec.partition("=")
-        if not sep or user in producers:
-            raise ConfigError("--producer", f"expected USER=TENANT[,TENANT...] once per user, got {spec!r}")
-        producers[user] = [tenant.strip() for tenant in tenants.split(",") if tenant.strip()]
+    producers = _users_and_tenants("--producer", args.producer)
+    subscribers = _users_and_tenants("--alerts-subscriber", args.alerts_subscriber)
     try:
-        users = service_users(config.nats, producers, durable=config.ingest.durable)
+        users = service_users(config.nats, producers, durable=config.ingest.durable, alerts_subscribers=subscribers)
     except ValueError as error:
-        raise ConfigError("--producer", str(error)) from None
+        raise ConfigError("--producer/--alerts-subscriber", str(error)) from None
     defaults = NatsConfig()
     command = [
         f"{name}={value}"
@@ -188,6 +205,7 @@ def _nats_config(config: Config, args: argparse.Namespace) -> int:
         if value != default
     ]
     command += ["audit-service", "nats-config", *(part for spec in args.producer for part in ("--producer", spec))]
+    command += [part for spec in args.alerts_subscriber for part in ("--alerts-subscriber", spec)]
     print(render(users, command=shlex.join(command)), end="")
     return 0
 

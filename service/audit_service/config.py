@@ -39,13 +39,16 @@ class NatsConfig:
     """NATS server URL(s), comma-separated, with the credentials of this process's NATS user:
     nats://ingest:<password>@nats:4222. Log `redacted_url`, never this."""
     subject_prefix: str = "audit"
-    """Subjects are <prefix>.events.<tenant>, <prefix>.dead.<reason> and <prefix>.committed.<tenant>."""
+    """Subjects are <prefix>.events.<tenant>, <prefix>.dead.<reason>, <prefix>.committed.<tenant> and
+    <prefix>.alerts.<tenant>."""
     stream_prefix: str = "AUDIT"
-    """Streams are <prefix>_EVENTS and <prefix>_DEAD."""
+    """Streams are <prefix>_EVENTS, <prefix>_DEAD and <prefix>_ALERTS."""
     duplicate_window_seconds: float = 120.0
     """JetStream's de-duplication window on Nats-Msg-Id (the log de-duplicates forever on its own)."""
     events_max_age_seconds: float = 7 * 24 * 3600.0
     """How long AUDIT_EVENTS keeps messages after they are stored, for replays."""
+    alerts_max_age_seconds: float = 7 * 24 * 3600.0
+    """How long AUDIT_ALERTS keeps the alerts the reactor published (the alerts table keeps them for good)."""
     tls_ca_file: str = ""
     """PEM file of the CA(s) that signed the NATS servers' certificates (unset: the system's trusted CAs). Setting
     it, or a `tls://` URL, makes the connection refuse a server that does not speak TLS."""
@@ -73,6 +76,10 @@ class NatsConfig:
         return f"{self.stream_prefix}_DEAD"
 
     @property
+    def alerts_stream(self) -> str:
+        return f"{self.stream_prefix}_ALERTS"
+
+    @property
     def events_subject_prefix(self) -> str:
         return f"{self.subject_prefix}.events"
 
@@ -83,6 +90,10 @@ class NatsConfig:
     @property
     def committed_subject_prefix(self) -> str:
         return f"{self.subject_prefix}.committed"
+
+    @property
+    def alerts_subject_prefix(self) -> str:
+        return f"{self.subject_prefix}.alerts"
 
     @property
     def servers(self) -> list[str]:
@@ -610,6 +621,9 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         ),
         events_max_age_seconds=_positive_float(
             env, "AUDIT_EVENTS_MAX_AGE_SECONDS", NatsConfig().events_max_age_seconds
+        ),
+        alerts_max_age_seconds=_positive_float(
+            env, "AUDIT_ALERTS_MAX_AGE_SECONDS", NatsConfig().alerts_max_age_seconds
         ),
         tls_ca_file=_readable_file(env, "AUDIT_NATS_TLS_CA_FILE"),
         tls_cert_file=nats_cert_file,

@@ -20,6 +20,8 @@ from .config import IngestConfig, NatsConfig
 
 INGEST_USER = "ingest"
 API_USER = "api"
+REACTOR_USER = "reactor"
+SERVICE_USERS = (INGEST_USER, API_USER, REACTOR_USER)
 DEFAULT_DURABLE = IngestConfig().durable
 ALL_TENANTS = "*"
 """As a producer's tenant: every tenant (a platform service that records events for all of them)."""
@@ -98,22 +100,47 @@ def api_user(nats: NatsConfig) -> NatsUser:
     )
 
 
+def reactor_user(nats: NatsConfig) -> NatsUser:
+    """The reactor's user: it publishes the alerts (any tenant's: it raises them all) into the alerts stream, which
+    it creates; it may not publish events nor commit announcements, nor read anything but its inbox."""
+    alerts = nats.alerts_stream
+    return NatsUser(
+        name=REACTOR_USER,
+        purpose="the reactor: create the alerts stream, publish alerts (JetStream acknowledges them to its inbox)",
+        publish=(
+            f"$JS.API.STREAM.INFO.{alerts}",
+            f"$JS.API.STREAM.CREATE.{alerts}",
+            f"{nats.alerts_subject_prefix}.>",
+        ),
+        subscribe=(inbox(REACTOR_USER),),
+    )
+
+
+def _tenant_list(role: str, name: str, tenants: Sequence[str]) -> str:
+    """How the purpose line names `tenants`, once the user name and the tenants are checked.
+
+    Raises:
+        ValueError: a bad user name or tenant.
+    """
+    if not USER_PATTERN.fullmatch(name) or name in SERVICE_USERS:
+        raise ValueError(
+            f"{role} user {name!r} must match {USER_PATTERN.pattern} and be none of {', '.join(SERVICE_USERS)}"
+        )
+    if not tenants:
+        raise ValueError(f"{role} user {name!r} needs at least one tenant")
+    for tenant in tenants:
+        if tenant != ALL_TENANTS and not TENANT_PATTERN.fullmatch(tenant):
+            raise ValueError(f"tenant {tenant!r} of {role} {name!r} must match {TENANT_PATTERN.pattern} or be *")
+    return "every tenant" if ALL_TENANTS in tenants else "tenant " + ", ".join(tenants)
+
+
 def producer_user(name: str, tenants: Sequence[str], nats: NatsConfig) -> NatsUser:
     """A producer that may publish the events of `tenants` (ALL_TENANTS: any), and read its own inboxes.
 
     Raises:
         ValueError: a bad user name or tenant.
     """
-    if not USER_PATTERN.fullmatch(name) or name in (INGEST_USER, API_USER):
-        raise ValueError(
-            f"producer user {name!r} must match {USER_PATTERN.pattern} and be neither {INGEST_USER} nor {API_USER}"
-        )
-    if not tenants:
-        raise ValueError(f"producer user {name!r} needs at least one tenant")
-    for tenant in tenants:
-        if tenant != ALL_TENANTS and not TENANT_PATTERN.fullmatch(tenant):
-            raise ValueError(f"tenant {tenant!r} of producer {name!r} must match {TENANT_PATTERN.pattern} or be *")
-    tenant_list = "every tenant" if ALL_TENANTS in tenants else "tenant " + ", ".join(tenants)
+    tenant_list = _tenant_list("producer", name, tenants)
     return NatsUser(
         name=name,
         purpose=f"a producer of {tenant_list}: publish its events (JetStream acknowledges them to its inbox)",
@@ -122,20 +149,43 @@ def producer_user(name: str, tenants: Sequence[str], nats: NatsConfig) -> NatsUs
     )
 
 
-def service_users(
-    nats: NatsConfig, producers: Mapping[str, Sequence[str]], *, durable: str = DEFAULT_DURABLE
-) -> list[NatsUser]:
-    """The ingest workers' user (of the durable consumer `durable`), the API's, and one per producer
-    ({user: tenants}).
+def alerts_subscriber_user(name: str, tenants: Sequence[str], nats: NatsConfig) -> NatsUser:
+    """A reader of the alerts of `tenants` (ALL_TENANTS: any) as the reactor publishes them; it publishes nothing.
 
     Raises:
-        ValueError: a bad producer, or two users whose passwords would share a variable.
+        ValueError: a bad user name or tenant.
     """
-    users = [ingest_user(nats, durable), api_user(nats)]
+    tenant_list = _tenant_list("alerts subscriber", name, tenants)
+    return NatsUser(
+        name=name,
+        purpose=f"an alerts subscriber of {tenant_list}: hear their alerts as they are published; publish nothing",
+        publish=(),
+        subscribe=tuple(f"{nats.alerts_subject_prefix}.{tenant}" for tenant in dict.fromkeys(tenants)),
+    )
+
+
+def service_users(
+    nats: NatsConfig,
+    producers: Mapping[str, Sequence[str]],
+    *,
+    durable: str = DEFAULT_DURABLE,
+    alerts_subscribers: Mapping[str, Sequence[str]] | None = None,
+) -> list[NatsUser]:
+    """The ingest workers' user (of the durable consumer `durable`), the API's, the reactor's, one per producer
+    and one per alerts subscriber ({user: tenants}).
+
+    Raises:
+        ValueError: a bad producer or subscriber, or two users whose passwords would share a variable.
+    """
+    subscribers = alerts_subscribers or {}
+    users = [ingest_user(nats, durable), api_user(nats), reactor_user(nats)]
     users += [producer_user(name, tenants, nats) for name, tenants in producers.items()]
+    users += [alerts_subscriber_user(name, tenants, nats) for name, tenants in subscribers.items()]
     variables: dict[str, str] = {}
     for user in users:
         other = variables.setdefault(user.password_variable, user.name)
+        if user.name in producers and user.name in subscribers:
+            raise ValueError(f"user {user.name!r} is both a producer and an alerts subscriber")
         if other != user.name:
             raise ValueError(f"users {other!r} and {user.name!r} would share ${user.password_variable}")
     return users

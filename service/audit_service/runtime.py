@@ -192,24 +192,47 @@ async def run_ingest(
 
 
 async def run_react(config: Config, stop: asyncio.Event) -> None:
-    """Runs the reactor until `stop` is set: alert rules evaluated on the committed log (store/reactor.py) and
-    the destinations' subscriptions (delivery/destinations.py), each on its own pool so that no destination
-    can starve the evaluation of connections."""
+    """Runs the reactor until `stop` is set: alert rules evaluated on the committed log (store/reactor.py), and
+    beside it, each a task of its own, the stored alerts published on NATS (delivery/nats_alerts.py) and the
+    destinations' subscriptions (delivery/destinations.py, on a pool of their own so that no destination can
+    starve the evaluation of connections). NATS being unreachable, or a destination being slow or down, only
+    delays that delivery (with warnings); evaluation goes on."""
     import os
 
+    from .delivery.nats_alerts import PAGE_ALERTS, ErrorCallback, NatsAlertDelivery
     from .store.reactor import PAGE_EVENTS, react
 
-    # Events per step (and so per transaction); an environment knob until it has a place in Config.
+    tls = nats_tls_context(config.nats)  # bad TLS files fail at start-up, before connecting
+
+    async def connect(error_cb: ErrorCallback) -> NatsClient:
+        return await connect_nats(
+            config.nats.servers,
+            tls=tls,
+            tls_handshake_first=config.nats.tls_handshake_first,
+            name="audit-react",
+            inbox_prefix=config.nats.inbox_prefix,
+            connect_timeout=5,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,  # the first connection too: nats-py tries until NATS answers
+            reconnect_time_wait=1.0,
+            error_cb=error_cb,
+        )
+
+    # Events per step (and so per transaction) and alerts per published page; environment knobs until they have
+    # a place in Config.
     page_events = int(os.environ.get("AUDIT_REACTOR_PAGE_EVENTS", PAGE_EVENTS))
+    page_alerts = int(os.environ.get("AUDIT_REACTOR_PUBLISH_PAGE_ALERTS", PAGE_ALERTS))
     policy = address_policy(config)
     async with (
-        database_pool(config.database.url, max_size=2) as pool,
+        database_pool(config.database.url, max_size=3) as pool,
         database_pool(config.database.url, max_size=config.database.pool_max_size) as delivery_pool,
     ):
+        delivery = NatsAlertDelivery(pool, config.nats, connect, page_alerts=page_alerts)
         supervisor = DestinationSupervisor(delivery_pool, config.delivery, policy)
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(react(pool, stop, page_events=page_events))
-            tasks.create_task(supervisor.run(stop))
+        async with asyncio.TaskGroup() as tasks:  # any failing (a bug: each retries what it expects) ends all
+            tasks.create_task(react(pool, stop, page_events=page_events), name="react")
+            tasks.create_task(delivery.run(stop), name="alerts-nats")
+            tasks.create_task(supervisor.run(stop), name="destinations")
 
 
 async def run_api(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import os
@@ -15,7 +16,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from audit_client.connection import connect_nats
 from audit_service.devstack.processes import free_port, port_is_open
+from nats.aio.msg import Msg
 
 from ..conftest import REPO_ROOT
 
@@ -84,6 +87,10 @@ def printed_token(dev_stack) -> str:
     return re.search(r"export AUDIT_TOKEN=(\S+)", dev_stack["log"].read_text()).group(1)
 
 
+def printed_alerts_url(dev_stack) -> str:
+    return re.search(r"may subscribe to them:\n  (\S+)", dev_stack["log"].read_text()).group(1)
+
+
 def printed_nats_url(dev_stack) -> str:
     return re.search(r"export AUDIT_NATS_URL=(\S+)", dev_stack["log"].read_text()).group(1)
 
@@ -102,7 +109,9 @@ def test_the_banner_says_how_to_reach_everything(dev_stack):
         banner,
     )
     assert banner.count(passwords["producer-acme"]) == 1
-    for user in ("ingest", "api"):  # the service's own credentials are never printed
+    alerts_url = f"nats://alerts-acme:{passwords['alerts-acme']}@127.0.0.1:{dev_stack['ports']['nats']}"
+    assert f"published on audit.alerts.acme; this user may subscribe to them:\n  {alerts_url}\n" in banner
+    for user in ("ingest", "api", "reactor"):  # the service's own credentials are never printed
         assert passwords[user] not in banner
 
 
@@ -226,8 +235,25 @@ def test_the_dev_process_runs_the_reactor_alerts_are_listed_with_grpcurl(dev_sta
     example = tmp_path / "example.py"
     example.write_text(readme_producer_example())  # publishes an api_key.create
     env = {**os.environ, "AUDIT_NATS_URL": printed_nats_url(dev_stack)}
-    published = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, env=env, timeout=60)
-    assert published.returncode == 0, published.stderr
+
+    async def publish_and_hear() -> list[Msg]:
+        """Publishes with the README's example while subscribed to acme's alerts as the printed alerts user."""
+        subscriber = await connect_nats(printed_alerts_url(dev_stack))
+        try:
+            alerts = await subscriber.subscribe("audit.alerts.acme")
+            await subscriber.flush()
+            published = await asyncio.to_thread(
+                subprocess.run, [sys.executable, str(example)], capture_output=True, text=True, env=env, timeout=60
+            )
+            assert published.returncode == 0, published.stderr
+            heard = [await alerts.next_msg(timeout=30)]
+            while alerts.pending_msgs:
+                heard.append(await alerts.next_msg())
+            return heard
+        finally:
+            await subscriber.close()
+
+    heard = asyncio.run(publish_and_hear())
 
     deadline = time.monotonic() + 30
     while True:
@@ -240,6 +266,11 @@ def test_the_dev_process_runs_the_reactor_alerts_are_listed_with_grpcurl(dev_sta
         assert time.monotonic() < deadline, "no alert was raised"
         time.sleep(0.2)
     assert alerts[0]["tenant"] == "acme" and len(alerts[0]["event_positions"]) == 1
+    # The same alert on NATS: its id as Nats-Msg-Id, its protobuf JSON as payload.
+    [on_nats] = [msg for msg in heard if json.loads(msg.data)["ruleId"] == rule_id]
+    assert on_nats.headers["Nats-Msg-Id"] == alerts[0]["id"]
+    assert json.loads(on_nats.data)["id"] == alerts[0]["id"]
+    assert json.loads(on_nats.data)["message"] == alerts[0]["message"]
 
 
 def test_sigint_stops_every_process_it_started(dev_stack):

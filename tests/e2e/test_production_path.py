@@ -43,6 +43,7 @@ VARIABLES = {
     "AUDIT_AUTH_JWT_SECRET": "production-path-secret-that-is-long-enough-0123456789",
     "AUDIT_NATS_INGEST_PASSWORD": "ingest-test-password-5d11",
     "AUDIT_NATS_API_PASSWORD": "api-test-password-e7a2",
+    "AUDIT_NATS_REACTOR_PASSWORD": "reactor-test-password-3c57",
     "AUDIT_NATS_PRODUCER_ACME_PASSWORD": "producer-test-password-0b94",
 }
 """What an operator must put in the shell's environment or `.env` (docker-compose.yml's header lists them)."""

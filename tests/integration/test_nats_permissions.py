@@ -5,6 +5,7 @@ API do their work as their own users. The rest of the suite runs on the session'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import grpc
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 import yaml
 from audit.v1 import alert_rules_pb2, alert_rules_pb2_grpc, audit_service_pb2_grpc, committed_pb2
@@ -23,17 +25,21 @@ from audit_client import connect as connect_publisher
 from audit_service.config import Config, load_config
 from audit_service.devstack.nats import NatsServer
 from audit_service.devstack.processes import free_port
+from audit_service.ingest.streams import alerts_stream_config, ensure_stream
 from audit_service.nats_permissions import new_password, password_variable
+from audit_service.runtime import run_react
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NatsClient
 
 from ..conftest import REPO_ROOT, eventually, serving_api
 from ..factories import make_event
 from ..tail_helpers import Reader
+from .test_reactor import add_rules, deletion, deletions
 
 PASSWORDS = {
     "ingest": "ingest-test-password-4f1c",
     "api": "api-test-password-9b2e",
+    "reactor": "reactor-test-password-1a6f",
     "producer-acme": "producer-test-password-77d0",
 }
 """The users of the shipped configuration and test passwords for them."""
@@ -126,6 +132,8 @@ def test_compose_gives_each_process_its_own_user_and_nats_every_password() -> No
     assert set(services["nats"]["environment"]) == {password_variable(user) for user in PASSWORDS}
     assert services["ingest"]["environment"]["AUDIT_NATS_URL"].startswith("nats://ingest:${AUDIT_NATS_INGEST_PASSWORD")
     assert services["api"]["environment"]["AUDIT_NATS_URL"].startswith("nats://api:${AUDIT_NATS_API_PASSWORD")
+    assert services["react"]["environment"]["AUDIT_NATS_URL"].startswith("nats://reactor:${AUDIT_NATS_REACTOR_PASSWORD")
+    assert services["react"]["command"] == ["react"]
 
 
 async def test_the_api_changes_alert_rules_under_its_nats_user_without_a_permissions_violation(as_user, caplog) -> None:
@@ -367,3 +375,66 @@ async def test_the_ingest_user_reads_its_own_consumers_pending_count_only(as_use
         await js.consumer_info("AUDIT_EVENTS", "someone-else", timeout=1)
     await settle(ingest)
     assert len(ingest.violations()) == 1
+
+
+async def test_the_reactor_publishes_alerts_only_and_producers_cannot_publish_alerts(
+    as_user, start_worker, connect_as
+) -> None:
+    """The reactor creates its stream and publishes any tenant's alerts, but neither events nor announcements;
+    a producer may not forge an alert, even of its own tenant."""
+    await start_worker(as_user("ingest"))
+    reactor, ingest, producer, api = (
+        await connect_as("reactor"),
+        await connect_as("ingest"),
+        await connect_as("producer-acme"),
+        await connect_as("api"),
+    )
+    announcements = await api.nc.subscribe("audit.committed.>")
+    js = reactor.nc.jetstream()
+    await ensure_stream(js, alerts_stream_config(load_config(env={}).nats))
+    for tenant in ("acme", "globex"):
+        ack = await js.publish(f"audit.alerts.{tenant}", b"{}", headers={"Nats-Msg-Id": f"alert-{tenant}"})
+        assert ack.stream == "AUDIT_ALERTS"
+    events_before = await stream_messages(ingest, "AUDIT_EVENTS")
+    await reactor.nc.publish("audit.events.acme", make_event("acme").SerializeToString())
+    await reactor.nc.publish("audit.committed.acme", b"")
+    await producer.nc.publish("audit.alerts.acme", b"{}")
+    await producer.nc.publish("audit.alerts.globex", b"{}")
+    await settle(reactor, producer, api)
+    assert reactor.violations() == [
+        'nats: permissions violation for publish to "audit.events.acme"',
+        'nats: permissions violation for publish to "audit.committed.acme"',
+    ]
+    assert producer.violations() == [
+        'nats: permissions violation for publish to "audit.alerts.acme"',
+        'nats: permissions violation for publish to "audit.alerts.globex"',
+    ]
+    assert await stream_messages(ingest, "AUDIT_EVENTS") == events_before
+    assert announcements.pending_msgs == 0
+    assert (await js.stream_info("AUDIT_ALERTS")).state.messages == 2
+
+
+async def test_the_react_process_publishes_alerts_under_its_nats_user_without_a_permissions_violation(
+    as_user, secured_nats, start_worker, connect_as, app, caplog
+) -> None:
+    """`audit-service react`'s code path as the shipped `reactor` user: it creates AUDIT_ALERTS and publishes."""
+    await start_worker(as_user("ingest"))
+    await add_rules(app, deletions("acme"))
+    stop = asyncio.Event()
+    reacting = asyncio.create_task(run_react(as_user("reactor"), stop))
+    try:
+        async with connect_publisher(url_of(secured_nats, "producer-acme")) as publisher:
+            await publisher.publish(deletion("u-1"))
+        reactor = await connect_as("reactor")
+
+        async def published() -> bool:
+            assert not reacting.done(), reacting
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                return await stream_messages(reactor, "AUDIT_ALERTS") == 1
+            return False
+
+        await eventually(published, what="the alert in AUDIT_ALERTS")
+    finally:
+        stop.set()
+        await reacting
+    assert not [r for r in caplog.records if "ermissions" in r.getMessage()]

@@ -30,6 +30,9 @@ def test_defaults() -> None:
     assert config.nats.dead_stream == "AUDIT_DEAD"
     assert config.nats.events_subject_prefix == "audit.events"
     assert config.nats.dead_subject_prefix == "audit.dead"
+    assert config.nats.alerts_stream == "AUDIT_ALERTS"
+    assert config.nats.alerts_subject_prefix == "audit.alerts"
+    assert config.nats.alerts_max_age_seconds == 7 * 24 * 3600
     assert config.ingest.durable == "audit-ingest"
     assert config.ingest.batch_size == 500
     assert config.ingest.limits == Limits()
@@ -47,6 +50,7 @@ def test_environment_is_read() -> None:
         "AUDIT_SUBJECT_PREFIX": "acme.audit",
         "AUDIT_STREAM_PREFIX": "ACME",
         "AUDIT_DUPLICATE_WINDOW_SECONDS": "30.5",
+        "AUDIT_ALERTS_MAX_AGE_SECONDS": "3600",
         "AUDIT_INGEST_DURABLE": "workers",
         "AUDIT_INGEST_BATCH_SIZE": "42",
         "AUDIT_INGEST_ACK_WAIT_SECONDS": "12",
@@ -71,6 +75,8 @@ def test_environment_is_read() -> None:
     assert config.nats.events_subject_prefix == "acme.audit.events"
     assert config.nats.events_stream == "ACME_EVENTS"
     assert config.nats.duplicate_window_seconds == 30.5
+    assert (config.nats.alerts_stream, config.nats.alerts_subject_prefix) == ("ACME_ALERTS", "acme.audit.alerts")
+    assert config.nats.alerts_max_age_seconds == 3600.0
     assert config.ingest.durable == "workers"
     assert config.ingest.batch_size == 42
     assert config.ingest.ack_wait_seconds == 12.0

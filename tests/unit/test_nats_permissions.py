@@ -18,8 +18,8 @@ def by_name(nats: NatsConfig, producers: dict[str, list[str]]) -> dict:
 
 def test_each_user_gets_only_what_its_process_does() -> None:
     users = by_name(NatsConfig(), {"producer-acme": ["acme"]})
-    assert list(users) == ["ingest", "api", "producer-acme"]
-    ingest, api, producer = users["ingest"], users["api"], users["producer-acme"]
+    assert list(users) == ["ingest", "api", "reactor", "producer-acme"]
+    ingest, api, reactor, producer = users["ingest"], users["api"], users["reactor"], users["producer-acme"]
     assert ingest.publish == (
         "$JS.API.STREAM.INFO.AUDIT_EVENTS",
         "$JS.API.STREAM.CREATE.AUDIT_EVENTS",
@@ -34,6 +34,12 @@ def test_each_user_gets_only_what_its_process_does() -> None:
     )
     assert ingest.subscribe == ("_INBOX.ingest.>",)
     assert (api.publish, api.subscribe) == ((), ("audit.committed.>",))
+    assert reactor.publish == (
+        "$JS.API.STREAM.INFO.AUDIT_ALERTS",
+        "$JS.API.STREAM.CREATE.AUDIT_ALERTS",
+        "audit.alerts.>",
+    )
+    assert reactor.subscribe == ("_INBOX.reactor.>",)
     assert (producer.publish, producer.subscribe) == (("audit.events.acme",), ("_INBOX.producer-acme.>",))
 
 
@@ -44,6 +50,7 @@ def test_the_prefixes_are_those_configured() -> None:
     assert "$JS.API.CONSUMER.DURABLE.CREATE.AUDIT_EVENTS.corp-ingest" in ingest.publish
     assert {"corp.audit.dead.>", "corp.audit.committed.>"} <= set(users["ingest"].publish)
     assert users["api"].subscribe == ("corp.audit.committed.>",)
+    assert users["reactor"].publish[1:] == ("$JS.API.STREAM.CREATE.CORP_ALERTS", "corp.audit.alerts.>")
     assert users["billing"].publish == ("corp.audit.events.acme", "corp.audit.events.globex")
     assert by_name(NatsConfig(), {"platform": ["*"]})["platform"].publish == ("audit.events.*",)
 
@@ -52,7 +59,8 @@ def test_the_prefixes_are_those_configured() -> None:
     ("producers", "message"),
     [
         ({"a.b": ["acme"]}, "must match"),
-        ({"ingest": ["acme"]}, "neither ingest nor api"),
+        ({"ingest": ["acme"]}, "none of ingest, api, reactor"),
+        ({"reactor": ["acme"]}, "none of ingest, api, reactor"),
         ({"billing": []}, "at least one tenant"),
         ({"billing": ["Not A Tenant"]}, "tenant 'Not A Tenant'"),
         ({"billing": ["acme.>"]}, "tenant 'acme.>'"),
@@ -79,3 +87,14 @@ def test_the_dev_stack_keeps_its_passwords_and_replaces_those_nats_server_cannot
     assert passwords["api"] != "-BvZQs046D"
     assert all(PASSWORD_PATTERN.fullmatch(password) for password in passwords.values())
     assert dev_nats_passwords(tmp_path, ["ingest", "api", "producer-acme"]) == passwords, "kept once written"
+
+
+def test_an_alerts_subscriber_hears_its_tenants_alerts_and_publishes_nothing() -> None:
+    users = service_users(NatsConfig(), {}, alerts_subscribers={"siem": ["acme", "globex"], "ops": ["*"]})
+    siem, ops = users[-2], users[-1]
+    assert (siem.name, siem.publish, siem.subscribe) == ("siem", (), ("audit.alerts.acme", "audit.alerts.globex"))
+    assert ops.subscribe == ("audit.alerts.*",)
+    with pytest.raises(ValueError, match="both a producer and an alerts subscriber"):
+        service_users(NatsConfig(), {"siem": ["acme"]}, alerts_subscribers={"siem": ["acme"]})
+    with pytest.raises(ValueError, match="none of ingest, api, reactor"):
+        service_users(NatsConfig(), {}, alerts_subscribers={"reactor": ["acme"]})

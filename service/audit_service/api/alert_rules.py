@@ -27,11 +27,12 @@ from ..core.page_token import (
     query_digest,
 )
 from ..core.records import micros_to_datetime
+from ..core.stored_alert import row_to_alert
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..store import alert_rules as store
 from ..store.append import LogAppender
 from ..store.reactor import alerts_start, list_alerts
-from .alert_watch import AlertWatch, alert_message
+from .alert_watch import AlertWatch
 from .auth import current_caller
 from .paging import caller_identity, page_size_of
 
@@ -169,7 +170,7 @@ class AlertRuleServicer(pb_grpc.AlertRuleServiceServicer):
         )
         rows = await list_alerts(self._pool, tenant, after_seq, limit + 1)
         next_token = encode_page_token(PageToken(rows[limit - 1]["seq"], digest)) if len(rows) > limit else ""
-        return pb.ListAlertsResponse(alerts=[alert_message(row) for row in rows[:limit]], next_page_token=next_token)
+        return pb.ListAlertsResponse(alerts=[row_to_alert(row) for row in rows[:limit]], next_page_token=next_token)
 
     async def WatchAlerts(
         self, request: pb.WatchAlertsRequest, context: aio.ServicerContext

@@ -19,6 +19,7 @@ from audit.v1 import alert_rules_pb2 as pb
 from ..config import TailConfig
 from ..core.page_token import PageToken, encode_page_token
 from ..core.records import datetime_to_micros
+from ..core.stored_alert import row_to_alert
 from ..errors import ShuttingDownError
 from ..store.reactor import alerts_page
 
@@ -26,23 +27,6 @@ PAGE_ALERTS = 100
 """Alerts per read, at most."""
 PAGE_BYTES = 1024 * 1024
 """About the most bytes of alerts per read (one alert always fits)."""
-
-
-def alert_message(row) -> pb.Alert:
-    alert = pb.Alert(
-        id=row["id"],
-        tenant=row["tenant"],
-        rule_id=row["rule_id"],
-        rule_revision=row["rule_revision"],
-        severity=row["severity"],
-        group_key=row["group_key"],
-        message=row["message"],
-        event_positions=row["event_positions"],
-    )
-    alert.window_start.FromDatetime(row["window_start"])
-    alert.window_end.FromDatetime(row["window_end"])
-    alert.create_time.FromDatetime(row["created_at"])
-    return alert
 
 
 class AlertWatch:
@@ -101,7 +85,7 @@ class AlertWatch:
                 self._seq = row["seq"]
                 if self._stored_from is not None and datetime_to_micros(row["created_at"]) < self._stored_from:
                     continue
-                yield self._response(alert_message(row))
+                yield self._response(row_to_alert(row))
             if more:
                 continue
             if not caught_up:

@@ -31,7 +31,6 @@ import orjson
 from audit.v1 import destinations_pb2 as pb
 from google.protobuf import json_format
 
-from ..api.alert_rules import alert_message
 from ..config import DeliveryConfig
 from ..core.backoff import backoff_delay
 from ..core.delivery_formats import (
@@ -53,6 +52,7 @@ from ..core.destinations import (
     syslog_address,
 )
 from ..core.event_filter import Scope, compile_filter
+from ..core.stored_alert import ALERT_COLUMNS, row_to_alert
 from ..core.stored_event import row_to_event
 from ..errors import DeliveryError
 from ..store import delivery_state
@@ -73,11 +73,7 @@ SELECT d.tenant, d.name, d.revision, d.destination::text AS destination, coalesc
        coalesce(s.headers, '{}')::text AS headers
 FROM destinations d LEFT JOIN destination_secrets s USING (tenant, name)
 """
-_ALERTS_AFTER = """
-SELECT seq, tenant, id::text AS id, rule_id::text AS rule_id, rule_revision, severity, group_key, window_start,
-       window_end, message, event_positions, created_at, destinations
-FROM alerts WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3
-"""
+_ALERTS_AFTER = f"SELECT {ALERT_COLUMNS}, destinations FROM alerts WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +313,7 @@ class Subscription:
 
 def alert_webhook_body(row: asyncpg.Record) -> bytes:
     """The webhook payload of an alert, in the Standard Webhooks shape: type, timestamp and data."""
-    data = json_format.MessageToDict(alert_message(row), preserving_proto_field_name=True)
+    data = json_format.MessageToDict(row_to_alert(row), preserving_proto_field_name=True)
     stored: dt.datetime = row["created_at"]
     return orjson.dumps(
         {"type": "audit.alert", "timestamp": stored.astimezone(dt.UTC).isoformat(), "data": data},

@@ -21,7 +21,15 @@ from ..auth.tokens import mint_token
 from ..config import AuthConfig, CheckpointConfig, Config, DatabaseConfig, RetentionConfig, parse_grpc_address
 from ..core.signing import generate_private_key_pem
 from ..errors import ConfigError
-from ..nats_permissions import API_USER, INGEST_USER, PASSWORD_PATTERN, new_password, render, service_users
+from ..nats_permissions import (
+    API_USER,
+    INGEST_USER,
+    PASSWORD_PATTERN,
+    REACTOR_USER,
+    new_password,
+    render,
+    service_users,
+)
 from ..runtime import run_api, run_ingest, run_migrate, run_react
 from ..telemetry.http import Readiness, serving_http
 from .nats import NatsServer, nats_server_binary
@@ -47,6 +55,11 @@ class DevSettings:
     def producer(self) -> str:
         """The NATS user that may publish the dev tenant's events."""
         return f"producer-{self.tenant}"
+
+    @property
+    def alerts_subscriber(self) -> str:
+        """The NATS user that may subscribe to the dev tenant's alerts."""
+        return f"alerts-{self.tenant}"
 
 
 DEV_TOKEN_TTL_SECONDS = 7 * 24 * 3600
@@ -120,9 +133,14 @@ def dev_nats_passwords(data_dir: Path, users: list[str]) -> dict[str, str]:
 
 
 def dev_nats_server(config: Config, settings: DevSettings) -> tuple[NatsServer, dict[str, str]]:
-    """NATS with the service's users and permissions (ingest, api and the dev tenant's producer), and the URL
-    with credentials of each user."""
-    users = service_users(config.nats, {settings.producer: [settings.tenant]}, durable=config.ingest.durable)
+    """NATS with the service's users and permissions (ingest, api, reactor, and the dev tenant's producer and alerts
+    subscriber), and the URL with credentials of each user."""
+    users = service_users(
+        config.nats,
+        {settings.producer: [settings.tenant]},
+        durable=config.ingest.durable,
+        alerts_subscribers={settings.alerts_subscriber: [settings.tenant]},
+    )
     passwords = dev_nats_passwords(settings.data_dir, [user.name for user in users])
     auth_file = settings.data_dir / "nats-auth.conf"
     auth_file.write_text(render(users, command="audit-service dev"))
@@ -181,8 +199,10 @@ def banner(
     owner_url: str,
     producer_url: str,
     metrics_port: int | None = None,
+    alerts_url: str | None = None,
 ) -> str:
-    """What the dev stack prints once ready. The producer's URL is the only password in it."""
+    """What the dev stack prints once ready. The producer's and the alerts subscriber's URLs are the only passwords
+    in it."""
     host, _ = parse_grpc_address(config.api.grpc_address)
     reach = "127.0.0.1" if host in ("0.0.0.0", "[::]", "::") else host
     target = f"{reach}:{grpc_port}"
@@ -206,6 +226,12 @@ def banner(
         f"{config.nats.events_subject_prefix}.{settings.tenant} only; the README's producer example reads it):",
         f"  export AUDIT_NATS_URL={producer_url}",
     ]
+    if alerts_url:
+        lines += [
+            f"alerts of tenant {settings.tenant!r} are published on {config.nats.alerts_subject_prefix}."
+            f"{settings.tenant}; this user may subscribe to them:",
+            f"  {alerts_url}",
+        ]
     if token:
         lines += [
             f"admin token for tenant {settings.tenant!r} (valid 7 days; `audit-service token --help` mints others):",
@@ -257,6 +283,7 @@ async def run_dev(
         # Each process connects as its own NATS user, as in production.
         ingest_config = dataclasses.replace(config, nats=dataclasses.replace(config.nats, url=nats_urls[INGEST_USER]))
         api_config = dataclasses.replace(config, nats=dataclasses.replace(config.nats, url=nats_urls[API_USER]))
+        react_config = dataclasses.replace(config, nats=dataclasses.replace(config.nats, url=nats_urls[REACTOR_USER]))
         ingest = asyncio.create_task(
             run_ingest(ingest_config, stop, ready=worker_ready, readiness=readiness), name="ingest"
         )
@@ -270,9 +297,19 @@ async def run_dev(
             await asyncio.gather(ingest, api)  # re-raises the start-up error
             return
         grpc_port = api_ready.result().port
-        react = asyncio.create_task(run_react(config, stop), name="react")  # alert rules on the committed log
+        # Alert rules on the committed log; the alerts published on NATS (audit.alerts.<tenant>).
+        react = asyncio.create_task(run_react(react_config, stop), name="react")
         announce(
-            banner(config, settings, grpc_port, nats_server.url, owner_url, nats_urls[settings.producer], metrics_port)
+            banner(
+                config,
+                settings,
+                grpc_port,
+                nats_server.url,
+                owner_url,
+                nats_urls[settings.producer],
+                metrics_port,
+                alerts_url=nats_urls[settings.alerts_subscriber],
+            )
         )
         await asyncio.gather(ingest, api, react)
     finally:

@@ -1,4 +1,5 @@
-"""Provisioning of the JetStream streams and the durable pull consumer the ingest workers share."""
+"""Provisioning of the JetStream streams (the ingest workers create the events and dead-letter streams, the reactor
+the alerts stream) and of the durable pull consumer the ingest workers share."""
 
 from __future__ import annotations
 
@@ -35,6 +36,20 @@ def dead_stream_config(config: NatsConfig) -> StreamConfig:
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
         max_age=30 * _DAY,
+        duplicate_window=config.duplicate_window_seconds,
+    )
+
+
+def alerts_stream_config(config: NatsConfig) -> StreamConfig:
+    """Created by the reactor, which publishes every stored alert here (delivery/nats_alerts.py). The duplicate
+    window is what makes a republished alert (after a crash between publishing and checkpointing) one message."""
+    return StreamConfig(
+        name=config.alerts_stream,
+        description="Alerts raised by the audit reactor's rules, one message per alert (Nats-Msg-Id: its id)",
+        subjects=[f"{config.alerts_subject_prefix}.>"],
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=config.alerts_max_age_seconds,
         duplicate_window=config.duplicate_window_seconds,
     )
 

@@ -32,6 +32,7 @@ from audit.v1 import event_pb2
 from ..core.alert_rules import CompiledRule, compile_rule, rule_from_json
 from ..core.reactor import Alert, Reactor, RuleChange, rule_change_of
 from ..core.records import datetime_to_micros, micros_to_datetime
+from ..core.stored_alert import ALERT_COLUMNS
 from ..core.stored_event import row_to_event
 from ..errors import InvalidArgumentError, UnavailableError
 from .queries import last_position_before, log_head, matching_positions, read_range
@@ -61,11 +62,8 @@ ORDER BY rule_id, group_key, window_end DESC
 """
 
 
-_LIST_ALERTS = """
-SELECT seq, tenant, id::text AS id, rule_id::text AS rule_id, rule_revision, severity, group_key, window_start,
-       window_end, message, event_positions, created_at
-FROM alerts WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3
-"""
+_LIST_ALERTS = f"SELECT {ALERT_COLUMNS} FROM alerts WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+_ALERTS_AFTER = f"SELECT {ALERT_COLUMNS} FROM alerts WHERE seq > $1 ORDER BY seq LIMIT $2"
 
 
 async def list_alerts(pool: asyncpg.Pool, tenant: str, after_seq: int, limit: int) -> list[asyncpg.Record]:
@@ -82,6 +80,14 @@ SELECT * FROM (
     FROM ({_LIST_ALERTS}) AS page
 ) AS sized WHERE bytes_before < $4 ORDER BY seq
 """
+
+
+async def alerts_after(conn: asyncpg.Connection, after_seq: int, limit: int) -> list[asyncpg.Record]:
+    """Up to `limit` alerts of every tenant stored after `after_seq`, in storage order (a delivery's next page).
+
+    Storage order is commit order because one reactor inserts them, one transaction at a time: a later seq is
+    never committed before an earlier one, so a reader that advances past a seq skips nothing."""
+    return await conn.fetch(_ALERTS_AFTER, after_seq, limit)
 
 
 async def alerts_page(
