@@ -194,6 +194,17 @@ class ApiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReactorConfig:
+    """How `react` reads the log and the alerts."""
+
+    page_events: int = 500
+    """AUDIT_REACTOR_PAGE_EVENTS: events evaluated per step (one transaction stores their alerts and the
+    checkpoint)."""
+    publish_page_alerts: int = 100
+    """AUDIT_REACTOR_PUBLISH_PAGE_ALERTS: alerts published on NATS per page (then the checkpoint advances)."""
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryConfig:
     """How the reactor delivers to destinations (webhooks, HTTP, Splunk HEC, syslog)."""
 
@@ -320,6 +331,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    reactor: ReactorConfig = field(default_factory=ReactorConfig)
 
     def require_database(self) -> Config:
         """Returns self, or raises ConfigError when no database URL is configured."""
@@ -707,6 +719,12 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         retention=retention,
         checkpoints=checkpoints,
         delivery=_delivery(env),
+        reactor=ReactorConfig(
+            page_events=_positive_int(env, "AUDIT_REACTOR_PAGE_EVENTS", ReactorConfig().page_events),
+            publish_page_alerts=_positive_int(
+                env, "AUDIT_REACTOR_PUBLISH_PAGE_ALERTS", ReactorConfig().publish_page_alerts
+            ),
+        ),
     )
     return replace(config, **overrides) if overrides else config
 

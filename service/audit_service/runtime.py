@@ -197,10 +197,8 @@ async def run_react(config: Config, stop: asyncio.Event) -> None:
     destinations' subscriptions (delivery/destinations.py, on a pool of their own so that no destination can
     starve the evaluation of connections). NATS being unreachable, or a destination being slow or down, only
     delays that delivery (with warnings); evaluation goes on."""
-    import os
-
-    from .delivery.nats_alerts import PAGE_ALERTS, ErrorCallback, NatsAlertDelivery
-    from .store.reactor import PAGE_EVENTS, react
+    from .delivery.nats_alerts import ErrorCallback, NatsAlertDelivery
+    from .store.reactor import react
 
     tls = nats_tls_context(config.nats)  # bad TLS files fail at start-up, before connecting
 
@@ -218,10 +216,8 @@ async def run_react(config: Config, stop: asyncio.Event) -> None:
             error_cb=error_cb,
         )
 
-    # Events per step (and so per transaction) and alerts per published page; environment knobs until they have
-    # a place in Config.
-    page_events = int(os.environ.get("AUDIT_REACTOR_PAGE_EVENTS", PAGE_EVENTS))
-    page_alerts = int(os.environ.get("AUDIT_REACTOR_PUBLISH_PAGE_ALERTS", PAGE_ALERTS))
+    page_events = config.reactor.page_events
+    page_alerts = config.reactor.publish_page_alerts
     policy = address_policy(config)
     async with (
         database_pool(config.database.url, max_size=3) as pool,
