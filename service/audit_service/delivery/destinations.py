@@ -109,6 +109,8 @@ class Subscription:
         self.tenant = destination.tenant
         self.name = destination.name
         self._attributes = {"tenant": self.tenant, "destination": self.name}
+        self._where = compile_filter(destination_filter(destination), Scope(tenant=self.tenant))
+        """The destination's events: its filter ANDed with its tenant (streaming destinations)."""
         self._lag: int | None = None
 
     async def run(self) -> None:
@@ -138,11 +140,10 @@ class Subscription:
         self._lag = max(0, head - state.checkpoint)
         if head <= state.checkpoint:
             return False
-        where = compile_filter(destination_filter(self._destination), Scope(tenant=self.tenant))
         page = await list_events(
             self._pool,
             PageQuery(
-                where=where,
+                where=self._where,
                 newest_first=False,
                 after_position=state.checkpoint,
                 limit=batch_size(self._destination),
@@ -158,7 +159,9 @@ class Subscription:
         positions = [row["position"] for row in page.rows]
         last = positions[-1]
         delivery_id = f"{positions[0]}-{last}"
-        await self._until_delivered(state, delivery_id, len(events), lambda: self._send_events(events, delivery_id))
+        await self._until_delivered(
+            state, delivery_id, len(events), lambda: self._send_events(events, delivery_id), advance_to=last
+        )
         return True
 
     async def _send_events(self, events: list, delivery_id: str) -> Sent:
@@ -246,13 +249,13 @@ class Subscription:
         items: int,
         send: Callable[[], Awaitable[Sent]],
         *,
+        advance_to: int,
         max_attempts: int = 0,
-        advance_to: int | None = None,
     ) -> bool:
         """Attempts `send` until it succeeds (or, with max_attempts, gives up), recording every attempt; then
-        advances the checkpoint. False when the subscription was replayed or deleted meanwhile."""
+        advances the checkpoint to `advance_to`. False when the subscription was replayed or deleted meanwhile."""
         attempt = 0
-        target = advance_to if advance_to is not None else int(delivery_id.rsplit("-", 1)[-1])
+        target = advance_to
         while True:
             attempt += 1
             started = time.monotonic()
