@@ -27,6 +27,7 @@ from .ingest.worker import IngestWorker
 from .store.checkpoints import PeriodicCheckpointer, checkpoint_verifiers
 from .store.migrate import migrate
 from .store.pool import create_pool
+from .store.reactor_lease import ReactorLease
 from .telemetry.http import Readiness, watch_database
 
 log = logging.getLogger(__name__)
@@ -219,16 +220,34 @@ async def run_react(config: Config, stop: asyncio.Event) -> None:
     page_events = config.reactor.page_events
     page_alerts = config.reactor.publish_page_alerts
     policy = address_policy(config)
+    lease = ReactorLease(config.database.url)
     async with (
         database_pool(config.database.url, max_size=3) as pool,
         database_pool(config.database.url, max_size=config.database.pool_max_size) as delivery_pool,
     ):
-        delivery = NatsAlertDelivery(pool, config.nats, connect, page_alerts=page_alerts)
-        supervisor = DestinationSupervisor(delivery_pool, config.delivery, policy)
-        async with asyncio.TaskGroup() as tasks:  # any failing (a bug: each retries what it expects) ends all
-            tasks.create_task(react(pool, stop, page_events=page_events), name="react")
-            tasks.create_task(delivery.run(stop), name="alerts-nats")
-            tasks.create_task(supervisor.run(stop), name="destinations")
+        while await lease.acquire(stop):  # one active reactor; another stands by (store/reactor_lease.py)
+            halt = asyncio.Event()  # stop, or the lease lost
+
+            async def follow_stop(halt: asyncio.Event = halt) -> None:
+                waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(halt.wait())}
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for wait in waits:
+                        wait.cancel()
+                halt.set()
+
+            delivery = NatsAlertDelivery(pool, config.nats, connect, page_alerts=page_alerts)
+            supervisor = DestinationSupervisor(delivery_pool, config.delivery, policy)
+            try:
+                async with asyncio.TaskGroup() as tasks:  # any failing (a bug: each retries what it expects) ends all
+                    tasks.create_task(follow_stop(), name="stop")
+                    tasks.create_task(lease.watch(halt), name="lease")
+                    tasks.create_task(react(pool, halt, page_events=page_events), name="react")
+                    tasks.create_task(delivery.run(halt), name="alerts-nats")
+                    tasks.create_task(supervisor.run(halt), name="destinations")
+            finally:
+                await lease.release()
 
 
 async def run_api(
