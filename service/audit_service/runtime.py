@@ -1,4 +1,4 @@
-"""The service's processes as coroutines: migrate, ingest, serve. Used by the CLI and the dev stack."""
+"""The service's processes as coroutines: migrate, ingest, serve, react. Used by the CLI and the dev stack."""
 
 from __future__ import annotations
 
@@ -82,21 +82,24 @@ def nats_tls_context(nats_config: NatsConfig) -> ssl.SSLContext | None:
 
 @contextlib.asynccontextmanager
 async def readiness_checks(
-    readiness: Readiness | None, prefix: str, database_url: str | None, nc: NatsClient, *reported: str
+    readiness: Readiness | None, prefix: str, database_url: str | None, nc: NatsClient | None, *reported: str
 ) -> AsyncIterator[None]:
-    """Registers the checks of one process part (`prefix`: ingest, api) on `readiness`, if any: NATS connected,
-    PostgreSQL answering, and the checks the part `reported` itself; they fail ("stopped") once the part stops.
+    """Registers the checks of one process part (`prefix`: ingest, api, react) on `readiness`, if any: NATS
+    connected (unless `nc` is None), PostgreSQL answering, and the checks the part `reported` itself; they fail
+    ("stopped") once the part stops.
 
     Without `database_url`, `<prefix>.postgres` is reported by the part too (the API's health monitor checks
     PostgreSQL already)."""
     if readiness is None:
         yield
         return
-    names = [f"{prefix}.{name}" for name in ("nats", "postgres", *reported)]
-    readiness.expect(*names[1:])
-    readiness.watch(names[0], lambda: None if nc.is_connected else "NATS disconnected")
+    nats_check = f"{prefix}.nats" if nc is not None else None
+    names = [f"{prefix}.{name}" for name in ("postgres", *reported)]
+    readiness.expect(*names)
+    if nats_check is not None:
+        readiness.watch(nats_check, lambda: None if nc.is_connected else "NATS disconnected")
     watching = (
-        asyncio.create_task(watch_database(database_url, readiness, names[1]), name=f"{prefix}-db-check")
+        asyncio.create_task(watch_database(database_url, readiness, names[0]), name=f"{prefix}-db-check")
         if database_url
         else None
     )
@@ -107,8 +110,9 @@ async def readiness_checks(
             watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
-        readiness.forget(names[0])
-        for name in names[1:]:  # not ready from here to the end of the process
+        if nats_check is not None:
+            readiness.forget(nats_check)
+        for name in names:  # not ready from here to the end of the process
             readiness.set(name, "stopped")
 
 
@@ -191,12 +195,17 @@ async def run_ingest(
         return worker
 
 
-async def run_react(config: Config, stop: asyncio.Event) -> None:
+async def run_react(config: Config, stop: asyncio.Event, *, readiness: Readiness | None = None) -> None:
     """Runs the reactor until `stop` is set: alert rules evaluated on the committed log (store/reactor.py), and
     beside it, each a task of its own, the stored alerts published on NATS (delivery/nats_alerts.py) and the
     destinations' subscriptions (delivery/destinations.py, on a pool of their own so that no destination can
     starve the evaluation of connections). NATS being unreachable, or a destination being slow or down, only
-    delays that delivery (with warnings); evaluation goes on."""
+    delays that delivery (with warnings); evaluation goes on.
+
+    Args:
+        readiness: where /readyz finds the reactor's checks: react.postgres, react.evaluating. NATS is not one:
+            while it is down alerts wait in PostgreSQL and evaluation goes on (the warnings say so).
+    """
     from .delivery.nats_alerts import ErrorCallback, NatsAlertDelivery
     from .store.reactor import react
 
@@ -225,8 +234,12 @@ async def run_react(config: Config, stop: asyncio.Event) -> None:
     ):
         delivery = NatsAlertDelivery(pool, config.nats, connect, page_alerts=page_alerts)
         supervisor = DestinationSupervisor(delivery_pool, config.delivery, policy)
-        async with asyncio.TaskGroup() as tasks:  # any failing (a bug: each retries what it expects) ends all
-            tasks.create_task(react(pool, stop, page_events=page_events), name="react")
+        report = None if readiness is None else lambda problem: readiness.set("react.evaluating", problem)
+        async with (
+            readiness_checks(readiness, "react", config.database.url, None, "evaluating"),
+            asyncio.TaskGroup() as tasks,  # any failing (a bug: each retries what it expects) ends all
+        ):
+            tasks.create_task(react(pool, stop, page_events=page_events, report=report), name="react")
             tasks.create_task(delivery.run(stop), name="alerts-nats")
             tasks.create_task(supervisor.run(stop), name="destinations")
 
