@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         "Configured by AUDIT_* environment variables (see README).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    dev = commands.add_parser("dev", help="run everything locally: embedded NATS and PostgreSQL, worker, API")
+    dev = commands.add_parser("dev", help="run everything locally: embedded NATS and PostgreSQL, worker, API, reactor")
     dev.add_argument("--data-dir", type=Path, default=Path(".audit-dev"), help="data directory (default .audit-dev)")
     dev.add_argument("--nats-port", type=int, default=4222, help="NATS port (default 4222)")
     dev.add_argument("--postgres-port", type=int, default=55432, help="PostgreSQL port (default 55432)")
@@ -120,7 +120,8 @@ async def _until_signalled(main: Coroutine[Any, Any, Any], stop: asyncio.Event) 
 
 
 async def _serving_process(config: Config, command: str, stop: asyncio.Event) -> None:
-    """`ingest` or `serve`, with the HTTP port of /metrics, /livez and /readyz when AUDIT_METRICS_ADDRESS is set."""
+    """`ingest`, `serve` or `react`, with the HTTP port of /metrics, /livez and /readyz when AUDIT_METRICS_ADDRESS
+    is set."""
     address = config.telemetry.metrics_address
     readiness = Readiness() if address else None
     async with contextlib.AsyncExitStack() as stack:
@@ -129,7 +130,7 @@ async def _serving_process(config: Config, command: str, stop: asyncio.Event) ->
         if command == "ingest":
             await run_ingest(config, stop, readiness=readiness)
         elif command == "react":
-            await run_react(config, stop)
+            await run_react(config, stop, readiness=readiness)
         else:
             await run_api(config, stop, readiness=readiness)
 

@@ -1,4 +1,4 @@
-"""The service's processes as coroutines: migrate, ingest, serve. Used by the CLI and the dev stack."""
+"""The service's processes as coroutines: migrate, ingest, serve, react. Used by the CLI and the dev stack."""
 
 from __future__ import annotations
 
@@ -83,21 +83,24 @@ def nats_tls_context(nats_config: NatsConfig) -> ssl.SSLContext | None:
 
 @contextlib.asynccontextmanager
 async def readiness_checks(
-    readiness: Readiness | None, prefix: str, database_url: str | None, nc: NatsClient, *reported: str
+    readiness: Readiness | None, prefix: str, database_url: str | None, nc: NatsClient | None, *reported: str
 ) -> AsyncIterator[None]:
-    """Registers the checks of one process part (`prefix`: ingest, api) on `readiness`, if any: NATS connected,
-    PostgreSQL answering, and the checks the part `reported` itself; they fail ("stopped") once the part stops.
+    """Registers the checks of one process part (`prefix`: ingest, api, react) on `readiness`, if any: NATS
+    connected (unless `nc` is None), PostgreSQL answering, and the checks the part `reported` itself; they fail
+    ("stopped") once the part stops.
 
     Without `database_url`, `<prefix>.postgres` is reported by the part too (the API's health monitor checks
     PostgreSQL already)."""
     if readiness is None:
         yield
         return
-    names = [f"{prefix}.{name}" for name in ("nats", "postgres", *reported)]
-    readiness.expect(*names[1:])
-    readiness.watch(names[0], lambda: None if nc.is_connected else "NATS disconnected")
+    nats_check = f"{prefix}.nats" if nc is not None else None
+    names = [f"{prefix}.{name}" for name in ("postgres", *reported)]
+    readiness.expect(*names)
+    if nats_check is not None:
+        readiness.watch(nats_check, lambda: None if nc.is_connected else "NATS disconnected")
     watching = (
-        asyncio.create_task(watch_database(database_url, readiness, names[1]), name=f"{prefix}-db-check")
+        asyncio.create_task(watch_database(database_url, readiness, names[0]), name=f"{prefix}-db-check")
         if database_url
         else None
     )
@@ -108,8 +111,9 @@ async def readiness_checks(
             watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
-        readiness.forget(names[0])
-        for name in names[1:]:  # not ready from here to the end of the process
+        if nats_check is not None:
+            readiness.forget(nats_check)
+        for name in names:  # not ready from here to the end of the process
             readiness.set(name, "stopped")
 
 
@@ -192,12 +196,17 @@ async def run_ingest(
         return worker
 
 
-async def run_react(config: Config, stop: asyncio.Event) -> None:
+async def run_react(config: Config, stop: asyncio.Event, *, readiness: Readiness | None = None) -> None:
     """Runs the reactor until `stop` is set: alert rules evaluated on the committed log (store/reactor.py), and
     beside it, each a task of its own, the stored alerts published on NATS (delivery/nats_alerts.py) and the
     destinations' subscriptions (delivery/destinations.py, on a pool of their own so that no destination can
     starve the evaluation of connections). NATS being unreachable, or a destination being slow or down, only
-    delays that delivery (with warnings); evaluation goes on."""
+    delays that delivery (with warnings); evaluation goes on.
+
+    Args:
+        readiness: where /readyz finds the reactor's checks: react.postgres, react.evaluating. NATS is not one:
+            while it is down alerts wait in PostgreSQL and evaluation goes on (the warnings say so).
+    """
     from .delivery.nats_alerts import ErrorCallback, NatsAlertDelivery
     from .store.reactor import react
 
@@ -225,29 +234,34 @@ async def run_react(config: Config, stop: asyncio.Event) -> None:
         database_pool(config.database.url, max_size=3) as pool,
         database_pool(config.database.url, max_size=config.database.pool_max_size) as delivery_pool,
     ):
-        while await lease.acquire(stop):  # one active reactor; another stands by (store/reactor_lease.py)
-            halt = asyncio.Event()  # stop, or the lease lost
+        report = None if readiness is None else lambda problem: readiness.set("react.evaluating", problem)
+        async with readiness_checks(readiness, "react", config.database.url, None, "evaluating"):
+            # One active reactor; another stands by (store/reactor_lease.py), ready to take over.
+            while await lease.acquire(stop, on_standby=None if report is None else lambda: report(None)):
+                halt = asyncio.Event()  # stop, or the lease lost
 
-            async def follow_stop(halt: asyncio.Event = halt) -> None:
-                waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(halt.wait())}
+                async def follow_stop(halt: asyncio.Event = halt) -> None:
+                    waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(halt.wait())}
+                    try:
+                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for wait in waits:
+                            wait.cancel()
+                    halt.set()
+
+                delivery = NatsAlertDelivery(pool, config.nats, connect, page_alerts=page_alerts)
+                supervisor = DestinationSupervisor(delivery_pool, config.delivery, policy)
                 try:
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    async with (
+                        asyncio.TaskGroup() as tasks
+                    ):  # any failing (a bug: each retries what it expects) ends all
+                        tasks.create_task(follow_stop(), name="stop")
+                        tasks.create_task(lease.watch(halt), name="lease")
+                        tasks.create_task(react(pool, halt, page_events=page_events, report=report), name="react")
+                        tasks.create_task(delivery.run(halt), name="alerts-nats")
+                        tasks.create_task(supervisor.run(halt), name="destinations")
                 finally:
-                    for wait in waits:
-                        wait.cancel()
-                halt.set()
-
-            delivery = NatsAlertDelivery(pool, config.nats, connect, page_alerts=page_alerts)
-            supervisor = DestinationSupervisor(delivery_pool, config.delivery, policy)
-            try:
-                async with asyncio.TaskGroup() as tasks:  # any failing (a bug: each retries what it expects) ends all
-                    tasks.create_task(follow_stop(), name="stop")
-                    tasks.create_task(lease.watch(halt), name="lease")
-                    tasks.create_task(react(pool, halt, page_events=page_events), name="react")
-                    tasks.create_task(delivery.run(halt), name="alerts-nats")
-                    tasks.create_task(supervisor.run(halt), name="destinations")
-            finally:
-                await lease.release()
+                    await lease.release()
 
 
 async def run_api(

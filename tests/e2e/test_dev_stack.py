@@ -19,8 +19,10 @@ import pytest
 from audit_client.connection import connect_nats
 from audit_service.devstack.processes import free_port, port_is_open
 from nats.aio.msg import Msg
+from standardwebhooks.webhooks import Webhook
 
 from ..conftest import REPO_ROOT
+from ..http_receiver import Received, receiving
 
 pytestmark = pytest.mark.slow
 
@@ -111,6 +113,10 @@ def test_the_banner_says_how_to_reach_everything(dev_stack):
     assert banner.count(passwords["producer-acme"]) == 1
     alerts_url = f"nats://alerts-acme:{passwords['alerts-acme']}@127.0.0.1:{dev_stack['ports']['nats']}"
     assert f"published on audit.alerts.acme; this user may subscribe to them:\n  {alerts_url}\n" in banner
+    # A local stack: destinations may point at a receiver on this machine or its network.
+    assert (
+        "  destinations may point at loopback and private networks: AUDIT_DESTINATIONS_ALLOW_PRIVATE=true\n" in banner
+    )
     for user in ("ingest", "api", "reactor"):  # the service's own credentials are never printed
         assert passwords[user] not in banner
 
@@ -119,23 +125,27 @@ def test_the_dev_process_serves_metrics_and_probes_where_the_banner_says(dev_sta
     base = re.search(r"  metrics    (http://127\.0\.0\.1:\d+)/metrics  \(probes: ", dev_stack["log"].read_text()).group(
         1
     )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=10) as response:
-                checks = response.read().decode().splitlines()
-                break
-        except urllib.error.HTTPError:  # 503 until the first PostgreSQL check has run
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-    assert checks == [
+    expected = [
         "api.nats: ok",
         "api.postgres: ok",
         "api.serving: ok",
         "ingest.consumer: ok",
         "ingest.nats: ok",
         "ingest.postgres: ok",
+        "react.evaluating: ok",
+        "react.postgres: ok",
     ]
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=10) as response:
+                checks = response.read().decode().splitlines()
+        except urllib.error.HTTPError:  # 503 until the first PostgreSQL checks have run
+            checks = []
+        if checks == expected:  # the reactor's checks join once it has started, after the banner
+            break
+        assert time.monotonic() < deadline, checks
+        time.sleep(0.2)
     with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
         assert b"process_cpu_seconds_total" in response.read()
 
@@ -219,41 +229,70 @@ def test_readme_example_publishes_and_grpcurl_reads_it_back(dev_stack, tmp_path)
     assert health == {"status": "SERVING"}
 
 
-def test_the_dev_process_runs_the_reactor_alerts_are_listed_with_grpcurl(dev_stack, tmp_path):
+def test_the_dev_process_runs_the_reactor_alerts_are_listed_with_grpcurl_and_reach_a_webhook(dev_stack, tmp_path):
     target = dev_stack["target"]
     bearer = ("-H", f"authorization: Bearer {printed_token(dev_stack)}")
-    created = json.loads(
-        grpcurl(
-            *bearer,
-            "-d",
-            '{"template": "new_api_tokens"}',
-            target,
-            "audit.v1.AlertRuleService/CreateAlertRuleFromTemplate",
-        ).stdout
-    )
-    rule_id = created["alert_rule"]["id"]
     example = tmp_path / "example.py"
     example.write_text(readme_producer_example())  # publishes an api_key.create
     env = {**os.environ, "AUDIT_NATS_URL": printed_nats_url(dev_stack)}
 
-    async def publish_and_hear() -> list[Msg]:
-        """Publishes with the README's example while subscribed to acme's alerts as the printed alerts user."""
-        subscriber = await connect_nats(printed_alerts_url(dev_stack))
-        try:
-            alerts = await subscriber.subscribe("audit.alerts.acme")
-            await subscriber.flush()
-            published = await asyncio.to_thread(
-                subprocess.run, [sys.executable, str(example)], capture_output=True, text=True, env=env, timeout=60
+    async def set_up_publish_and_hear() -> tuple[str, str, list[Msg], list[Received]]:
+        """With a webhook receiver on loopback (the dev stack allows private destinations): a destination for it
+        and a rule naming it, made with grpcurl; then the README's example publishes while subscribed to acme's
+        alerts as the printed alerts user. Returns the rule's id, the webhook's secret, what NATS and the webhook
+        got."""
+        async with receiving() as hooks:
+            created = json.loads(
+                (
+                    await asyncio.to_thread(
+                        grpcurl,
+                        *bearer,
+                        "-d",
+                        json.dumps({"destination": {"name": "pager", "webhook": {"url": hooks.url}}}),
+                        target,
+                        "audit.v1.DestinationService/CreateDestination",
+                    )
+                ).stdout
             )
-            assert published.returncode == 0, published.stderr
-            heard = [await alerts.next_msg(timeout=30)]
-            while alerts.pending_msgs:
-                heard.append(await alerts.next_msg())
-            return heard
-        finally:
-            await subscriber.close()
+            rule = json.loads(
+                (
+                    await asyncio.to_thread(
+                        grpcurl,
+                        *bearer,
+                        "-d",
+                        json.dumps(
+                            {
+                                "template": "new_api_tokens",
+                                "overrides": {"destinations": ["pager"]},
+                                "override_mask": {"paths": ["destinations"]},
+                            }
+                        ),
+                        target,
+                        "audit.v1.AlertRuleService/CreateAlertRuleFromTemplate",
+                    )
+                ).stdout
+            )["alert_rule"]
+            assert rule["destinations"] == ["pager"]
+            subscriber = await connect_nats(printed_alerts_url(dev_stack))
+            try:
+                alerts = await subscriber.subscribe("audit.alerts.acme")
+                await subscriber.flush()
+                published = await asyncio.to_thread(
+                    subprocess.run, [sys.executable, str(example)], capture_output=True, text=True, env=env, timeout=60
+                )
+                assert published.returncode == 0, published.stderr
+                heard = [await alerts.next_msg(timeout=30)]
+                while alerts.pending_msgs:
+                    heard.append(await alerts.next_msg())
+            finally:
+                await subscriber.close()
+            deadline = time.monotonic() + 30
+            while not hooks.requests:
+                assert time.monotonic() < deadline, "the webhook got no alert"
+                await asyncio.sleep(0.1)
+            return rule["id"], created["generated_secret"], heard, list(hooks.requests)
 
-    heard = asyncio.run(publish_and_hear())
+    rule_id, secret, heard, hooked = asyncio.run(set_up_publish_and_hear())
 
     deadline = time.monotonic() + 30
     while True:
@@ -271,6 +310,10 @@ def test_the_dev_process_runs_the_reactor_alerts_are_listed_with_grpcurl(dev_sta
     assert on_nats.headers["Nats-Msg-Id"] == alerts[0]["id"]
     assert json.loads(on_nats.data)["id"] == alerts[0]["id"]
     assert json.loads(on_nats.data)["message"] == alerts[0]["message"]
+    # And at the webhook, signed (Standard Webhooks) with the secret CreateDestination returned.
+    [hook] = hooked
+    payload = Webhook(secret).verify(hook.body, hook.headers)  # raises on a bad signature
+    assert payload["type"] == "audit.alert" and payload["data"]["id"] == alerts[0]["id"] == hook.headers["webhook-id"]
 
 
 def test_sigint_stops_every_process_it_started(dev_stack):

@@ -1,8 +1,10 @@
-"""The production path as docker-compose.yml deploys it: the image's entry point run as `migrate`, two `ingest`
-and one `serve`, separate processes with exactly the environment the file gives each service (its hosts mapped to
-this test's own NATS and PostgreSQL, its secrets to files made here, its published port to a free one), NATS run
-with the configuration the file mounts and PostgreSQL prepared by the script it mounts. A producer publishes with
-the client as its own NATS user; a platform engineer reads with grpcurl and verifies the chain with the CLI."""
+"""The production path as docker-compose.yml deploys it: the image's entry point run as `migrate`, two `ingest`,
+one `serve` and one `react`, separate processes with exactly the environment the file gives each service (its hosts
+mapped to this test's own NATS and PostgreSQL, its secrets to files made here, its published port to a free one),
+NATS run with the configuration the file mounts and PostgreSQL prepared by the script it mounts. A producer
+publishes with the client as its own NATS user; a platform engineer reads with grpcurl and verifies the chain with
+the CLI, and sets up alerts and destinations with grpcurl that a webhook, an HTTP receiver and a NATS subscriber
+hear."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import urllib.error
@@ -20,17 +23,21 @@ from pathlib import Path
 
 import pytest
 from audit_client import connect as connect_publisher
+from audit_client.connection import connect_nats
 from audit_service.devstack.nats import NatsServer
 from audit_service.devstack.postgres import EmbeddedPostgres, postgres_bin_dir
 from audit_service.devstack.processes import free_port
+from audit_service.nats_permissions import password_variable
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
+from standardwebhooks.webhooks import Webhook
 
 from ..certificates import CertificateAuthority
 from ..compose import ComposeFile
 from ..conftest import REPO_ROOT, ServiceProcess, eventually
 from ..factories import make_event
+from ..http_receiver import Receiver, receiving
 from ..otlp_receiver import OtlpReceiver, otlp_receiver
 
 pytestmark = pytest.mark.slow
@@ -50,7 +57,7 @@ VARIABLES = {
 SETTINGS = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4317"}
 """What an operator may set as well: where the OpenTelemetry collector listens."""
 
-READY_LINES = {"ingest": "ingest worker consuming", "serve": "gRPC API listening"}
+READY_LINES = {"ingest": "ingest worker consuming", "serve": "gRPC API listening", "react": "resuming after"}
 
 
 def image_entrypoint() -> list[str]:
@@ -84,6 +91,8 @@ class Deployment:
     project_dir: Path
     """Where the compose file's relative bind mounts (./tls) point: this test's copy of the project directory."""
     collector: OtlpReceiver
+    alerts_subscribers: dict[str, str]
+    """NATS users the operator added to hear alerts (see `with_alerts_subscribers`), user to password."""
 
     def bind_mounts(self, service: str) -> dict[str, Path]:
         """The service's `./host:/container[:ro]` volumes, container path to this machine's directory."""
@@ -112,9 +121,16 @@ class Deployment:
             env[name] = value
         return env
 
-    def process_environment(self, service: str, ports: dict[int, int] | None = None) -> dict[str, str]:
-        """Only what the container would have: its compose environment, plus PATH and HOME of this machine."""
-        return {"PATH": os.environ["PATH"], "HOME": str(self.workdir), **self.environment(service, ports)}
+    def process_environment(
+        self, service: str, ports: dict[int, int] | None = None, overrides: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """Only what the container would have: its compose environment, plus PATH and HOME of this machine, and a
+        test's `overrides` (each one explained where the test sets it)."""
+        env = {"PATH": os.environ["PATH"], "HOME": str(self.workdir), **self.environment(service, ports)}
+        return env | (overrides or {})
+
+    def nats_url(self, user: str, password: str) -> str:
+        return f"nats://{user}:{password}@{self.hosts['nats:4222']}"
 
     def run(self, service: str, *extra: str) -> subprocess.CompletedProcess[str]:
         """A one-off run of the service's image with its command (or `extra` instead), to completion."""
@@ -128,7 +144,7 @@ class Deployment:
             cwd=self.workdir,
         )
 
-    def start(self, service: str, replica: int = 0) -> Replica:
+    def start(self, service: str, replica: int = 0, *, overrides: dict[str, str] | None = None) -> Replica:
         """A long-running replica of the service, its output in <service>-<replica>.log: its published ports are
         the deployment's, each exposed port gets a port of its own on this machine."""
         exposed = {int(port): free_port() for port in self.compose.service(service).get("expose", [])}
@@ -136,7 +152,7 @@ class Deployment:
         command = self.compose.command(service)
         process = ServiceProcess(
             command[0],
-            self.process_environment(service, ports),
+            self.process_environment(service, ports, overrides),
             self.workdir / f"{service}-{replica}.log",
             READY_LINES[command[0]],
             argv=[str(BIN / image_entrypoint()[0]), *command],
@@ -216,18 +232,50 @@ def prepare_postgres(compose: ComposeFile, server: EmbeddedPostgres, workdir: Pa
     assert result.returncode == 0, result.stderr
 
 
+def with_alerts_subscribers(
+    config_file: Path, subscribers: dict[str, str], tenant: str, directory: Path
+) -> tuple[Path, dict[str, str]]:
+    """What docker-compose.yml's nats-auth comment tells an operator to do for more NATS users: run the command
+    that wrote nats-auth.conf again, here with `--alerts-subscriber` for each of `subscribers` (user to password,
+    hearing `tenant`'s alerts), and give nats-server their passwords. Returns the file and those variables."""
+    written_by = re.search(r"^# Written by `(audit-service nats-config[^`]*)`", config_file.read_text(), re.M)
+    assert written_by, "nats-auth.conf says which command wrote it"
+    command = shlex.split(written_by.group(1))
+    command += [part for user in subscribers for part in ("--alerts-subscriber", f"{user}={tenant}")]
+    written = subprocess.run(
+        [str(BIN / command[0]), *command[1:]],
+        env={"PATH": os.environ["PATH"], "HOME": str(directory)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert written.returncode == 0, written.stderr
+    regenerated = directory / "nats-auth.conf"
+    regenerated.write_text(written.stdout)
+    return regenerated, {password_variable(user): password for user, password in subscribers.items()}
+
+
 @pytest.fixture
-async def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Deployment]:
+def alerts_subscribers(request: pytest.FixtureRequest) -> dict[str, str]:
+    """NATS users (to passwords) the operator adds to hear tenant acme's alerts: none unless a test asks (an
+    indirect parameter); the shipped nats-auth.conf has none."""
+    return getattr(request, "param", {})
+
+
+@pytest.fixture
+async def deployment(
+    tmp_path: Path, request: pytest.FixtureRequest, alerts_subscribers: dict[str, str]
+) -> AsyncIterator[Deployment]:
     """The deployment of docker-compose.yml with the operator's VARIABLES and SETTINGS, and those of an indirect
     parameter on top; an OTLP collector of the test's own listens where SETTINGS point the processes."""
     compose = ComposeFile.load(REPO_ROOT / "docker-compose.yml", VARIABLES | SETTINGS | getattr(request, "param", {}))
     (nats_config,) = compose.service("nats")["configs"]
-    nats = NatsServer(
-        tmp_path / "nats",
-        port=free_port(),
-        config_file=REPO_ROOT / compose.model["configs"][nats_config["source"]]["file"],
-        env=compose.environment("nats"),
-    )
+    config_file = REPO_ROOT / compose.model["configs"][nats_config["source"]]["file"]
+    nats_env = compose.environment("nats")
+    if alerts_subscribers:
+        config_file, passwords = with_alerts_subscribers(config_file, alerts_subscribers, "acme", tmp_path)
+        nats_env |= passwords
+    nats = NatsServer(tmp_path / "nats", port=free_port(), config_file=config_file, env=nats_env)
     postgres = EmbeddedPostgres(tmp_path / "postgres", port=free_port(), durable=False)
     nats.start()
     postgres.start()
@@ -250,6 +298,7 @@ async def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIte
                 published_ports={50051: free_port()},
                 project_dir=project_dir,
                 collector=collector,
+                alerts_subscribers=alerts_subscribers,
             )
     finally:
         nats.stop()
@@ -284,7 +333,8 @@ async def http_get(url: str) -> tuple[int, str]:
 def grpcurl(
     deployment: Deployment, token: str, method: str, request: dict, *, client_certificate: bool = False
 ) -> dict:
-    """A call as a platform engineer makes it: TLS with the CA of ./tls (and its client certificate for mTLS)."""
+    """A call as a platform engineer makes it: TLS with the CA of ./tls (and its client certificate for mTLS).
+    `method`: of audit.v1.AuditService, or `service/method`."""
     port = deployment.published_ports[50051]
     tls = deployment.project_dir / "tls"
     identity = ["-cert", str(tls / "client.crt"), "-key", str(tls / "client.key")] if client_certificate else []
@@ -301,7 +351,7 @@ def grpcurl(
             "-d",
             json.dumps(request),
             f"127.0.0.1:{port}",
-            f"audit.v1.AuditService/{method}",
+            method if "/" in method else f"audit.v1.AuditService/{method}",
         ],
         capture_output=True,
         text=True,
@@ -406,6 +456,145 @@ async def test_migrate_two_ingest_workers_and_the_api_run_as_docker_compose_give
         assert logged and all({"time", "level", "message"} <= record.keys() for record in logged), "JSON logs"
         verify = deployment.run("ingest", "verify")
         assert verify.returncode == 0, verify.stdout + verify.stderr
+    finally:
+        for process in processes:
+            process.close()
+
+
+ALERTS_SUBSCRIBER = ("alerts-acme", "alerts-test-password-9d4f")
+
+PRIVATE_DESTINATIONS = {"AUDIT_DESTINATIONS_ALLOW_PRIVATE": "true"}
+"""The test's receivers listen on loopback, which destinations may not point at in production (SSRF): the API
+refuses such a destination when it is saved, the reactor at every connection, so both get this override."""
+
+
+def streamed_events(receiver: Receiver) -> list[dict]:
+    """Every event of every batch an HTTP destination's receiver got, in arrival order."""
+    return [event for request in receiver.requests for event in json.loads(request.body)["events"]]
+
+
+@pytest.mark.parametrize("alerts_subscribers", [dict([ALERTS_SUBSCRIBER])], indirect=True)
+@pytest.mark.timeout(300)
+async def test_react_runs_as_docker_compose_gives_it_and_alerts_and_streams_reach_their_destinations(
+    deployment: Deployment,
+):
+    assert deployment.run("migrate").returncode == 0
+    workers = [
+        deployment.start("ingest", replica)
+        for replica in range(deployment.compose.service("ingest")["deploy"]["replicas"])
+    ]
+    api = deployment.start("api", overrides=PRIVATE_DESTINATIONS)
+    react = deployment.start("react", overrides=PRIVATE_DESTINATIONS)
+    processes = [replica.process for replica in (*workers, api, react)]
+    try:
+        for process in processes:
+            await process.ready()
+        token = mint_token(deployment)
+        async with receiving() as hooks, receiving() as siem:
+            # A platform engineer sets up a webhook, a rule naming it, and a stream of every event to a SIEM.
+            pager = grpcurl(
+                deployment,
+                token,
+                "audit.v1.DestinationService/CreateDestination",
+                {"destination": {"name": "pager", "tenant": "acme", "webhook": {"url": hooks.url}}},
+            )
+            streamed = grpcurl(
+                deployment,
+                token,
+                "audit.v1.DestinationService/CreateDestination",
+                {"destination": {"name": "siem", "tenant": "acme", "http": {"url": siem.url}}},
+            )
+            rule = grpcurl(
+                deployment,
+                token,
+                "audit.v1.AlertRuleService/CreateAlertRule",
+                {
+                    "alert_rule": {
+                        "tenant": "acme",
+                        "display_name": "Deletions",
+                        "enabled": True,
+                        "query": "action:doc.delete",
+                        "severity": "ALERT_SEVERITY_HIGH",
+                        "message_template": "{actor.id} deleted {resource.id}",
+                        "destinations": ["pager"],
+                    }
+                },
+            )["alert_rule"]
+
+            user, password = ALERTS_SUBSCRIBER
+            subscriber = await connect_nats(deployment.nats_url(user, password))
+            try:
+                on_nats = await subscriber.subscribe("audit.alerts.acme")
+                await subscriber.flush()
+                producer_url = deployment.nats_url("producer-acme", VARIABLES["AUDIT_NATS_PRODUCER_ACME_PASSWORD"])
+                events = [
+                    make_event("acme", action="doc.delete" if i in (3, 8) else "doc.read", message=f"react {i}")
+                    for i in range(12)
+                ]
+                async with connect_publisher(producer_url) as publisher:
+                    published = [(await publisher.publish(event)).event_id for event in events]
+                deletions = [published[3], published[8]]
+
+                async def delivered() -> bool:
+                    streamed_ids = {event["eventId"] for event in streamed_events(siem)}
+                    return len(hooks.requests) >= 2 and set(published) <= streamed_ids
+
+                await eventually(delivered, within=60, what="2 alerts at the webhook and the 12 events at the SIEM")
+                heard = [await on_nats.next_msg(timeout=30) for _ in deletions]
+            finally:
+                await subscriber.close()
+
+            # The stream: each event of the log from where the SIEM's subscription began (with the configuration
+            # changes above, which are events too) once, in log order (the API's positions).
+            listed = grpcurl(deployment, token, "ListEvents", {"page_size": 100})["events"]
+            in_log_order = [event["event_id"] for event in sorted(listed, key=lambda event: int(event["position"]))]
+            got = [event["eventId"] for event in streamed_events(siem)]
+            assert got == in_log_order[in_log_order.index(got[0]) :]
+            assert set(published) <= set(got)
+            for request in siem.requests:
+                Webhook(streamed["generated_secret"]).verify(request.body, request.headers)  # raises if unsigned
+
+            # The alerts: stored, signed at the webhook with the secret CreateDestination returned, and on NATS.
+            alerts = grpcurl(deployment, token, "audit.v1.AlertRuleService/ListAlerts", {"page_size": 50})["alerts"]
+            assert len(alerts) == 2 and {alert["rule_id"] for alert in alerts} == {rule["id"]}
+            alert_ids = {alert["id"] for alert in alerts}
+            signed = [Webhook(pager["generated_secret"]).verify(r.body, r.headers) for r in hooks.requests]
+            assert {payload["data"]["id"] for payload in signed} == alert_ids
+            assert all(payload["type"] == "audit.alert" for payload in signed)
+            assert {r.headers["webhook-id"] for r in hooks.requests} == alert_ids
+            assert {msg.headers["Nats-Msg-Id"] for msg in heard} == alert_ids
+            assert {json.loads(msg.data)["id"] for msg in heard} == alert_ids
+
+            # Caught up: no lag in the destinations' status, nor in the reactor's gauge.
+            for name in ("pager", "siem"):
+                status = grpcurl(
+                    deployment,
+                    token,
+                    "audit.v1.DestinationService/GetDestinationStatus",
+                    {"tenant": "acme", "name": name},
+                )["status"]
+                assert int(status.get("lag", 0)) == 0 and int(status["checkpoint"]) == int(status["head"]) > 0, status
+
+            async def gauges_at_zero() -> bool:
+                scraped = samples((await http_get(react.url(9464, "/metrics")))[1])
+                lags = {
+                    labels.get("destination"): value
+                    for sample, labels, value in scraped
+                    if sample == "audit_destination_lag" and labels.get("tenant") == "acme"
+                }
+                return lags == {"pager": 0, "siem": 0}
+
+            await eventually(gauges_at_zero, what="audit_destination_lag 0 for pager and siem on react's /metrics")
+            status, metrics = await http_get(react.url(9464, "/metrics"))
+            assert status == 200 and re.search(r'\ntarget_info\{[^}]*service_name="audit-react"', metrics)
+            delivered_ok = total(samples(metrics), "audit_destination_attempts_total", outcome="delivered")
+            assert delivered_ok == len(hooks.requests) + len(siem.requests)
+            assert (await http_get(react.url(9464, "/readyz"))) == (200, "react.evaluating: ok\nreact.postgres: ok\n")
+            check = await asyncio.to_thread(deployment.healthcheck, "react", react)
+            assert check.returncode == 0, check.stderr
+
+        for process in processes:
+            assert await process.terminate() == 0, process.output()
     finally:
         for process in processes:
             process.close()

@@ -1,4 +1,4 @@
-"""Telemetry of real `audit-service ingest` and `serve` processes: spans and metrics reach a real OTLP/gRPC
+"""Telemetry of real `audit-service ingest`, `serve` and `react` processes: spans and metrics reach a real OTLP/gRPC
 collector, Prometheus scrapes, /livez and /readyz tell the truth, JSON logs carry trace ids, a collector that
 is down does not stop ingest."""
 
@@ -17,7 +17,7 @@ from audit.v1 import audit_service_pb2 as pb
 from audit_service.devstack.processes import free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ..conftest import eventually, run_cli
+from ..conftest import ServiceProcess, eventually, run_cli
 from ..factories import make_event, stamp
 from ..otlp_receiver import otlp_receiver
 
@@ -224,6 +224,37 @@ async def test_prometheus_and_readyz_of_an_api_process(api_process, database_out
 
         await eventually(unready, what="/readyz 503 naming PostgreSQL while it refuses connections")
     await eventually(ready, what="/readyz 200 again once PostgreSQL is back")
+
+
+async def test_prometheus_livez_and_readyz_of_a_react_process(service_env, database_outage, tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**service_env, "AUDIT_METRICS_ADDRESS": f"127.0.0.1:{port}", "OTEL_TRACES_EXPORTER": "console"}
+    react = ServiceProcess("react", env, tmp_path / "react.log", "resuming after").start()
+    try:
+        await react.ready()
+
+        async def ready() -> bool:
+            return (await get(f"{base}/readyz"))[0] == 200
+
+        await eventually(ready, what="/readyz 200")
+        assert (await get(f"{base}/readyz"))[1].splitlines() == ["react.evaluating: ok", "react.postgres: ok"]
+        assert (await get(f"{base}/livez"))[0] == 200
+        status, metrics = await get(f"{base}/metrics")
+        assert status == 200 and re.search(r'\ntarget_info\{[^}]*service_name="audit-react"', metrics)
+
+        async with database_outage():
+
+            async def unready() -> bool:
+                status, body = await get(f"{base}/readyz")
+                return status == 503 and "react.postgres: PostgreSQL unreachable" in body
+
+            await eventually(unready, what="/readyz 503 naming PostgreSQL while it refuses connections")
+            assert (await get(f"{base}/livez"))[0] == 200  # a dependency down is not a reason to restart
+        await eventually(ready, what="/readyz 200 again once PostgreSQL is back")
+        assert await react.terminate() == 0
+    finally:
+        react.close()
 
 
 async def test_an_unreachable_collector_stops_neither_ingest_nor_rpcs(spawn_worker, api_process, publisher, owner):

@@ -1,5 +1,5 @@
-"""`audit-service dev`: NATS and PostgreSQL from wheels, migrations, the ingest worker and the API, in one
-command, with data in a local directory."""
+"""`audit-service dev`: NATS and PostgreSQL from wheels, migrations, the ingest worker, the API and the reactor,
+in one command, with data in a local directory."""
 
 from __future__ import annotations
 
@@ -18,7 +18,15 @@ import asyncpg
 
 from ..api.server import RunningServer
 from ..auth.tokens import mint_token
-from ..config import AuthConfig, CheckpointConfig, Config, DatabaseConfig, RetentionConfig, parse_grpc_address
+from ..config import (
+    AuthConfig,
+    CheckpointConfig,
+    Config,
+    DatabaseConfig,
+    DeliveryConfig,
+    RetentionConfig,
+    parse_grpc_address,
+)
 from ..core.signing import generate_private_key_pem
 from ..errors import ConfigError
 from ..nats_permissions import (
@@ -161,6 +169,15 @@ def dev_retention(retention: RetentionConfig, data_dir: Path) -> RetentionConfig
     return dataclasses.replace(retention, archive_dir=str(data_dir / "archives"))
 
 
+def dev_delivery(delivery: DeliveryConfig) -> DeliveryConfig:
+    """Destinations may point at loopback and private networks (a receiver on the developer's machine or LAN)
+    unless AUDIT_DESTINATIONS_ALLOW_PRIVATE says otherwise; link-local, metadata addresses and the stack's own
+    ports stay refused."""
+    if "AUDIT_DESTINATIONS_ALLOW_PRIVATE" in os.environ:
+        return delivery
+    return dataclasses.replace(delivery, allow_private=True)
+
+
 async def prepare_database(postgres: EmbeddedPostgres) -> tuple[str, str]:
     """Creates the database and the login role of the service; returns (owner URL, service URL)."""
     conn = await asyncpg.connect(postgres.url("postgres"))
@@ -221,6 +238,8 @@ def banner(
         metrics_reach = "127.0.0.1" if metrics_host in ("0.0.0.0", "[::]", "::") else metrics_host
         base = f"http://{metrics_reach}:{metrics_port}"
         lines.append(f"  metrics    {base}/metrics  (probes: {base}/livez, {base}/readyz)")
+    if config.delivery.allow_private:
+        lines.append("  destinations may point at loopback and private networks: AUDIT_DESTINATIONS_ALLOW_PRIVATE=true")
     lines += [
         f"producer credentials for tenant {settings.tenant!r} (may publish to "
         f"{config.nats.events_subject_prefix}.{settings.tenant} only; the README's producer example reads it):",
@@ -272,6 +291,7 @@ async def run_dev(
             auth=dev_auth(config.auth, settings.data_dir),
             checkpoints=dev_checkpoints(config.checkpoints, settings.data_dir),
             retention=dev_retention(config.retention, settings.data_dir),
+            delivery=dev_delivery(config.delivery),
         )
         await run_migrate(config)
         await grant_app_role(owner_url)
@@ -298,7 +318,7 @@ async def run_dev(
             return
         grpc_port = api_ready.result().port
         # Alert rules on the committed log; the alerts published on NATS (audit.alerts.<tenant>).
-        react = asyncio.create_task(run_react(react_config, stop), name="react")
+        react = asyncio.create_task(run_react(react_config, stop, readiness=readiness), name="react")
         announce(
             banner(
                 config,

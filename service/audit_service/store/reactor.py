@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import asyncpg
 import orjson
@@ -328,8 +328,14 @@ async def react(
     subscription: str = SUBSCRIPTION,
     poll_seconds: float = 0.2,
     page_events: int = PAGE_EVENTS,
+    report: Callable[[str | None], None] | None = None,
 ) -> None:
-    """Evaluates the log after the checkpoint until `stop` is set."""
+    """Evaluates the log after the checkpoint until `stop` is set.
+
+    Args:
+        report: told None each time the reactor has (re)built its state and evaluates, and the problem each time it
+            must retry from the checkpoint (the react process's /readyz shows it).
+    """
     compiler = RuleCompiler()
     reactor: Reactor | None = None
     position = 0
@@ -342,6 +348,8 @@ async def react(
                 async with pool.acquire() as conn:
                     await store_step(conn, [], position, subscription, compiler.take_statuses())
                 log.info("reactor: %d rules, resuming after position %d", len(reactor.rule_ids), position)
+                if report is not None:
+                    report(None)
             head = await log_head(pool)
             if head <= position:
                 await _wait(stop, poll_seconds)
@@ -359,5 +367,7 @@ async def react(
             position = page.rows[-1]["position"]
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError) as error:
             log.warning("reactor: %s; retrying from the checkpoint", error)
+            if report is not None:
+                report(f"retrying from the checkpoint: {type(error).__name__}")
             reactor = None  # the state may be ahead of the checkpoint: rebuild it
             await _wait(stop, 1.0)

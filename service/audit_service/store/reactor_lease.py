@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import asyncpg
 
@@ -35,8 +36,12 @@ class ReactorLease:
         self._check_seconds = check_seconds
         self._conn: asyncpg.Connection | None = None
 
-    async def acquire(self, stop: asyncio.Event) -> bool:
-        """Waits until this process holds the lease (True) or `stop` is set (False)."""
+    async def acquire(self, stop: asyncio.Event, *, on_standby: Callable[[], None] | None = None) -> bool:
+        """Waits until this process holds the lease (True) or `stop` is set (False).
+
+        Args:
+            on_standby: called once another reactor is found holding it (a standby is ready: to take over).
+        """
         standing_by = False
         while not stop.is_set():
             conn = None
@@ -49,6 +54,8 @@ class ReactorLease:
                 if not standing_by:
                     log.info("reactor: another reactor holds the lease; standing by")
                     standing_by = True
+                    if on_standby is not None:
+                        on_standby()
             except _ERRORS as error:
                 log.warning("reactor: cannot take the lease (%s); retrying", error)
             if conn is not None and self._conn is not conn:
