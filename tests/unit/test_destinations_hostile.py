@@ -5,7 +5,9 @@ will send are refused when saved, not found out at delivery."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 
 import pytest
 from audit.v1 import alert_rules_pb2 as rules_pb
@@ -14,6 +16,7 @@ from audit_service.config import load_config
 from audit_service.core.alert_rules import validate_rule
 from audit_service.core.destination_urls import check_url
 from audit_service.core.destinations import validate_destination
+from audit_service.core.page_token import decode_name_token, encode_name_token, query_digest
 from audit_service.errors import ConfigError, InvalidArgumentError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -254,3 +257,20 @@ def test_bad_delivery_and_reactor_settings_are_one_line_start_up_errors(setting:
     with pytest.raises(ConfigError) as error:
         load_config(env={"AUDIT_DATABASE_URL": "postgresql://x/y", setting: value})
     assert error.value.setting == setting and "\n" not in str(error.value)
+
+
+def test_a_name_token_decodes_and_a_forged_one_is_malformed_not_an_internal_error() -> None:
+    """decode_name_token called _decode without the arguments it needs: every ListDestinations page after the
+    first was INTERNAL. A token is base64 JSON anyone can write: a cursor PostgreSQL cannot take (NUL, a lone
+    surrogate) must be refused as malformed too."""
+    digest = query_digest(b"destinations", b"acme")
+    assert decode_name_token(encode_name_token("b-hook", digest), digest, mismatch="other") == "b-hook"
+    with pytest.raises(InvalidArgumentError) as error:
+        decode_name_token(encode_name_token("b-hook", digest), query_digest(b"x"), mismatch="other")
+    assert (error.value.field, str(error.value)) == ("page_token", "page_token: other")
+    for forged in ("a\x00b", "a\ud800b"):
+        document = json.dumps({"v": 1, "n": forged, "q": digest}).encode()  # ensure_ascii: \\u escapes
+        token = base64.urlsafe_b64encode(document).decode().rstrip("=")
+        with pytest.raises(InvalidArgumentError) as error:
+            decode_name_token(token, digest, mismatch="other")
+        assert error.value.field == "page_token"
