@@ -7,11 +7,19 @@ still in flight must not move."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from audit.v1 import alert_rules_pb2 as rules_pb
-from audit.v1 import alert_rules_pb2_grpc, destinations_pb2_grpc
+from audit.v1 import alert_rules_pb2_grpc, destinations_pb2_grpc, event_pb2
 from audit.v1 import destinations_pb2 as dpb
+from audit_client.errors import InvalidEventError
+from audit_client.validation import Limits
+from audit_service.core.decode import decode_event
+from audit_service.core.destination_urls import AddressPolicy
+from audit_service.delivery.http_sender import HttpSender
+from audit_service.errors import DeliveryError
 from audit_service.store import delivery_state
 from audit_service.store.append import LogAppender
 from audit_service.store.config_changes import Actor
@@ -19,6 +27,7 @@ from audit_service.store.destinations import create_destination, delete_destinat
 from google.protobuf import field_mask_pb2
 
 from ..conftest import bearer
+from ..factories import make_event, stamp
 
 URL = "https://hooks.example.com/audit"
 SECRET = "whsec_" + "c2VjcmV0LWtleS1vZi10aGUtdGVzdHMtMzJieXRlcyE="
@@ -239,3 +248,56 @@ async def test_a_delivery_in_flight_cannot_move_the_checkpoint_of_a_destination_
     replayed = await delivery_state.state_of(app, "acme", "stream")
     assert replayed.generation not in (old.generation, new.generation)
     assert not await delivery_state.advance(app, "acme", "stream", new.generation, 5)
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "action"),
+    [
+        ("audit.destination", "doc.read"),
+        ("AUDIT.Destination", "doc.read"),
+        ("doc", "audit.destination.create"),
+        ("doc", "Audit.Destination.replay"),
+        ("Audit.Alert_Rule", "doc.read"),
+    ],
+)
+def test_producers_cannot_publish_destination_change_events(resource_type: str, action: str):
+    """The destinations' read model is rebuilt from their resource streams (rebuild-projections): a producer
+    that could publish one would make a destination appear, pointing where it likes."""
+    event = make_event("acme", action=action, resource=event_pb2.Resource(type=resource_type, id="hook"))
+    event.change.after.update({"name": "hook", "webhook": {"url": "https://attacker.example.com/"}})
+    with pytest.raises(InvalidEventError) as error:
+        decode_event(stamp(event).SerializeToString(), None, now_seconds=event.occurred_at.seconds, limits=Limits())
+    assert error.value.field in ("resource.type", "action")
+
+
+async def test_a_receiver_that_accepts_and_never_answers_times_out_without_holding_the_others():
+    """A webhook receiver that takes the connection and never answers: the attempt ends at the timeout as a
+    retryable failure, while a request to a receiver that answers goes through at the same time."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read(1 << 16)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    silent = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    quick = await asyncio.start_server(answer, "127.0.0.1", 0)
+    silent_port, quick_port = silent.sockets[0].getsockname()[1], quick.sockets[0].getsockname()[1]
+    try:
+        async with HttpSender(policy=AddressPolicy(allow_private=True), timeout=1.0, connect_timeout=1.0) as http:
+            stuck = asyncio.create_task(http.send(f"http://127.0.0.1:{silent_port}/hook", b"{}", {"X-A": "secret-v"}))
+            assert await http.send(f"http://127.0.0.1:{quick_port}/hook", b"{}", {}) == 204
+            with pytest.raises(DeliveryError) as error:
+                await stuck
+        assert error.value.retryable and "timed out" in error.value.reason and "secret-v" not in error.value.reason
+        assert held  # it did connect: the timeout is the answer's, not the connection's
+    finally:
+        for writer in held:
+            writer.close()
+        silent.close()
+        quick.close()
