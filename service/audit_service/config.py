@@ -193,6 +193,13 @@ class ApiConfig:
     """Longest one PostgreSQL check may take (connecting included) before it counts as unreachable."""
 
 
+MAX_REACTOR_PAGE = 100_000
+"""The most events or alerts of one reactor page (a page is bounded in bytes too); a larger value could not even
+travel as a query's LIMIT past 2**63 - 1, and failed there, after start-up."""
+MAX_WEBHOOK_ATTEMPTS = 2**31 - 1
+"""An attempt's number is an int32 (DeliveryAttempt.attempt, delivery_attempts.attempt)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReactorConfig:
     """How `react` reads the log and the alerts."""
@@ -340,7 +347,7 @@ class Config:
         return self
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _positive_int(env: Mapping[str, str], name: str, default: int, maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -350,6 +357,8 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(name, f"expected a positive integer, got {raw!r}") from None
     if value <= 0:
         raise ConfigError(name, f"expected a positive integer, got {raw!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(name, f"expected at most {maximum:,}, got {raw!r}")
     return value
 
 
@@ -720,9 +729,9 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         checkpoints=checkpoints,
         delivery=_delivery(env),
         reactor=ReactorConfig(
-            page_events=_positive_int(env, "AUDIT_REACTOR_PAGE_EVENTS", ReactorConfig().page_events),
+            page_events=_positive_int(env, "AUDIT_REACTOR_PAGE_EVENTS", ReactorConfig().page_events, MAX_REACTOR_PAGE),
             publish_page_alerts=_positive_int(
-                env, "AUDIT_REACTOR_PUBLISH_PAGE_ALERTS", ReactorConfig().publish_page_alerts
+                env, "AUDIT_REACTOR_PUBLISH_PAGE_ALERTS", ReactorConfig().publish_page_alerts, MAX_REACTOR_PAGE
             ),
         ),
     )
@@ -733,7 +742,9 @@ def _delivery(env: Mapping[str, str]) -> DeliveryConfig:
     default = DeliveryConfig()
     delivery = DeliveryConfig(
         allow_private=_bool(env, "AUDIT_DESTINATIONS_ALLOW_PRIVATE"),
-        webhook_max_attempts=_positive_int(env, "AUDIT_WEBHOOK_MAX_ATTEMPTS", default.webhook_max_attempts),
+        webhook_max_attempts=_positive_int(
+            env, "AUDIT_WEBHOOK_MAX_ATTEMPTS", default.webhook_max_attempts, MAX_WEBHOOK_ATTEMPTS
+        ),
         retry_base_seconds=_positive_float(env, "AUDIT_DELIVERY_RETRY_BASE_SECONDS", default.retry_base_seconds),
         retry_cap_seconds=_positive_float(env, "AUDIT_DELIVERY_RETRY_CAP_SECONDS", default.retry_cap_seconds),
         request_timeout_seconds=_positive_float(env, "AUDIT_DELIVERY_TIMEOUT_SECONDS", default.request_timeout_seconds),

@@ -31,11 +31,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import idna
+
 from ..errors import InvalidArgumentError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_URL_BYTES = 2048
+MAX_HOST_BYTES = 253
 DEFAULT_PORTS = {"https": 443, "http": 80}
 
 _METADATA_ADDRESSES = frozenset(
@@ -90,6 +93,21 @@ def _non_standard_ipv4(host: str) -> bool:
     return False
 
 
+def _dns_name_problem(host: str) -> str | None:
+    """Why a host name can never be looked up, or None. The resolver encodes names with the idna codec (labels of
+    1 to 63 bytes) and httpx encodes non-ASCII ones with IDNA 2008 (no emoji): both raise UnicodeError, not
+    OSError, so a name they refuse must be refused when saved rather than break every delivery."""
+    try:
+        encoded = host.encode("idna")
+        if not host.isascii():
+            idna.encode(host)
+    except UnicodeError:
+        return "the host is not a valid DNS name (labels of 1 to 63 bytes, IDNA 2008)"
+    if len(encoded.removesuffix(b".")) > MAX_HOST_BYTES:
+        return f"the host is longer than {MAX_HOST_BYTES} bytes"
+    return None
+
+
 def check_url(url: str, field: str) -> DestinationUrl:
     """Checks a destination URL; raises InvalidArgumentError(field, reason) when it may not be used."""
     if len(url.encode()) > MAX_URL_BYTES:
@@ -120,6 +138,8 @@ def check_url(url: str, field: str) -> DestinationUrl:
             raise InvalidArgumentError(field, "the host is not a valid IPv6 address") from None
     elif _non_standard_ipv4(host):
         raise InvalidArgumentError(field, "write an IPv4 host as four decimal numbers (a.b.c.d)")
+    elif (problem := _dns_name_problem(host)) is not None:
+        raise InvalidArgumentError(field, problem)
     return DestinationUrl(url=url, scheme=scheme, host=host, port=port or DEFAULT_PORTS[scheme])
 
 

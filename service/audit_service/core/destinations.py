@@ -128,6 +128,8 @@ def check_secret(kind: str, secret: str, field: str) -> None:
     elif kind == "splunk_hec":
         if not _PRINTABLE_ASCII.fullmatch(secret) or not secret.strip():
             raise InvalidArgumentError(field, "a HEC token is printable ASCII")
+        if secret != secret.strip(" "):  # sent as "Authorization: Splunk <token>", which may not end with a space
+            raise InvalidArgumentError(field, "a HEC token may not start or end with a space")
     else:
         raise InvalidArgumentError(field, f"a {kind} destination takes no secret")
 
@@ -227,6 +229,8 @@ def _check_headers(headers: Mapping[str, str], kind: str, prefix: str) -> None:
             )
         if _byte_length(value) > MAX_HEADER_VALUE_BYTES or not _PRINTABLE_ASCII.fullmatch(value):
             raise InvalidArgumentError(field, f"a value is at most {MAX_HEADER_VALUE_BYTES} printable ASCII characters")
+        if value != value.strip(" "):  # HTTP libraries refuse to send such a value (RFC 9110, section 5.5)
+            raise InvalidArgumentError(field, "a value may not start or end with a space")
 
 
 def validate_destination(destination: pb.Destination, prefix: str = "destination") -> str:

@@ -113,7 +113,13 @@ def decode_name_token(text: str, expected_digest: str, *, mismatch: str) -> str:
     Raises:
         InvalidArgumentError: naming page_token, when malformed or from another query.
     """
-    after_name = _decode(text, "n", expected_digest, mismatch=mismatch)
-    if type(after_name) is not str or not 0 < len(after_name) <= 255:
+    after_name = _decode(text, "n", expected_digest, mismatch=mismatch, field="page_token", malformed=_MALFORMED)
+    if type(after_name) is not str or not 0 < len(after_name) <= 255 or not _storable(after_name):
         raise InvalidArgumentError("page_token", _MALFORMED)
     return after_name
+
+
+def _storable(text: str) -> bool:
+    """Whether PostgreSQL can take the text as a query argument: no NUL, no lone surrogate (a token is only base64
+    JSON, so its cursor can be anything a client writes)."""
+    return "\x00" not in text and not any(0xD800 <= ord(char) <= 0xDFFF for char in text)

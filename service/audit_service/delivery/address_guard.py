@@ -83,8 +83,10 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
                 )
         except TimeoutError:
             raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
-        except OSError as error:
-            raise httpcore.ConnectError(f"{host} does not resolve: {error.strerror or error}") from None
+        except (OSError, UnicodeError) as error:  # UnicodeError: a name the idna codec cannot encode
+            raise httpcore.ConnectError(
+                f"{host} does not resolve: {getattr(error, 'strerror', None) or error}"
+            ) from None
         last_error: Exception | None = None
         for address in addresses:  # in the resolver's order, as a plain connect would try them
             try:

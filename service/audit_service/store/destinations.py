@@ -47,10 +47,15 @@ ON CONFLICT (tenant, name) DO UPDATE SET secret = excluded.secret, headers = exc
 """
 _SECRETS = "SELECT secret, headers::text AS headers FROM destination_secrets WHERE tenant = $1 AND name = $2"
 _START_STATE = """
-INSERT INTO destination_state (tenant, name, checkpoint) VALUES ($1, $2, $3)
+INSERT INTO destination_state (tenant, name, checkpoint, generation)
+VALUES ($1, $2, $3, pg_current_xact_id()::text::bigint)
 ON CONFLICT (tenant, name) DO UPDATE SET checkpoint = excluded.checkpoint,
-    generation = destination_state.generation + 1, consecutive_failures = 0, last_error = ''
+    generation = excluded.generation, consecutive_failures = 0, last_error = ''
 """
+"""Starts (creation) or restarts (replay) a subscription with a generation no earlier one of the same name had:
+the id of the transaction, unique for the life of the database, so a delivery that finishes late never moves the
+checkpoint of a replayed subscription, nor that of a destination deleted and created again meanwhile (a counter
+from 1 would repeat)."""
 _RULES_NAMING = """
 SELECT id::text AS id FROM alert_rules WHERE tenant = $1 AND rule->'destinations' ? $2 ORDER BY id LIMIT 5
 """
