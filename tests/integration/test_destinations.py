@@ -4,6 +4,7 @@ naming only existing webhooks, pause/resume/replay and the status."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 
@@ -13,11 +14,13 @@ from audit.v1 import alert_rules_pb2 as rules_pb
 from audit.v1 import alert_rules_pb2_grpc, destinations_pb2_grpc
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import destinations_pb2 as dpb
+from audit_service.store.delivery_state import Attempt, record_attempt
 from audit_service.store.destinations import rebuild_destinations
 from audit_service.store.projections import rebuild_projections
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
-from ..conftest import bearer
+from ..conftest import bearer, store_events
+from ..factories import make_event
 
 WEBHOOK_URL = "https://hooks.example.com/audit"
 
@@ -362,3 +365,25 @@ async def test_the_read_model_is_rebuilt_from_the_log_and_keeps_the_secrets(secu
     ).destination
     assert got.paused and got.has_secret
     assert await owner.fetchval("SELECT secret FROM destination_secrets") == made.generated_secret
+
+
+async def test_lag_seconds_never_counts_another_tenants_events_and_attempts_go_with_their_destination(
+    secured, destinations, app, database
+):
+    admin = secured.token("acme", "u-admin", admin=True)
+    stream = dpb.Destination(name="siem", http=dpb.HttpTarget(url=WEBHOOK_URL))
+    await destinations.CreateDestination(dpb.CreateDestinationRequest(destination=stream), metadata=bearer(admin))
+    await store_events(database, [make_event("globex") for _ in range(3)])
+    await asyncio.sleep(1.1)
+    status = (
+        await destinations.GetDestinationStatus(dpb.GetDestinationStatusRequest(name="siem"), metadata=bearer(admin))
+    ).status
+    assert status.lag == 3 and status.lag_seconds == 0  # globex's events are behind, but their age is not ours
+
+    await record_attempt(app, "acme", "siem", Attempt("1-3", 1, dpb.ATTEMPT_OUTCOME_RETRYING, 500, "x", 5, 3))
+    await destinations.DeleteDestination(dpb.DeleteDestinationRequest(name="siem"), metadata=bearer(admin))
+    await destinations.CreateDestination(dpb.CreateDestinationRequest(destination=stream), metadata=bearer(admin))
+    attempts = await destinations.ListDeliveryAttempts(
+        dpb.ListDeliveryAttemptsRequest(name="siem"), metadata=bearer(admin)
+    )
+    assert list(attempts.attempts) == []  # the new one starts with none of the old one's

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from audit_service.core.destination_urls import check_addresses, check_url
+from audit_service.core.destination_urls import AddressPolicy, check_addresses, check_url
 from audit_service.errors import InvalidArgumentError
 
 
@@ -61,8 +61,24 @@ def test_a_url_of_exactly_2048_bytes_is_accepted() -> None:
     assert check_url(url, "url").host == "example.com"
 
 
-def check(addresses: list[str], *, port: int = 443, allow_private: bool = False, own_ports=frozenset({50051})):
-    return check_addresses(addresses, port=port, own_ports=own_ports, allow_private=allow_private, field="url")
+def check(
+    addresses: list[str],
+    *,
+    port: int = 443,
+    allow_private: bool = False,
+    own_ports=frozenset({50051}),
+    own_addresses=frozenset(),
+):
+    policy = AddressPolicy(allow_private=allow_private, own_ports=own_ports, own_addresses=own_addresses)
+    return check_addresses(addresses, port=port, policy=policy, field="url")
+
+
+def test_the_services_own_port_on_its_own_lan_address_is_refused_even_with_private_allowed() -> None:
+    own = frozenset({ipaddress.ip_address("10.1.2.3")})
+    with pytest.raises(InvalidArgumentError, match="own port"):
+        check(["10.1.2.3"], port=50051, allow_private=True, own_addresses=own)
+    assert check(["10.1.2.3"], port=8080, allow_private=True, own_addresses=own)  # another port of the host
+    assert check(["10.1.2.4"], port=50051, allow_private=True, own_addresses=own)  # another host
 
 
 @pytest.mark.parametrize(

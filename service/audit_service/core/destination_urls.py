@@ -76,7 +76,11 @@ class AddressPolicy:
     allow_private: bool = False
     """Allow loopback and private addresses (a receiver on the same host or network; the tests' receivers)."""
     own_ports: frozenset[int] = frozenset()
-    """The service's own listening ports, refused on loopback even when private addresses are allowed."""
+    """The service's own listening ports, refused on loopback and on own_addresses even when private addresses
+    are allowed."""
+    own_addresses: frozenset[IPAddress] = frozenset()
+    """This host's own addresses besides loopback (its LAN or pod address): with one of own_ports, the service
+    itself."""
 
 
 def _non_standard_ipv4(host: str) -> bool:
@@ -164,9 +168,10 @@ def refusal(address: IPAddress, *, port: int, policy: AddressPolicy) -> str | No
         return "the unspecified address (this host)"
     if judged.is_multicast:
         return "a multicast address"
+    if port in policy.own_ports and (judged.is_loopback or judged in policy.own_addresses):
+        return "this service's own port"
     if judged.is_loopback:
-        if port in policy.own_ports:
-            return "this service's own port"
+        pass
     elif judged.is_reserved:  # ::1 is in the reserved ::/8 too, hence after loopback
         return "a reserved address"
     if not judged.is_global and not policy.allow_private:
@@ -178,8 +183,7 @@ def check_addresses(
     addresses: Iterable[IPAddress | str],
     *,
     port: int,
-    own_ports: frozenset[int] | set[int],
-    allow_private: bool,
+    policy: AddressPolicy,
     field: str,
 ) -> list[IPAddress]:
     """Checks every address a destination's host resolved to (all of them: a client may pick any).
@@ -190,7 +194,6 @@ def check_addresses(
     Raises:
         InvalidArgumentError(field, reason): one of them is refused, or there are none.
     """
-    policy = AddressPolicy(allow_private=allow_private, own_ports=frozenset(own_ports))
     checked = []
     for raw in addresses:
         address = ipaddress.ip_address(raw.split("%", 1)[0] if isinstance(raw, str) else raw)

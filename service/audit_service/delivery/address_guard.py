@@ -45,13 +45,7 @@ async def checked_addresses(
         InvalidArgumentError: an address is refused.
         OSError: the name does not resolve (socket.gaierror); that may pass.
     """
-    return check_addresses(
-        await resolver(host, port),
-        port=port,
-        own_ports=policy.own_ports,
-        allow_private=policy.allow_private,
-        field=field,
-    )
+    return check_addresses(await resolver(host, port), port=port, policy=policy, field=field)
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):

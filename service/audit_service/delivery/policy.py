@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from urllib.parse import urlsplit
@@ -11,7 +12,7 @@ from urllib.parse import urlsplit
 from audit.v1 import destinations_pb2 as pb
 
 from ..config import Config, parse_grpc_address
-from ..core.destination_urls import AddressPolicy, check_addresses, check_url
+from ..core.destination_urls import AddressPolicy, IPAddress, check_addresses, check_url
 from ..core.destinations import kind_of, syslog_address
 from .address_guard import resolve
 
@@ -35,7 +36,20 @@ def address_policy(config: Config) -> AddressPolicy:
     if config.telemetry.metrics_address:
         ports.add(parse_grpc_address(config.telemetry.metrics_address, "AUDIT_METRICS_ADDRESS")[1])
     ports.discard(0)
-    return AddressPolicy(allow_private=config.delivery.allow_private, own_ports=frozenset(ports))
+    return AddressPolicy(
+        allow_private=config.delivery.allow_private, own_ports=frozenset(ports), own_addresses=host_addresses()
+    )
+
+
+def host_addresses() -> frozenset[IPAddress]:
+    """This host's addresses as its name resolves (in a container: its pod or network address), besides loopback;
+    empty when the name does not resolve."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM)
+    except OSError:
+        return frozenset()
+    addresses = {ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
+    return frozenset(address for address in addresses if not address.is_loopback)
 
 
 def target_of(destination: pb.Destination) -> tuple[str, int, str]:
@@ -62,4 +76,4 @@ async def check_destination_address(destination: pb.Destination, policy: Address
             "destination %s: %s does not resolve now (%s); checked again at delivery", destination.name, host, error
         )
         return
-    check_addresses(addresses, port=port, own_ports=policy.own_ports, allow_private=policy.allow_private, field=field)
+    check_addresses(addresses, port=port, policy=policy, field=field)

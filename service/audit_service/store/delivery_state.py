@@ -105,8 +105,8 @@ async def list_attempts(
 async def lag_of(
     conn: asyncpg.Connection | asyncpg.Pool, tenant: str, *, alerts: bool, checkpoint: int
 ) -> tuple[int, float]:
-    """The head (log position, or the tenant's latest alert) and the age in seconds of the oldest thing after
-    the checkpoint (0.0 when there is none)."""
+    """The head (log position, or the tenant's latest alert) and the age in seconds of the tenant's oldest event
+    or alert after the checkpoint (0.0 when there is none; never another tenant's: their timing is theirs)."""
     if alerts:
         row = await conn.fetchrow(
             """
@@ -120,9 +120,11 @@ async def lag_of(
         row = await conn.fetchrow(
             """
             SELECT (SELECT last_position FROM audit_log_head) AS head,
-                   (SELECT recorded_at FROM audit_events WHERE position > $1 ORDER BY position LIMIT 1) AS oldest
+                   (SELECT recorded_at FROM audit_events WHERE tenant = $2 AND position > $1
+                    ORDER BY position LIMIT 1) AS oldest
             """,
             checkpoint,
+            tenant,
         )
     oldest = row["oldest"]
     age = max(0.0, (dt.datetime.now(dt.UTC) - oldest).total_seconds()) if oldest is not None else 0.0

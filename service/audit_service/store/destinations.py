@@ -284,6 +284,8 @@ async def delete_destination(
         result = await append_change(conn, appender, content)
         for table in ("destinations", "destination_secrets", "destination_state"):
             await conn.execute(f"DELETE FROM {table} WHERE tenant = $1 AND name = $2", tenant, name)
+        # Its attempts go with it: a destination created later under the same name starts with none.
+        await conn.execute("DELETE FROM delivery_attempts WHERE tenant = $1 AND destination = $2", tenant, name)
     return DestinationChange(current, result)
 
 
