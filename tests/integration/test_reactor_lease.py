@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 from audit.v1 import alert_rules_pb2 as rules_pb
 from audit.v1 import destinations_pb2 as dpb
@@ -93,3 +94,79 @@ async def test_a_standby_reactor_takes_over_after_kill_9_and_nothing_is_doubled(
         delivered = [r.headers["webhook-id"] for r in hooks.requests]
         assert list(dict.fromkeys(delivered)) == alerts  # in order; a repeat only of the one in flight at the kill
         assert len(delivered) - len(set(delivered)) <= 1
+
+
+@pytest.mark.slow
+async def test_a_database_outage_under_the_reactor_loses_and_doubles_nothing(
+    database, app, owner, service_env, tmp_path, database_outage
+):
+    async with receiving() as hooks, receiving() as siem:
+        hooks.delay = siem.delay = 0.02
+        secret = "whsec_" + "QUJD" * 8
+        await create_destination(
+            app,
+            LogAppender(),
+            dpb.Destination(tenant="acme", name="pager", webhook=dpb.WebhookTarget(url=hooks.url)),
+            ADMIN,
+            secret,
+        )
+        await create_destination(
+            app,
+            LogAppender(),
+            dpb.Destination(
+                tenant="acme",
+                name="siem",
+                http=dpb.HttpTarget(url=siem.url),
+                query="action:doc.delete",
+                max_batch_events=2,
+            ),
+            ADMIN,
+            secret,
+        )
+        rule = rules_pb.AlertRule(
+            tenant="acme",
+            display_name="Every deletion",
+            enabled=True,
+            query="action:doc.delete",
+            severity=rules_pb.ALERT_SEVERITY_LOW,
+            destinations=["pager"],
+        )
+        await create_rule(app, LogAppender(), rule, ADMIN)
+        ids = await store_events(
+            database, [make_event("acme", action="doc.delete", outcome=event_pb2.OUTCOME_SUCCESS) for _ in range(60)]
+        )
+        env = {
+            **service_env,
+            "AUDIT_DESTINATIONS_ALLOW_PRIVATE": "true",
+            "AUDIT_DELIVERY_POLL_SECONDS": "0.05",
+            "AUDIT_DELIVERY_RETRY_CAP_SECONDS": "1",
+            "AUDIT_REACTOR_PAGE_EVENTS": "4",
+        }
+        reactor = ServiceProcess("react", env, tmp_path / "react.log", "holding the lease")
+        reactor.start()
+        try:
+            await reactor.ready()
+
+            async def under_way() -> bool:
+                return len(hooks.requests) >= 10 and len(siem.requests) >= 5
+
+            await eventually(under_way, what="deliveries under way")
+            async with database_outage():
+                await asyncio.sleep(5)
+            delivered_before = len(hooks.requests)
+
+            async def all_delivered() -> bool:
+                events = {e["eventId"] for r in siem.requests for e in orjson.loads(r.body)["events"]}
+                return len({r.headers["webhook-id"] for r in hooks.requests}) == 60 and events == set(ids)
+
+            await eventually(all_delivered, within=90, what="everything delivered after the outage")
+            assert reactor.process.poll() is None  # it rode the outage out
+            assert "lost the lease" in reactor.output() and delivered_before < 60
+        finally:
+            reactor.close()
+        # The outage closed the test's own connections of the service role: the owner's stayed.
+        alerts = [row["id"] for row in await owner.fetch("SELECT id::text AS id FROM alerts ORDER BY seq")]
+        assert len(alerts) == 60 == len(set(alerts))
+        assert list(dict.fromkeys(r.headers["webhook-id"] for r in hooks.requests)) == alerts
+        streamed = [e["eventId"] for r in siem.requests for e in orjson.loads(r.body)["events"]]
+        assert list(dict.fromkeys(streamed)) == ids
