@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,3 +151,45 @@ async def test_a_loopback_receiver_is_refused_unless_private_destinations_are_al
 def test_a_missing_rsyslogd_fails_the_test_instead_of_skipping_it(tmp_path: Path) -> None:
     with pytest.raises(pytest.fail.Exception, match="rsyslog-openssl"):
         rsyslogd_binary(search_path=str(tmp_path))
+
+
+async def test_a_receiver_that_never_reads_is_a_retryable_timeout_not_a_hang(tmp_path: Path) -> None:
+    authority = CertificateAuthority(tmp_path / "pki", "silent")
+    issued = authority.issue("silent", server=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(issued.cert, issued.key)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept_and_never_read() -> None:
+        connection, _ = listener.accept()
+        held.append(context.wrap_socket(connection, server_side=True))  # the handshake; then nothing is read
+        done.wait(60)
+
+    thread = threading.Thread(target=accept_and_never_read, daemon=True)
+    thread.start()
+    sender = SyslogSender(
+        "127.0.0.1",
+        listener.getsockname()[1],
+        policy=PRIVATE_OK,
+        ca_pem=authority.cert.read_text(),
+        server_name="localhost",
+        write_timeout=1,
+    )
+    frames = [octet_counted(b"x" * 60_000) for _ in range(500)]  # 30 MB a send: the kernel's buffers fill up
+    try:
+        with pytest.raises(DeliveryError) as raised:
+            for _ in range(20):
+                await asyncio.wait_for(sender.send(frames), timeout=30)  # the sender's own timeout ends it, not this
+        assert raised.value.retryable and "timed out" in raised.value.reason, raised.value.reason
+    finally:
+        await sender.aclose()
+        done.set()
+        thread.join(10)
+        for connection in held:
+            connection.close()
+        listener.close()
