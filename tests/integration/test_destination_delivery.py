@@ -396,3 +396,27 @@ async def test_kill_9_mid_delivery_loses_nothing_and_repeats_only_with_the_same_
         assert list(dict.fromkeys(hook_ids)) == [a["id"] for a in alerts]
         for secret_part in (SECRET, SECRET.removeprefix("whsec_"), "t0ken-in-path"):
             assert secret_part not in output  # never logged
+
+
+async def test_a_replay_while_a_batch_is_in_flight_is_not_overwritten_by_that_batch(database, app):
+    async with receiving() as receiver:
+        await add_destination(app, http_destination("siem", receiver, query="action:doc.read", max_batch_events=100))
+        first = await store_events(database, events_of("acme", 5))
+        async with delivering(database):
+            await eventually(lambda: _count(receiver, 5), what="the first 5 events")
+            receiver.requests.clear()
+            receiver.delay = 1.0  # the next batch stays in flight for a second
+            second = await store_events(database, events_of("acme", 5))
+            await eventually(lambda: _requests(receiver, 1), what="the second batch in flight")
+            await replay_destination(app, LogAppender(), "acme", "siem", after_position=0, since=None, actor=ADMIN)
+            receiver.delay = 0.0
+            await eventually(lambda: _count(receiver, 15), what="the in-flight batch, then the replay")
+            last = await app.fetchval("SELECT position FROM audit_events WHERE event_id = $1::uuid", second[-1])
+
+            async def checkpointed() -> bool:
+                return (await state(app, "siem"))["checkpoint"] >= last
+
+            await eventually(checkpointed, what="the replay's checkpoint")
+        got = [e["eventId"] for e in delivered_events(receiver)]
+        # The batch in flight arrived, but its checkpoint did not overwrite the replay's: everything came again.
+        assert got == second + first + second
