@@ -208,13 +208,20 @@ def build_events(count: int, *, seed: int) -> list[event_pb2.AuditEvent]:
     return events
 
 
-def build_log_rows(events: Sequence[event_pb2.AuditEvent]) -> list[tuple[Any, ...]]:
-    """The rows the service would store for `events` appended in order: positions 1..N, recorded_at now,
-    each tenant's hash chain extended event by event."""
+def build_log_rows(
+    events: Sequence[event_pb2.AuditEvent], *, first_position: int = 1, chain_heads: dict[str, bytes] | None = None
+) -> list[tuple[Any, ...]]:
+    """The rows the service would store for `events` appended in order: positions first_position.., recorded_at
+    now, each tenant's hash chain extended event by event.
+
+    Args:
+        chain_heads: each tenant's last hash before these events (none: genesis), updated in place, so that a
+            long log can be built (and loaded) a chunk at a time.
+    """
     recorded_at = dt.datetime.now(dt.UTC)
-    chain_heads: dict[str, bytes] = {}
+    chain_heads = {} if chain_heads is None else chain_heads
     rows = []
-    for position, event in enumerate(events, start=1):
+    for position, event in enumerate(events, start=first_position):
         content = content_from_event(event)
         tenant = content[1]
         canonical, digest, row = seal_canonical(position, recorded_at, content, chain_heads.get(tenant, GENESIS_HASH))
