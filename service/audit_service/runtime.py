@@ -21,6 +21,7 @@ from .api.server import RunningServer, start_server
 from .api.tls import CertificateFiles
 from .config import Config, NatsConfig
 from .delivery.destinations import DestinationSupervisor
+from .delivery.doorbell import Doorbell
 from .delivery.policy import address_policy
 from .errors import ConfigError, UnavailableError
 from .ingest.worker import IngestWorker
@@ -250,14 +251,18 @@ async def run_react(config: Config, stop: asyncio.Event, *, readiness: Readiness
                     halt.set()
 
                 delivery = NatsAlertDelivery(pool, config.nats, connect, page_alerts=page_alerts)
-                supervisor = DestinationSupervisor(delivery_pool, config.delivery, policy)
+                doorbell = Doorbell()  # evaluation rings it: destinations need not wait for their next poll
+                supervisor = DestinationSupervisor(delivery_pool, config.delivery, policy, doorbell)
                 try:
                     async with (
                         asyncio.TaskGroup() as tasks
                     ):  # any failing (a bug: each retries what it expects) ends all
                         tasks.create_task(follow_stop(), name="stop")
                         tasks.create_task(lease.watch(halt), name="lease")
-                        tasks.create_task(react(pool, halt, page_events=page_events, report=report), name="react")
+                        tasks.create_task(
+                            react(pool, halt, page_events=page_events, report=report, on_step=doorbell.ring),
+                            name="react",
+                        )
                         tasks.create_task(delivery.run(halt), name="alerts-nats")
                         tasks.create_task(supervisor.run(halt), name="destinations")
                 finally:

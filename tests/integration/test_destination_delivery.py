@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 
@@ -21,6 +22,7 @@ from audit.v1 import destinations_pb2_grpc, event_pb2
 from audit_service.config import DeliveryConfig
 from audit_service.core.destination_urls import AddressPolicy
 from audit_service.delivery.destinations import DestinationSupervisor
+from audit_service.delivery.doorbell import Doorbell
 from audit_service.store.alert_rules import create_rule
 from audit_service.store.append import LogAppender
 from audit_service.store.config_changes import Actor
@@ -47,13 +49,17 @@ FAST = DeliveryConfig(
 
 
 @contextlib.asynccontextmanager
-async def delivering(database, config: DeliveryConfig = FAST, *, alerts: bool = False) -> AsyncIterator[None]:
+async def delivering(
+    database, config: DeliveryConfig = FAST, *, alerts: bool = False, doorbell: Doorbell | None = None
+) -> AsyncIterator[None]:
     """The reactor's destinations (and, with alerts, its rule evaluation) in this process."""
     pool = await create_pool(database.app_url, max_size=8)
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(DestinationSupervisor(pool, config, AddressPolicy(allow_private=True)).run(stop))]
+    supervisor = DestinationSupervisor(pool, config, AddressPolicy(allow_private=True), doorbell)
+    tasks = [asyncio.create_task(supervisor.run(stop))]
     if alerts:
-        tasks.append(asyncio.create_task(react(pool, stop, poll_seconds=0.05)))
+        ring = None if doorbell is None else doorbell.ring
+        tasks.append(asyncio.create_task(react(pool, stop, poll_seconds=0.05, on_step=ring)))
     try:
         yield
     finally:
@@ -420,3 +426,23 @@ async def test_a_replay_while_a_batch_is_in_flight_is_not_overwritten_by_that_ba
         got = [e["eventId"] for e in delivered_events(receiver)]
         # The batch in flight arrived, but its checkpoint did not overwrite the replay's: everything came again.
         assert got == second + first + second
+
+
+async def test_a_caught_up_webhook_is_woken_by_the_evaluation_not_its_next_poll(database, app):
+    async with receiving() as receiver:
+        await add_destination(app, dpb.Destination(name="pager", webhook=dpb.WebhookTarget(url=receiver.url)))
+        rule = rules_pb.AlertRule(
+            tenant="acme",
+            display_name="Deletions",
+            enabled=True,
+            query="action:doc.delete",
+            severity=rules_pb.ALERT_SEVERITY_HIGH,
+            destinations=["pager"],
+        )
+        await create_rule(app, LogAppender(), rule, ADMIN)
+        # Destinations poll once an hour here: only the doorbell can bring the alert within the test's wait.
+        hourly = dataclasses.replace(FAST, poll_seconds=3600.0)
+        async with delivering(database, hourly, alerts=True, doorbell=Doorbell()):
+            await asyncio.sleep(0.5)  # every subscription has looked once and waits
+            await store_events(database, events_of("acme", 1, action="doc.delete"))
+            await eventually(lambda: _requests(receiver, 1), within=30, what="the alert, well before the poll")

@@ -58,6 +58,7 @@ from ..errors import DeliveryError
 from ..store import delivery_state
 from ..store.queries import PageQuery, list_events, log_head
 from ..telemetry.metrics import DESTINATION_ATTEMPTS, DESTINATION_LAG
+from .doorbell import Doorbell, wait_for_ring
 from .http_sender import HttpSender
 from .syslog_sender import SyslogSender
 
@@ -95,6 +96,7 @@ class Subscription:
         http: HttpSender,
         *,
         rng: random.Random | None = None,
+        doorbell: Doorbell | None = None,
     ) -> None:
         self._pool = pool
         self._destination = destination
@@ -104,6 +106,7 @@ class Subscription:
         self._policy = policy
         self._http = http
         self._rng = rng or random.Random()
+        self._doorbell = doorbell
         self._kind = kind_of(destination)
         self._syslog: SyslogSender | None = None
         self.tenant = destination.tenant
@@ -117,6 +120,7 @@ class Subscription:
         remove_gauge = DESTINATION_LAG.add(self._attributes, lambda: self._lag)
         try:
             while True:
+                ticket = None if self._doorbell is None else self._doorbell.ticket()  # before looking: no ring missed
                 state = await delivery_state.state_of(self._pool, self.tenant, self.name)
                 if state is None:  # deleted: the supervisor stops this task
                     await asyncio.sleep(self._config.poll_seconds)
@@ -126,7 +130,7 @@ class Subscription:
                 else:
                     progressed = await self._stream_events(state)
                 if not progressed:
-                    await asyncio.sleep(self._config.poll_seconds)
+                    await wait_for_ring(ticket, self._config.poll_seconds)
         finally:
             remove_gauge()
             if self._syslog is not None:
@@ -326,10 +330,18 @@ def alert_webhook_body(row: asyncpg.Record) -> bytes:
 class DestinationSupervisor:
     """Keeps one Subscription task per destination that is not paused, following the destinations table."""
 
-    def __init__(self, pool: asyncpg.Pool, config: DeliveryConfig, policy: AddressPolicy) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, config: DeliveryConfig, policy: AddressPolicy, doorbell: Doorbell | None = None
+    ) -> None:
+        """
+        Args:
+            doorbell: rung by the rule evaluation of the same process after each step (new events, maybe alerts):
+                caught-up destinations look at once instead of at their next poll.
+        """
         self._pool = pool
         self._config = config
         self._policy = policy
+        self._doorbell = doorbell
         self._tasks: dict[tuple[str, str], tuple[int, asyncio.Task[None]]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -362,7 +374,9 @@ class DestinationSupervisor:
         await self._stop(stale)
         for key, (revision, destination) in wanted.items():
             if key not in self._tasks:
-                subscription = Subscription(self._pool, destination, self._config, self._policy, http)
+                subscription = Subscription(
+                    self._pool, destination, self._config, self._policy, http, doorbell=self._doorbell
+                )
                 task = asyncio.create_task(self._guarded(subscription), name=f"destination {key[0]}/{key[1]}")
                 self._tasks[key] = (revision, task)
 

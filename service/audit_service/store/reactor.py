@@ -329,12 +329,15 @@ async def react(
     poll_seconds: float = 0.2,
     page_events: int = PAGE_EVENTS,
     report: Callable[[str | None], None] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> None:
     """Evaluates the log after the checkpoint until `stop` is set.
 
     Args:
         report: told None each time the reactor has (re)built its state and evaluates, and the problem each time it
             must retry from the checkpoint (the react process's /readyz shows it).
+        on_step: called after each step stored (new events evaluated, their alerts stored): the destinations of
+            the process look at once instead of at their next poll (delivery/doorbell.py).
     """
     compiler = RuleCompiler()
     reactor: Reactor | None = None
@@ -365,6 +368,8 @@ async def react(
             async with pool.acquire() as conn:
                 await store_step(conn, alerts, page.rows[-1]["position"], subscription, compiler.take_statuses())
             position = page.rows[-1]["position"]
+            if on_step is not None:
+                on_step()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError) as error:
             log.warning("reactor: %s; retrying from the checkpoint", error)
             if report is not None:
