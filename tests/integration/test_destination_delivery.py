@@ -113,6 +113,12 @@ async def test_an_http_destination_gets_its_tenants_matching_events_in_order_sig
         assert len(wanted) == 20
         async with delivering(database):
             await eventually(lambda: _count(receiver, len(wanted)), what="20 events at the receiver")
+
+            async def recorded() -> bool:  # the attempt is stored with the checkpoint, just after the answer
+                attempts = await app.fetchval("SELECT count(*) FROM delivery_attempts WHERE destination = 'siem'")
+                return attempts == len(receiver.requests)
+
+            await eventually(recorded, what="every attempt recorded")
         got = delivered_events(receiver)
         assert [e["eventId"] for e in got] == wanted  # exactly these, in log order, once
         positions = [int(e["position"]) for e in got]
