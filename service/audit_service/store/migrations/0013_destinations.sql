@@ -30,7 +30,8 @@ CREATE TABLE destination_state (
     tenant               text        NOT NULL,
     name                 text        NOT NULL,
     checkpoint           bigint      NOT NULL CHECK (checkpoint >= 0),  -- log position, or alerts.seq (webhook)
-    generation           bigint      NOT NULL DEFAULT 1,  -- bumped by a replay: a delivery in flight must not overwrite it
+    generation           bigint      NOT NULL,  -- the id of the transaction that (re)started it (creation, replay):
+                                                -- never repeats, so a delivery in flight cannot overwrite a newer start
     consecutive_failures bigint      NOT NULL DEFAULT 0,
     last_error           text        NOT NULL DEFAULT '',
     last_attempt_at      timestamptz,
