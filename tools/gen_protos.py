@@ -1,4 +1,7 @@
-"""Generate the Python stubs of proto/ into client/audit/ (one command, reproducible).
+"""Generate the Python stubs of proto/ into client/audit/ (one command, reproducible): protobuf messages, gRPC
+stubs and servicers, and Connect clients and ASGI applications (*_connect.py, by protoc-gen-connectrpc for
+google.protobuf messages; importing them needs the `connectrpc` runtime, which the service installs and the client
+distribution does not require).
 
 Usage:
     python tools/gen_protos.py          # write the stubs
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import shutil
 import sys
 import tempfile
 from importlib.resources import files
@@ -20,7 +24,17 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 OUTPUT_ROOT = ROOT / "client"
 GENERATED_PACKAGE = Path("audit") / "v1"
+CONNECT_PLUGIN = "protoc-gen-connectrpc"
 PACKAGE_INIT = '"""Generated protobuf and gRPC stubs of proto/audit/v1 (tools/gen_protos.py)."""\n'
+
+
+def connect_plugin() -> str:
+    """The Connect code generator of this environment (beside this Python first: a venv need not be activated)."""
+    beside = Path(sys.executable).parent / CONNECT_PLUGIN
+    found = str(beside) if beside.is_file() else shutil.which(CONNECT_PLUGIN)
+    if found is None:
+        raise SystemExit(f"{CONNECT_PLUGIN} not found: pip install -e '.[dev]'")
+    return found
 
 
 def generate(output_root: Path) -> list[Path]:
@@ -34,6 +48,9 @@ def generate(output_root: Path) -> list[Path]:
         f"--python_out={output_root}",
         f"--pyi_out={output_root}",
         f"--grpc_python_out={output_root}",
+        f"--plugin=protoc-gen-connectrpc={connect_plugin()}",
+        f"--connectrpc_out={output_root}",
+        "--connectrpc_opt=protobuf=google",
         *proto_files,
     ]
     if protoc.main(args) != 0:
