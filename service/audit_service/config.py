@@ -193,6 +193,20 @@ class ApiConfig:
     """Longest one PostgreSQL check may take (connecting included) before it counts as unreachable."""
 
 
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The HTTP port of `serve`: the same AuditService as the gRPC port, for browsers and curl."""
+
+    address: str = ""
+    """AUDIT_HTTP_ADDRESS: host:port serving AuditService over the Connect protocol (JSON or binary) and gRPC-Web,
+    with the gRPC port's servicer, authentication and error mapping (port 0 picks a free port). Empty: no HTTP
+    port. Plaintext: terminate TLS in front of it when the gRPC port uses TLS."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+
 MAX_REACTOR_PAGE = 100_000
 """The most events or alerts of one reactor page (a page is bounded in bytes too); a larger value could not even
 travel as a query's LIMIT past 2**63 - 1, and failed there, after start-up."""
@@ -328,6 +342,7 @@ class Config:
     nats: NatsConfig = field(default_factory=NatsConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     tail: TailConfig = field(default_factory=TailConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log_level: str = "INFO"
@@ -620,7 +635,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
     Args:
         env: the variables to read (os.environ by default).
         **overrides: explicit values that win over the environment, by Config field name
-            (database, nats, ingest, api, tail, auth, log_level).
+            (database, nats, ingest, api, http, tail, auth, log_level).
 
     Raises:
         ConfigError: one line naming the bad variable.
@@ -702,6 +717,9 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         raise ConfigError(
             "AUDIT_READ_BUFFER_BYTES", f"must be at least AUDIT_MAX_RESPONSE_BYTES ({api.max_response_bytes}): one page"
         )
+    http_address = env.get("AUDIT_HTTP_ADDRESS", "").strip()
+    if http_address:
+        parse_grpc_address(http_address, "AUDIT_HTTP_ADDRESS")
     tail = TailConfig(
         buffer_events=_positive_int(env, "AUDIT_TAIL_BUFFER_EVENTS", TailConfig().buffer_events),
         buffer_bytes=_positive_int(env, "AUDIT_TAIL_BUFFER_BYTES", TailConfig().buffer_bytes),
@@ -720,6 +738,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         nats=nats,
         ingest=ingest,
         api=api,
+        http=HttpConfig(address=http_address),
         tail=tail,
         auth=_auth(env),
         log_level=log_level,

@@ -276,7 +276,8 @@ async def run_api(
     on_ready: Callable[[RunningServer], None] | None = None,
     readiness: Readiness | None = None,
 ) -> None:
-    """Serves the gRPC API until `stop` is set, then shuts down gracefully.
+    """Serves the gRPC API (and the HTTP port, when AUDIT_HTTP_ADDRESS is set) until `stop` is set, then shuts
+    down gracefully.
 
     Args:
         readiness: where /readyz finds the API's checks: api.nats, api.postgres, api.serving.
@@ -317,6 +318,7 @@ async def run_api(
                 nc=nc,
                 mask=config.ingest.mask,
                 address_policy=address_policy(config),
+                http=config.http,
                 on_database_checked=None
                 if readiness is None
                 else lambda reachable: readiness.set("api.postgres", None if reachable else "PostgreSQL unreachable"),

@@ -27,6 +27,16 @@ def current_caller() -> Principal | None:
     return _caller.get()
 
 
+def authenticate(verifier: TokenVerifier | None, context: aio.ServicerContext) -> None:
+    """Verifies the call's bearer token and makes its caller current_caller() (None when verifier is None: no
+    authentication). The gRPC port's interceptor and the HTTP port's adapter (api/connect.py) both call this.
+
+    Raises:
+        UnauthenticatedError: no token, a malformed header, or a token the verifier refuses.
+    """
+    _caller.set(None if verifier is None else verifier.verify(_bearer_token(context)))
+
+
 def _bearer_token(context: aio.ServicerContext) -> str:
     values = [value for key, value in context.invocation_metadata() or () if key == "authorization"]
     if not values:
@@ -47,7 +57,7 @@ class AuthInterceptor(aio.ServerInterceptor):
         self._prefixes = tuple(f"/{service}/" for service in protected_services)
 
     def _authenticate(self, context: aio.ServicerContext) -> None:
-        _caller.set(None if self._verifier is None else self._verifier.verify(_bearer_token(context)))
+        authenticate(self._verifier, context)
 
     async def intercept_service(
         self,

@@ -1,8 +1,10 @@
 """gRPC server lifecycle: AuditService, AlertRuleService, DestinationService, health and reflection, plaintext
-or TLS; graceful shutdown."""
+or TLS; the HTTP port (AuditService over Connect and gRPC-Web, from the same servicer) when configured; graceful
+shutdown of both."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NatsClient
 
 from ..auth.tokens import TokenVerifier
-from ..config import ApiConfig, AuthConfig, TailConfig
+from ..config import ApiConfig, AuthConfig, HttpConfig, TailConfig
 from ..core.destination_urls import AddressPolicy
 from ..core.masking import SecretMask
 from ..core.signing import Verifier
@@ -26,10 +28,12 @@ from ..telemetry.setup import server_interceptors
 from .alert_rules import SERVICE_NAME as ALERT_RULES_SERVICE_NAME
 from .alert_rules import AlertRuleServicer
 from .auth import AuthInterceptor
+from .connect import connect_application
 from .dependency_health import DependencyHealth
 from .destinations import SERVICE_NAME as DESTINATIONS_SERVICE_NAME
 from .destinations import DestinationServicer
 from .errors import ErrorMappingInterceptor
+from .http_server import RunningHttpServer, start_http_server
 from .live_feed import LiveFeed
 from .read_budget import ReadBudget
 from .rpc_metrics import RpcMetricsInterceptor
@@ -77,6 +81,8 @@ class RunningServer:
     """The TLS files served (None: plaintext)."""
     alert_rules: AlertRuleServicer | None = None
     """Whose WatchAlerts streams end at shutdown."""
+    http: RunningHttpServer | None = None
+    """The HTTP port (AUDIT_HTTP_ADDRESS), None when it is off."""
 
     async def stop(self, grace: float) -> None:
         """Reports NOT_SERVING, ends live tails and alert watches with UNAVAILABLE (their clients resume elsewhere
@@ -89,7 +95,10 @@ class RunningServer:
             await self.feed.close()
         if self.alert_rules is not None:
             self.alert_rules.close()
-        await self.server.stop(grace)
+        if self.http is None:
+            await self.server.stop(grace)
+        else:  # the HTTP server's own grace is the same (start_server)
+            await asyncio.gather(self.server.stop(grace), self.http.stop())
 
 
 def token_verifier(auth: AuthConfig) -> TokenVerifier | None:
@@ -124,6 +133,7 @@ async def start_server(
     on_database_checked: Callable[[bool], None] | None = None,
     mask: SecretMask | None = None,
     address_policy: AddressPolicy | None = None,
+    http: HttpConfig | None = None,
 ) -> RunningServer:
     """Starts serving; the caller stops it with `RunningServer.stop`.
 
@@ -138,6 +148,7 @@ async def start_server(
             public addresses).
         read_budget: the bytes the process's reads may hold at once, shared with the feed (a new one of
             config.read_buffer_bytes when not given).
+        http: the HTTP port to serve AuditService on too, with the same servicer and token verifier (none: off).
     """
     if read_budget is None:
         read_budget = ReadBudget(config.read_buffer_bytes, wait_seconds=config.query_timeout_seconds)
@@ -145,25 +156,24 @@ async def start_server(
     # Metrics come first of all, to see the status every call ends with; the tracing interceptor (when spans are
     # recorded) next, so its span covers the rest of the call and sees the status the error mapper aborts with; the
     # error mapper before authentication, so it also turns authentication failures into statuses.
+    verifier = token_verifier(auth)
     server = aio.server(
         interceptors=[
             RpcMetricsInterceptor(),
             *server_interceptors([SERVICE_NAME, ALERT_RULES_SERVICE_NAME, DESTINATIONS_SERVICE_NAME]),
             ErrorMappingInterceptor(),
-            AuthInterceptor(token_verifier(auth), SERVICE_NAME, ALERT_RULES_SERVICE_NAME, DESTINATIONS_SERVICE_NAME),
+            AuthInterceptor(verifier, SERVICE_NAME, ALERT_RULES_SERVICE_NAME, DESTINATIONS_SERVICE_NAME),
         ]
     )
-    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-        AuditServicer(
-            pool,
-            max_response_bytes=config.max_response_bytes,
-            feed=feed,
-            tail_config=tail,
-            checkpoint_keys=checkpoint_keys,
-            read_budget=read_budget,
-        ),
-        server,
+    audit_servicer = AuditServicer(
+        pool,
+        max_response_bytes=config.max_response_bytes,
+        feed=feed,
+        tail_config=tail,
+        checkpoint_keys=checkpoint_keys,
+        read_budget=read_budget,
     )
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(audit_servicer, server)
     alert_rules = AlertRuleServicer(pool, LogAppender(mask), watch_config=tail)
     alert_rules_pb2_grpc.add_AlertRuleServiceServicer_to_server(alert_rules, server)
     destinations = DestinationServicer(pool, LogAppender(mask), address_policy)
@@ -206,7 +216,21 @@ async def start_server(
         await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await health.set(ALERT_RULES_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await health.set(DESTINATIONS_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    await server.start()
+    http_server = None
+    if http is not None and http.enabled:
+        if certificates is not None:
+            log.warning(
+                "the HTTP port (%s) serves plaintext while the gRPC port uses TLS: put TLS in front of it", http.address
+            )
+        http_server = await start_http_server(
+            http.address, connect_application(audit_servicer, verifier), grace_seconds=config.shutdown_grace_seconds
+        )
+    try:
+        await server.start()
+    except BaseException:
+        if http_server is not None:
+            await http_server.stop()
+        raise
     if dependency_health is not None:
         dependency_health.start()
     security = "plaintext" if certificates is None else "TLS"
@@ -221,4 +245,5 @@ async def start_server(
         dependency_health=dependency_health,
         certificates=certificates,
         alert_rules=alert_rules,
+        http=http_server,
     )
