@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import shutil
+import socket
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from audit.v1 import audit_service_pb2_grpc, event_pb2
 from audit.v1.audit_service_connect import AuditServiceClient
 from audit_service.auth.tokens import mint_token
 from audit_service.config import AuthConfig, load_config
+from audit_service.errors import ConfigError
 from connectrpc.code import Code
 from connectrpc.compat import google_protobuf_json_codec
 from connectrpc.errors import ConnectError
@@ -331,3 +333,35 @@ async def test_the_connect_client_gets_codes_not_http_statuses(doors):
             await http.list_events(pb.ListEventsRequest(order=99), headers=auth_header(doors.token(admin=True)))
     assert raised.value.code is Code.INVALID_ARGUMENT
     assert raised.value.message == "order: unknown value 99"
+
+
+async def test_an_address_that_cannot_be_listened_on_is_a_start_up_error_naming_the_variable(service_env):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        env = service_env | {"AUDIT_HTTP_ADDRESS": f"127.0.0.1:{taken.getsockname()[1]}"}
+        with pytest.raises(ConfigError) as raised:
+            async with serving_api(load_config(env=env)):
+                pass
+    assert raised.value.setting == "AUDIT_HTTP_ADDRESS"
+    assert "cannot listen on 127.0.0.1:" in str(raised.value)
+
+
+async def test_at_shutdown_a_tail_over_http_ends_with_unavailable_as_over_grpc(service_env, database):
+    await store_events(database, [make_event("acme") for _ in range(3)])
+    config = load_config(env=service_env | {"AUDIT_HTTP_ADDRESS": "127.0.0.1:0"})
+    async with serving_api(config) as server:
+        assert server.http is not None
+        http = AuditServiceClient(f"http://127.0.0.1:{server.http.port}", codec=google_protobuf_json_codec())
+        responses = http.tail_events(pb.TailEventsRequest(after_position=0))
+        received: list[str] = []
+        async for response in responses:
+            received.extend(event.event_id for event in response.events)
+            if response.caught_up:
+                break
+        assert len(received) == 3
+        stopping = asyncio.create_task(server.stop(config.api.shutdown_grace_seconds))
+        with pytest.raises(ConnectError) as raised:
+            async for response in responses:
+                assert not response.events
+        await stopping
+        await http.close()
+    assert raised.value.code is Code.UNAVAILABLE

@@ -93,6 +93,13 @@ def test_environment_is_read() -> None:
     assert config.log_level == "DEBUG"
 
 
+def test_the_http_port_is_off_unless_an_address_is_set() -> None:
+    assert not Config().http.enabled
+    assert not load_config(env={"AUDIT_HTTP_ADDRESS": " "}).http.enabled
+    config = load_config(env={"AUDIT_HTTP_ADDRESS": "[::]:8080"})
+    assert (config.http.enabled, config.http.address) == (True, "[::]:8080")
+
+
 def test_migrate_url_is_its_own_when_set() -> None:
     config = load_config(
         env={"AUDIT_DATABASE_URL": "postgres://app@db/a", "AUDIT_MIGRATE_DATABASE_URL": "postgresql://owner@db/a"}
@@ -114,6 +121,8 @@ def test_empty_variables_mean_default() -> None:
         ("AUDIT_GRPC_ADDRESS", ":50051"),
         ("AUDIT_GRPC_ADDRESS", "localhost:65536"),
         ("AUDIT_GRPC_ADDRESS", "localhost:http"),
+        ("AUDIT_HTTP_ADDRESS", "8080"),
+        ("AUDIT_HTTP_ADDRESS", "localhost:70000"),
         ("AUDIT_INGEST_BATCH_SIZE", "0"),
         ("AUDIT_INGEST_BATCH_SIZE", "-5"),
         ("AUDIT_INGEST_BATCH_SIZE", "x"),
