@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import shutil
 import socket
 import struct
@@ -26,7 +27,7 @@ from connectrpc.compat import google_protobuf_json_codec
 from connectrpc.errors import ConnectError
 from connectrpc.protocol import ProtocolType
 
-from ..conftest import JWT_SECRET, bearer, serving_api, store_events
+from ..conftest import JWT_SECRET, REPO_ROOT, bearer, serving_api, store_events
 from ..factories import make_event
 
 CURL = shutil.which("curl")
@@ -365,3 +366,38 @@ async def test_at_shutdown_a_tail_over_http_ends_with_unavailable_as_over_grpc(s
         await stopping
         await http.close()
     assert raised.value.code is Code.UNAVAILABLE
+
+
+def readme_shell_functions() -> str:
+    """The envelope() and unenvelope() shell functions of the README's HTTP (Connect) section, as written there."""
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith("envelope() {"))
+    return "\n".join(lines[start : start + 3])
+
+
+async def test_the_readme_shell_functions_export_and_tail_with_curl(doors, stored):
+    token = doors.token("acme", "u-bob")
+    script = (
+        readme_shell_functions()
+        + """
+STREAM=(-H "Authorization: Bearer $AUDIT_TOKEN" -H "Content-Type: application/connect+json" --data-binary @- -N)
+EXPORT='{"filter": {"tenant": "acme"}, "format": "EXPORT_FORMAT_NDJSON"}'
+envelope "$EXPORT" | curl -sS "${STREAM[@]}" $API/ExportEvents | unenvelope
+echo ---
+envelope '{"afterPosition": "0"}' | curl -sS "${STREAM[@]}" -H 'Connect-Timeout-Ms: 3000' $API/TailEvents | unenvelope
+"""
+    )
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-c", script,
+        env={"PATH": os.environ["PATH"], "AUDIT_TOKEN": token, "API": f"{doors.url}{SERVICE_PATH}"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    exported, tailed = (part.strip().splitlines() for part in out.decode().split("---\n"))
+    assert exported[-1] == "{}"
+    ndjson = b"".join(base64.b64decode(json.loads(line)["data"]) for line in exported[:-1])
+    assert [json.loads(line)["eventId"] for line in ndjson.splitlines()] == stored["acme/bob"]  # bob's own only
+    assert json.loads(tailed[-1])["error"]["code"] == "deadline_exceeded"
+    tailed_ids = [event["eventId"] for line in tailed[:-1] for event in json.loads(line).get("events", ())]
+    assert tailed_ids == stored["acme/bob"]
