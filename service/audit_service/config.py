@@ -200,7 +200,7 @@ class HttpConfig:
     address: str = ""
     """AUDIT_HTTP_ADDRESS: host:port serving AuditService over the Connect protocol (JSON or binary) and gRPC-Web,
     with the gRPC port's servicer, authentication and error mapping (port 0 picks a free port). Empty: no HTTP
-    port. Plaintext: terminate TLS in front of it when the gRPC port uses TLS."""
+    port. It serves TLS with the gRPC port's files (ApiConfig.tls) when they are set."""
 
     @property
     def enabled(self) -> bool:

@@ -27,8 +27,10 @@ from connectrpc.compat import google_protobuf_json_codec
 from connectrpc.errors import ConnectError
 from connectrpc.protocol import ProtocolType
 
+from ..certificates import CertificateAuthority
 from ..conftest import JWT_SECRET, REPO_ROOT, bearer, serving_api, store_events
 from ..factories import make_event
+from .test_api_tls import replace_file
 
 CURL = shutil.which("curl")
 SERVICE_PATH = "/audit.v1.AuditService"
@@ -401,3 +403,64 @@ envelope '{"afterPosition": "0"}' | curl -sS "${STREAM[@]}" -H 'Connect-Timeout-
     assert json.loads(tailed[-1])["error"]["code"] == "deadline_exceeded"
     tailed_ids = [event["eventId"] for line in tailed[:-1] for event in json.loads(line).get("events", ())]
     assert tailed_ids == stored["acme/bob"]
+
+
+async def test_with_the_grpc_ports_tls_files_the_http_port_serves_https_and_follows_renewed_files(
+    service_env, database, tmp_path
+):
+    authority = CertificateAuthority(tmp_path / "pki", "first")
+    served = tmp_path / "served"
+    served.mkdir()
+    cert_file, key_file = served / "tls.crt", served / "tls.key"
+    first = authority.issue("localhost", server=True)
+    replace_file(first.cert, cert_file)
+    replace_file(first.key, key_file)
+    ids = await store_events(database, [make_event("acme") for _ in range(2)])
+    env = service_env | {
+        "AUDIT_HTTP_ADDRESS": "127.0.0.1:0",
+        "AUDIT_GRPC_TLS_CERT_FILE": str(cert_file),
+        "AUDIT_GRPC_TLS_KEY_FILE": str(key_file),
+    }
+    async with serving_api(load_config(env=env)) as server:
+        assert server.http is not None
+        https = f"https://localhost:{server.http.port}{SERVICE_PATH}/ListEvents"
+        json_body = ("-H", "Content-Type: application/json")
+        listed = await curl(https, "--cacert", str(authority.cert), *json_body, body=b"{}")
+        assert listed.status == 200
+        assert sorted(event["eventId"] for event in json.loads(listed.body)["events"]) == sorted(ids)
+        # TLS only, and only with a certificate the client trusts.
+        assert (await curl_exit_code(f"http://localhost:{server.http.port}{SERVICE_PATH}/ListEvents", *json_body)) != 0
+        assert (await curl_exit_code(https, *json_body)) != 0
+
+        renewed_authority = CertificateAuthority(tmp_path / "renewed-pki", "renewed")
+        renewed = renewed_authority.issue("localhost", server=True)
+        replace_file(renewed.key, key_file)
+        replace_file(renewed.cert, cert_file)
+        listed = await curl(https, "--cacert", str(renewed_authority.cert), *json_body, body=b"{}")
+        assert listed.status == 200, "the renewed certificate is not served"
+
+
+async def test_with_a_client_ca_the_http_port_requires_a_client_certificate_of_it(service_env, tmp_path):
+    authority = CertificateAuthority(tmp_path / "pki", "first")
+    server_cert, client_cert = authority.issue("localhost", server=True), authority.issue("reader", server=False)
+    env = service_env | {
+        "AUDIT_HTTP_ADDRESS": "127.0.0.1:0",
+        "AUDIT_GRPC_TLS_CERT_FILE": str(server_cert.cert),
+        "AUDIT_GRPC_TLS_KEY_FILE": str(server_cert.key),
+        "AUDIT_GRPC_TLS_CLIENT_CA_FILE": str(authority.cert),
+    }
+    async with serving_api(load_config(env=env)) as server:
+        assert server.http is not None
+        https = f"https://localhost:{server.http.port}{SERVICE_PATH}/CountEvents"
+        trust = ("--cacert", str(authority.cert), "-H", "Content-Type: application/json")
+        counted = await curl(https, *trust, "--cert", str(client_cert.cert), "--key", str(client_cert.key), body=b"{}")
+        assert (counted.status, json.loads(counted.body)) == (200, {"source": "COUNT_SOURCE_PROJECTION"})
+        assert (await curl_exit_code(https, *trust)) != 0, "a client without a certificate was served"
+
+
+async def curl_exit_code(url: str, *args: str) -> int:
+    process = await asyncio.create_subprocess_exec(
+        CURL, "-sS", "--data-binary", "{}", *args, url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    await process.communicate()
+    return process.returncode

@@ -1,20 +1,25 @@
 """The HTTP port's server: uvicorn serving an ASGI application inside the API's event loop, on a socket bound here
-(so a bad address is a start-up error naming AUDIT_HTTP_ADDRESS, and port 0 reports the port it got)."""
+(so a bad address is a start-up error naming AUDIT_HTTP_ADDRESS, and port 0 reports the port it got), with the
+gRPC port's TLS files when it has them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import socket
+import ssl
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 
-from ..config import parse_grpc_address
+from ..config import TlsConfig, parse_grpc_address
 from ..errors import ConfigError
+from .tls import CertificateFiles, CertificatePair
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,49 @@ class _EmbeddedServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         self.ready.set()
+
+
+class FollowingTlsContext:
+    """TLS of the HTTP port from the gRPC port's files (AUDIT_GRPC_TLS_*), followed as the gRPC port follows them:
+    each handshake checks whether they changed and, when they did, is served the renewed certificate and key.
+
+    Raises (constructor):
+        ConfigError: the files cannot be read or do not fit together.
+    """
+
+    def __init__(self, config: TlsConfig) -> None:
+        self._files = CertificateFiles(config, label="HTTP TLS")
+        self._current = self._context(self._files.current)
+        # The listening context: its callback hands each handshake the context of the current files. (A renewed
+        # client CA applies from the next start: OpenSSL takes only the certificate and key of a swapped context.)
+        self.context = self._context(self._files.current)
+        self.context.sni_callback = self._select
+
+    @staticmethod
+    def _context(pair: CertificatePair) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_alpn_protocols(["http/1.1"])
+        # ssl loads a chain and key only from files: the checked contents, in a private directory for the moment.
+        with tempfile.TemporaryDirectory(prefix="audit-http-tls-") as directory:
+            cert_file, key_file = f"{directory}/tls.crt", f"{directory}/tls.key"
+            with open(cert_file, "wb") as file:
+                file.write(pair.cert_chain)
+            with open(key_file, "wb", opener=lambda path, flags: os.open(path, flags, 0o600)) as file:
+                file.write(pair.private_key)
+            context.load_cert_chain(cert_file, key_file)
+        if pair.client_ca is not None:
+            context.load_verify_locations(cadata=pair.client_ca.decode())
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def _select(self, connection: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
+        if self._files.fetch() is not None:  # the files changed, and the new ones were checked
+            try:
+                self._current = self._context(self._files.current)
+            except (ssl.SSLError, OSError) as error:
+                log.warning("HTTP TLS: keeping the certificate in use: %s", error)
+        connection.context = self._current
 
 
 @dataclass
@@ -58,12 +106,18 @@ def _listen(address: str) -> socket.socket:
         raise ConfigError("AUDIT_HTTP_ADDRESS", f"cannot listen on {address}: {error}") from None
 
 
-async def start_http_server(address: str, app: Any, *, grace_seconds: float) -> RunningHttpServer:
+async def start_http_server(
+    address: str, app: Any, *, grace_seconds: float, tls: TlsConfig | None = None
+) -> RunningHttpServer:
     """Serves `app` on `address` (host:port) until RunningHttpServer.stop.
 
+    Args:
+        tls: the certificate files to serve HTTPS with (plaintext when None or not enabled).
+
     Raises:
-        ConfigError: the address cannot be listened on.
+        ConfigError: the address cannot be listened on, or the TLS files are unusable.
     """
+    following = FollowingTlsContext(tls) if tls is not None and tls.enabled else None
     listener = _listen(address)
     port = listener.getsockname()[1]
     config = uvicorn.Config(
@@ -76,6 +130,7 @@ async def start_http_server(address: str, app: Any, *, grace_seconds: float) -> 
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=grace_seconds,
+        ssl_context_factory=None if following is None else lambda _config, _default: following.context,
     )
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[listener]), name="http-server")
@@ -88,5 +143,8 @@ async def start_http_server(address: str, app: Any, *, grace_seconds: float) -> 
         listener.close()
         task.result()  # raises the start-up error, if any
         raise ConfigError("AUDIT_HTTP_ADDRESS", f"the HTTP server on {address} stopped while starting")
-    log.info("HTTP API (Connect, gRPC-Web) listening on %s (port %d, plaintext)", address, port)
+    security = "plaintext" if following is None else "TLS"
+    if tls is not None and tls.client_ca_file:
+        security += " with client certificates"
+    log.info("HTTP API (Connect, gRPC-Web) listening on %s (port %d, %s)", address, port, security)
     return RunningHttpServer(server, task, port)

@@ -218,12 +218,11 @@ async def start_server(
         await health.set(DESTINATIONS_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     http_server = None
     if http is not None and http.enabled:
-        if certificates is not None:
-            log.warning(
-                "the HTTP port (%s) serves plaintext while the gRPC port uses TLS: put TLS in front of it", http.address
-            )
         http_server = await start_http_server(
-            http.address, connect_application(audit_servicer, verifier), grace_seconds=config.shutdown_grace_seconds
+            http.address,
+            connect_application(audit_servicer, verifier),
+            grace_seconds=config.shutdown_grace_seconds,
+            tls=config.tls,
         )
     try:
         await server.start()

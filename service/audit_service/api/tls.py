@@ -98,20 +98,22 @@ class CertificateFiles:
         ConfigError: the files cannot be read or do not fit together (one line naming the variable).
     """
 
-    def __init__(self, config: TlsConfig) -> None:
+    def __init__(self, config: TlsConfig, label: str = "gRPC TLS") -> None:
         self._config = config
+        self._label = label
         self._stamps = self._current_stamps()
         self._refused: list[_Stamp] | None = None
         self.current = self._load()
         log.info(
-            "gRPC TLS: serving %s (valid until %s)%s",
+            "%s: serving %s (valid until %s)%s",
+            label,
             config.cert_file,
             self.current.not_valid_after,
             ", client certificates required" if config.client_ca_file else "",
         )
         if self.current.expired:
             log.warning(
-                "gRPC TLS: %s expired at %s: clients will refuse it", config.cert_file, self.current.not_valid_after
+                "%s: %s expired at %s: clients will refuse it", label, config.cert_file, self.current.not_valid_after
             )
 
     @property
@@ -149,7 +151,7 @@ class CertificateFiles:
         try:
             stamps = self._current_stamps()
         except ConfigError as error:  # a file is being replaced (removed, then renamed into place)
-            log.debug("gRPC TLS: keeping the certificate in use: %s", error)
+            log.debug("%s: keeping the certificate in use: %s", self._label, error)
             return None
         if stamps in (self._stamps, self._refused):
             return None
@@ -157,16 +159,17 @@ class CertificateFiles:
             loaded = self._load()
         except ConfigError as error:
             self._refused = stamps  # one warning per inconsistent state, not one per handshake
-            log.warning("gRPC TLS: keeping the certificate in use: %s", error)
+            log.warning("%s: keeping the certificate in use: %s", self._label, error)
             return None
         except Exception:  # a fetcher that raises fails the handshake; never let it
             self._refused = stamps
-            log.exception("gRPC TLS: keeping the certificate in use")
+            log.exception("%s: keeping the certificate in use", self._label)
             return None
         if loaded.expired and not self.current.expired:  # an old backup put back: not a renewal
             self._refused = stamps
             log.warning(
-                "gRPC TLS: keeping the certificate in use: %s expired at %s",
+                "%s: keeping the certificate in use: %s expired at %s",
+                self._label,
                 self._config.cert_file,
                 loaded.not_valid_after,
             )
@@ -175,7 +178,9 @@ class CertificateFiles:
         if loaded == self.current:
             return None  # touched, not changed
         self.current = loaded
-        log.info("gRPC TLS: serving the renewed %s (valid until %s)", self._config.cert_file, loaded.not_valid_after)
+        log.info(
+            "%s: serving the renewed %s (valid until %s)", self._label, self._config.cert_file, loaded.not_valid_after
+        )
         return self.configuration()
 
     def server_credentials(self) -> grpc.ServerCredentials:
