@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import shutil
 import socket
@@ -299,7 +300,8 @@ async def test_curl_without_a_token_is_unauthenticated(doors):
     }
 
 
-async def test_what_the_client_sent_wrong_is_a_connect_error_never_a_500(doors):
+async def test_what_the_client_sent_wrong_is_a_connect_error_never_a_500(doors, caplog):
+    caplog.set_level(logging.WARNING)
     token = doors.token(admin=True)
     url = f"{doors.url}{SERVICE_PATH}/ListEvents"
     authorization = ["-H", f"Authorization: Bearer {token}"]
@@ -328,6 +330,19 @@ async def test_what_the_client_sent_wrong_is_a_connect_error_never_a_500(doors):
         f"{doors.url}{SERVICE_PATH}/DropEvents", "-H", "Content-Type: application/json", body=b"{}"
     )
     assert unknown_method.status == 404
+
+    stream = ("-H", "Content-Type: application/connect+json", *authorization)
+    truncated = await curl(f"{doors.url}{SERVICE_PATH}/ExportEvents", *stream, body=b"\x00\x00\x00\x00\x10{}")
+    assert truncated.status == 200  # a stream's error is its end-of-stream message
+    assert unenvelope(truncated.body)[1]["error"]["code"] == "invalid_argument"
+
+    grpc_over_http1 = await curl(url, "-H", "Content-Type: application/grpc", *authorization, body=bytes(5))
+    assert (grpc_over_http1.status, grpc_over_http1.body) == (
+        415,
+        b"gRPC needs HTTP/2 trailers, which this port does not send: call the gRPC port (AUDIT_GRPC_ADDRESS), or use "
+        b"Connect or gRPC-Web here\n",
+    )
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
 
 
 async def test_the_connect_client_gets_codes_not_http_statuses(doors):

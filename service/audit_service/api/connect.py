@@ -33,6 +33,8 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 """Largest request message the HTTP port reads: what a gRPC server accepts by default, so both doors refuse the
 same requests (resource_exhausted)."""
 
+ASGIApplication = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
 _REQ = TypeVar("_REQ")
 _RES = TypeVar("_RES")
 
@@ -151,10 +153,34 @@ class CompactJsonCodec:
         return self._reader.decode(data, message_class)
 
 
-def connect_application(servicer: AuditServicer, verifier: TokenVerifier | None) -> AuditServiceASGIApplication:
+_GRPC_WITHOUT_TRAILERS = (
+    b"gRPC needs HTTP/2 trailers, which this port does not send: call the gRPC port (AUDIT_GRPC_ADDRESS), or use "
+    b"Connect or gRPC-Web here\n"
+)
+
+
+def _is_grpc(scope: dict[str, Any]) -> bool:
+    content_type = next((value for name, value in scope.get("headers", ()) if name.lower() == b"content-type"), b"")
+    content_type = content_type.split(b";")[0].strip().lower()
+    return content_type == b"application/grpc" or content_type.startswith(b"application/grpc+")
+
+
+def connect_application(servicer: AuditServicer, verifier: TokenVerifier | None) -> ASGIApplication:
     """The ASGI application of the HTTP port: AuditService at /audit.v1.AuditService/<Method>."""
-    return AuditServiceASGIApplication(
+    connect = AuditServiceASGIApplication(
         ConnectAuditService(servicer, verifier),
         read_max_bytes=MAX_REQUEST_BYTES,
         codecs=(google_protobuf_binary_codec(), CompactJsonCodec()),
     )
+
+    async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # connectrpc raises (a traceback in the log, an empty answer) for gRPC on a server without trailers, such
+        # as uvicorn: the client gets the HTTP answer to a content type this port does not serve instead.
+        if scope["type"] == "http" and _is_grpc(scope) and "http.response.trailers" not in scope.get("extensions", {}):
+            headers = [(b"content-type", b"text/plain; charset=utf-8")]
+            await send({"type": "http.response.start", "status": 415, "headers": headers})
+            await send({"type": "http.response.body", "body": _GRPC_WITHOUT_TRAILERS})
+            return
+        await connect(scope, receive, send)
+
+    return application
