@@ -29,7 +29,7 @@ from connectrpc.errors import ConnectError
 from connectrpc.protocol import ProtocolType
 
 from ..certificates import CertificateAuthority
-from ..conftest import JWT_SECRET, REPO_ROOT, bearer, serving_api, store_events
+from ..conftest import JWT_SECRET, REPO_ROOT, bearer, eventually, serving_api, store_events
 from ..factories import make_event
 from .test_api_tls import replace_file
 
@@ -479,3 +479,21 @@ async def curl_exit_code(url: str, *args: str) -> int:
     )
     await process.communicate()
     return process.returncode
+
+
+async def test_a_client_that_goes_away_leaves_the_live_feed(service_env, database):
+    config = load_config(env=service_env | {"AUDIT_HTTP_ADDRESS": "127.0.0.1:0"})
+    async with serving_api(config) as server:
+        assert server.http is not None and server.feed is not None
+        async with AuditServiceClient(f"http://127.0.0.1:{server.http.port}") as http:
+            responses = http.tail_events(pb.TailEventsRequest())
+            async for response in responses:
+                if response.caught_up:
+                    break
+            assert server.feed.subscriber_count == 1
+            await responses.aclose()
+
+            async def left() -> bool:
+                return server.feed.subscriber_count == 0
+
+            await eventually(left, what="the tail leaving the feed after its client went away")
