@@ -1,6 +1,6 @@
 """gRPC server lifecycle: AuditService, AlertRuleService, DestinationService, health and reflection, plaintext
-or TLS; the HTTP port (AuditService over Connect and gRPC-Web, from the same servicer) when configured; graceful
-shutdown of both."""
+or TLS; the HTTP port (the same three services over Connect and gRPC-Web, from the same servicers) when configured;
+graceful shutdown of both."""
 
 from __future__ import annotations
 
