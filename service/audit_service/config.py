@@ -195,12 +195,13 @@ class ApiConfig:
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
-    """The HTTP port of `serve`: the same AuditService as the gRPC port, for browsers and curl."""
+    """The HTTP port of `serve`: the same three services as the gRPC port, for browsers and curl."""
 
     address: str = ""
-    """AUDIT_HTTP_ADDRESS: host:port serving AuditService over the Connect protocol (JSON or binary) and gRPC-Web,
-    with the gRPC port's servicer, authentication and error mapping (port 0 picks a free port). Empty: no HTTP
-    port. It serves TLS with the gRPC port's files (ApiConfig.tls) when they are set."""
+    """AUDIT_HTTP_ADDRESS: host:port serving AuditService, AlertRuleService and DestinationService over the Connect
+    protocol (JSON or binary) and gRPC-Web, with the gRPC port's servicers, authentication and error mapping (port 0
+    picks a free port). Empty: no HTTP port. It serves TLS with the gRPC port's files (ApiConfig.tls) when they are
+    set."""
 
     @property
     def enabled(self) -> bool:

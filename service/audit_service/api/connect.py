@@ -1,31 +1,40 @@
-"""The HTTP door: AuditService over the Connect protocol (JSON or binary, unary and server streaming) and gRPC-Web,
-served by the Connect project's runtime (connectrpc) as an ASGI application.
+"""The HTTP door: AuditService, AlertRuleService and DestinationService over the Connect protocol (JSON or
+binary, unary and server streaming) and gRPC-Web, served by the Connect project's runtime (connectrpc) as an ASGI
+application.
 
-Nothing here answers an RPC: each call is handed to the gRPC port's AuditServicer, after the same authentication
-(api/auth.authenticate with the same TokenVerifier), and whatever it raises becomes the Connect code of the same
-name through the same mapping (api/errors.status_for). The runtime itself answers what never reaches a handler:
-an unknown path (404), an unknown content type (415), a body that does not parse (invalid_argument), one larger
-than MAX_REQUEST_BYTES (resource_exhausted).
+Nothing here answers an RPC: each call is handed to the gRPC port's servicer of its service, after the same
+authentication (api/auth.authenticate with the same TokenVerifier), and whatever it raises becomes the Connect code
+of the same name through the same mapping (api/errors.status_for). The runtime itself answers what never reaches
+a handler: an unknown path (404), an unknown content type (415), a body that does not parse (invalid_argument),
+one larger than MAX_REQUEST_BYTES (resource_exhausted).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from audit.v1 import audit_service_pb2 as pb
-from audit.v1.audit_service_connect import AuditServiceASGIApplication
+from audit.v1 import alert_rules_pb2 as alert_rules_pb
+from audit.v1 import audit_service_pb2 as audit_pb
+from audit.v1 import destinations_pb2 as destinations_pb
+from audit.v1.alert_rules_connect import AlertRuleService, AlertRuleServiceASGIApplication
+from audit.v1.audit_service_connect import AuditService, AuditServiceASGIApplication
+from audit.v1.destinations_connect import DestinationService, DestinationServiceASGIApplication
 from connectrpc.code import Code
 from connectrpc.compat import google_protobuf_binary_codec, google_protobuf_json_codec
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from google.protobuf import json_format
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
 from ..auth.tokens import TokenVerifier
+from .alert_rules import AlertRuleServicer
 from .auth import authenticate
+from .destinations import DestinationServicer
 from .errors import status_for
 from .servicer import AuditServicer
 
@@ -35,7 +44,6 @@ same requests (resource_exhausted)."""
 
 ASGIApplication = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
-_REQ = TypeVar("_REQ")
 _RES = TypeVar("_RES")
 
 
@@ -72,69 +80,63 @@ class HttpCallContext:
             callback(self)
 
 
-class ConnectAuditService:
-    """The Connect AuditService (audit.v1.audit_service_connect.AuditService) in front of the gRPC servicer."""
+class ConnectService:
+    """The Connect form of a gRPC servicer, for the application connectrpc generates for its service: one
+    snake_case method per RPC of the service descriptor (list_events for ListEvents), which authenticates the call,
+    hands it to the servicer's method and turns what it raises into a Connect error. One adapter serves every
+    service, so no RPC can be added to the gRPC port and forgotten on this one.
 
-    def __init__(self, servicer: AuditServicer, verifier: TokenVerifier | None) -> None:
-        self._servicer = servicer
+    Raises (constructor):
+        TypeError: the generated Protocol does not name an RPC as expected (stubs and descriptor out of step).
+    """
+
+    def __init__(
+        self, servicer: object, verifier: TokenVerifier | None, service: ServiceDescriptor, protocol: type
+    ) -> None:
         self._verifier = verifier
+        for method in service.methods:
+            name = _snake_case(method.name)
+            if not callable(getattr(protocol, name, None)):
+                raise TypeError(f"{protocol.__name__} has no {name} for {service.full_name}.{method.name}")
+            rpc = getattr(servicer, method.name)
+            setattr(self, name, self._stream_of(rpc) if method.server_streaming else self._unary_of(rpc))
 
-    async def _unary(
-        self, rpc: Callable[[_REQ, Any], Awaitable[_RES]], request: _REQ, ctx: RequestContext[Any, Any]
-    ) -> _RES:
-        call = HttpCallContext(ctx)
-        try:
-            authenticate(self._verifier, call)  # type: ignore[arg-type]
-            return await rpc(request, call)
-        except Exception as error:
-            raise connect_error(error) from None
-        finally:
-            call.end()
+    def _unary_of(
+        self, rpc: Callable[[Any, Any], Awaitable[Any]]
+    ) -> Callable[[Any, RequestContext[Any, Any]], Awaitable[Any]]:
+        async def unary(request: Any, ctx: RequestContext[Any, Any]) -> Any:
+            call = HttpCallContext(ctx)
+            try:
+                authenticate(self._verifier, call)  # type: ignore[arg-type]
+                return await rpc(request, call)
+            except Exception as error:
+                raise connect_error(error) from None
+            finally:
+                call.end()
 
-    async def _stream(
-        self, rpc: Callable[[_REQ, Any], AsyncIterator[_RES]], request: _REQ, ctx: RequestContext[Any, Any]
-    ) -> AsyncIterator[_RES]:
-        call = HttpCallContext(ctx)
-        try:
-            authenticate(self._verifier, call)  # type: ignore[arg-type]
-            async with contextlib.aclosing(rpc(request, call)) as responses:
-                async for response in responses:
-                    yield response
-        except Exception as error:
-            raise connect_error(error) from None
-        finally:
-            call.end()
+        return unary
 
-    async def list_events(self, request: pb.ListEventsRequest, ctx: RequestContext[Any, Any]) -> pb.ListEventsResponse:
-        return await self._unary(self._servicer.ListEvents, request, ctx)
+    def _stream_of(
+        self, rpc: Callable[[Any, Any], AsyncIterator[Any]]
+    ) -> Callable[[Any, RequestContext[Any, Any]], AsyncIterator[Any]]:
+        async def stream(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
+            call = HttpCallContext(ctx)
+            try:
+                authenticate(self._verifier, call)  # type: ignore[arg-type]
+                async with contextlib.aclosing(rpc(request, call)) as responses:  # type: ignore[type-var]
+                    async for response in responses:
+                        yield response
+            except Exception as error:
+                raise connect_error(error) from None
+            finally:
+                call.end()
 
-    async def get_event(self, request: pb.GetEventRequest, ctx: RequestContext[Any, Any]) -> pb.GetEventResponse:
-        return await self._unary(self._servicer.GetEvent, request, ctx)
+        return stream
 
-    async def list_resource_history(
-        self, request: pb.ListResourceHistoryRequest, ctx: RequestContext[Any, Any]
-    ) -> pb.ListResourceHistoryResponse:
-        return await self._unary(self._servicer.ListResourceHistory, request, ctx)
 
-    def export_events(
-        self, request: pb.ExportEventsRequest, ctx: RequestContext[Any, Any]
-    ) -> AsyncIterator[pb.ExportEventsResponse]:
-        return self._stream(self._servicer.ExportEvents, request, ctx)
-
-    async def verify_chain(
-        self, request: pb.VerifyChainRequest, ctx: RequestContext[Any, Any]
-    ) -> pb.VerifyChainResponse:
-        return await self._unary(self._servicer.VerifyChain, request, ctx)
-
-    async def count_events(
-        self, request: pb.CountEventsRequest, ctx: RequestContext[Any, Any]
-    ) -> pb.CountEventsResponse:
-        return await self._unary(self._servicer.CountEvents, request, ctx)
-
-    def tail_events(
-        self, request: pb.TailEventsRequest, ctx: RequestContext[Any, Any]
-    ) -> AsyncIterator[pb.TailEventsResponse]:
-        return self._stream(self._servicer.TailEvents, request, ctx)
+def _snake_case(method: str) -> str:
+    """The name protoc-gen-connectrpc gives an RPC's method: ListAlertRules -> list_alert_rules."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", method).lower()
 
 
 class CompactJsonCodec:
@@ -165,13 +167,42 @@ def _is_grpc(scope: dict[str, Any]) -> bool:
     return content_type == b"application/grpc" or content_type.startswith(b"application/grpc+")
 
 
-def connect_application(servicer: AuditServicer, verifier: TokenVerifier | None) -> ASGIApplication:
-    """The ASGI application of the HTTP port: AuditService at /audit.v1.AuditService/<Method>."""
-    connect = AuditServiceASGIApplication(
-        ConnectAuditService(servicer, verifier),
-        read_max_bytes=MAX_REQUEST_BYTES,
-        codecs=(google_protobuf_binary_codec(), CompactJsonCodec()),
+def connect_application(
+    verifier: TokenVerifier | None,
+    audit: AuditServicer,
+    alert_rules: AlertRuleServicer,
+    destinations: DestinationServicer,
+) -> ASGIApplication:
+    """The ASGI application of the HTTP port: each service at /<service>/<Method> (/audit.v1.AuditService/ListEvents),
+    handled by the servicer the gRPC port uses."""
+
+    def served(application: Any, servicer: object, descriptor: Any, service: str, protocol: type) -> Any:
+        return application(
+            ConnectService(servicer, verifier, descriptor.services_by_name[service], protocol),
+            read_max_bytes=MAX_REQUEST_BYTES,
+            codecs=(google_protobuf_binary_codec(), CompactJsonCodec()),
+        )
+
+    services = (
+        served(AuditServiceASGIApplication, audit, audit_pb.DESCRIPTOR, "AuditService", AuditService),
+        served(
+            AlertRuleServiceASGIApplication,
+            alert_rules,
+            alert_rules_pb.DESCRIPTOR,
+            "AlertRuleService",
+            AlertRuleService,
+        ),
+        served(
+            DestinationServiceASGIApplication,
+            destinations,
+            destinations_pb.DESCRIPTOR,
+            "DestinationService",
+            DestinationService,
+        ),
     )
+    by_path = {service.path: service for service in services}
+    # Any of them answers a path of no service (404), as connectrpc does for an unknown method.
+    fallback = services[0]
 
     async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         # connectrpc raises (a traceback in the log, an empty answer) for gRPC on a server without trailers, such
@@ -181,6 +212,7 @@ def connect_application(servicer: AuditServicer, verifier: TokenVerifier | None)
             await send({"type": "http.response.start", "status": 415, "headers": headers})
             await send({"type": "http.response.body", "body": _GRPC_WITHOUT_TRAILERS})
             return
-        await connect(scope, receive, send)
+        service = "/" + scope.get("path", "").lstrip("/").split("/", 1)[0]
+        await by_path.get(service, fallback)(scope, receive, send)
 
     return application

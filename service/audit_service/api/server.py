@@ -1,6 +1,6 @@
 """gRPC server lifecycle: AuditService, AlertRuleService, DestinationService, health and reflection, plaintext
-or TLS; the HTTP port (AuditService over Connect and gRPC-Web, from the same servicer) when configured; graceful
-shutdown of both."""
+or TLS; the HTTP port (the same three services over Connect and gRPC-Web, from the same servicers) when configured;
+graceful shutdown of both."""
 
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ async def start_server(
             public addresses).
         read_budget: the bytes the process's reads may hold at once, shared with the feed (a new one of
             config.read_buffer_bytes when not given).
-        http: the HTTP port to serve AuditService on too, with the same servicer and token verifier (none: off).
+        http: the HTTP port to serve the three services on too, with the same servicers and token verifier (none: off).
     """
     if read_budget is None:
         read_budget = ReadBudget(config.read_buffer_bytes, wait_seconds=config.query_timeout_seconds)
@@ -220,7 +220,7 @@ async def start_server(
     if http is not None and http.enabled:
         http_server = await start_http_server(
             http.address,
-            connect_application(audit_servicer, verifier),
+            connect_application(verifier, audit_servicer, alert_rules, destinations),
             grace_seconds=config.shutdown_grace_seconds,
             tls=config.tls,
         )
