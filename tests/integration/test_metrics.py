@@ -20,17 +20,23 @@ import pytest
 from audit.v1 import alert_rules_pb2 as rules_pb
 from audit.v1 import alert_rules_pb2_grpc, event_pb2
 from audit.v1 import audit_service_pb2 as pb
+from audit.v1.audit_service_connect import AuditServiceClient
+from audit_service.auth.tokens import mint_token
+from audit_service.config import load_config
 from audit_service.core.signing import generate_private_key_pem, load_signer
 from audit_service.ingest.lag import ConsumerLag
 from audit_service.ingest.streams import provision
 from audit_service.store.checkpoints import PeriodicCheckpointer
 from audit_service.store.retention import retention_command
 from audit_service.telemetry.metrics import METER_NAME
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.protocol import ProtocolType
 from opentelemetry import metrics as metrics_api
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from ..conftest import eventually, serving_stub, store_events
+from ..conftest import JWT_SECRET, eventually, serving_api, serving_stub, store_events
 from ..factories import make_event, stamp
 
 
@@ -256,6 +262,47 @@ async def test_alert_rule_calls_are_counted_by_method_and_status(metric_reader, 
 
     for name, code in (("ListAlertRules", "OK"), ("GetAlertRule", "INVALID_ARGUMENT"), ("GetAlertRule", "NOT_FOUND")):
         assert calls(after, name, code) - calls(before, name, code) == 1, (name, code)
+
+
+async def test_http_calls_are_measured_as_the_grpc_ports_are(metric_reader, service_env):
+    env = {key: value for key, value in service_env.items() if key != "AUDIT_AUTH_DISABLED"} | {
+        "AUDIT_AUTH_JWT_SECRET": JWT_SECRET,
+        "AUDIT_HTTP_ADDRESS": "127.0.0.1:0",
+    }
+    config = load_config(env=env)
+    token = mint_token(config.auth, subject="u-alice", tenant="acme", admin=True, ttl_seconds=600)
+    before = read(metric_reader)
+    async with serving_api(config) as server:
+        url = f"http://127.0.0.1:{server.http.port}"
+        async with AuditServiceClient(url) as http:
+            await http.list_events(pb.ListEventsRequest(), headers={"authorization": f"Bearer {token}"})
+            with pytest.raises(ConnectError) as refused:
+                await http.list_events(pb.ListEventsRequest())
+        assert refused.value.code is Code.UNAUTHENTICATED
+        async with AuditServiceClient(url, protocol=ProtocolType.GRPC_WEB) as http:
+            await http.list_events(pb.ListEventsRequest(), headers={"authorization": f"Bearer {token}"})
+    after = read(metric_reader)
+
+    def calls(reading: Reading, **attributes: str) -> int:
+        return reading.count(
+            "rpc.server.call.duration", **{"rpc.method": "audit.v1.AuditService/ListEvents", **attributes}
+        )
+
+    def connect_calls(reading: Reading) -> list[dict]:
+        return [
+            a
+            for a in reading.attributes("rpc.server.call.duration")
+            if a["rpc.system.name"] == "connectrpc" and a["rpc.method"] == "audit.v1.AuditService/ListEvents"
+        ]
+
+    # Connect has no code for success: the attribute is left out (semantic conventions: "if available").
+    assert {"rpc.system.name": "connectrpc", "rpc.method": "audit.v1.AuditService/ListEvents"} in connect_calls(after)
+    assert calls(after, **{"rpc.system.name": "connectrpc"}) - calls(before, **{"rpc.system.name": "connectrpc"}) == 2
+    refused_code = {"rpc.system.name": "connectrpc", "rpc.response.status_code": "unauthenticated"}
+    assert calls(after, **refused_code) - calls(before, **refused_code) == 1
+    assert all("error.type" not in a for a in connect_calls(after)), "a client's mistake is not a server error"
+    grpc_web = {"rpc.system.name": "grpc", "rpc.response.status_code": "OK"}
+    assert calls(after, **grpc_web) - calls(before, **grpc_web) == 1, "gRPC-Web is gRPC's codes over HTTP/1.1"
 
 
 async def test_open_tails_go_up_and_back_down_and_live_deliveries_record_their_lag(

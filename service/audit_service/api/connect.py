@@ -6,7 +6,8 @@ Nothing here answers an RPC: each call is handed to the gRPC port's servicer of 
 authentication (api/auth.authenticate with the same TokenVerifier), and whatever it raises becomes the Connect code
 of the same name through the same mapping (api/errors.status_for). The runtime itself answers what never reaches
 a handler: an unknown path (404), an unknown content type (415), a body that does not parse (invalid_argument),
-one larger than MAX_REQUEST_BYTES (resource_exhausted).
+one larger than MAX_REQUEST_BYTES (resource_exhausted). Every call that reaches a method is measured and traced
+as on the gRPC port (api/http_telemetry.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .alert_rules import AlertRuleServicer
 from .auth import authenticate
 from .destinations import DestinationServicer
 from .errors import status_for
+from .http_telemetry import RpcTelemetryInterceptor
 from .servicer import AuditServicer
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -176,9 +178,13 @@ def connect_application(
     """The ASGI application of the HTTP port: each service at /<service>/<Method> (/audit.v1.AuditService/ListEvents),
     handled by the servicer the gRPC port uses."""
 
+    # The only interceptor, so the first: it sees every call that reaches a method, however it ends.
+    telemetry = RpcTelemetryInterceptor()
+
     def served(application: Any, servicer: object, descriptor: Any, service: str, protocol: type) -> Any:
         return application(
             ConnectService(servicer, verifier, descriptor.services_by_name[service], protocol),
+            interceptors=(telemetry,),
             read_max_bytes=MAX_REQUEST_BYTES,
             codecs=(google_protobuf_binary_codec(), CompactJsonCodec()),
         )

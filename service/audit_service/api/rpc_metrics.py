@@ -33,19 +33,29 @@ SERVER_ERRORS = frozenset(
 """Codes that make a server call an error (semantic conventions for gRPC, server side)."""
 
 
+def call_attributes(system: str, method: str, status: str | None, server_error: bool) -> dict[str, str]:
+    """The attributes of one call of rpc.server.call.duration (and of its server span): `system` for
+    rpc.system.name, `method` as `package.Service/Method`, `status` for rpc.response.status_code (left out when
+    None: the system has no code for it), and error.type (the status) when it is a server error."""
+    attributes = {"rpc.system.name": system, "rpc.method": method}
+    if status is not None:
+        attributes["rpc.response.status_code"] = status
+        if server_error:
+            attributes["error.type"] = status
+    return attributes
+
+
 class _Method:
     """The attributes of one method's calls, by final status: built once per method and status."""
 
     def __init__(self, full_method: str) -> None:
-        self._base = {"rpc.system.name": "grpc", "rpc.method": full_method.lstrip("/")}
+        self._method = full_method.lstrip("/")
         self._by_code: dict[grpc.StatusCode, dict[str, str]] = {}
 
     def record(self, started: float, code: grpc.StatusCode) -> None:
         attributes = self._by_code.get(code)
         if attributes is None:
-            attributes = {**self._base, "rpc.response.status_code": code.name}
-            if code in SERVER_ERRORS:
-                attributes["error.type"] = code.name
+            attributes = call_attributes("grpc", self._method, code.name, code in SERVER_ERRORS)
             self._by_code[code] = attributes
         metrics.RPC_SERVER_CALL_DURATION.record(time.perf_counter() - started, attributes)
 
