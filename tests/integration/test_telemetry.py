@@ -14,7 +14,10 @@ import grpc
 import pytest
 from audit.v1 import alert_rules_pb2, alert_rules_pb2_grpc, audit_service_pb2_grpc
 from audit.v1 import audit_service_pb2 as pb
+from audit.v1.audit_service_connect import AuditServiceClient
 from audit_service.devstack.processes import free_port
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..conftest import ServiceProcess, eventually, run_cli
@@ -161,6 +164,44 @@ async def test_spans_of_rpcs_and_ingest_batches_reach_an_otlp_collector(
     dead_lettered = next(record for record in records if record["message"].startswith("dead-lettered"))
     assert dead_lettered["level"] == "WARNING"
     assert (dead_lettered["trace_id"], dead_lettered["span_id"]) == (dead.trace_id, dead.span_id)
+
+
+async def test_spans_of_http_calls_reach_the_collector_as_children_of_their_traceparent(api_process):
+    async with otlp_receiver() as collector:
+        http_port = free_port()
+        api = api_process(**otlp_env(collector.endpoint), AUDIT_HTTP_ADDRESS=f"127.0.0.1:{http_port}")
+        api.start()
+        await api.ready()
+        traceparent = {"traceparent": f"00-{PRODUCER_TRACE_ID}-{PRODUCER_SPAN_ID}-01"}
+        async with AuditServiceClient(f"http://127.0.0.1:{http_port}") as http:
+            await http.list_events(pb.ListEventsRequest(page_size=10), headers=traceparent)
+            with pytest.raises(ConnectError) as refused:
+                await http.list_events(pb.ListEventsRequest(page_size=-1))
+        assert refused.value.code is Code.INVALID_ARGUMENT
+
+        def http_spans() -> list:
+            return [
+                span
+                for span in collector.spans()
+                if span.name == "audit.v1.AuditService/ListEvents"
+                and span.attributes.get("rpc.system.name") == "connectrpc"
+            ]
+
+        await eventually(
+            lambda: asyncio.sleep(0, len(http_spans()) == 2), what="the spans of both HTTP calls at the collector"
+        )
+        [ok] = [span for span in http_spans() if "rpc.response.status_code" not in span.attributes]
+        assert ok.service_name == "audit-api"
+        assert ok.span.kind == ok.span.SPAN_KIND_SERVER
+        assert (ok.trace_id, ok.span.parent_span_id.hex()) == (PRODUCER_TRACE_ID, PRODUCER_SPAN_ID)
+        assert ok.attributes["rpc.method"] == "audit.v1.AuditService/ListEvents"
+        assert ok.attributes["network.peer.address"] == "127.0.0.1"
+        [invalid] = [span for span in http_spans() if "rpc.response.status_code" in span.attributes]
+        assert invalid.trace_id != PRODUCER_TRACE_ID, "no traceparent: a trace of its own"
+        assert invalid.attributes["rpc.response.status_code"] == "invalid_argument"
+        assert "error.type" not in invalid.attributes
+        # A client's mistake is not the server's error (semantic conventions of Connect server spans).
+        assert invalid.span.status.code == invalid.span.status.STATUS_CODE_UNSET
 
 
 async def test_prometheus_livez_and_readyz_of_an_ingest_process(spawn_worker, owner, database_outage):
