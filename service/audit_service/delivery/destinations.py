@@ -58,7 +58,8 @@ from ..errors import DeliveryError
 from ..store import delivery_state
 from ..store.queries import PageQuery, list_events, log_head
 from ..telemetry.metrics import DESTINATION_ATTEMPTS, DESTINATION_LAG
-from .doorbell import Doorbell, wait_for_ring
+from ..waiting import pause
+from .doorbell import Doorbell
 from .http_sender import HttpSender
 from .syslog_sender import SyslogSender
 
@@ -130,7 +131,7 @@ class Subscription:
                 else:
                     progressed = await self._stream_events(state)
                 if not progressed:
-                    await wait_for_ring(ticket, self._config.poll_seconds)
+                    await pause(self._config.poll_seconds, until=ticket)
         finally:
             remove_gauge()
             if self._syslog is not None:

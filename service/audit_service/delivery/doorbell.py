@@ -2,14 +2,13 @@
 events read, maybe alerts), and the caught-up destinations waiting for their next poll wake at once instead.
 
 Polling stays the guarantee (another process may have stored, and a ring may come between a look and a wait); the
-doorbell only cuts the wait. Take a ticket BEFORE looking for work, then wait on it: a ring after the look is
-never missed.
+doorbell only cuts the wait. Take a ticket BEFORE looking for work, then wait on it (waiting.pause): a ring after
+the look is never missed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 
 class Doorbell:
@@ -24,12 +23,3 @@ class Doorbell:
         """Wakes everyone holding a ticket taken before now."""
         self._rung.set()
         self._rung = asyncio.Event()
-
-
-async def wait_for_ring(ticket: asyncio.Event | None, seconds: float) -> None:
-    """Waits until `ticket` is rung or `seconds` have passed (just the time without a ticket)."""
-    if ticket is None:
-        await asyncio.sleep(seconds)
-        return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(ticket.wait(), timeout=seconds)

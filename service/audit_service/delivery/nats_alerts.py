@@ -27,6 +27,7 @@ from ..core.stored_alert import alert_json, row_to_alert
 from ..errors import UnavailableError
 from ..ingest.streams import alerts_stream_config, ensure_stream
 from ..store.reactor import alerts_after, checkpoint, store_step
+from ..waiting import pause
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,6 @@ _RETRIED = (OSError, TimeoutError, nats.errors.Error, asyncpg.PostgresError, asy
 
 def alert_subject(config: NatsConfig, tenant: str) -> str:
     return f"{config.alerts_subject_prefix}.{tenant}"
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 class NatsAlertDelivery:
@@ -98,14 +94,14 @@ class NatsAlertDelivery:
                             position = await checkpoint(conn, self._subscription)
                     delivered = await self._deliver_page(js, position)
                     if delivered is None:  # nothing asked of NATS: says nothing of whether it is back
-                        await _wait(stop, self._poll_seconds)
+                        await pause(until=stop, seconds=self._poll_seconds)
                     else:
                         self._succeeded()
                         position = delivered
                 except _RETRIED as error:
                     self._failed(f"paused, alerts wait in PostgreSQL ({type(error).__name__}: {error or '-'})")
                     position = None
-                    await _wait(stop, self._next_backoff())
+                    await pause(until=stop, seconds=self._next_backoff())
         finally:
             if nc is not None and not nc.is_closed:
                 await nc.close()
@@ -151,7 +147,7 @@ class NatsAlertDelivery:
                 nc = connecting.result()
             except _RETRIED as error:  # the credentials refused (connect_nats fails at once then), or no server
                 self._failed(f"cannot connect, alerts wait in PostgreSQL: {type(error).__name__}: {error}")
-                await _wait(stop, self._next_backoff())
+                await pause(until=stop, seconds=self._next_backoff())
                 continue
             log.info("alert delivery: connected to NATS, publishing on %s.<tenant>", self._config.alerts_subject_prefix)
             return nc

@@ -19,7 +19,6 @@ asking it about those events (one query per rule and run of events between rule 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +34,7 @@ from ..core.records import datetime_to_micros, micros_to_datetime
 from ..core.stored_alert import ALERT_COLUMNS
 from ..core.stored_event import row_to_event
 from ..errors import InvalidArgumentError, UnavailableError
+from ..waiting import pause
 from .queries import last_position_before, log_head, matching_positions, read_range
 
 log = logging.getLogger(__name__)
@@ -316,11 +316,6 @@ async def rebuild(pool: asyncpg.Pool, compiler: RuleCompiler, position: int) -> 
     return warmed
 
 
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-
-
 async def react(
     pool: asyncpg.Pool,
     stop: asyncio.Event,
@@ -355,7 +350,7 @@ async def react(
                     report(None)
             head = await log_head(pool)
             if head <= position:
-                await _wait(stop, poll_seconds)
+                await pause(until=stop, seconds=poll_seconds)
                 continue
             page = await read_range(pool, position, head, page_events, PAGE_BYTES)
             if not page.rows:  # removed by retention before they were evaluated: nothing left to evaluate
@@ -375,4 +370,4 @@ async def react(
             if report is not None:
                 report(f"retrying from the checkpoint: {type(error).__name__}")
             reactor = None  # the state may be ahead of the checkpoint: rebuild it
-            await _wait(stop, 1.0)
+            await pause(until=stop, seconds=1.0)

@@ -16,15 +16,12 @@ from collections.abc import Callable
 
 import asyncpg
 
+from ..waiting import pause
+
 log = logging.getLogger(__name__)
 
 LEASE_KEY = 0x61_75_64_69_74_5F_72  # "audit_r" in ASCII: the advisory lock of the reactor's lease
 _ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 class ReactorLease:
@@ -61,13 +58,13 @@ class ReactorLease:
             if conn is not None and self._conn is not conn:
                 with contextlib.suppress(*_ERRORS):
                     await conn.close(timeout=5)
-            await _wait(stop, self._retry_seconds)
+            await pause(until=stop, seconds=self._retry_seconds)
         return False
 
     async def watch(self, halt: asyncio.Event) -> None:
         """Sets `halt` when the lease is lost (its connection fails a check); returns when `halt` is set."""
         while not halt.is_set():
-            await _wait(halt, self._check_seconds)
+            await pause(until=halt, seconds=self._check_seconds)
             if halt.is_set():
                 return
             conn = self._conn
