@@ -387,3 +387,16 @@ async def test_lag_seconds_never_counts_another_tenants_events_and_attempts_go_w
         dpb.ListDeliveryAttemptsRequest(name="siem"), metadata=bearer(admin)
     )
     assert list(attempts.attempts) == []  # the new one starts with none of the old one's
+
+
+async def test_a_replay_from_a_time_no_timestamp_can_hold_is_refused_naming_since(secured, destinations):
+    admin = secured.token("acme", "u-admin", admin=True)
+    stream = dpb.Destination(name="siem", http=dpb.HttpTarget(url=WEBHOOK_URL))
+    await destinations.CreateDestination(dpb.CreateDestinationRequest(destination=stream), metadata=bearer(admin))
+    for since in (timestamp_pb2.Timestamp(seconds=253402300800), timestamp_pb2.Timestamp(seconds=1, nanos=-1)):
+        code, details = await failure(
+            destinations.ReplayDestination(
+                dpb.ReplayDestinationRequest(name="siem", since=since), metadata=bearer(admin)
+            )
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("since:"), details

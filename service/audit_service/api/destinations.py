@@ -4,8 +4,6 @@ Failures are raised as domain errors and mapped to statuses by api/errors.py."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 import asyncpg
 from audit.v1 import destinations_pb2 as pb
 from audit.v1 import destinations_pb2_grpc as pb_grpc
@@ -14,6 +12,7 @@ from grpc import aio
 from ..core.delivery_formats import new_webhook_secret
 from ..core.destination_urls import AddressPolicy
 from ..core.destinations import ALERT_KINDS, check_name, kind_of, validate_destination
+from ..core.event_filter import timestamp_micros
 from ..core.page_token import (
     PageToken,
     decode_name_token,
@@ -22,6 +21,7 @@ from ..core.page_token import (
     encode_page_token,
     query_digest,
 )
+from ..core.records import micros_to_datetime
 from ..delivery.policy import check_destination_address
 from ..errors import InvalidArgumentError, NotFoundError
 from ..store import delivery_state
@@ -167,9 +167,7 @@ class DestinationServicer(pb_grpc.DestinationServiceServicer):
             raise InvalidArgumentError("after_position", "one of after_position or since is required")
         since = None
         if start == "since":
-            if not 0 <= request.since.seconds < 253402300800 or not 0 <= request.since.nanos < 1_000_000_000:
-                raise InvalidArgumentError("since", "is not a valid time")
-            since = request.since.ToDatetime(tzinfo=dt.UTC)
+            since = micros_to_datetime(timestamp_micros(request.since, "since"))
         async with self._pool.acquire() as conn:
             await store.replay_destination(
                 conn,

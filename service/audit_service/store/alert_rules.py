@@ -20,9 +20,9 @@ from ..core.alert_rules import apply_update, rule_from_json, rule_to_json, valid
 from ..core.records import CHANGE_AFTER_INDEX, Content
 from ..core.reserved import ALERT_RULE_ACTION_PREFIX as ACTION_PREFIX
 from ..core.reserved import ALERT_RULE_RESOURCE_TYPE as RESOURCE_TYPE
-from ..errors import AbortedError, InvalidArgumentError, NotFoundError
+from ..errors import InvalidArgumentError, NotFoundError
 from .append import AppendResult, LogAppender
-from .config_changes import Actor, append_change
+from .config_changes import Actor, append_change, check_revision
 from .config_changes import change_event as config_change_event
 from .destinations import missing_webhook_destinations
 
@@ -175,13 +175,7 @@ async def enabled_rules(conn: asyncpg.Connection | asyncpg.Pool) -> list[pb.Aler
 
 
 def _check_revision(current: pb.AlertRule, expected: int, field: str) -> None:
-    if expected < 0:
-        raise InvalidArgumentError(field, f"must not be negative, got {expected}")
-    if expected and expected != current.revision:
-        raise AbortedError(
-            f"alert rule {current.id} is at revision {current.revision}, not {expected}: somebody changed it; "
-            "get it again and retry"
-        )
+    check_revision(f"alert rule {current.id}", current.revision, expected, field)
 
 
 async def update_rule(

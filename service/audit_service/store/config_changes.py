@@ -16,6 +16,7 @@ from audit_client import new_event_id
 from audit_client.validation import validate_event
 
 from ..core.records import Content, content_from_event
+from ..errors import AbortedError, InvalidArgumentError
 from .append import AppendResult, LogAppender
 
 
@@ -67,3 +68,18 @@ async def append_change(conn: asyncpg.Connection, appender: LogAppender, content
     if result.appended != 1:
         raise RuntimeError(f"the change event {content[0]} was not appended: {result}")
     return result
+
+
+def check_revision(what: str, current_revision: int, expected: int, field: str) -> None:
+    """Optimistic concurrency of a change: `expected` is the revision the caller last saw (0: no check).
+
+    Raises:
+        InvalidArgumentError: naming `field`, when it is negative.
+        AbortedError: `what` (e.g. "alert rule <id>") is at another revision: somebody changed it meanwhile.
+    """
+    if expected < 0:
+        raise InvalidArgumentError(field, f"must not be negative, got {expected}")
+    if expected and expected != current_revision:
+        raise AbortedError(
+            f"{what} is at revision {current_revision}, not {expected}: somebody changed it; get it again and retry"
+        )

@@ -27,9 +27,9 @@ from ..core.destinations import (
 )
 from ..core.records import CHANGE_AFTER_INDEX, Content
 from ..core.reserved import DESTINATION_ACTION_PREFIX, DESTINATION_RESOURCE_TYPE
-from ..errors import AbortedError, AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from ..errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from .append import AppendResult, LogAppender
-from .config_changes import Actor, append_change, change_event
+from .config_changes import Actor, append_change, change_event, check_revision
 
 _SELECT = "SELECT destination::text AS destination FROM destinations WHERE tenant = $1 AND name = $2"
 _UPSERT = """
@@ -198,13 +198,7 @@ async def list_destinations(
 
 
 def _check_revision(current: pb.Destination, expected: int, field: str) -> None:
-    if expected < 0:
-        raise InvalidArgumentError(field, f"must not be negative, got {expected}")
-    if expected and expected != current.revision:
-        raise AbortedError(
-            f"destination {current.name!r} is at revision {current.revision}, not {expected}: somebody changed it; "
-            "get it again and retry"
-        )
+    check_revision(f"destination {current.name!r}", current.revision, expected, field)
 
 
 async def _change(
