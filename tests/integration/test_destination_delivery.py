@@ -452,3 +452,34 @@ async def test_a_caught_up_webhook_is_woken_by_the_evaluation_not_its_next_poll(
             await asyncio.sleep(0.5)  # every subscription has looked once and waits
             await store_events(database, events_of("acme", 1, action="doc.delete"))
             await eventually(lambda: _requests(receiver, 1), within=30, what="the alert, well before the poll")
+
+
+async def test_a_webhook_gets_only_the_alerts_of_its_rules_and_passes_over_the_others(database, app):
+    async with receiving() as pager, receiving() as other:
+        await add_destination(app, dpb.Destination(name="pager", webhook=dpb.WebhookTarget(url=pager.url)))
+        await add_destination(app, dpb.Destination(name="other", webhook=dpb.WebhookTarget(url=other.url)))
+        for action, destination in (("doc.delete", "pager"), ("doc.share", "other")):
+            rule = rules_pb.AlertRule(
+                tenant="acme",
+                display_name=f"Every {action}",
+                enabled=True,
+                query=f"action:{action}",
+                severity=rules_pb.ALERT_SEVERITY_LOW,
+                destinations=[destination],
+            )
+            await create_rule(app, LogAppender(), rule, ADMIN)
+        # The last alerts are the other webhook's: pager's page ends with alerts it passes over.
+        await store_events(
+            database, [*events_of("acme", 3, action="doc.delete"), *events_of("acme", 4, action="doc.share")]
+        )
+        async with delivering(database, alerts=True):
+
+            async def both_done() -> bool:
+                last = await app.fetchval("SELECT max(seq) FROM alerts")
+                states = [await state(app, name) for name in ("pager", "other")]
+                return last is not None and all(s["checkpoint"] == last for s in states)
+
+            await eventually(both_done, what="both webhooks' checkpoints at the last alert")
+        alerts = {row["id"] for row in await app.fetch("SELECT id::text AS id FROM alerts")}
+        assert len(pager.requests) == 3 and len(other.requests) == 4
+        assert {r.headers["webhook-id"] for r in [*pager.requests, *other.requests]} == alerts

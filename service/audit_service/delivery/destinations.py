@@ -24,7 +24,6 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 import asyncpg
 import orjson
@@ -66,6 +65,12 @@ from .syslog_sender import SyslogSender
 log = logging.getLogger(__name__)
 
 PAGE_BYTES = 4 * 1024 * 1024
+_OUTCOME_NAMES = {
+    pb.ATTEMPT_OUTCOME_DELIVERED: "delivered",
+    pb.ATTEMPT_OUTCOME_RETRYING: "retrying",
+    pb.ATTEMPT_OUTCOME_FAILED: "failed",
+}
+"""The outcome attribute of audit.destination.attempts."""
 HOSTNAME = socket.gethostname()
 """The HOSTNAME of syslog messages and the host of HEC events: the reactor's host."""
 ALERT_PAGE = 100
@@ -76,13 +81,6 @@ SELECT d.tenant, d.name, d.revision, d.destination::text AS destination, coalesc
 FROM destinations d LEFT JOIN destination_secrets s USING (tenant, name)
 """
 _ALERTS_AFTER = f"SELECT {ALERT_COLUMNS}, destinations FROM alerts WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """What a receiver answered to one attempt."""
-
-    http_status: int = 0
 
 
 class Subscription:
@@ -169,7 +167,8 @@ class Subscription:
         )
         return True
 
-    async def _send_events(self, events: list, delivery_id: str) -> Sent:
+    async def _send_events(self, events: list, delivery_id: str) -> int:
+        """Sends one batch; the receiver's HTTP status (0 for syslog, which answers nothing)."""
         destination = self._destination
         if self._kind == "syslog":
             target = destination.syslog
@@ -196,7 +195,7 @@ class Subscription:
                 for event in events
             ]
             await self._syslog.send(frames)
-            return Sent()
+            return 0
         headers = dict(destination.headers)
         if self._kind == "http":
             body = http_batch_body(events, destination.name)
@@ -208,7 +207,7 @@ class Subscription:
             headers["Authorization"] = f"Splunk {self._secret}"
             url = hec.url
         headers["Content-Type"] = "application/json"
-        return Sent(await self._http.send(url, body, headers))
+        return await self._http.send(url, body, headers)
 
     # Webhooks (alerts).
 
@@ -220,30 +219,31 @@ class Subscription:
         if not rows:
             return False
         for row in rows:
-            if self.name in row["destinations"]:
-                body = alert_webhook_body(row)
-                delivered = await self._until_delivered(
-                    state,
-                    row["id"],
-                    1,
-                    lambda body=body, alert_id=row["id"]: self._send_alert(alert_id, body),
-                    max_attempts=self._config.webhook_max_attempts,
-                    advance_to=row["seq"],
-                )
-            else:
-                async with self._pool.acquire() as conn:
-                    delivered = await delivery_state.advance(
-                        conn, self.tenant, self.name, state.generation, row["seq"], success=False
-                    )
+            if self.name not in row["destinations"]:
+                continue  # another destination's: passed over with the next checkpoint written
+            body = alert_webhook_body(row)
+            delivered = await self._until_delivered(
+                state,
+                row["id"],
+                1,
+                lambda body=body, alert_id=row["id"]: self._send_alert(alert_id, body),
+                max_attempts=self._config.webhook_max_attempts,
+                advance_to=row["seq"],
+            )
             if not delivered:  # replayed (or deleted) meanwhile: start again from the new checkpoint
                 return True
+        if self.name not in rows[-1]["destinations"]:  # the page ends with others' alerts: skip them in one write
+            async with self._pool.acquire() as conn:
+                await delivery_state.advance(
+                    conn, self.tenant, self.name, state.generation, rows[-1]["seq"], success=False
+                )
         return True
 
-    async def _send_alert(self, alert_id: str, body: bytes) -> Sent:
+    async def _send_alert(self, alert_id: str, body: bytes) -> int:
         headers = dict(self._destination.headers)
         headers.update(sign_webhook(self._secret, alert_id, int(time.time()), body))
         headers["Content-Type"] = "application/json"
-        return Sent(await self._http.send(self._destination.webhook.url, body, headers))
+        return await self._http.send(self._destination.webhook.url, body, headers)
 
     # Attempts.
 
@@ -252,7 +252,7 @@ class Subscription:
         state: delivery_state.SubscriptionState,
         delivery_id: str,
         items: int,
-        send: Callable[[], Awaitable[Sent]],
+        send: Callable[[], Awaitable[int]],
         *,
         advance_to: int,
         max_attempts: int = 0,
@@ -260,63 +260,43 @@ class Subscription:
         """Attempts `send` until it succeeds (or, with max_attempts, gives up), recording every attempt; then
         advances the checkpoint to `advance_to`. False when the subscription was replayed or deleted meanwhile."""
         attempt = 0
-        target = advance_to
         while True:
             attempt += 1
             started = time.monotonic()
             try:
-                sent = await send()
+                http_status, reason = await send(), ""
+                outcome = pb.ATTEMPT_OUTCOME_DELIVERED
             except DeliveryError as error:
-                elapsed = int((time.monotonic() - started) * 1000)
+                http_status, reason = error.status or 0, error.reason
                 given_up = bool(max_attempts) and attempt >= max_attempts
                 outcome = pb.ATTEMPT_OUTCOME_FAILED if given_up else pb.ATTEMPT_OUTCOME_RETRYING
-                DESTINATION_ATTEMPTS.add(1, {**self._attributes, "outcome": "failed" if given_up else "retrying"})
-                async with self._pool.acquire() as conn, conn.transaction():
-                    await delivery_state.record_attempt(
-                        conn,
-                        self.tenant,
-                        self.name,
-                        delivery_state.Attempt(
-                            delivery_id, attempt, outcome, error.status or 0, error.reason, elapsed, items
-                        ),
-                    )
-                    await delivery_state.record_failure(conn, self.tenant, self.name, state.generation, error.reason)
-                    if given_up:
-                        return await delivery_state.advance(
-                            conn, self.tenant, self.name, state.generation, target, success=False
-                        )
-                log.warning(
-                    "destination %s/%s: attempt %d of %s failed: %s",
-                    self.tenant,
-                    self.name,
-                    attempt,
-                    delivery_id,
-                    error.reason,
-                )
-                await asyncio.sleep(
-                    backoff_delay(
-                        attempt,
-                        base=self._config.retry_base_seconds,
-                        cap=self._config.retry_cap_seconds,
-                        rng=self._rng,
-                    )
-                )
-                current = await delivery_state.state_of(self._pool, self.tenant, self.name)
-                if current is None or current.generation != state.generation:
-                    return False
-                continue
             elapsed = int((time.monotonic() - started) * 1000)
-            DESTINATION_ATTEMPTS.add(1, {**self._attributes, "outcome": "delivered"})
+            DESTINATION_ATTEMPTS.add(1, {**self._attributes, "outcome": _OUTCOME_NAMES[outcome]})
             async with self._pool.acquire() as conn, conn.transaction():
                 await delivery_state.record_attempt(
                     conn,
                     self.tenant,
                     self.name,
-                    delivery_state.Attempt(
-                        delivery_id, attempt, pb.ATTEMPT_OUTCOME_DELIVERED, sent.http_status, "", elapsed, items
-                    ),
+                    delivery_state.Attempt(delivery_id, attempt, outcome, http_status, reason, elapsed, items),
                 )
-                return await delivery_state.advance(conn, self.tenant, self.name, state.generation, target)
+                if outcome == pb.ATTEMPT_OUTCOME_DELIVERED:
+                    return await delivery_state.advance(conn, self.tenant, self.name, state.generation, advance_to)
+                await delivery_state.record_failure(conn, self.tenant, self.name, state.generation, reason)
+                if outcome == pb.ATTEMPT_OUTCOME_FAILED:
+                    return await delivery_state.advance(
+                        conn, self.tenant, self.name, state.generation, advance_to, success=False
+                    )
+            log.warning(
+                "destination %s/%s: attempt %d of %s failed: %s", self.tenant, self.name, attempt, delivery_id, reason
+            )
+            await asyncio.sleep(
+                backoff_delay(
+                    attempt, base=self._config.retry_base_seconds, cap=self._config.retry_cap_seconds, rng=self._rng
+                )
+            )
+            current = await delivery_state.state_of(self._pool, self.tenant, self.name)
+            if current is None or current.generation != state.generation:
+                return False
 
 
 def alert_webhook_body(row: asyncpg.Record) -> bytes:
