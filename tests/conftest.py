@@ -22,7 +22,7 @@ import grpc
 import hypothesis
 import nats
 import pytest
-from audit.v1 import audit_service_pb2_grpc, event_pb2
+from audit.v1 import alert_rules_pb2_grpc, audit_service_pb2_grpc, destinations_pb2_grpc, event_pb2
 from audit_client import Publisher
 from audit_client import connect as connect_publisher
 from audit_service.api.server import RunningServer
@@ -467,3 +467,22 @@ def api_process(service_env, tmp_path):
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def rules(secured: SecuredApi) -> alert_rules_pb2_grpc.AlertRuleServiceStub:
+    """AlertRuleService on the authenticated API."""
+    return alert_rules_pb2_grpc.AlertRuleServiceStub(secured.channel)
+
+
+@pytest.fixture
+def destinations(secured: SecuredApi) -> destinations_pb2_grpc.DestinationServiceStub:
+    """DestinationService on the authenticated API."""
+    return destinations_pb2_grpc.DestinationServiceStub(secured.channel)
+
+
+async def failure(call) -> tuple[grpc.StatusCode, str]:
+    """The status code and details of a call that must fail."""
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call
+    return error.value.code(), error.value.details()

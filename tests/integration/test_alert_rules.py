@@ -29,7 +29,7 @@ from audit_service.store.projections import rebuild_projections
 from audit_service.store.reactor import store_step
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from ..conftest import JWT_SECRET, bearer, eventually, run_cli, serving_api, serving_with_auth
+from ..conftest import JWT_SECRET, bearer, eventually, failure, run_cli, serving_api, serving_with_auth
 from ..e2e.test_tail_grpcurl import JsonMessages
 from ..factories import make_event, stamp
 from ..tail_helpers import Reader
@@ -63,17 +63,6 @@ async def create_webhook(channel: grpc.aio.Channel, token: str, name: str) -> No
         ),
         metadata=bearer(token),
     )
-
-
-@pytest.fixture
-def rules(secured) -> alert_rules_pb2_grpc.AlertRuleServiceStub:
-    return alert_rules_pb2_grpc.AlertRuleServiceStub(secured.channel)
-
-
-async def failure(call) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await call
-    return error.value.code(), error.value.details()
 
 
 async def rule_events(secured, token: str) -> list[event_pb2.AuditEvent]:

@@ -11,7 +11,6 @@ import json
 import grpc
 import pytest
 from audit.v1 import alert_rules_pb2 as rules_pb
-from audit.v1 import alert_rules_pb2_grpc, destinations_pb2_grpc
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import destinations_pb2 as dpb
 from audit_service.store.delivery_state import Attempt, record_attempt
@@ -19,7 +18,7 @@ from audit_service.store.destinations import rebuild_destinations
 from audit_service.store.projections import rebuild_projections
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
-from ..conftest import bearer, store_events
+from ..conftest import bearer, failure, store_events
 from ..factories import make_event
 
 WEBHOOK_URL = "https://hooks.example.com/audit"
@@ -27,22 +26,6 @@ WEBHOOK_URL = "https://hooks.example.com/audit"
 
 def webhook(name: str = "security-webhook", **fields) -> dpb.Destination:
     return dpb.Destination(name=name, webhook=dpb.WebhookTarget(url=WEBHOOK_URL), **fields)
-
-
-@pytest.fixture
-def destinations(secured) -> destinations_pb2_grpc.DestinationServiceStub:
-    return destinations_pb2_grpc.DestinationServiceStub(secured.channel)
-
-
-@pytest.fixture
-def rules(secured) -> alert_rules_pb2_grpc.AlertRuleServiceStub:
-    return alert_rules_pb2_grpc.AlertRuleServiceStub(secured.channel)
-
-
-async def failure(call) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await call
-    return error.value.code(), error.value.details()
 
 
 async def destination_events(secured, token: str) -> list:

@@ -12,8 +12,8 @@ import asyncio
 import grpc
 import pytest
 from audit.v1 import alert_rules_pb2 as rules_pb
-from audit.v1 import alert_rules_pb2_grpc, destinations_pb2_grpc, event_pb2
 from audit.v1 import destinations_pb2 as dpb
+from audit.v1 import event_pb2
 from audit_client.errors import InvalidEventError
 from audit_client.validation import Limits
 from audit_service.core.decode import decode_event
@@ -26,28 +26,12 @@ from audit_service.store.config_changes import Actor
 from audit_service.store.destinations import create_destination, delete_destination, replay_destination
 from google.protobuf import field_mask_pb2
 
-from ..conftest import bearer
+from ..conftest import bearer, failure
 from ..factories import make_event, stamp
 
 URL = "https://hooks.example.com/audit"
 SECRET = "whsec_" + "c2VjcmV0LWtleS1vZi10aGUtdGVzdHMtMzJieXRlcyE="
 ADMIN = Actor("u-admin")
-
-
-@pytest.fixture
-def destinations(secured) -> destinations_pb2_grpc.DestinationServiceStub:
-    return destinations_pb2_grpc.DestinationServiceStub(secured.channel)
-
-
-@pytest.fixture
-def rules(secured) -> alert_rules_pb2_grpc.AlertRuleServiceStub:
-    return alert_rules_pb2_grpc.AlertRuleServiceStub(secured.channel)
-
-
-async def failure(call) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await call
-    return error.value.code(), error.value.details()
 
 
 async def first_of_stream(call) -> tuple[grpc.StatusCode, str]:
