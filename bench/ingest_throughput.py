@@ -381,23 +381,28 @@ def start_worker(stack: Stack, database: str, nats_config: NatsConfig, log_path:
     return Workers(tuple(processes))
 
 
-def stop_worker(workers: Workers, log_path: Path) -> None:
-    """SIGTERM, then waits; reports a non-zero exit status and whatever the workers logged."""
-    for worker in workers.processes:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-    for worker in workers.processes:
+def stop_processes(processes: Sequence[subprocess.Popen[bytes]], log_path: Path, what: str) -> None:
+    """SIGTERM, then waits (SIGKILL after 30 s); reports a non-zero exit status and whatever they logged."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
         try:
-            worker.wait(30)
+            process.wait(30)
         except subprocess.TimeoutExpired:
-            print("  ! ingest worker ignored SIGTERM for 30 s; killing it", flush=True)
-            worker.kill()
-            worker.wait()
-        if worker.returncode != 0:
-            print(f"  ! ingest worker exited with status {worker.returncode}", flush=True)
+            print(f"  ! {what} ignored SIGTERM for 30 s; killing it", flush=True)
+            process.kill()
+            process.wait()
+        if process.returncode != 0:
+            print(f"  ! {what} exited with status {process.returncode}", flush=True)
     logged = log_tail(log_path)
     if logged:
-        print(f"  ! ingest worker logged ({log_path}):\n    " + "\n    ".join(logged), flush=True)
+        print(f"  ! {what} logged ({log_path}):\n    " + "\n    ".join(logged), flush=True)
+
+
+def stop_worker(workers: Workers, log_path: Path) -> None:
+    """SIGTERM, then waits; reports a non-zero exit status and whatever the workers logged."""
+    stop_processes(workers.processes, log_path, "ingest worker")
 
 
 def log_tail(path: Path, lines: int = 15) -> list[str]:

@@ -113,6 +113,7 @@ from ingest_throughput import (
     publish_all,
     server_info,
     start_worker,
+    stop_processes,
     stop_worker,
     wait_for_consumer,
 )
@@ -189,19 +190,7 @@ def start_reactor(stack: Stack, database: str, nats_config: NatsConfig, log_path
 
 
 def stop_reactor(process: subprocess.Popen[bytes], log_path: Path) -> None:
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        print("  ! reactor ignored SIGTERM for 30 s; killing it", flush=True)
-        process.kill()
-        process.wait()
-    if process.returncode != 0:
-        print(f"  ! reactor exited with status {process.returncode}", flush=True)
-    logged = log_tail(log_path)
-    if logged:
-        print(f"  ! reactor logged ({log_path}):\n    " + "\n    ".join(logged), flush=True)
+    stop_processes((process,), log_path, "reactor")
 
 
 def delivery_settings() -> dict[str, Any]:
