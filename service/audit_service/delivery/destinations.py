@@ -46,15 +46,15 @@ from ..core.destinations import (
     DEFAULT_FACILITY,
     batch_size,
     destination_filter,
-    destination_from_json,
     kind_of,
     syslog_address,
 )
 from ..core.event_filter import Scope, compile_filter
 from ..core.stored_alert import ALERT_COLUMNS, row_to_alert
 from ..core.stored_event import row_to_event
-from ..errors import DeliveryError
+from ..errors import DeliveryError, NotFoundError
 from ..store import delivery_state
+from ..store.destinations import get_destination, with_secrets
 from ..store.queries import PageQuery, list_events, log_head
 from ..telemetry.metrics import DESTINATION_ATTEMPTS, DESTINATION_LAG
 from ..waiting import pause
@@ -75,11 +75,10 @@ HOSTNAME = socket.gethostname()
 """The HOSTNAME of syslog messages and the host of HEC events: the reactor's host."""
 ALERT_PAGE = 100
 
-_DESTINATIONS = """
-SELECT d.tenant, d.name, d.revision, d.destination::text AS destination, coalesce(s.secret, '') AS secret,
-       coalesce(s.headers, '{}')::text AS headers
-FROM destinations d LEFT JOIN destination_secrets s USING (tenant, name)
+_ACTIVE_DESTINATIONS = """
+SELECT tenant, name, revision FROM destinations WHERE NOT coalesce((destination->>'paused')::boolean, false)
 """
+"""What the supervisor compares every poll; a destination itself is read only when it starts (or changed)."""
 _ALERTS_AFTER = f"SELECT {ALERT_COLUMNS}, destinations FROM alerts WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3"
 
 
@@ -340,21 +339,16 @@ class DestinationSupervisor:
 
     async def _reconcile(self, http: HttpSender) -> None:
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(_DESTINATIONS)
-        wanted: dict[tuple[str, str], tuple[int, pb.Destination]] = {}
-        for row in rows:
-            destination = destination_from_json(orjson.loads(row["destination"]))
-            destination.tenant = row["tenant"]
-            destination.secret = row["secret"]
-            destination.headers.clear()
-            destination.headers.update(orjson.loads(row["headers"]))
-            if not destination.paused:
-                wanted[(row["tenant"], row["name"])] = (row["revision"], destination)
-        stale = [key for key, (revision, task) in self._tasks.items() if wanted.get(key, (None,))[0] != revision]
-        stale += [key for key, (_, task) in self._tasks.items() if task.done() and key not in stale]
-        await self._stop(stale)
-        for key, (revision, destination) in wanted.items():
-            if key not in self._tasks:
+            wanted = {(row["tenant"], row["name"]): row["revision"] for row in await conn.fetch(_ACTIVE_DESTINATIONS)}
+            stale = [key for key, (revision, task) in self._tasks.items() if wanted.get(key) != revision or task.done()]
+            await self._stop(stale)
+            for key, revision in wanted.items():
+                if key in self._tasks:
+                    continue
+                try:
+                    destination = await with_secrets(conn, await get_destination(conn, *key))
+                except NotFoundError:  # deleted since the look: the next one will not see it
+                    continue
                 subscription = Subscription(
                     self._pool, destination, self._config, self._policy, http, doorbell=self._doorbell
                 )
