@@ -45,7 +45,7 @@ def test_ci_runs_the_readmes_test_command_which_installs_the_client_in_the_same_
     assert command_b in (REPO_ROOT / ".ci" / "run").read_text().splitlines()
     install = "python3.11 -m venv .venv && .venv/bin/pip install -q -e ./client -e '.[dev]' && "
     debian = (
-        "(dpkg -s postgresql rsyslog rsyslog-openssl >/dev/null 2>&1 || "
-        "(apt-get update -q && apt-get install -y -q postgresql rsyslog rsyslog-openssl)) && "
+        "(dpkg -s postgresql rsyslog rsyslog-openssl chromium >/dev/null 2>&1 || "
+        "(apt-get update -q && apt-get install -y -q postgresql rsyslog rsyslog-openssl chromium)) && "
     )
     assert command_a.startswith(install) and command_b.startswith(debian + install)
