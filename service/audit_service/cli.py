@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--postgres-port", type=int, default=55432, help="PostgreSQL port (default 55432)")
     dev.add_argument("--grpc-address", help="gRPC listen address (default $AUDIT_GRPC_ADDRESS or 0.0.0.0:50051)")
     dev.add_argument(
+        "--http-address",
+        help="console and Connect API listen address (default $AUDIT_HTTP_ADDRESS, or 127.0.0.1:8080 when free)",
+    )
+    dev.add_argument(
         "--tenant", default="acme", help="tenant of the printed admin token and producer credentials (default acme)"
     )
     commands.add_parser("migrate", help="apply database migrations (AUDIT_MIGRATE_DATABASE_URL or AUDIT_DATABASE_URL)")
@@ -229,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config()
         configure_logging(config.log_level, config.log_format)
         if args.command == "dev":
-            if args.grpc_address:
-                config = load_config(env={**os.environ, "AUDIT_GRPC_ADDRESS": args.grpc_address})
+            overrides = {"AUDIT_GRPC_ADDRESS": args.grpc_address, "AUDIT_HTTP_ADDRESS": args.http_address}
+            if any(overrides.values()):
+                config = load_config(env={**os.environ, **{name: value for name, value in overrides.items() if value}})
             config = _with_dev_metrics_address(config)
         if args.command == "rules":
             from .rules_cli import rules_command

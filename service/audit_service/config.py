@@ -202,10 +202,35 @@ class HttpConfig:
     protocol (JSON or binary) and gRPC-Web, with the gRPC port's servicers, authentication and error mapping (port 0
     picks a free port). Empty: no HTTP port. It serves TLS with the gRPC port's files (ApiConfig.tls) when they are
     set."""
+    cors_origins: tuple[str, ...] = ()
+    """AUDIT_HTTP_CORS_ORIGINS: origins (scheme://host[:port], comma-separated) whose pages may call the services
+    from a browser. Empty: no CORS (the console, served by this port, is same-origin and needs none)."""
 
     @property
     def enabled(self) -> bool:
         return bool(self.address)
+
+
+def _cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    origins = []
+    for origin in (item.strip() for item in env.get("AUDIT_HTTP_CORS_ORIGINS", "").split(",")):
+        if not origin:
+            continue
+        parts = urlsplit(origin)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path
+            or parts.query
+            or parts.fragment
+            or parts.username is not None
+        ):
+            raise ConfigError(
+                "AUDIT_HTTP_CORS_ORIGINS",
+                f"expected origins such as https://console.example.com (no path, no '*'), got {origin!r}",
+            )
+        origins.append(origin.lower())
+    return tuple(origins)
 
 
 MAX_REACTOR_PAGE = 100_000
@@ -739,7 +764,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Co
         nats=nats,
         ingest=ingest,
         api=api,
-        http=HttpConfig(address=http_address),
+        http=HttpConfig(address=http_address, cors_origins=_cors_origins(env)),
         tail=tail,
         auth=_auth(env),
         log_level=log_level,

@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .audit_service_pb2 import CountEventsRequest, CountEventsResponse, ExportEventsRequest, ExportEventsResponse, GetEventRequest, GetEventResponse, ListEventsRequest, ListEventsResponse, ListResourceHistoryRequest, ListResourceHistoryResponse, TailEventsRequest, TailEventsResponse, VerifyChainRequest, VerifyChainResponse
+from .audit_service_pb2 import CountEventsRequest, CountEventsResponse, ExportEventsRequest, ExportEventsResponse, GetCallerRequest, GetCallerResponse, GetEventRequest, GetEventResponse, ListEventsRequest, ListEventsResponse, ListResourceHistoryRequest, ListResourceHistoryResponse, TailEventsRequest, TailEventsResponse, VerifyChainRequest, VerifyChainResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -82,6 +82,13 @@ class AuditService(Protocol):
         Streams committed events in position order: history from a cursor or a time, then live, with checkpoints
         and heartbeats. Resuming after the last checkpoint_position never skips or repeats an event. Ends with
         UNAVAILABLE when the server shuts down: call again from the last checkpoint.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_caller(self, request: GetCallerRequest, ctx: RequestContext[GetCallerRequest, GetCallerResponse], /) -> GetCallerResponse:
+        """
+        Says who the call's bearer token names: its tenant, subject and whether it is a tenant admin (the console
+        shows it after sign-in). UNAUTHENTICATED for a missing, invalid or expired token, as every other call.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -175,6 +182,17 @@ class AuditServiceASGIApplication(ConnectASGIApplication[AuditService]):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=svc.tail_events,
+                ),
+                "/audit.v1.AuditService/GetCaller": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetCaller",
+                        service_name="audit.v1.AuditService",
+                        input=GetCallerRequest,
+                        output=GetCallerResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_caller,
                 ),
             },
             interceptors=interceptors,
@@ -380,6 +398,30 @@ class AuditServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def get_caller(
+        self,
+        request: GetCallerRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetCallerResponse:
+        """
+        Says who the call's bearer token names: its tenant, subject and whether it is a tenant admin (the console
+        shows it after sign-in). UNAUTHENTICATED for a missing, invalid or expired token, as every other call.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetCaller",
+                service_name="audit.v1.AuditService",
+                input=GetCallerRequest,
+                output=GetCallerResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class AuditServiceSync(Protocol):
     """
@@ -426,6 +468,13 @@ class AuditServiceSync(Protocol):
         Streams committed events in position order: history from a cursor or a time, then live, with checkpoints
         and heartbeats. Resuming after the last checkpoint_position never skips or repeats an event. Ends with
         UNAVAILABLE when the server shuts down: call again from the last checkpoint.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def get_caller(self, request: GetCallerRequest, ctx: RequestContext[GetCallerRequest, GetCallerResponse], /) -> GetCallerResponse:
+        """
+        Says who the call's bearer token names: its tenant, subject and whether it is a tenant admin (the console
+        shows it after sign-in). UNAUTHENTICATED for a missing, invalid or expired token, as every other call.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -517,6 +566,17 @@ class AuditServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=service.tail_events,
+                ),
+                "/audit.v1.AuditService/GetCaller": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetCaller",
+                        service_name="audit.v1.AuditService",
+                        input=GetCallerRequest,
+                        output=GetCallerResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.get_caller,
                 ),
             },
             interceptors=interceptors,
@@ -718,6 +778,30 @@ class AuditServiceClientSync(ConnectClientSync):
                 output=TailEventsResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.SERVER_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def get_caller(
+        self,
+        request: GetCallerRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetCallerResponse:
+        """
+        Says who the call's bearer token names: its tenant, subject and whether it is a tenant admin (the console
+        shows it after sign-in). UNAUTHENTICATED for a missing, invalid or expired token, as every other call.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetCaller",
+                service_name="audit.v1.AuditService",
+                input=GetCallerRequest,
+                output=GetCallerResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
             ),
             headers=headers,
             timeout_ms=timeout_ms,

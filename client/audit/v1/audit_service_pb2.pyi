@@ -384,3 +384,19 @@ class TailEventsResponse(_message.Message):
     caught_up: bool
     heartbeat: bool
     def __init__(self, events: _Optional[_Iterable[_Union[_event_pb2.AuditEvent, _Mapping]]] = ..., checkpoint_position: _Optional[int] = ..., caught_up: _Optional[bool] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
+
+class GetCallerRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetCallerResponse(_message.Message):
+    __slots__ = ("authenticated", "tenant", "subject", "admin")
+    AUTHENTICATED_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    authenticated: bool
+    tenant: str
+    subject: str
+    admin: bool
+    def __init__(self, authenticated: _Optional[bool] = ..., tenant: _Optional[str] = ..., subject: _Optional[str] = ..., admin: _Optional[bool] = ...) -> None: ...

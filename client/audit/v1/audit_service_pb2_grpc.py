@@ -70,6 +70,11 @@ class AuditServiceStub:
                 request_serializer=audit_dot_v1_dot_audit__service__pb2.TailEventsRequest.SerializeToString,
                 response_deserializer=audit_dot_v1_dot_audit__service__pb2.TailEventsResponse.FromString,
                 _registered_method=True)
+        self.GetCaller = channel.unary_unary(
+                '/audit.v1.AuditService/GetCaller',
+                request_serializer=audit_dot_v1_dot_audit__service__pb2.GetCallerRequest.SerializeToString,
+                response_deserializer=audit_dot_v1_dot_audit__service__pb2.GetCallerResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -127,6 +132,14 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCaller(self, request, context):
+        """Says who the call's bearer token names: its tenant, subject and whether it is a tenant admin (the console
+        shows it after sign-in). UNAUTHENTICATED for a missing, invalid or expired token, as every other call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +177,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.TailEvents,
                     request_deserializer=audit_dot_v1_dot_audit__service__pb2.TailEventsRequest.FromString,
                     response_serializer=audit_dot_v1_dot_audit__service__pb2.TailEventsResponse.SerializeToString,
+            ),
+            'GetCaller': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCaller,
+                    request_deserializer=audit_dot_v1_dot_audit__service__pb2.GetCallerRequest.FromString,
+                    response_serializer=audit_dot_v1_dot_audit__service__pb2.GetCallerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -356,6 +374,33 @@ class AuditService:
             '/audit.v1.AuditService/TailEvents',
             audit_dot_v1_dot_audit__service__pb2.TailEventsRequest.SerializeToString,
             audit_dot_v1_dot_audit__service__pb2.TailEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCaller(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audit.v1.AuditService/GetCaller',
+            audit_dot_v1_dot_audit__service__pb2.GetCallerRequest.SerializeToString,
+            audit_dot_v1_dot_audit__service__pb2.GetCallerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -61,10 +61,15 @@ class HttpCallContext:
     the request headers as invocation metadata, and callbacks run when the call ends (a tail leaves the live feed
     there)."""
 
-    def __init__(self, ctx: RequestContext[Any, Any]) -> None:
-        self._metadata = tuple((key.lower(), value) for key, value in ctx.request_headers.allitems())
+    def __init__(self, headers: Iterable[tuple[str, str]], peer: str = "") -> None:
+        self._metadata = tuple((key.lower(), value) for key, value in headers)
         self._done_callbacks: list[Callable[[Any], object]] = []
-        self._peer = ctx.client_address or ""
+        self._peer = peer
+
+    @classmethod
+    def of(cls, ctx: RequestContext[Any, Any]) -> HttpCallContext:
+        """The context of a call connectrpc hands to a method."""
+        return cls(ctx.request_headers.allitems(), ctx.client_address or "")
 
     def invocation_metadata(self) -> Sequence[tuple[str, str]]:
         return self._metadata
@@ -107,7 +112,7 @@ class ConnectService:
         self, rpc: Callable[[Any, Any], Awaitable[Any]]
     ) -> Callable[[Any, RequestContext[Any, Any]], Awaitable[Any]]:
         async def unary(request: Any, ctx: RequestContext[Any, Any]) -> Any:
-            call = HttpCallContext(ctx)
+            call = HttpCallContext.of(ctx)
             try:
                 authenticate(self._verifier, call)  # type: ignore[arg-type]
                 return await rpc(request, call)
@@ -122,7 +127,7 @@ class ConnectService:
         self, rpc: Callable[[Any, Any], AsyncIterator[Any]]
     ) -> Callable[[Any, RequestContext[Any, Any]], AsyncIterator[Any]]:
         async def stream(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
-            call = HttpCallContext(ctx)
+            call = HttpCallContext.of(ctx)
             try:
                 authenticate(self._verifier, call)  # type: ignore[arg-type]
                 async with contextlib.aclosing(rpc(request, call)) as responses:  # type: ignore[type-var]

@@ -19,6 +19,7 @@ from nats.aio.client import Client as NatsClient
 
 from ..auth.tokens import TokenVerifier
 from ..config import ApiConfig, AuthConfig, HttpConfig, TailConfig
+from ..console.app import console_application
 from ..core.destination_urls import AddressPolicy
 from ..core.masking import SecretMask
 from ..core.signing import Verifier
@@ -33,6 +34,7 @@ from .dependency_health import DependencyHealth
 from .destinations import SERVICE_NAME as DESTINATIONS_SERVICE_NAME
 from .destinations import DestinationServicer
 from .errors import ErrorMappingInterceptor
+from .http_app import http_application
 from .http_server import RunningHttpServer, start_http_server
 from .live_feed import LiveFeed
 from .read_budget import ReadBudget
@@ -220,7 +222,11 @@ async def start_server(
     if http is not None and http.enabled:
         http_server = await start_http_server(
             http.address,
-            connect_application(verifier, audit_servicer, alert_rules, destinations),
+            http_application(
+                connect_application(verifier, audit_servicer, alert_rules, destinations),
+                console_application(verifier, audit_servicer),
+                http.cors_origins,
+            ),
             grace_seconds=config.shutdown_grace_seconds,
             tls=config.tls,
         )

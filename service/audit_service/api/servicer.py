@@ -199,6 +199,14 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
                 # Counted once gRPC has taken the chunk (the generator resumes only then).
                 metrics.EXPORT_SENT.add(len(chunk.data), attributes)
 
+    async def GetCaller(self, request: pb.GetCallerRequest, context: aio.ServicerContext) -> pb.GetCallerResponse:
+        caller = current_caller()
+        if caller is None:
+            return pb.GetCallerResponse(authenticated=False)
+        return pb.GetCallerResponse(
+            authenticated=True, tenant=caller.tenant, subject=caller.subject, admin=caller.admin
+        )
+
     async def VerifyChain(self, request: pb.VerifyChainRequest, context: aio.ServicerContext) -> pb.VerifyChainResponse:
         return await verification.verify_chain(
             self._pool, request, current_caller(), self._checkpoint_keys, read_budget=self._read_budget

@@ -24,6 +24,7 @@ from ..config import (
     Config,
     DatabaseConfig,
     DeliveryConfig,
+    HttpConfig,
     RetentionConfig,
     parse_grpc_address,
 )
@@ -42,10 +43,13 @@ from ..runtime import run_api, run_ingest, run_migrate, run_react
 from ..telemetry.http import Readiness, serving_http
 from .nats import NatsServer, nats_server_binary
 from .postgres import EmbeddedPostgres, postgres_bin_dir
+from .processes import port_is_open
 
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
 """Where the dev stack serves /metrics, /livez and /readyz unless AUDIT_METRICS_ADDRESS says otherwise (a free
 port instead when 9464 is taken)."""
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
+"""Where the dev stack serves the console and the Connect API unless AUDIT_HTTP_ADDRESS says otherwise."""
 DATABASE = "audit"
 APP_ROLE = "audit_app"  # logs in for the worker and the API; member of audit_service (INSERT, SELECT)
 
@@ -178,6 +182,15 @@ def dev_delivery(delivery: DeliveryConfig) -> DeliveryConfig:
     return dataclasses.replace(delivery, allow_private=True)
 
 
+def dev_http(http: HttpConfig) -> HttpConfig:
+    """The console and the Connect API on AUDIT_HTTP_ADDRESS, or on DEFAULT_HTTP_ADDRESS (a free port when it is
+    taken)."""
+    if http.enabled:
+        return http
+    host, port = parse_grpc_address(DEFAULT_HTTP_ADDRESS)
+    return dataclasses.replace(http, address=DEFAULT_HTTP_ADDRESS if not port_is_open(host, port) else f"{host}:0")
+
+
 async def prepare_database(postgres: EmbeddedPostgres) -> tuple[str, str]:
     """Creates the database and the login role of the service; returns (owner URL, service URL)."""
     conn = await asyncpg.connect(postgres.url("postgres"))
@@ -217,6 +230,7 @@ def banner(
     producer_url: str,
     metrics_port: int | None = None,
     alerts_url: str | None = None,
+    http_port: int | None = None,
 ) -> str:
     """What the dev stack prints once ready. The producer's and the alerts subscriber's URLs are the only passwords
     in it."""
@@ -233,6 +247,11 @@ def banner(
         f"  PostgreSQL {config.database.url}  (owner: {owner_url})",
         f"  data       {settings.data_dir.resolve()}",
     ]
+    http_base = ""
+    if http_port is not None:
+        http_host, _ = parse_grpc_address(config.http.address, "AUDIT_HTTP_ADDRESS")
+        http_base = f"http://{'127.0.0.1' if http_host in ('0.0.0.0', '[::]', '::') else http_host}:{http_port}"
+        lines.insert(2, f"  HTTP API   {http_base}  (Connect and gRPC-Web; the console at /)")
     if metrics_port is not None:
         metrics_host, _ = parse_grpc_address(config.telemetry.metrics_address, "AUDIT_METRICS_ADDRESS")
         metrics_reach = "127.0.0.1" if metrics_host in ("0.0.0.0", "[::]", "::") else metrics_host
@@ -260,6 +279,12 @@ def banner(
     else:
         lines.append("authentication: DISABLED" if config.auth.disabled else "authentication: external keys")
         auth = ""
+    if http_base:
+        # The token rides in the fragment, which a browser never sends: the page moves it into the tab's storage.
+        lines += [
+            "console (the Audit Logs page" + (", signed in with the admin token above):" if token else "):"),
+            f"  {http_base}/#token={token}" if token else f"  {http_base}/",
+        ]
     lines += [
         "try:",
         f"  {grpcurl} -plaintext {target} list",
@@ -267,6 +292,14 @@ def banner(
         f'  {grpcurl} -plaintext{auth} -d \'{{"filter": {{"query": "action:api_key.*"}}}}\' '
         f"{target} audit.v1.AuditService/ListEvents",
         f"  {grpcurl} -plaintext {target} grpc.health.v1.Health/Check",
+        *(
+            [
+                f"  curl -sS{auth} -H 'content-type: application/json' -d '{{}}' "
+                f"{http_base}/audit.v1.AuditService/ListEvents"
+            ]
+            if http_base
+            else []
+        ),
         "Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
@@ -292,6 +325,7 @@ async def run_dev(
             checkpoints=dev_checkpoints(config.checkpoints, settings.data_dir),
             retention=dev_retention(config.retention, settings.data_dir),
             delivery=dev_delivery(config.delivery),
+            http=dev_http(config.http),
         )
         await run_migrate(config)
         await grant_app_role(owner_url)
@@ -329,6 +363,7 @@ async def run_dev(
                 nats_urls[settings.producer],
                 metrics_port,
                 alerts_url=nats_urls[settings.alerts_subscriber],
+                http_port=None if api_ready.result().http is None else api_ready.result().http.port,
             )
         )
         await asyncio.gather(ingest, api, react)
