@@ -21,6 +21,7 @@ from audit_service.devstack.processes import free_port, port_is_open
 from nats.aio.msg import Msg
 from standardwebhooks.webhooks import Webhook
 
+from ..browser import PageProblems, chromium, screenshot
 from ..conftest import REPO_ROOT
 from ..http_receiver import Received, receiving
 
@@ -53,6 +54,8 @@ def start_dev(data_dir: Path, ports: dict[str, int], log_path: Path) -> subproce
                 str(ports["postgres"]),
                 "--grpc-address",
                 f"127.0.0.1:{ports['grpc']}",
+                "--http-address",
+                f"127.0.0.1:{ports['http']}",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -68,7 +71,7 @@ def start_dev(data_dir: Path, ports: dict[str, int], log_path: Path) -> subproce
 @pytest.fixture(scope="module")
 def dev_stack(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("dev")
-    ports = {"nats": free_port(), "postgres": free_port(), "grpc": free_port()}
+    ports = {"nats": free_port(), "postgres": free_port(), "grpc": free_port(), "http": free_port()}
     log_path = data_dir / "dev.log"
     process = start_dev(data_dir / "data", ports, log_path)
     target = f"127.0.0.1:{ports['grpc']}"
@@ -100,6 +103,14 @@ def printed_nats_url(dev_stack) -> str:
 def test_the_banner_says_how_to_reach_everything(dev_stack):
     banner = dev_stack["log"].read_text()
     assert f"gRPC API   {dev_stack['target']}" in banner
+    assert (
+        f"HTTP API   http://127.0.0.1:{dev_stack['ports']['http']}  (Connect and gRPC-Web; the console at /)" in banner
+    )
+    token = printed_token(dev_stack)
+    assert (
+        "console (the Audit Logs page, signed in with the admin token above):\n"
+        f"  http://127.0.0.1:{dev_stack['ports']['http']}/#token={token}\n"
+    ) in banner
     assert f"nats://127.0.0.1:{dev_stack['ports']['nats']}" in banner
     assert "grpcurl -plaintext" in banner
     assert re.search(r"admin token for tenant 'acme'.*\n  export AUDIT_TOKEN=\S+\n", banner)
@@ -227,6 +238,26 @@ def test_readme_example_publishes_and_grpcurl_reads_it_back(dev_stack, tmp_path)
 
     health = json.loads(grpcurl(target, "grpc.health.v1.Health/Check").stdout)
     assert health == {"status": "SERVING"}
+
+
+async def test_the_printed_console_link_opens_the_audit_logs_page_signed_in_as_the_dev_admin(dev_stack, tmp_path):
+    """After the README example's event (the test above): the link of the banner, in a real browser."""
+    link = re.search(r"^  (http://127\.0\.0\.1:\d+/#token=\S+)$", dev_stack["log"].read_text(), re.M).group(1)
+    async with chromium() as browser:
+        page = await browser.new_page()
+        problems = PageProblems()
+        problems.watch(page)
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        await page.goto(link)
+        await page.wait_for_selector("#events tbody tr")
+        assert await page.text_content("#caller") == "dev-admin · tenant acme · admin"
+        assert "token" not in page.url  # taken from the fragment into the tab's storage, and erased
+        assert all("token" not in url for url in requests)
+        actions = await page.locator("#events tbody tr td:nth-child(3)").all_text_contents()
+        assert "api_key.create" in actions
+        await screenshot(page, "dev-stack-console")
+        assert problems.errors == []
 
 
 def test_the_dev_process_runs_the_reactor_alerts_are_listed_with_grpcurl_and_reach_a_webhook(dev_stack, tmp_path):
