@@ -113,6 +113,7 @@ async function loadTimeline(signal) {
   byId("older").disabled = !nextToken;
   byId("newer").disabled = pages.length <= 1;
   byId("timeline-title").dataset.loaded = String(Date.now());
+  performance.mark("timeline-rendered"); // User Timing: what bench/console_render.py measures
 }
 
 function renderRows() {
@@ -141,6 +142,7 @@ async function loadGraph(signal) {
     onSeries: (key) => setView(view.group === "action" ? { ...view, action: key } : { ...view, user: key }),
   });
   byId("chart").dataset.loaded = String(Date.now());
+  performance.mark("graph-rendered");
 }
 
 async function openEvent(eventId) {
