@@ -116,17 +116,36 @@ async function loadTimeline(signal) {
   performance.mark("timeline-rendered"); // User Timing: what bench/console_render.py measures
 }
 
+let shown = new Set(); // event ids of the rows in the table
+
 function renderRows() {
-  const seen = new Set();
+  shown = new Set();
   const rows = [];
   const events = pages.length === 1 ? [...liveEvents, ...listed] : listed;
   for (const event of events) {
-    if (seen.has(event.eventId) || rows.length >= MAX_ROWS) continue;
-    seen.add(event.eventId);
+    if (shown.has(event.eventId) || rows.length >= MAX_ROWS) continue;
+    shown.add(event.eventId);
     rows.push(rowOf(event, openEvent));
   }
   tbody.replaceChildren(...rows);
   byId("empty").hidden = rows.length > 0;
+}
+
+/** Puts live events (newest first) at the top and drops the oldest rows beyond MAX_ROWS: a few rows of DOM work
+ * per frame, whatever the event rate. */
+function prependRows(events) {
+  const rows = [];
+  for (const event of events) {
+    if (shown.has(event.eventId)) continue;
+    shown.add(event.eventId);
+    rows.push(rowOf(event, openEvent));
+  }
+  tbody.prepend(...rows.slice(0, MAX_ROWS));
+  while (tbody.rows.length > MAX_ROWS) {
+    shown.delete(tbody.lastElementChild.dataset.eventId);
+    tbody.lastElementChild.remove();
+  }
+  byId("empty").hidden = tbody.rows.length > 0;
 }
 
 async function loadGraph(signal) {
@@ -208,8 +227,9 @@ byId("export-frame").addEventListener("load", () => {
 
 const live = new LiveTail((request, signal) => api.stream("TailEvents", request, signal), {
   onEvents(events) {
-    liveEvents = [...events.reverse(), ...liveEvents].slice(0, MAX_ROWS);
-    if (pages.length === 1) renderRows();
+    const newestFirst = events.reverse();
+    liveEvents = [...newestFirst, ...liveEvents].slice(0, MAX_ROWS);
+    if (pages.length === 1) prependRows(newestFirst);
   },
   onStatus(text, state) {
     byId("live-status").replaceChildren(text);
