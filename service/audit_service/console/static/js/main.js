@@ -234,6 +234,11 @@ const live = new LiveTail((request, signal) => api.stream("TailEvents", request,
   onStatus(text, state) {
     byId("live-status").replaceChildren(text);
     byId("live-status").dataset.state = state;
+    // The tail streams what is committed after it started: the first page, listed again once it has, holds
+    // everything before, so nothing committed between the last listing and the tail's start is missing.
+    if (state === "live" && pages.length === 1) {
+      loadTimeline(new AbortController().signal).catch(showError);
+    }
   },
   onError(error) {
     setLive(false);
