@@ -298,6 +298,7 @@ byId("sign-out").addEventListener("click", () => {
 window.addEventListener("popstate", () => {
   view = viewFromQuery(location.search);
   writeForm(form, view);
+  byId("group-by").value = view.group;
   pages = [""];
   load();
 });
