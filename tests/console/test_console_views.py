@@ -512,6 +512,9 @@ async def test_a_bad_query_shows_the_service_error_and_the_page_keeps_working(co
         await expect(error).to_have_text(f"invalid_argument: {details}", timeout=WAIT_MS)
         await expect(page.locator("#console")).to_be_visible()
         assert query_of(page) == {"q": [bad_query]}
+        # Nothing of the previous view is left under the error to be taken for the refused query's answer.
+        await expect(page.locator("#events tbody tr")).to_have_count(0)
+        await expect(page.locator("#chart .bar")).to_have_count(0)
 
     await screenshot(page, "bad-query")
     await page.fill("#filters [name=q]", "action:secret.*")

@@ -95,7 +95,16 @@ async function load() {
   try {
     await Promise.all([loadTimeline(signal), loadGraph(signal)]);
   } catch (error) {
-    if (!signal.aborted) showError(error);
+    if (!signal.aborted) {
+      // Nothing of the previous view stays under the error: the rows and bars shown always match the filters.
+      listed = [];
+      liveEvents = [];
+      renderRows();
+      byId("chart").replaceChildren();
+      byId("legend").replaceChildren();
+      byId("total").replaceChildren();
+      showError(error);
+    }
   } finally {
     if (!signal.aborted) document.body.classList.remove("busy");
   }
@@ -300,6 +309,7 @@ window.addEventListener("popstate", () => {
   writeForm(form, view);
   byId("group-by").value = view.group;
   pages = [""];
+  liveEvents = [];
   load();
 });
 
