@@ -436,7 +436,9 @@ def targets(results: dict[str, Any], depth: int) -> dict[str, bool]:
     return found
 
 
-async def benchmark(args: argparse.Namespace, postgres: EmbeddedPostgres) -> dict[str, Any]:
+async def prepare_log(postgres: EmbeddedPostgres, events: int, seed: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """Creates, migrates and loads the "audit" database of `postgres` with `events` events: returns the facts
+    about the data (load) and PostgreSQL's settings."""
     admin = await asyncpg.connect(postgres.url("postgres"))
     try:
         await admin.execute('CREATE DATABASE "audit"')
@@ -450,10 +452,15 @@ async def benchmark(args: argparse.Namespace, postgres: EmbeddedPostgres) -> dic
     finally:
         await conn.close()
     await grant_app_role(owner_url)
-    print(f"loading {args.events:,} events over {DAYS} days ...", flush=True)
+    print(f"loading {events:,} events over {DAYS} days ...", flush=True)
     started = time.perf_counter()
-    data = await load(owner_url, args.events, seed=args.seed)
+    data = await load(owner_url, events, seed=seed)
     print(f"loaded in {time.perf_counter() - started:.0f} s; log + indexes: {data['size']}", flush=True)
+    return data, settings
+
+
+async def benchmark(args: argparse.Namespace, postgres: EmbeddedPostgres) -> dict[str, Any]:
+    data, settings = await prepare_log(postgres, args.events, args.seed)
     results = await measure(args, postgres, data)
     return {
         "benchmark": "query_latency",
