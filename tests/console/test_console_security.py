@@ -255,7 +255,9 @@ async def test_cors_origins_may_call_the_services_and_no_other(
     assert elsewhere == {"error": "TypeError: Failed to fetch"}
 
 
-@pytest.mark.parametrize("origins", ["*", "https://x.example/path", "ftp://x", "https://ok.example, *"])
+@pytest.mark.parametrize(
+    "origins", ["*", "https://x.example/path", "ftp://x", "https://ok.example, *", "https://x.example:abc"]
+)
 def test_bad_cors_origins_are_a_one_line_configuration_error(origins: str) -> None:
     with pytest.raises(ConfigError) as raised:
         load_config(env={"AUDIT_AUTH_DISABLED": "true", "AUDIT_HTTP_CORS_ORIGINS": origins})
