@@ -217,8 +217,13 @@ def _cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:
         if not origin:
             continue
         parts = urlsplit(origin)
+        try:
+            port_ok = parts.port != 0  # None (the scheme's) or 1..65535; ValueError for anything else
+        except ValueError:
+            port_ok = False
         if (
-            parts.scheme not in ("http", "https")
+            not port_ok
+            or parts.scheme not in ("http", "https")
             or not parts.hostname
             or parts.path
             or parts.query

@@ -80,7 +80,9 @@ def console_application(verifier: TokenVerifier | None, audit: AuditServicer) ->
     app = Starlette(
         routes=[
             Route("/", page, methods=["GET", "HEAD"]),
-            Route("/console/export", ExportDownload(verifier, audit), methods=["POST"]),
+            # A bound method: Starlette calls it with the request (an object that is merely callable is taken for an
+            # ASGI application).
+            Route("/console/export", ExportDownload(verifier, audit).respond, methods=["POST"]),
             Mount("/assets", StaticFiles(packages=[STATIC_PACKAGE])),
         ]
     )

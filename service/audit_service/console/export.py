@@ -96,7 +96,7 @@ class ExportDownload:
         self._verifier = verifier
         self._audit = audit
 
-    async def __call__(self, request: Request) -> Response:
+    async def respond(self, request: Request) -> Response:
         call: HttpCallContext | None = None
         try:
             form = await _read_form(request)

@@ -54,7 +54,8 @@ export class LiveTail {
             this.deliver(message.events);
             after = later(after, message.events.at(-1).position);
           }
-          after = later(after, message.checkpointPosition);
+          // Every message carries its checkpoint; protobuf JSON leaves out a 0 (an empty log), which is one too.
+          after = later(after, message.checkpointPosition ?? "0");
           if (message.caughtUp) this.handlers.onStatus("live", "live");
         }
         if (signal.aborted) return;
