@@ -9,10 +9,15 @@ import pytest
 from audit.v1 import audit_service_pb2_grpc
 from audit_client.publisher import Publisher
 from audit_service.config import load_config
-from playwright.async_api import Browser
+from playwright.async_api import Browser, expect
 
 from ..browser import Console, chromium
 from ..conftest import JWT_SECRET, RunningWorker, serving_api
+
+# Playwright's assertions wait up to 5 s by default: a 2-core CI machine running the rest of the suite can take
+# longer to get an event through NATS, the worker and the page. They pass as soon as the page is right; only a
+# failure waits this long. (The live latency test measures its own bound.)
+expect.set_options(timeout=20_000)
 
 
 @pytest.fixture(scope="session")

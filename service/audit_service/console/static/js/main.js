@@ -31,9 +31,12 @@ function showError(error) {
     box.replaceChildren();
     return;
   }
+  if (error.code === "unauthenticated" && token()) {
+    showSignIn(describe(error)); // the sign-in says why
+    return;
+  }
   box.replaceChildren(describe(error));
   box.hidden = false;
-  if (error.code === "unauthenticated" && token()) showSignIn(describe(error));
 }
 
 function showSignIn(reason) {
@@ -48,10 +51,16 @@ function showSignIn(reason) {
 
 async function start() {
   takeTokenFromFragment();
+  writeForm(form, view);
+  byId("group-by").value = view.group;
+  // With a token the view loads while GetCaller says who the caller is (a refused token fails both: the sign-in
+  // says why); without one, GetCaller first tells whether the service wants a token at all.
+  const loaded = token() ? load() : null;
   let caller;
   try {
     caller = await api.call("GetCaller", {});
   } catch (error) {
+    loading?.abort();
     if (error.code === "unauthenticated") {
       showSignIn(token() ? describe(error) : "This service requires a bearer token.");
     } else {
@@ -69,9 +78,7 @@ async function start() {
   byId("sign-out").hidden = !caller.authenticated;
   byId("scope-note").replaceChildren(caller.authenticated && !caller.admin
     ? "You see the events you performed (members see only their own)." : "");
-  writeForm(form, view);
-  byId("group-by").value = view.group;
-  await load();
+  await (loaded ?? load());
 }
 
 function setView(next, { push = true } = {}) {
