@@ -1,0 +1,87 @@
+"""The console and the HTTP port against hostile or extreme input, in Chromium against the real stack: an event at
+the client's limits in 4-byte characters (timeline, details, side-by-side diff, export), crafted view URLs,
+tokens no header can carry, and header bytes that are not UTF-8."""
+
+from __future__ import annotations
+
+import json
+
+from audit.v1 import audit_service_pb2 as pb
+from audit.v1 import event_pb2
+from audit_client import new_event_id
+from audit_client.validation import DEFAULT_LIMITS
+from google.protobuf import json_format
+from playwright.async_api import expect
+
+from ..browser import Console, screenshot
+from ..conftest import bearer, eventually
+from ..factories import make_event
+
+WAIT_MS = 20_000
+"""How long a page may take to show what a round trip to the API brings (a loaded 2-core machine)."""
+FOUR_BYTES = "\U0001f30d"
+"""A character of 4 bytes in UTF-8 (2 UTF-16 code units in the page)."""
+
+
+async def stored(console: Console, count: int) -> bool:
+    request = pb.CountEventsRequest(filter=pb.EventFilter())
+    return (await console.grpc.CountEvents(request, metadata=bearer(console.token()))).total >= count
+
+
+def event_at_the_limits() -> event_pb2.AuditEvent:
+    """Every text field at its byte limit in 4-byte characters, the longest message, metadata keys and values in
+    4-byte characters, and a change whose YAML has lines starting with "--" and "++" (as a diff's header does)."""
+    most = DEFAULT_LIMITS.max_text_bytes // 4
+    event = make_event(
+        event_id=new_event_id(), action="secret.update", message="\U0001f9ea" * DEFAULT_LIMITS.max_message_chars
+    )
+    event.actor.CopyFrom(
+        event_pb2.Subject(
+            id="u-" + "\U0001f98a" * (most - 1), type=event_pb2.SUBJECT_TYPE_USER, display_name="\U0001f600" * most
+        )
+    )
+    event.resource.CopyFrom(event_pb2.Resource(type="secret", id="s-1", name=FOUR_BYTES * most))
+    event.metadata.Clear()
+    event.metadata.update({"\U0001f511" * 60 + str(index): "\U0001f4a5" * 1000 for index in range(40)})
+    event.change.before.update({"--flag": 1, "a": 2, "emoji\U0001f600": "\U0001f600" * 300})
+    event.change.after.Clear()
+    event.change.after.update({"++new": "x", "--flag": 2, "a": 2, "emoji\U0001f600": "\U0001f601" * 300})
+    return event
+
+
+async def test_an_event_at_the_limits_in_four_byte_characters_is_shown_and_exported_whole(console: Console) -> None:
+    event = event_at_the_limits()
+    assert event.ByteSize() > DEFAULT_LIMITS.max_event_bytes * 0.8
+    await console.publisher.publish(event)
+    await eventually(lambda: stored(console, 1), what="the event stored")
+    page, problems = await console.signed_in()
+
+    row = page.locator(f'#events tbody tr[data-event-id="{event.event_id}"]')
+    await expect(row.locator("td").nth(1)).to_have_text(event.actor.display_name, timeout=WAIT_MS)
+    await expect(row.locator("td").nth(3)).to_have_text(f"secret {event.resource.name}")
+    await row.click()
+    body = page.locator("#details-body")
+    await expect(body.locator(".summary")).to_have_text(event.message, timeout=WAIT_MS)
+    await expect(body).to_contain_text(event.actor.id)
+    metadata = json.loads(await body.locator("pre.json").text_content())
+    assert metadata == json.loads(json_format.MessageToJson(event.metadata))
+    # Every line of the change, on its side with its number: "---flag: 1" is the removed line "--flag: 1".
+    rows = await body.locator("table.diff tbody tr").evaluate_all(
+        "rows => rows.map((row) => [...row.cells].map((cell) => cell.textContent))"
+    )
+    before, after = "\U0001f600" * 300, "\U0001f601" * 300
+    assert rows == [
+        ["1", "--flag: 1", "1", "++new: x"],
+        ["", "", "2", "--flag: 2"],
+        ["2", "a: 2", "3", "a: 2"],
+        ["3", f"emoji\U0001f600: {before}", "4", f"emoji\U0001f600: {after}"],
+    ]
+    await screenshot(page, "event-at-the-limits")
+
+    await page.click("#close-details")
+    async with page.expect_download() as waiting:
+        await page.click("#export-ndjson")
+    exported = json.loads((await (await waiting.value).path()).read_bytes())
+    assert exported["message"] == event.message
+    assert exported["resource"]["name"] == event.resource.name
+    assert problems.errors == []
