@@ -85,3 +85,31 @@ async def test_an_event_at_the_limits_in_four_byte_characters_is_shown_and_expor
     assert exported["message"] == event.message
     assert exported["resource"]["name"] == event.resource.name
     assert problems.errors == []
+
+
+CRAFTED_VIEWS = (
+    "?preset=toString",
+    "?preset=__proto__",
+    "?preset=custom&from=%2B275760-09-13T00:00:00Z",
+    "?preset=custom&from=2020-01-01T00:00:00Z&to=%2B100000-01-01T00:00:00Z",
+    "?outcome=BOGUS",
+)
+
+
+async def test_a_crafted_view_url_falls_back_to_the_defaults_and_every_button_works(console: Console) -> None:
+    event = make_event(event_id=new_event_id(), action="deploy.create", message="the crafted views' event")
+    await console.publisher.publish(event)
+    await eventually(lambda: stored(console, 1), what="the event stored")
+    for query in CRAFTED_VIEWS:
+        page, problems = await console.signed_in(query=query)
+        await expect(page.locator(f'#events tbody tr[data-event-id="{event.event_id}"]')).to_be_visible(timeout=WAIT_MS)
+        await expect(page.locator("#chart .bar").first).to_be_attached()
+        assert await page.locator("[name=outcome]").input_value() == ""
+        await page.click("#live")
+        await expect(page.locator("#live-status")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+        async with page.expect_download() as waiting:
+            await page.click("#export-csv")
+        assert event.message.encode() in (await (await waiting.value).path()).read_bytes()
+        await expect(page.locator("#error")).to_be_hidden()
+        assert problems.errors == [], query
+        await page.context.close()
