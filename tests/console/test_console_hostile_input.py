@@ -5,7 +5,10 @@ tokens no header can carry, and header bytes that are not UTF-8."""
 from __future__ import annotations
 
 import json
+import logging
 
+import httpx
+import pytest
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import event_pb2
 from audit_client import new_event_id
@@ -113,3 +116,36 @@ async def test_a_crafted_view_url_falls_back_to_the_defaults_and_every_button_wo
         await expect(page.locator("#error")).to_be_hidden()
         assert problems.errors == [], query
         await page.context.close()
+
+
+async def test_header_bytes_that_are_not_utf8_are_a_client_error_not_a_crash(
+    console: Console, caplog: pytest.LogCaptureFixture
+) -> None:
+    get_caller = f"{console.url}/audit.v1.AuditService/GetCaller"
+    json_call = {"content-type": "application/json"}
+    token = console.token()
+    with caplog.at_level(logging.INFO):
+        async with httpx.AsyncClient() as http:
+            latin1_token = await http.post(
+                get_caller, content=b"{}", headers={**json_call, "authorization": b"Bearer \xe9t\xe9"}
+            )
+            other_header = await http.post(
+                get_caller,
+                content=b"{}",
+                headers={**json_call, "authorization": f"Bearer {token}", "x-note": b"caf\xe9"},
+            )
+            stream = await http.post(
+                f"{console.url}/audit.v1.AuditService/TailEvents",
+                content=b"\0\0\0\0\x02{}",
+                headers={"content-type": "application/connect+json", "authorization": b"Bearer \xff"},
+            )
+            accepted = await http.post(
+                get_caller, content=b"{}", headers={**json_call, "authorization": f"Bearer {token}"}
+            )
+    for refused in (latin1_token, stream):
+        assert refused.status_code == 401
+        assert refused.json() == {"code": "unauthenticated", "message": "the authorization header is not UTF-8"}
+    assert other_header.status_code == 400
+    assert other_header.json() == {"code": "invalid_argument", "message": "the x-note header is not UTF-8"}
+    assert accepted.json()["tenant"] == "acme"
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
