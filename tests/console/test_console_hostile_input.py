@@ -22,6 +22,8 @@ from ..factories import make_event
 
 WAIT_MS = 20_000
 """How long a page may take to show what a round trip to the API brings (a loaded 2-core machine)."""
+UNAUTHENTICATED_LOAD = "Failed to load resource: the server responded with a status of 401 (Unauthorized)"
+"""What Chromium logs for a call answered 401: expected when the page opens without a token."""
 FOUR_BYTES = "\U0001f30d"
 """A character of 4 bytes in UTF-8 (2 UTF-16 code units in the page)."""
 
@@ -149,3 +151,22 @@ async def test_header_bytes_that_are_not_utf8_are_a_client_error_not_a_crash(
     assert other_header.json() == {"code": "invalid_argument", "message": "the x-note header is not UTF-8"}
     assert accepted.json()["tenant"] == "acme"
     assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("stray", ["\u200b", "\u20ac"], ids=["zero-width space", "euro sign"])
+async def test_a_token_with_a_character_no_header_can_carry_asks_to_sign_in_again(console: Console, stray: str) -> None:
+    page, problems = await console.new_page()
+    await page.goto(f"{console.url}/")
+    await page.fill("#token", console.token()[:20] + stray + console.token()[20:])
+    await page.click("#sign-in-form button[type=submit]")
+    reason = "Not signed in: the token holds a space or a character that is not ASCII. Sign in with a valid token."
+    await expect(page.locator("#sign-in-reason")).to_have_text(reason)
+    # Kept in the tab, it is refused again on reload, with the form to sign in (not an error alone on the page).
+    await page.reload()
+    await expect(page.locator("#sign-in-reason")).to_have_text(reason)
+    await expect(page.locator("#error")).to_be_hidden()
+    await page.fill("#token", console.token())
+    await page.click("#sign-in-form button[type=submit]")
+    await expect(page.locator("#console")).to_be_visible(timeout=WAIT_MS)
+    # The only failed load is the first page's GetCaller without a token.
+    assert problems.errors == [UNAUTHENTICATED_LOAD]
