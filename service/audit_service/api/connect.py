@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import Any, TypeVar
 
 import grpc
+import orjson
 from audit.v1 import alert_rules_pb2 as alert_rules_pb
 from audit.v1 import audit_service_pb2 as audit_pb
 from audit.v1 import destinations_pb2 as destinations_pb
@@ -174,6 +175,26 @@ def _is_grpc(scope: dict[str, Any]) -> bool:
     return content_type == b"application/grpc" or content_type.startswith(b"application/grpc+")
 
 
+def _undecodable_header(scope: dict[str, Any]) -> str | None:
+    """The name of the first request header whose value is not UTF-8 (connectrpc decodes every header, and fails
+    on one with an internal error), or None."""
+    for name, value in scope.get("headers", ()):
+        try:
+            value.decode()
+        except UnicodeDecodeError:
+            return name.decode("latin-1").lower()
+    return None
+
+
+async def _send_header_error(send: Any, header: str) -> None:
+    """A Connect error for a header that is not UTF-8: unauthenticated for the token's header (a bearer token is
+    ASCII), invalid_argument for any other. The value is not repeated: it may be a token."""
+    code, status = (Code.UNAUTHENTICATED, 401) if header == "authorization" else (Code.INVALID_ARGUMENT, 400)
+    body = orjson.dumps({"code": code.value, "message": f"the {header} header is not UTF-8"})
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def connect_application(
     verifier: TokenVerifier | None,
     audit: AuditServicer,
@@ -222,6 +243,9 @@ def connect_application(
             headers = [(b"content-type", b"text/plain; charset=utf-8")]
             await send({"type": "http.response.start", "status": 415, "headers": headers})
             await send({"type": "http.response.body", "body": _GRPC_WITHOUT_TRAILERS})
+            return
+        if scope["type"] == "http" and (header := _undecodable_header(scope)) is not None:
+            await _send_header_error(send, header)
             return
         service = "/" + scope.get("path", "").lstrip("/").split("/", 1)[0]
         await by_path.get(service, fallback)(scope, receive, send)

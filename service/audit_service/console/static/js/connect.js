@@ -30,7 +30,14 @@ function headersOf(token, contentType) {
   return headers;
 }
 
+// What a bearer token may hold: visible ASCII. fetch refuses a header with other characters (a pasted token's
+// zero-width space, say) with a TypeError, which would read as an unreachable service.
+const TOKEN = /^[\x21-\x7e]+$/;
+
 async function post(path, body, contentType, token, signal) {
+  if (token && !TOKEN.test(token)) {
+    throw new ConnectError("unauthenticated", "the token holds a space or a character that is not ASCII");
+  }
   try {
     return await fetch(path, { method: "POST", headers: headersOf(token, contentType), body, signal,
       cache: "no-store", credentials: "omit" });

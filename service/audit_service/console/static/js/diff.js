@@ -23,11 +23,15 @@ export function sideBySide(unified) {
     removed = [];
     added = [];
   };
+  let inHunk = false;
   for (const line of unified.split("\n")) {
-    if (line.startsWith("---") || line.startsWith("+++") || line === "") continue;
+    // Only the file header comes before the first hunk: inside one, "---x" is the removed line "--x".
+    if (!inHunk && (line.startsWith("---") || line.startsWith("+++"))) continue;
+    if (line === "") continue;
     const hunk = /^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@/.exec(line);
     if (hunk) {
       flush();
+      inHunk = true;
       if (rows.length || Number(hunk[1]) > 1) rows.push({ kind: "gap", left: "", right: "", leftNumber: "",
         rightNumber: "" });
       left = Number(hunk[1]);

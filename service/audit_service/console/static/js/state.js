@@ -28,6 +28,10 @@ export const OPERATORS = [
 ];
 
 const TEXT_FIELDS = ["search", "q", "action", "resource_type", "user", "outcome"];
+const OUTCOMES = ["OUTCOME_SUCCESS", "OUTCOME_FAILURE", "OUTCOME_DENIED"];
+// The times a google.protobuf.Timestamp can hold (0001-01-01 to 9999-12-31), in ms since the epoch.
+const EARLIEST_MS = -62135596800000;
+const LATEST_MS = 253402300799000;
 
 export function emptyView() {
   return { preset: "24h", from: "", to: "", search: "", q: "", action: "", resource_type: "", user: "",
@@ -39,10 +43,14 @@ export function viewFromQuery(query) {
   const params = new URLSearchParams(query);
   const view = emptyView();
   const preset = params.get("preset");
-  if (preset in PRESETS || preset === "custom") view.preset = preset;
+  // Own keys only: "toString" or "__proto__" are in every object.
+  if (Object.hasOwn(PRESETS, preset) || preset === "custom") view.preset = preset;
   for (const name of TEXT_FIELDS) view[name] = params.get(name) ?? "";
-  view.from = params.get("from") ?? "";
-  view.to = params.get("to") ?? "";
+  if (!OUTCOMES.includes(view.outcome)) view.outcome = "";
+  for (const name of ["from", "to"]) {
+    const text = params.get(name) ?? "";
+    if (!Number.isNaN(timeOf(text))) view[name] = text;
+  }
   if (params.get("join") === "ANY") view.join = "ANY";
   if (params.get("group") === "action") view.group = "action";
   for (const text of params.getAll("cond")) {
@@ -86,6 +94,12 @@ function floorTo(seconds, width) {
   return Math.floor(seconds / width) * width;
 }
 
+// A time of the view in ms, or NaN (a default) when it is malformed or one the API cannot take.
+function timeOf(text) {
+  const ms = Date.parse(text);
+  return ms >= EARLIEST_MS && ms <= LATEST_MS ? ms : NaN;
+}
+
 /**
  * The view's time range and histogram buckets: {start, end, interval} in seconds since the epoch. A preset ends
  * with the bucket holding `nowMs`, so the hourly count projection can answer it; a custom range is as given.
@@ -97,8 +111,8 @@ export function rangeOf(view, nowMs) {
     const end = floorTo(now, preset.interval) + preset.interval;
     return { start: end - preset.interval * preset.buckets, end, interval: preset.interval, open: true };
   }
-  const start = Date.parse(view.from);
-  const end = Date.parse(view.to);
+  const start = timeOf(view.from);
+  const end = timeOf(view.to);
   const startSeconds = Number.isNaN(start) ? floorTo(now, HOUR) - 23 * HOUR : Math.floor(start / 1000);
   let endSeconds = Number.isNaN(end) ? floorTo(now, HOUR) + HOUR : Math.ceil(end / 1000);
   if (endSeconds <= startSeconds) endSeconds = startSeconds + 1;
