@@ -315,6 +315,15 @@ async def test_what_the_client_sent_wrong_is_a_connect_error_never_a_500(doors, 
     )
     assert (unknown_field_type.status, json.loads(unknown_field_type.body)["code"]) == (400, "invalid_argument")
 
+    # A misspelled field or an unknown enum value is refused, naming it: ignored, it would widen the filter.
+    for body, named in (
+        (b'{"filter": {"actoins": ["user.delete"]}}', "actoins"),
+        (b'{"filter": {"outcomes": ["OUTCOME_BOGUS"]}}', "OUTCOME_BOGUS"),
+    ):
+        refused = await curl(url, "-H", "Content-Type: application/json", *authorization, body=body)
+        assert (refused.status, json.loads(refused.body)["code"]) == (400, "invalid_argument")
+        assert named in json.loads(refused.body)["message"]
+
     text = await curl(url, "-H", "Content-Type: text/plain", *authorization, body=b"hello")
     assert text.status == 415  # the Connect protocol's answer to an unsupported content type
 

@@ -151,7 +151,9 @@ class CompactJsonCodec:
     """connectrpc's protobuf JSON codec (a connectrpc.codec.Codec), writing each message on one line: its own
     indents by 2, which makes pages larger and a stream of messages (curl | a line reader) harder to read."""
 
-    _reader = google_protobuf_json_codec()
+    # Unknown fields and enum values are refused (invalid_argument naming them), as ProtoJSON parsers do by default:
+    # a misspelled filter field ignored would widen the filter silently.
+    _reader = google_protobuf_json_codec(ignore_unknown_fields=False)
 
     def name(self) -> str:
         return self._reader.name()
