@@ -28,11 +28,9 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ import grpc
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import audit_service_pb2_grpc
 from audit_service.auth.tokens import mint_token
-from audit_service.config import AuthConfig
+from audit_service.config import AuthConfig, NatsConfig
 from audit_service.devstack.nats import NatsServer
 from audit_service.devstack.postgres import EmbeddedPostgres
 from audit_service.devstack.processes import free_port
@@ -50,6 +48,7 @@ from audit_service.devstack.stack import APP_ROLE
 from google.protobuf import json_format
 from playwright.async_api import Browser, async_playwright
 from query_latency import REPO_ROOT, RESULTS_DIR, SECRET, percentile, prepare_log
+from tail_latency import start_api, stop_api
 
 sys.path.insert(0, str(REPO_ROOT))
 from tests.browser import CHROMIUM, CHROMIUM_ARGS  # the tests' launch of Debian's Chromium
@@ -64,33 +63,21 @@ def stats(values: Sequence[float]) -> dict[str, float]:
 
 
 @contextlib.asynccontextmanager
-async def serving(postgres: EmbeddedPostgres, nats: NatsServer, *, auth: bool) -> AsyncIterator[tuple[str, int]]:
-    """`audit-service serve` with its HTTP port: yields (console URL, gRPC port)."""
-    grpc_port, http_port = free_port(), free_port()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("AUDIT_")} | {
-        "AUDIT_DATABASE_URL": postgres.url("audit", user=APP_ROLE),
-        "AUDIT_NATS_URL": nats.url,
-        "AUDIT_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
-        "AUDIT_HTTP_ADDRESS": f"127.0.0.1:{http_port}",
-        "AUDIT_LOG_LEVEL": "WARNING",
-    }
-    env |= {"AUDIT_AUTH_JWT_SECRET": SECRET} if auth else {"AUDIT_AUTH_DISABLED": "true"}
-    server = subprocess.Popen([sys.executable, "-m", "audit_service.cli", "serve"], env=env, cwd=REPO_ROOT)  # noqa: ASYNC220
-    url = f"http://127.0.0.1:{http_port}"
+async def serving(postgres: EmbeddedPostgres, nats: NatsServer, *, auth: bool) -> AsyncIterator[tuple[str, str]]:
+    """`audit-service serve` with its HTTP port (tail_latency.start_api): yields (console URL, gRPC target)."""
+    http_port = free_port()
+    api = await start_api(
+        postgres.url("audit", user=APP_ROLE),
+        nats.url,
+        NatsConfig(subject_prefix="benchconsole", stream_prefix="BENCHCONSOLE"),
+        Path(tempfile.gettempdir()) / f"console-render-api-{os.getpid()}.log",
+        jwt_secret=SECRET if auth else None,
+        http_port=http_port,
+    )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                await asyncio.to_thread(urllib.request.urlopen, f"{url}/", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the API did not start") from None
-                await asyncio.sleep(0.2)
-        yield url, grpc_port
+        yield f"http://127.0.0.1:{http_port}", api.target
     finally:
-        server.terminate()
-        server.wait(30)
+        stop_api(api)
 
 
 async def render_once(browser: Browser, url: str, view: str, token: str) -> dict[str, Any]:
@@ -150,8 +137,8 @@ async def measure_scope(
     token = token if auth else ""
     results = {}
     async with (
-        serving(postgres, nats, auth=auth) as (url, grpc_port),
-        grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
+        serving(postgres, nats, auth=auth) as (url, target),
+        grpc.aio.insecure_channel(target) as channel,
     ):
         stub = audit_service_pb2_grpc.AuditServiceStub(channel)
         for view in VIEWS:

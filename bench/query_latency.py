@@ -49,6 +49,7 @@ from audit_service.config import ApiConfig, AuthConfig
 from audit_service.core.counts import CountSource
 from audit_service.core.event_filter import Scope, compile_filter
 from audit_service.core.records import CONTENT_COLUMNS, GENESIS_HASH, STORED_COLUMNS, seal_canonical
+from audit_service.devstack.nats import NatsServer
 from audit_service.devstack.postgres import EmbeddedPostgres
 from audit_service.devstack.processes import free_port
 from audit_service.devstack.stack import APP_ROLE, grant_app_role
@@ -339,13 +340,16 @@ async def deep_page_tokens(
     return found
 
 
-async def measure(args: argparse.Namespace, postgres: EmbeddedPostgres, data: dict[str, Any]) -> dict[str, Any]:
+async def measure(
+    args: argparse.Namespace, postgres: EmbeddedPostgres, nats_url: str, data: dict[str, Any]
+) -> dict[str, Any]:
     cat: Catalog = data["catalog"]
     auth = AuthConfig(jwt_secret=SECRET)
     tokens = {t: mint_token(auth, subject="bench-admin", tenant=t, admin=True, ttl_seconds=7200) for t in cat.tenants}
     port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("AUDIT_")} | {
         "AUDIT_DATABASE_URL": postgres.url("audit", user=APP_ROLE),
+        "AUDIT_NATS_URL": nats_url,
         "AUDIT_AUTH_JWT_SECRET": SECRET,
         "AUDIT_GRPC_ADDRESS": f"127.0.0.1:{port}",
         "AUDIT_LOG_LEVEL": "WARNING",
@@ -459,9 +463,9 @@ async def prepare_log(postgres: EmbeddedPostgres, events: int, seed: int) -> tup
     return data, settings
 
 
-async def benchmark(args: argparse.Namespace, postgres: EmbeddedPostgres) -> dict[str, Any]:
+async def benchmark(args: argparse.Namespace, postgres: EmbeddedPostgres, nats: NatsServer) -> dict[str, Any]:
     data, settings = await prepare_log(postgres, args.events, args.seed)
-    results = await measure(args, postgres, data)
+    results = await measure(args, postgres, nats.url, data)
     return {
         "benchmark": "query_latency",
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -487,10 +491,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="audit-query-bench-"))
     postgres = EmbeddedPostgres(workdir / "pg", port=free_port(), durable=False)
+    nats = NatsServer(workdir / "nats", port=free_port())  # serve waits for NATS (its live feed) before serving
     try:
         postgres.start()
-        summary_ = asyncio.run(benchmark(args, postgres))
+        nats.start()
+        summary_ = asyncio.run(benchmark(args, postgres, nats))
     finally:
+        nats.stop()
         postgres.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print("=" * 100)

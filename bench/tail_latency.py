@@ -172,8 +172,21 @@ def spawn(command: str, env: dict[str, str], log_path: Path) -> subprocess.Popen
         )
 
 
-async def start_api(database_url: str, nats_url: str, nats_config: NatsConfig, log_path: Path) -> Api:
-    """`python -m audit_service.cli serve` with authentication off; returns once its health check answers."""
+async def start_api(
+    database_url: str,
+    nats_url: str,
+    nats_config: NatsConfig,
+    log_path: Path,
+    *,
+    jwt_secret: str | None = None,
+    http_port: int | None = None,
+) -> Api:
+    """`python -m audit_service.cli serve`; returns once its health check answers.
+
+    Args:
+        jwt_secret: verify bearer tokens signed with it (AUDIT_AUTH_JWT_SECRET); None: authentication off.
+        http_port: also serve the HTTP port (Connect, gRPC-Web) on 127.0.0.1 at this port (AUDIT_HTTP_ADDRESS).
+    """
     port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("AUDIT_")} | {
         "AUDIT_DATABASE_URL": database_url,
@@ -181,9 +194,11 @@ async def start_api(database_url: str, nats_url: str, nats_config: NatsConfig, l
         "AUDIT_SUBJECT_PREFIX": nats_config.subject_prefix,
         "AUDIT_STREAM_PREFIX": nats_config.stream_prefix,
         "AUDIT_GRPC_ADDRESS": f"127.0.0.1:{port}",
-        "AUDIT_AUTH_DISABLED": "true",
         "AUDIT_LOG_LEVEL": "WARNING",
     }
+    env |= {"AUDIT_AUTH_DISABLED": "true"} if jwt_secret is None else {"AUDIT_AUTH_JWT_SECRET": jwt_secret}
+    if http_port is not None:
+        env["AUDIT_HTTP_ADDRESS"] = f"127.0.0.1:{http_port}"
     api = Api(spawn("serve", env, log_path), f"127.0.0.1:{port}", log_path)
     process = api.process
     async with grpc.aio.insecure_channel(api.target) as channel:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -370,6 +371,36 @@ async def test_an_address_that_cannot_be_listened_on_is_a_start_up_error_naming_
                 pass
     assert raised.value.setting == "AUDIT_HTTP_ADDRESS"
     assert "cannot listen on 127.0.0.1:" in str(raised.value)
+
+
+def _server_side_of(client: socket.socket) -> socket.socket:
+    """This process's socket at the other end of `client`'s connection (the server runs in the test's process)."""
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+        candidate = socket.socket(fileno=os.dup(int(fd)))
+        with contextlib.suppress(OSError):  # not connected
+            if candidate.getpeername() == client.getsockname():
+                return candidate
+        candidate.close()
+    raise AssertionError(f"no socket of this process is connected to {client.getsockname()}")
+
+
+async def test_connections_to_the_http_port_send_small_writes_at_once(doors):
+    # A keep-alive client delays its ACK ~40 ms; with Nagle's algorithm on, the server's last small write of each
+    # answer waits for it. So every connection to the port has TCP_NODELAY.
+    host, port = doors.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"POST {SERVICE_PATH}/ListEvents HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n".encode())
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 ")  # accepted and answered
+        with _server_side_of(writer.get_extra_info("socket")) as server_side:
+            assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        writer.close()
+        await writer.wait_closed()
 
 
 async def test_at_shutdown_a_tail_over_http_ends_with_unavailable_as_over_grpc(service_env, database):
