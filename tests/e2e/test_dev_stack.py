@@ -384,7 +384,7 @@ def alive(pid: int) -> bool:
 
 def test_kill_9_takes_the_servers_down_and_the_next_run_starts_on_the_same_data(tmp_path):
     data_dir, log_path = tmp_path / "data", tmp_path / "dev.log"
-    ports = {"nats": free_port(), "postgres": free_port(), "grpc": free_port()}
+    ports = {"nats": free_port(), "postgres": free_port(), "grpc": free_port(), "http": free_port()}
     started: list[subprocess.Popen[bytes]] = []
     left: set[int] = set()
     try:
