@@ -42,6 +42,10 @@ class Parameters:
         return f"${len(self.values)}"
 
 
+OCCURRED_AFTER_RECORDED_SQL = "(SELECT max_occurred_after_recorded FROM audit_log_head)"
+"""The most by which a stored event's occurred_at exceeds its recorded_at (migration 0015)."""
+
+
 class FilterSql:
     """Writes conditions on the columns of one table alias.
 
@@ -67,7 +71,12 @@ class FilterSql:
             column = f"{self._alias}.{self._time_column}"
             bounds = []
             if expr.start is not None:
-                bounds.append(f"{column} >= {timestamp_sql(self._params, expr.start)}")
+                start = timestamp_sql(self._params, expr.start)
+                bounds.append(f"{column} >= {start}")
+                if self._time_column == "occurred_at":
+                    # Implied by the line above for every stored event (migration 0015), and on the partition
+                    # key: the partitions recorded before it are pruned instead of scanned.
+                    bounds.append(f"{self._alias}.recorded_at >= {start} - {OCCURRED_AFTER_RECORDED_SQL}")
             if expr.end is not None:
                 bounds.append(f"{column} < {timestamp_sql(self._params, expr.end)}")
             return " AND ".join(bounds) or "true"
