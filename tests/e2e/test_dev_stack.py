@@ -37,7 +37,9 @@ def readme_producer_example() -> str:
 
 
 def start_dev(data_dir: Path, ports: dict[str, int], log_path: Path) -> subprocess.Popen[bytes]:
-    """`audit-service dev` on `data_dir` and `ports`, once it says it is ready."""
+    """`audit-service dev` on `data_dir` and `ports` (an HTTP port is added when it has none), once it says it is
+    ready."""
+    ports.setdefault("http", free_port())
     offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
