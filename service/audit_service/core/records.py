@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -157,13 +157,6 @@ def content_from_event(event: event_pb2.AuditEvent, structs: StructValues | None
         timestamp_micros(occurred.seconds, occurred.nanos),
         *_trace_content(event),
     )
-
-
-def occurred_after_recorded(contents: Iterable[Content], recorded_at_micros: int) -> int:
-    """The most by which the events' occurred_at exceeds `recorded_at_micros`, in µs (0 when none does): what an
-    append adds to audit_log_head.max_occurred_after_recorded (migration 0015)."""
-    latest = max((content[_OCCURRED_AT_INDEX] for content in contents), default=None)
-    return 0 if latest is None else max(0, latest - recorded_at_micros)
 
 
 def content_from_row(row: Mapping[str, Any]) -> Content:

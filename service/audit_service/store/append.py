@@ -28,10 +28,8 @@ from ..core.records import (
     Content,
     columns_sql,
     content_from_row,
-    datetime_to_micros,
     micros_to_datetime,
     normalize_json,
-    occurred_after_recorded,
     seal_canonical,
 )
 from ..core.streams import StreamHead, StreamKey, advance, stream_key
@@ -54,8 +52,7 @@ SELECT
 """
 _MOVE_HEADS = """
 WITH log_head AS (
-    UPDATE audit_log_head SET last_position = $1, last_recorded_at = $2,
-        max_occurred_after_recorded = greatest(max_occurred_after_recorded, $6::bigint * interval '1 microsecond')
+    UPDATE audit_log_head SET last_position = $1, last_recorded_at = $2
 )
 INSERT INTO audit_chain_heads (tenant, last_position, last_hash)
 SELECT * FROM unnest($3::text[], $4::bigint[], $5::bytea[])
@@ -299,7 +296,6 @@ class LogAppender:
                 moved,
                 [tenant_last_position[tenant] for tenant in moved],
                 [chain_heads[tenant] for tenant in moved],
-                occurred_after_recorded(appended, datetime_to_micros(recorded_at)),
             )
             if moved_streams:
                 await _move_stream_heads(conn, sorted(moved_streams), stream_heads)

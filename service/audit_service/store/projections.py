@@ -133,13 +133,6 @@ async def rebuild_projections(
             "(SELECT count(*) FROM audit_counts_hourly), (SELECT count(*) FROM audit_action_counts_hourly), "
             "(SELECT count(*) FROM audit_resource_heads)"
         )
-        # The bound of migration 0015, recomputed from the log like the projections (loaders that COPY rely on it).
-        # (It only grows: a retention that dropped the events behind it leaves it as it is.)
-        await conn.execute(
-            "UPDATE audit_log_head SET max_occurred_after_recorded = greatest(max_occurred_after_recorded, "
-            "(SELECT max(occurred_at - recorded_at) FROM audit_events)) "
-            "WHERE max_occurred_after_recorded < (SELECT max(occurred_at - recorded_at) FROM audit_events)"
-        )
         alert_rules = await rebuild_alert_rules(conn)
         destinations = await rebuild_destinations(conn)
     return RebuildReport(
