@@ -29,8 +29,11 @@ from audit_service.core.records import (
     micros_to_datetime,
     normalize_json,
     parse_canonical,
+    preseal,
     row_canonical_bytes,
     seal,
+    seal_canonical,
+    seal_presealed,
     struct_to_python,
     timestamp_micros,
 )
@@ -178,6 +181,26 @@ def as_read_back(row: tuple[Any, ...], print_jsonb: Callable[[str], str]) -> dic
 
 
 # --- properties ----------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=300)
+@given(
+    event=audit_events(),
+    position=positions,
+    recorded_at=recorded_ats,
+    prev_hash=hashes,
+    revision=st.none() | st.integers(min_value=1, max_value=2**63 - 1),
+)
+def test_a_presealed_event_seals_to_the_same_bytes_hash_and_row(
+    event: event_pb2.AuditEvent, position: int, recorded_at: dt.datetime, prev_hash: bytes, revision: int | None
+) -> None:
+    """The append prepares each event's canonical content and row ahead and splices the position, recorded_at
+    and revision in under the lock: it must be exactly what encoding the whole array gives (or chains break)."""
+    content = content_from_event(event)
+    micros = datetime_to_micros(recorded_at)
+    spliced = seal_presealed(position, recorded_at, micros, preseal(content), prev_hash, revision)
+    assert spliced == seal_canonical(position, recorded_at, content, prev_hash, revision)
+    assert parse_canonical(spliced[0]) == (position, micros, content, revision)
 
 
 @settings(max_examples=200)

@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import operator
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -182,6 +183,51 @@ def canonical_bytes(position: int, recorded_at_micros: int, content: Content, re
     return orjson.dumps([CANONICAL_VERSION_STREAM, position, recorded_at_micros, *content, revision], option=_SORT_KEYS)
 
 
+@dataclass(frozen=True, slots=True)
+class Presealed:
+    """What sealing an event needs that does not depend on where it lands in the log, prepared before the
+    append's serialized section (store/append.py): there only the position, recorded_at, the stream revision and
+    the previous hash are spliced in."""
+
+    content: Content
+    canonical_content: bytes
+    """The content's part of the canonical encoding: its JSON array without the brackets."""
+    row_values: tuple[Any, ...]
+    """The content as log columns (log_row without the position, recorded_at, revision and hashes)."""
+
+
+_CANONICAL_PREFIX = orjson.dumps(CANONICAL_VERSION)
+_CANONICAL_PREFIX_STREAM = orjson.dumps(CANONICAL_VERSION_STREAM)
+
+
+def preseal(content: Content) -> Presealed:
+    return Presealed(content, orjson.dumps(content, option=_SORT_KEYS)[1:-1], _row_values(content))
+
+
+def seal_presealed(
+    position: int,
+    recorded_at: dt.datetime,
+    recorded_at_micros: int,
+    presealed: Presealed,
+    prev_hash: bytes,
+    revision: int | None = None,
+) -> tuple[bytes, bytes, tuple[Any, ...]]:
+    """seal_canonical() of a presealed event: the same canonical bytes (the JSON array written element by
+    element, so the content's part can be written ahead), hash and row."""
+    if revision is None:
+        canonical = b"[%s,%d,%d,%s]" % (_CANONICAL_PREFIX, position, recorded_at_micros, presealed.canonical_content)
+    else:
+        canonical = b"[%s,%d,%d,%s,%d]" % (
+            _CANONICAL_PREFIX_STREAM,
+            position,
+            recorded_at_micros,
+            presealed.canonical_content,
+            revision,
+        )
+    digest = hashlib.sha256(prev_hash + canonical).digest()
+    return canonical, digest, (position, recorded_at, *presealed.row_values, revision, prev_hash, digest)
+
+
 def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:
     return hashlib.sha256(prev_hash + canonical).digest()
 
@@ -195,6 +241,10 @@ def log_row(
     revision: int | None = None,
 ) -> tuple[Any, ...]:
     """A row of audit_events in LOG_COLUMNS order, with NULL for empty values, ready for COPY."""
+    return (position, recorded_at, *_row_values(content), revision, prev_hash, hash_)
+
+
+def _row_values(content: Content) -> tuple[Any, ...]:
     values: list[Any] = list(content)
     for index in _TEXT_INDEXES:
         if values[index] == "":
@@ -203,7 +253,7 @@ def log_row(
         if values[index] is not None:
             values[index] = orjson.dumps(values[index]).decode()
     values[_OCCURRED_AT_INDEX] = micros_to_datetime(values[_OCCURRED_AT_INDEX])
-    return (position, recorded_at, *values, revision, prev_hash, hash_)
+    return tuple(values)
 
 
 def seal(

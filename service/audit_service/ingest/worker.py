@@ -21,7 +21,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 
 from ..config import Config
 from ..core.decode import DecodedEvent, decode_event
-from ..core.records import Content
+from ..core.records import Presealed, preseal
 from ..core.tracecontext import parse_traceparent
 from ..errors import UnavailableError
 from ..store import queries
@@ -60,10 +60,19 @@ class _Refusal:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    msg: Msg
+    decoded: DecodedEvent
+    presealed: Presealed
+    """Prepared while the previous batch is being stored, so that the append's serialized section only splices
+    positions and hashes in."""
+
+
 @dataclass(slots=True)
 class _Batch:
     msgs: Sequence[Msg]
-    accepted: list[tuple[Msg, DecodedEvent]] = field(default_factory=list)
+    accepted: list[_Accepted] = field(default_factory=list)
     refused: list[_Refusal] = field(default_factory=list)
 
 
@@ -243,13 +252,14 @@ class IngestWorker:
                     mask=mask,
                     subject_tenant=msg.subject[subject_prefix_length:],
                 )
+                presealed = preseal(decoded.content)
             except InvalidEventError as error:
                 batch.refused.append(_Refusal(msg, error.reason, error.field, error.detail))
             except Exception as error:  # a decoder bug must not wedge the stream: keep the message aside
                 log.exception("unexpected error decoding stream sequence %s", msg.metadata.sequence.stream)
                 batch.refused.append(_Refusal(msg, "undecodable", "", f"{type(error).__name__}: {error}"))
             else:
-                batch.accepted.append((msg, decoded))
+                batch.accepted.append(_Accepted(msg, decoded, presealed))
         return batch
 
     async def _store(self, batch: _Batch) -> None:
@@ -294,10 +304,10 @@ class IngestWorker:
                     }
                 )
 
-    async def _append_isolating_rejects(self, accepted: list[tuple[Msg, DecodedEvent]]) -> list[_Refusal]:
+    async def _append_isolating_rejects(self, accepted: list[_Accepted]) -> list[_Refusal]:
         """Appends and acks; when the database rejects the batch, halves it to find and refuse the culprits."""
         try:
-            result = await self._append_with_retry([msg for msg, _ in accepted], [d.content for _, d in accepted])
+            result = await self._append_with_retry(accepted)
         except BatchTooSlow:
             log.warning("appending %d events timed out; appending them in two halves", len(accepted))
             middle = len(accepted) // 2
@@ -308,8 +318,8 @@ class IngestWorker:
         except EventsRejected as rejected:
             if len(accepted) == 1:
                 detail = storage_refusal_detail(rejected.cause)
-                log.warning("database refused event %s: %s", accepted[0][1].event.event_id, detail)
-                return [_Refusal(accepted[0][0], "rejected_by_storage", "", detail)]
+                log.warning("database refused event %s: %s", accepted[0].decoded.event.event_id, detail)
+                return [_Refusal(accepted[0].msg, "rejected_by_storage", "", detail)]
             middle = len(accepted) // 2
             return [
                 *await self._append_isolating_rejects(accepted[:middle]),
@@ -317,20 +327,20 @@ class IngestWorker:
             ]
         committed_at = time.time()
         conflicting = {conflict.index: conflict for conflict in result.conflicts}
-        for index, (msg, _) in enumerate(accepted):
+        for index, event in enumerate(accepted):
             if index not in conflicting:
-                await msg.ack()  # a buffered write each; no task per message
+                await event.msg.ack()  # a buffered write each; no task per message
         await self._announcer.announce(result.prev_position, result.last_position, result.sealed)
         self.stats.appended += result.appended
         self.stats.duplicates += result.duplicates
         self.head = result.last_position if self.head is None else max(self.head, result.last_position)
         metrics.INGEST_APPENDED.add(result.appended, self._attributes)
         metrics.INGEST_DUPLICATES.add(result.duplicates, self._attributes)
-        published_at = accepted[0][0].metadata.timestamp.timestamp()
+        published_at = accepted[0].msg.metadata.timestamp.timestamp()
         metrics.INGEST_PUBLISH_TO_COMMIT.record(max(committed_at - published_at, 0.0), self._attributes)
         return [
             _Refusal(
-                accepted[conflict.index][0],
+                accepted[conflict.index].msg,
                 "conflicting_duplicate",
                 "event_id",
                 f"event {conflict.event_id} is stored at position {conflict.stored_position} with other content "
@@ -339,7 +349,10 @@ class IngestWorker:
             for conflict in result.conflicts
         ]
 
-    async def _append_with_retry(self, msgs: Sequence[Msg], contents: Sequence[Content]) -> AppendResult:
+    async def _append_with_retry(self, accepted: Sequence[_Accepted]) -> AppendResult:
+        msgs = [event.msg for event in accepted]
+        contents = [event.decoded.content for event in accepted]
+        presealed = [event.presealed for event in accepted]
         attempt = 0
         while True:
             try:
@@ -349,7 +362,7 @@ class IngestWorker:
                     attributes={"db.system.name": "postgresql", "audit.append.events": len(contents)},
                 ) as span:
                     async with acquire(self._pool) as conn:
-                        result = await self._appender.append(conn, contents)
+                        result = await self._appender.append(conn, contents, presealed=presealed)
                     if span.is_recording():
                         span.set_attributes(
                             {

@@ -26,11 +26,14 @@ from ..core.records import (
     GENESIS_HASH,
     STORED_COLUMNS,
     Content,
+    Presealed,
     columns_sql,
     content_from_row,
+    datetime_to_micros,
     micros_to_datetime,
     normalize_json,
-    seal_canonical,
+    preseal,
+    seal_presealed,
 )
 from ..core.streams import StreamHead, StreamKey, advance, stream_key
 from ..errors import UnavailableError
@@ -83,10 +86,17 @@ FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::bigint[]) AS per_acti
 GROUP BY tenant, hour
 {ADD_TO_ACTION_COUNTS}
 """
+# One primary-key probe per key (LATERAL ... LIMIT 1): joined plainly, the planner hashed the whole heads table
+# for every batch, a cost growing with the number of streams ever written.
 _READ_STREAM_HEADS = """
-SELECT h.tenant, h.resource_type, h.resource_id, h.revision, h.last_position, h.state::text AS state
+SELECT h.*
 FROM unnest($1::text[], $2::text[], $3::text[]) AS k (tenant, resource_type, resource_id)
-JOIN audit_resource_heads AS h USING (tenant, resource_type, resource_id)
+CROSS JOIN LATERAL (
+    SELECT h.tenant, h.resource_type, h.resource_id, h.revision, h.last_position, h.state::text AS state
+    FROM audit_resource_heads AS h
+    WHERE h.tenant = k.tenant AND h.resource_type = k.resource_type AND h.resource_id = k.resource_id
+    LIMIT 1
+) AS h
 """
 _MOVE_STREAM_HEADS = """
 INSERT INTO audit_resource_heads (tenant, resource_type, resource_id, revision, last_position, state)
@@ -196,7 +206,12 @@ class LogAppender:
                 self._ensured_months.add(month)
 
     async def append(
-        self, conn: asyncpg.Connection, contents: Sequence[Content], *, recorded_at: dt.datetime | None = None
+        self,
+        conn: asyncpg.Connection,
+        contents: Sequence[Content],
+        *,
+        recorded_at: dt.datetime | None = None,
+        presealed: Sequence[Presealed] | None = None,
     ) -> AppendResult:
         """Stores the events not stored yet, in one transaction, in the given order.
 
@@ -205,20 +220,28 @@ class LogAppender:
             contents: canonical contents of validated events (core.decode / core.records).
             recorded_at: the time to record instead of the database's clock, for importing history (and tests
                 that need a log spanning months). Never before the log's last recorded_at: it is raised to it.
+            presealed: preseal(content) of each of `contents`, when the caller prepared them ahead (the ingest
+                worker does, while the previous batch is being stored); otherwise they are prepared here.
 
         Idempotent on event_id: events already in the log (whenever they were stored) and repeats within
         the batch are skipped and counted as duplicates, when they are the same event; one with other content
         under a stored id is skipped and returned as a conflict (checked after COMMIT, outside the serialized
         section, and only when there are duplicates).
         """
-        batch: dict[str, Content] = {}
+        if presealed is None:
+            presealed = [preseal(content) for content in contents]
+        batch: dict[str, Presealed] = {}
         repeated: list[int] = []
-        for index, content in enumerate(contents):
-            if batch.setdefault(content[0], content) is not content:
+        for index, prepared in enumerate(presealed):
+            if batch.setdefault(prepared.content[0], prepared) is not prepared:
                 repeated.append(index)
+        # Counted here, outside the serialized section, as if every event were new (recounted in the rare batch
+        # holding events already stored).
+        counts = hourly_counts(prepared.content for prepared in batch.values())
+        per_action = action_counts(prepared.content for prepared in batch.values())
         await self.ensure_partitions(conn, recorded_at or dt.datetime.now(dt.UTC))
         try:
-            result, existing = await self._append_once(conn, batch, recorded_at)
+            result, existing = await self._append_once(conn, batch, counts, per_action, recorded_at)
         except asyncpg.CheckViolationError as error:
             if _NO_PARTITION not in str(error):
                 raise
@@ -228,7 +251,7 @@ class LogAppender:
             database_now = await conn.fetchval(_DATABASE_NOW)
             await self.ensure_partitions(conn, database_now)
             try:
-                result, existing = await self._append_once(conn, batch, recorded_at)
+                result, existing = await self._append_once(conn, batch, counts, per_action, recorded_at)
             except asyncpg.CheckViolationError as again:
                 if _NO_PARTITION not in str(again):
                     raise
@@ -244,14 +267,20 @@ class LogAppender:
         )
 
     async def _append_once(
-        self, conn: asyncpg.Connection, batch: dict[str, Content], recorded_at_override: dt.datetime | None
+        self,
+        conn: asyncpg.Connection,
+        batch: dict[str, Presealed],
+        counts: Mapping[tuple, int],
+        per_action: ActionCounts,
+        recorded_at_override: dt.datetime | None,
     ) -> tuple[AppendResult, set[str]]:
         """The append transaction; also returns the ids of the batch that were already stored."""
         async with conn.transaction():
             head = await conn.fetchrow(_LOCK_HEAD, recorded_at_override)
             prev_position: int = head["last_position"]
             recorded_at: dt.datetime = head["recorded_at"]
-            tenants = sorted({content[1] for content in batch.values()})
+            recorded_at_micros = datetime_to_micros(recorded_at)
+            tenants = sorted({prepared.content[1] for prepared in batch.values()})
             known = await conn.fetchrow(_READ_KNOWN, list(batch), tenants)
             existing = set(known["existing_ids"])
             chain_heads: dict[str, bytes] = dict(zip(known["head_tenants"], known["head_hashes"], strict=True))
@@ -264,10 +293,11 @@ class LogAppender:
             appended: list[Content] = []
             tenant_last_position: dict[str, int] = {}
             position = prev_position
-            for event_id, content in batch.items():
+            for event_id, prepared in batch.items():
                 if event_id in existing:
                     continue
                 position += 1
+                content = prepared.content
                 tenant = content[1]
                 revision = None
                 if (key := stream_key(content)) is not None:
@@ -275,16 +305,23 @@ class LogAppender:
                     stream_heads[key] = head
                     moved_streams.add(key)
                     revision = head.revision
+                    if content is not prepared.content:  # change.before filled from the stream's state
+                        prepared = preseal(content)
                 prev_hash = chain_heads.get(tenant, GENESIS_HASH)
-                canonical, digest, row = seal_canonical(position, recorded_at, content, prev_hash, revision)
+                canonical, digest, row = seal_presealed(
+                    position, recorded_at, recorded_at_micros, prepared, prev_hash, revision
+                )
                 sealed.append(SealedEvent(tenant, canonical, prev_hash, digest))
                 chain_heads[tenant] = digest
                 tenant_last_position[tenant] = position
                 rows.append((*row, len(canonical)))
                 id_rows.append((event_id, position, recorded_at))
-                appended.append(content)
+                if existing:
+                    appended.append(content)
             if not rows:
                 return AppendResult(prev_position, prev_position, 0), existing
+            if existing:
+                counts, per_action = hourly_counts(appended), action_counts(appended)
 
             await conn.copy_records_to_table("audit_events", records=rows, columns=STORED_COLUMNS)
             await conn.copy_records_to_table("audit_event_ids", records=id_rows, columns=_ID_COLUMNS)
@@ -299,8 +336,8 @@ class LogAppender:
             )
             if moved_streams:
                 await _move_stream_heads(conn, sorted(moved_streams), stream_heads)
-            await add_counts(conn, hourly_counts(appended))
-            await add_action_counts(conn, action_counts(appended))
+            await add_counts(conn, counts)
+            await add_action_counts(conn, per_action)
         return AppendResult(prev_position, position, 0, tuple(sealed)), existing
 
 
@@ -326,10 +363,10 @@ async def _conflicts(
 
 
 async def _read_stream_heads(
-    conn: asyncpg.Connection, contents: Iterable[Content], existing: set[str]
+    conn: asyncpg.Connection, events: Iterable[Presealed], existing: set[str]
 ) -> dict[StreamKey, StreamHead]:
     """The current heads of the streams the batch's new events belong to."""
-    keys = sorted({key for content in contents if content[0] not in existing and (key := stream_key(content))})
+    keys = sorted({key for event in events if event.content[0] not in existing and (key := stream_key(event.content))})
     if not keys:
         return {}
     rows = await conn.fetch(_READ_STREAM_HEADS, *(list(column) for column in zip(*keys, strict=True)))
