@@ -187,7 +187,8 @@ async def run_ingest(
     checkpointer = PeriodicCheckpointer.from_config(config.checkpoints)  # a bad key fails before connecting
     nats_tls_context(config.nats)  # so do bad TLS files
     async with (
-        database_pool(config.database.url, max_size=2) as pool,
+        # appends, the search index merge beside them (store/search_index.py), checkpoints
+        database_pool(config.database.url, max_size=3) as pool,
         nats_connection(config, "audit-ingest") as nc,
         readiness_checks(readiness, "ingest", config.database.url, nc, "consumer"),
         checkpointer.running(pool),

@@ -1,0 +1,66 @@
+"""Merging the free-text search index's pending list beside the appends rather than inside one (migration 0016).
+
+Each append adds its events' trigram entries to the index's pending list; PostgreSQL merges that list into the
+index when it outgrows gin_pending_list_limit, and it did so inside an append, under the log head's lock. The
+ingest worker kicks a SearchIndexMerger after each append: on a connection of its own, the merge runs while the
+next batch is being stored (another PostgreSQL backend, so another core). Searches read the pending list too, so
+they are exact whether or not a merge has run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+
+from ..errors import UnavailableError
+from .pool import acquire
+
+log = logging.getLogger(__name__)
+
+_MERGE = "SELECT audit_clean_search_pending()"
+
+
+class SearchIndexMerger:
+    """One merge at a time; a kick while one runs asks for one more after it."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+        self._failing = False
+        self.merged_pages = 0
+        """Pending-list pages merged so far."""
+
+    def kick(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._merge(), name="search index merge")
+        else:
+            self._again = True
+
+    async def _merge(self) -> None:
+        while True:
+            self._again = False
+            try:
+                async with acquire(self._pool) as conn:
+                    self.merged_pages += await conn.fetchval(_MERGE)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError) as error:
+                # Not the appends' concern: they merge by themselves when the list outgrows its limit.
+                if not self._failing:
+                    log.warning("merging the search index's pending list failed (%s: %s)", type(error).__name__, error)
+                self._failing = True
+                return
+            if self._failing:
+                log.info("merging the search index's pending list works again")
+                self._failing = False
+            if not self._again:
+                return
+
+    async def close(self) -> None:
+        """Stops a merge in progress (PostgreSQL cancels it safely: what it merged stays merged)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

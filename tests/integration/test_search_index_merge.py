@@ -1,0 +1,106 @@
+"""The free-text search index's pending list is merged beside the appends, by the service role, and searches
+stay exact before and after (migration 0016, store/search_index.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import asyncpg
+import pytest
+from audit.v1 import audit_service_pb2 as pb
+from audit_client import Publisher
+from audit_service.core.event_filter import UNRESTRICTED, compile_filter
+from audit_service.store import queries
+from audit_service.store.append import LogAppender
+
+from ..conftest import eventually
+from ..factories import content_of, make_event, stamp
+
+_MERGE = "SELECT audit_clean_search_pending()"
+_MERGE_LOCK = 4707744067222980942
+
+
+async def _pending_tuples(owner: asyncpg.Connection) -> int:
+    """Entries waiting in the pending list of this month's partition's search index."""
+    await owner.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+    partition = f"audit_events_{dt.datetime.now(dt.UTC):%Y_%m}"
+    index = await owner.fetchval(
+        """
+        SELECT i.inhrelid::regclass::text FROM pg_inherits AS i JOIN pg_index AS x ON x.indexrelid = i.inhrelid
+        WHERE i.inhparent = 'audit_events_search'::regclass AND x.indrelid = $1::regclass
+        """,
+        partition,
+    )
+    return await owner.fetchval("SELECT pending_tuples FROM pgstatginindex($1::regclass)", index)
+
+
+async def _search(conn: asyncpg.Connection, words: str) -> list[str]:
+    where = compile_filter(pb.EventFilter(search=words), UNRESTRICTED)
+    statement, params = queries.page_sql(
+        queries.PageQuery(where=where, newest_first=False, after_position=None, limit=1000, max_bytes=1 << 24)
+    )
+    return [str(row["event_id"]) for row in await conn.fetch(statement, *params)]
+
+
+async def test_the_service_role_merges_the_pending_list_and_searches_find_the_same_events_before_and_after(
+    app: asyncpg.Connection, owner: asyncpg.Connection
+) -> None:
+    marked = [stamp(make_event(message=f"rotated the zebrafish key {i}")) for i in range(40)]
+    others = [stamp(make_event(message="rotated a key")) for _ in range(40)]
+    await LogAppender().append(app, [content_of(event) for event in marked + others])
+    expected = [event.event_id for event in marked]
+
+    assert await _pending_tuples(owner) > 0
+    assert await _search(app, "zebrafish") == expected  # read from the pending list
+
+    merged = await app.fetchval(_MERGE)
+
+    assert merged > 0
+    assert await _pending_tuples(owner) == 0
+    assert await _search(app, "zebrafish") == expected  # read from the index
+    assert await app.fetchval(_MERGE) == 0
+
+
+async def test_a_merge_returns_at_once_while_another_is_running(
+    app: asyncpg.Connection, owner: asyncpg.Connection
+) -> None:
+    await LogAppender().append(app, [content_of(stamp(make_event())) for _ in range(10)])
+    async with owner.transaction():
+        await owner.execute("SELECT pg_advisory_xact_lock($1)", _MERGE_LOCK)  # a merge in progress elsewhere
+
+        assert await asyncio.wait_for(app.fetchval(_MERGE), timeout=10) == 0
+
+    assert await _pending_tuples(owner) > 0
+    assert await app.fetchval(_MERGE) > 0
+
+
+async def test_only_the_service_role_may_merge(owner: asyncpg.Connection) -> None:
+    await owner.execute("CREATE ROLE merge_outsider")
+    try:
+        await owner.execute("SET ROLE merge_outsider")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await owner.fetchval(_MERGE)
+    finally:
+        await owner.execute("RESET ROLE")
+        await owner.execute("DROP ROLE merge_outsider")
+
+
+async def test_the_worker_merges_what_its_appends_added(
+    start_worker, publisher: Publisher, owner: asyncpg.Connection
+) -> None:
+    await start_worker()
+    for round_ in range(3):
+        events = [make_event(message=f"merge round {round_} event {i}") for i in range(20)]
+        await asyncio.gather(*(publisher.publish(event) for event in events))
+
+        async def stored(round_: int = round_) -> bool:
+            return await owner.fetchval("SELECT count(*) FROM audit_events") == 20 * (round_ + 1)
+
+        await eventually(stored, what=f"round {round_} stored")
+        # 20 events are far below the list's own limit (4 MB): only the worker's merge empties it.
+        await eventually(lambda: _pending_is_empty(owner), what="the pending list merged")
+
+
+async def _pending_is_empty(owner: asyncpg.Connection) -> bool:
+    return await _pending_tuples(owner) == 0
