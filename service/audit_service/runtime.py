@@ -48,9 +48,13 @@ def redact(url: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def database_pool(url: str, *, max_size: int, command_timeout: float = 60.0) -> AsyncIterator[asyncpg.Pool]:
+async def database_pool(
+    url: str, *, max_size: int, command_timeout: float = 60.0, stateless: bool = False
+) -> AsyncIterator[asyncpg.Pool]:
     try:
-        pool = await asyncio.wait_for(create_pool(url, max_size=max_size, command_timeout=command_timeout), timeout=15)
+        pool = await asyncio.wait_for(
+            create_pool(url, max_size=max_size, command_timeout=command_timeout, stateless=stateless), timeout=15
+        )
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         raise StartupError(f"cannot connect to PostgreSQL at {redact(url)}: {error}") from None
     try:
@@ -188,7 +192,7 @@ async def run_ingest(
     nats_tls_context(config.nats)  # so do bad TLS files
     async with (
         # appends, the search index merge beside them (store/search_index.py), checkpoints
-        database_pool(config.database.url, max_size=3) as pool,
+        database_pool(config.database.url, max_size=3, stateless=True) as pool,
         nats_connection(config, "audit-ingest") as nc,
         readiness_checks(readiness, "ingest", config.database.url, nc, "consumer"),
         checkpointer.running(pool),
@@ -233,7 +237,7 @@ async def run_react(config: Config, stop: asyncio.Event, *, readiness: Readiness
     policy = address_policy(config)
     lease = ReactorLease(config.database.url)
     async with (
-        database_pool(config.database.url, max_size=3) as pool,
+        database_pool(config.database.url, max_size=3, stateless=True) as pool,
         database_pool(config.database.url, max_size=config.database.pool_max_size) as delivery_pool,
     ):
         report = None if readiness is None else lambda problem: readiness.set("react.evaluating", problem)

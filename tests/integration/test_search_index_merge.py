@@ -13,6 +13,7 @@ from audit_client import Publisher
 from audit_service.core.event_filter import UNRESTRICTED, compile_filter
 from audit_service.store import queries
 from audit_service.store.append import LogAppender
+from audit_service.store.search_index import MERGE_EVERY_EVENTS
 
 from ..conftest import eventually
 from ..factories import content_of, make_event, stamp
@@ -86,20 +87,29 @@ async def test_only_the_service_role_may_merge(owner: asyncpg.Connection) -> Non
         await owner.execute("DROP ROLE merge_outsider")
 
 
-async def test_the_worker_merges_what_its_appends_added(
-    start_worker, publisher: Publisher, owner: asyncpg.Connection
+async def test_the_worker_merges_once_enough_events_wait_in_the_pending_list(
+    start_worker, publisher: Publisher, owner: asyncpg.Connection, database
 ) -> None:
+    # Appends never merge by themselves here (the list's own limit out of reach): only the worker's merge does.
+    await owner.execute(f"ALTER DATABASE \"{database.name}\" SET gin_pending_list_limit = '1GB'")
     await start_worker()
-    for round_ in range(3):
-        events = [make_event(message=f"merge round {round_} event {i}") for i in range(20)]
-        await asyncio.gather(*(publisher.publish(event) for event in events))
 
-        async def stored(round_: int = round_) -> bool:
-            return await owner.fetchval("SELECT count(*) FROM audit_events") == 20 * (round_ + 1)
+    await _publish_and_store(publisher, owner, 100, stored_before=0)
+    assert await _pending_tuples(owner) > 0  # fewer than MERGE_EVERY_EVENTS: left for a larger merge
 
-        await eventually(stored, what=f"round {round_} stored")
-        # 20 events are far below the list's own limit (4 MB): only the worker's merge empties it.
-        await eventually(lambda: _pending_is_empty(owner), what="the pending list merged")
+    await _publish_and_store(publisher, owner, MERGE_EVERY_EVENTS, stored_before=100)
+    await eventually(lambda: _pending_is_empty(owner), what="the pending list merged")
+
+
+async def _publish_and_store(
+    publisher: Publisher, owner: asyncpg.Connection, count: int, *, stored_before: int
+) -> None:
+    await publisher.publish_many([make_event(message=f"merge test event {i}") for i in range(count)])
+
+    async def stored() -> bool:
+        return await owner.fetchval("SELECT count(*) FROM audit_events") == stored_before + count
+
+    await eventually(stored, what=f"{count} events stored")
 
 
 async def _pending_is_empty(owner: asyncpg.Connection) -> bool:

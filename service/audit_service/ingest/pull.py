@@ -5,8 +5,8 @@ the rest of ingesting an event. This reader keeps one pull request outstanding
 (`$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`), collects deliveries in a callback, and hands out
 whatever has arrived, so the next batch is already on its way while the current one is being committed.
 A new request goes out only when less than a batch is buffered, so with the worker's pipeline at most
-three batches are in hand (one being stored, one decoded and waiting, one buffered), which bounds memory
-and keeps every message well inside its ack_wait.
+five batches are in hand (one being acked, one being appended, two decoded and waiting, one buffered), which
+bounds memory and keeps every message well inside its ack_wait.
 """
 
 from __future__ import annotations

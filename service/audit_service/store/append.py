@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -44,22 +44,32 @@ _LOCK_HEAD = """
 SELECT last_position, greatest(coalesce($1, clock_timestamp()), last_recorded_at) AS recorded_at
 FROM audit_log_head FOR UPDATE
 """
-_READ_KNOWN = """
+# Read once the head is locked, in one round trip: which ids are stored already, the tenants' chain heads, and
+# the heads of the batch's streams, each by one primary-key probe (LATERAL ... LIMIT 1: joined plainly, the
+# planner hashed the whole heads table for every batch, a cost growing with every stream ever written).
+_READ_UNDER_LOCK = """
+WITH stream_heads AS (
+    SELECT k.key_index, h.revision, h.last_position, h.state::text AS state
+    FROM unnest($3::text[], $4::text[], $5::text[]) WITH ORDINALITY
+        AS k (tenant, resource_type, resource_id, key_index)
+    CROSS JOIN LATERAL (
+        SELECT h.revision, h.last_position, h.state
+        FROM audit_resource_heads AS h
+        WHERE h.tenant = k.tenant AND h.resource_type = k.resource_type AND h.resource_id = k.resource_id
+        LIMIT 1
+    ) AS h
+)
 SELECT
     (SELECT coalesce(array_agg(event_id::text), '{}') FROM audit_event_ids WHERE event_id = ANY($1::uuid[]))
         AS existing_ids,
     (SELECT coalesce(array_agg(tenant ORDER BY tenant), '{}') FROM audit_chain_heads WHERE tenant = ANY($2::text[]))
         AS head_tenants,
     (SELECT coalesce(array_agg(last_hash ORDER BY tenant), '{}') FROM audit_chain_heads
-        WHERE tenant = ANY($2::text[])) AS head_hashes
-"""
-_MOVE_HEADS = """
-WITH log_head AS (
-    UPDATE audit_log_head SET last_position = $1, last_recorded_at = $2
-)
-INSERT INTO audit_chain_heads (tenant, last_position, last_hash)
-SELECT * FROM unnest($3::text[], $4::bigint[], $5::bytea[])
-ON CONFLICT (tenant) DO UPDATE SET last_position = excluded.last_position, last_hash = excluded.last_hash
+        WHERE tenant = ANY($2::text[])) AS head_hashes,
+    (SELECT coalesce(array_agg(key_index ORDER BY key_index), '{}') FROM stream_heads) AS stream_indexes,
+    (SELECT coalesce(array_agg(revision ORDER BY key_index), '{}') FROM stream_heads) AS stream_revisions,
+    (SELECT coalesce(array_agg(last_position ORDER BY key_index), '{}') FROM stream_heads) AS stream_positions,
+    (SELECT coalesce(array_agg(state ORDER BY key_index), '{}') FROM stream_heads) AS stream_states
 """
 _ADD_COUNTS = """
 INSERT INTO audit_counts_hourly (tenant, hour, action, resource_type, outcome, actor_type, events)
@@ -86,23 +96,33 @@ FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::bigint[]) AS per_acti
 GROUP BY tenant, hour
 {ADD_TO_ACTION_COUNTS}
 """
-# One primary-key probe per key (LATERAL ... LIMIT 1): joined plainly, the planner hashed the whole heads table
-# for every batch, a cost growing with the number of streams ever written.
-_READ_STREAM_HEADS = """
-SELECT h.*
-FROM unnest($1::text[], $2::text[], $3::text[]) AS k (tenant, resource_type, resource_id)
-CROSS JOIN LATERAL (
-    SELECT h.tenant, h.resource_type, h.resource_id, h.revision, h.last_position, h.state::text AS state
-    FROM audit_resource_heads AS h
-    WHERE h.tenant = k.tenant AND h.resource_type = k.resource_type AND h.resource_id = k.resource_id
-    LIMIT 1
-) AS h
-"""
-_MOVE_STREAM_HEADS = """
-INSERT INTO audit_resource_heads (tenant, resource_type, resource_id, revision, last_position, state)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::jsonb[])
-ON CONFLICT (tenant, resource_type, resource_id) DO UPDATE
-SET revision = excluded.revision, last_position = excluded.last_position, state = excluded.state
+# After the events and their ids are stored (the head's trigger checks them), in one round trip: the log head,
+# the tenants' chain heads, the streams' heads and both count projections.
+_MOVE_HEADS_AND_COUNT = f"""
+WITH log_head AS (
+    UPDATE audit_log_head SET last_position = $1, last_recorded_at = $2
+), chain_heads AS (
+    INSERT INTO audit_chain_heads (tenant, last_position, last_hash)
+    SELECT * FROM unnest($3::text[], $4::bigint[], $5::bytea[])
+    ON CONFLICT (tenant) DO UPDATE SET last_position = excluded.last_position, last_hash = excluded.last_hash
+), stream_heads AS (
+    INSERT INTO audit_resource_heads (tenant, resource_type, resource_id, revision, last_position, state)
+    SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::jsonb[])
+    ON CONFLICT (tenant, resource_type, resource_id) DO UPDATE
+    SET revision = excluded.revision, last_position = excluded.last_position, state = excluded.state
+), counts AS (
+    INSERT INTO audit_counts_hourly (tenant, hour, action, resource_type, outcome, actor_type, events)
+    SELECT * FROM unnest(
+        $12::text[], $13::timestamptz[], $14::text[], $15::text[], $16::smallint[], $17::smallint[], $18::bigint[]
+    )
+    ON CONFLICT ON CONSTRAINT audit_counts_hourly_key DO UPDATE
+    SET events = audit_counts_hourly.events + excluded.events
+)
+INSERT INTO audit_action_counts_hourly AS p (tenant, hour, events, actions, counts)
+SELECT {RANKED_ACTION_COUNTS}
+FROM unnest($19::text[], $20::timestamptz[], $21::text[], $22::bigint[]) AS per_action (tenant, hour, action, events)
+GROUP BY tenant, hour
+{ADD_TO_ACTION_COUNTS}
 """
 _READ_STORED = f"""
 SELECT e.position, {columns_sql("e.", CONTENT_COLUMNS)}
@@ -275,16 +295,17 @@ class LogAppender:
         recorded_at_override: dt.datetime | None,
     ) -> tuple[AppendResult, set[str]]:
         """The append transaction; also returns the ids of the batch that were already stored."""
+        stream_keys = sorted({key for prepared in batch.values() if (key := stream_key(prepared.content))})
         async with conn.transaction():
             head = await conn.fetchrow(_LOCK_HEAD, recorded_at_override)
             prev_position: int = head["last_position"]
             recorded_at: dt.datetime = head["recorded_at"]
             recorded_at_micros = datetime_to_micros(recorded_at)
             tenants = sorted({prepared.content[1] for prepared in batch.values()})
-            known = await conn.fetchrow(_READ_KNOWN, list(batch), tenants)
+            known = await conn.fetchrow(_READ_UNDER_LOCK, list(batch), tenants, *_columns(stream_keys, 3))
             existing = set(known["existing_ids"])
             chain_heads: dict[str, bytes] = dict(zip(known["head_tenants"], known["head_hashes"], strict=True))
-            stream_heads = await _read_stream_heads(conn, batch.values(), existing)
+            stream_heads = _stream_heads(stream_keys, known)
             moved_streams: set[StreamKey] = set()
 
             rows = []
@@ -326,18 +347,22 @@ class LogAppender:
             await conn.copy_records_to_table("audit_events", records=rows, columns=STORED_COLUMNS)
             await conn.copy_records_to_table("audit_event_ids", records=id_rows, columns=_ID_COLUMNS)
             moved = sorted(tenant_last_position)
+            streams = sorted(moved_streams)
+            stream_states = [stream_heads[key] for key in streams]
             await conn.execute(
-                _MOVE_HEADS,
+                _MOVE_HEADS_AND_COUNT,
                 position,
                 recorded_at,
                 moved,
                 [tenant_last_position[tenant] for tenant in moved],
                 [chain_heads[tenant] for tenant in moved],
+                *_columns(streams, 3),
+                [head.revision for head in stream_states],
+                [head.last_position for head in stream_states],
+                [None if head.state is None else orjson.dumps(head.state).decode() for head in stream_states],
+                *_unnest_arguments(counts),
+                *_unnest_arguments(per_action),
             )
-            if moved_streams:
-                await _move_stream_heads(conn, sorted(moved_streams), stream_heads)
-            await add_counts(conn, counts)
-            await add_action_counts(conn, per_action)
         return AppendResult(prev_position, position, 0, tuple(sealed)), existing
 
 
@@ -362,32 +387,24 @@ async def _conflicts(
     return tuple(found)
 
 
-async def _read_stream_heads(
-    conn: asyncpg.Connection, events: Iterable[Presealed], existing: set[str]
-) -> dict[StreamKey, StreamHead]:
-    """The current heads of the streams the batch's new events belong to."""
-    keys = sorted({key for event in events if event.content[0] not in existing and (key := stream_key(event.content))})
-    if not keys:
-        return {}
-    rows = await conn.fetch(_READ_STREAM_HEADS, *(list(column) for column in zip(*keys, strict=True)))
+def _columns(rows: Sequence[tuple], width: int) -> list[list]:
+    """One list per column of `rows` (for unnest), `width` columns."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _stream_heads(keys: Sequence[StreamKey], known: asyncpg.Record) -> dict[StreamKey, StreamHead]:
+    """The heads of the streams that have one, from _READ_UNDER_LOCK's arrays (1-based indexes into `keys`)."""
     return {
-        (row["tenant"], row["resource_type"], row["resource_id"]): StreamHead(
-            row["revision"],
-            row["last_position"],
-            None if row["state"] is None else normalize_json(orjson.loads(row["state"])),
+        keys[index - 1]: StreamHead(
+            revision, last_position, None if state is None else normalize_json(orjson.loads(state))
         )
-        for row in rows
+        for index, revision, last_position, state in zip(
+            known["stream_indexes"],
+            known["stream_revisions"],
+            known["stream_positions"],
+            known["stream_states"],
+            strict=True,
+        )
     }
-
-
-async def _move_stream_heads(
-    conn: asyncpg.Connection, keys: Sequence[StreamKey], heads: Mapping[StreamKey, StreamHead]
-) -> None:
-    moved = [heads[key] for key in keys]
-    await conn.execute(
-        _MOVE_STREAM_HEADS,
-        *(list(column) for column in zip(*keys, strict=True)),
-        [head.revision for head in moved],
-        [head.last_position for head in moved],
-        [None if head.state is None else orjson.dumps(head.state).decode() for head in moved],
-    )

@@ -23,16 +23,31 @@ log = logging.getLogger(__name__)
 _MERGE = "SELECT audit_clean_search_pending()"
 
 
+MERGE_EVERY_EVENTS = 1500
+"""Events appended between two merges: a larger merge costs less per entry (entries of one trigram are merged
+together), and ~2 KB of pending entries per event keep 1,500 events' under gin_pending_list_limit's 4 MB, past
+which the append that overflows the list merges it itself."""
+
+
 class SearchIndexMerger:
     """One merge at a time; a kick while one runs asks for one more after it."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, every_events: int = MERGE_EVERY_EVENTS) -> None:
         self._pool = pool
+        self._every_events = every_events
+        self._unmerged_events = 0
         self._task: asyncio.Task[None] | None = None
         self._again = False
         self._failing = False
         self.merged_pages = 0
         """Pending-list pages merged so far."""
+
+    def appended(self, events: int) -> None:
+        """Counts appended events; merges once enough of them wait in the pending list."""
+        self._unmerged_events += events
+        if self._unmerged_events >= self._every_events:
+            self._unmerged_events = 0
+            self.kick()
 
     def kick(self) -> None:
         if self._task is None or self._task.done():
