@@ -27,10 +27,10 @@ async def test_a_batch_reads_its_stream_heads_by_primary_key_however_many_stream
     keys = [(f"tenant-{i % 20}", "cluster", f"res-{i}") for i in range(1, 50001, 100)]
     columns = [list(column) for column in zip(*keys, strict=True)]
 
-    plan = await _plan(owner, append._READ_UNDER_LOCK, [], [], *columns)
+    plan = await _plan(owner, append._READ_UNDER_LOCK, [], [], *columns, None)
 
     assert "Index Scan using audit_resource_heads_pkey" in plan, plan
     assert "Seq Scan on audit_resource_heads" not in plan, plan
-    known = await owner.fetchrow(append._READ_UNDER_LOCK, [], [], *columns)
+    known = await owner.fetchrow(append._READ_UNDER_LOCK, [], [], *columns, None)
     assert known["stream_indexes"] == list(range(1, len(keys) + 1))
     assert known["stream_positions"] == [int(resource_id.removeprefix("res-")) for _, _, resource_id in keys]

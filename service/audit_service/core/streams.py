@@ -13,8 +13,7 @@ The rule, per event of a stream:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .masking import DEFAULT_MASK, SecretMask
 from .records import CHANGE_AFTER_INDEX, CHANGE_BEFORE_INDEX, CONTENT_COLUMNS, Content
@@ -27,8 +26,9 @@ StreamKey = tuple[str, str, str]
 """(tenant, resource type or "", resource id)."""
 
 
-@dataclass(frozen=True, slots=True)
-class StreamHead:
+class StreamHead(NamedTuple):
+    """A stream's head (a named tuple: the append makes one per event, in its serialized section)."""
+
     revision: int
     last_position: int
     state: dict[str, Any] | None

@@ -9,6 +9,7 @@ statement: later statements then run with a snapshot that includes every append 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -40,10 +41,10 @@ from ..errors import UnavailableError
 
 log = logging.getLogger(__name__)
 
-_LOCK_HEAD = """
-SELECT last_position, greatest(coalesce($1, clock_timestamp()), last_recorded_at) AS recorded_at
-FROM audit_log_head FOR UPDATE
-"""
+# The transaction and the head's lock in one round trip (the simple query protocol runs both); the lock is taken
+# by a statement of its own, so the statements after it see every append committed before it.
+_LOCK_HEAD = "SELECT FROM audit_log_head FOR UPDATE"
+_BEGIN_AND_LOCK_HEAD = f"BEGIN; {_LOCK_HEAD}"
 # Read once the head is locked, in one round trip: which ids are stored already, the tenants' chain heads, and
 # the heads of the batch's streams, each by one primary-key probe (LATERAL ... LIMIT 1: joined plainly, the
 # planner hashed the whole heads table for every batch, a cost growing with every stream ever written).
@@ -60,6 +61,9 @@ WITH stream_heads AS (
     ) AS h
 )
 SELECT
+    (SELECT last_position FROM audit_log_head) AS last_position,
+    (SELECT greatest(coalesce($6::timestamptz, clock_timestamp()), last_recorded_at) FROM audit_log_head)
+        AS recorded_at,
     (SELECT coalesce(array_agg(event_id::text), '{}') FROM audit_event_ids WHERE event_id = ANY($1::uuid[]))
         AS existing_ids,
     (SELECT coalesce(array_agg(tenant ORDER BY tenant), '{}') FROM audit_chain_heads WHERE tenant = ANY($2::text[]))
@@ -183,7 +187,8 @@ def _unnest_arguments(counts: Mapping[tuple, int]) -> list[list]:
     (tenant, hour in µs, ...) and the hour goes as a timestamp."""
     keys = list(counts)
     columns = [list(column) for column in zip(*keys, strict=True)]
-    columns[1] = [micros_to_datetime(hour) for hour in columns[1]]
+    hours = {hour: micros_to_datetime(hour) for hour in set(columns[1])}  # a batch spans few hours
+    columns[1] = [hours[hour] for hour in columns[1]]
     return [*columns, [counts[key] for key in keys]]
 
 
@@ -296,74 +301,105 @@ class LogAppender:
     ) -> tuple[AppendResult, set[str]]:
         """The append transaction; also returns the ids of the batch that were already stored."""
         stream_keys = sorted({key for prepared in batch.values() if (key := stream_key(prepared.content))})
-        async with conn.transaction():
-            head = await conn.fetchrow(_LOCK_HEAD, recorded_at_override)
-            prev_position: int = head["last_position"]
-            recorded_at: dt.datetime = head["recorded_at"]
-            recorded_at_micros = datetime_to_micros(recorded_at)
-            tenants = sorted({prepared.content[1] for prepared in batch.values()})
-            known = await conn.fetchrow(_READ_UNDER_LOCK, list(batch), tenants, *_columns(stream_keys, 3))
-            existing = set(known["existing_ids"])
-            chain_heads: dict[str, bytes] = dict(zip(known["head_tenants"], known["head_hashes"], strict=True))
-            stream_heads = _stream_heads(stream_keys, known)
-            moved_streams: set[StreamKey] = set()
+        tenants = sorted({prepared.content[1] for prepared in batch.values()})
+        read_arguments = (list(batch), tenants, *_columns(stream_keys, 3), recorded_at_override)
+        if conn.is_in_transaction():  # the caller's (retention, configuration changes): a savepoint of it
+            async with conn.transaction():
+                await conn.execute(_LOCK_HEAD)
+                return await self._store(conn, batch, stream_keys, read_arguments, counts, per_action)
+        try:
+            await conn.execute(_BEGIN_AND_LOCK_HEAD)
+            stored = await self._store(conn, batch, stream_keys, read_arguments, counts, per_action)
+            await conn.execute("COMMIT")
+        except BaseException:
+            await _roll_back(conn)
+            raise
+        return stored
 
-            rows = []
-            sealed = []
-            id_rows = []
-            appended: list[Content] = []
-            tenant_last_position: dict[str, int] = {}
-            position = prev_position
-            for event_id, prepared in batch.items():
-                if event_id in existing:
-                    continue
-                position += 1
-                content = prepared.content
-                tenant = content[1]
-                revision = None
-                if (key := stream_key(content)) is not None:
-                    content, head = advance(stream_heads.get(key), content, position, self._mask)
-                    stream_heads[key] = head
-                    moved_streams.add(key)
-                    revision = head.revision
-                    if content is not prepared.content:  # change.before filled from the stream's state
-                        prepared = preseal(content)
-                prev_hash = chain_heads.get(tenant, GENESIS_HASH)
-                canonical, digest, row = seal_presealed(
-                    position, recorded_at, recorded_at_micros, prepared, prev_hash, revision
-                )
-                sealed.append(SealedEvent(tenant, canonical, prev_hash, digest))
-                chain_heads[tenant] = digest
-                tenant_last_position[tenant] = position
-                rows.append((*row, len(canonical)))
-                id_rows.append((event_id, position, recorded_at))
-                if existing:
-                    appended.append(content)
-            if not rows:
-                return AppendResult(prev_position, prev_position, 0), existing
-            if existing:
-                counts, per_action = hourly_counts(appended), action_counts(appended)
+    async def _store(
+        self,
+        conn: asyncpg.Connection,
+        batch: dict[str, Presealed],
+        stream_keys: list[StreamKey],
+        read_arguments: tuple,
+        counts: Mapping[tuple, int],
+        per_action: ActionCounts,
+    ) -> tuple[AppendResult, set[str]]:
+        """The statements of the append transaction, the head locked."""
+        known = await conn.fetchrow(_READ_UNDER_LOCK, *read_arguments)
+        prev_position: int = known["last_position"]
+        recorded_at: dt.datetime = known["recorded_at"]
+        recorded_at_micros = datetime_to_micros(recorded_at)
+        existing = set(known["existing_ids"])
+        chain_heads: dict[str, bytes] = dict(zip(known["head_tenants"], known["head_hashes"], strict=True))
+        stream_heads = _stream_heads(stream_keys, known)
+        moved_streams: set[StreamKey] = set()
 
-            await conn.copy_records_to_table("audit_events", records=rows, columns=STORED_COLUMNS)
-            await conn.copy_records_to_table("audit_event_ids", records=id_rows, columns=_ID_COLUMNS)
-            moved = sorted(tenant_last_position)
-            streams = sorted(moved_streams)
-            stream_states = [stream_heads[key] for key in streams]
-            await conn.execute(
-                _MOVE_HEADS_AND_COUNT,
-                position,
-                recorded_at,
-                moved,
-                [tenant_last_position[tenant] for tenant in moved],
-                [chain_heads[tenant] for tenant in moved],
-                *_columns(streams, 3),
-                [head.revision for head in stream_states],
-                [head.last_position for head in stream_states],
-                [None if head.state is None else orjson.dumps(head.state).decode() for head in stream_states],
-                *_unnest_arguments(counts),
-                *_unnest_arguments(per_action),
+        rows = []
+        sealed = []
+        id_rows = []
+        appended: list[Content] = []
+        tenant_last_position: dict[str, int] = {}
+        position = prev_position
+        for event_id, prepared in batch.items():
+            if event_id in existing:
+                continue
+            position += 1
+            content = prepared.content
+            tenant = content[1]
+            revision = None
+            if (key := stream_key(content)) is not None:
+                content, head = advance(stream_heads.get(key), content, position, self._mask)
+                stream_heads[key] = head
+                moved_streams.add(key)
+                revision = head.revision
+                if content is not prepared.content:  # change.before filled from the stream's state
+                    prepared = preseal(content)
+            prev_hash = chain_heads.get(tenant, GENESIS_HASH)
+            canonical, digest, row = seal_presealed(
+                position, recorded_at, recorded_at_micros, prepared, prev_hash, revision
             )
+            sealed.append(SealedEvent(tenant, canonical, prev_hash, digest))
+            chain_heads[tenant] = digest
+            tenant_last_position[tenant] = position
+            rows.append((*row, len(canonical)))
+            id_rows.append((event_id, position, recorded_at))
+            if existing:
+                appended.append(content)
+        if not rows:
+            return AppendResult(prev_position, prev_position, 0), existing
+        if existing:
+            counts, per_action = hourly_counts(appended), action_counts(appended)
+
+        await conn.copy_records_to_table("audit_events", records=rows, columns=STORED_COLUMNS)
+        await conn.copy_records_to_table("audit_event_ids", records=id_rows, columns=_ID_COLUMNS)
+        moved = sorted(tenant_last_position)
+        streams = sorted(moved_streams)
+        stream_states = [stream_heads[key] for key in streams]
+        await conn.execute(
+            _MOVE_HEADS_AND_COUNT,
+            position,
+            recorded_at,
+            moved,
+            [tenant_last_position[tenant] for tenant in moved],
+            [chain_heads[tenant] for tenant in moved],
+            *_columns(streams, 3),
+            [head.revision for head in stream_states],
+            [head.last_position for head in stream_states],
+            [None if head.state is None else orjson.dumps(head.state).decode() for head in stream_states],
+            *_unnest_arguments(counts),
+            *_unnest_arguments(per_action),
+        )
         return AppendResult(prev_position, position, 0, tuple(sealed)), existing
+
+
+async def _roll_back(conn: asyncpg.Connection) -> None:
+    """Ends a failed append's transaction, so that its connection goes back to the pool clean (one that broke is
+    discarded by the pool)."""
+    if conn.is_closed() or not conn.is_in_transaction():
+        return
+    with contextlib.suppress(Exception):
+        await conn.execute("ROLLBACK")
 
 
 async def _conflicts(
