@@ -30,6 +30,10 @@ settings: fsync, synchronous_commit and full_page_writes on; nats-server with Je
    positions and records when each event_id is first seen. Latency = seen - published, so it includes up
    to ~5 ms of observation granularity.
 
+During the drain PostgreSQL's own execution time per statement is read from pg_stat_statements (loaded in the
+benchmark's server, for the raw COPY as well): what each statement of the append transaction, and the search
+index merge beside it, costs per batch, without network or client time.
+
 Also reported: CPU seconds used by each process (this benchmark, the worker, nats-server, PostgreSQL) and
 by everything else on the machine during each end-to-end phase, from /proc, since everything shares the
 same cores (the publisher's CPU competes with the worker's; so does any other load on the machine).
@@ -512,6 +516,8 @@ class RunResult:
     ratio_drain_to_copy_batched: float
     cpu_seconds_during_e2e: dict[str, float] = field(default_factory=dict)
     cpu_seconds_during_drain: dict[str, float] = field(default_factory=dict)
+    drain_statements: list[dict[str, Any]] = field(default_factory=list)
+    """PostgreSQL's own time per statement during the drain (pg_stat_statements), the costliest first."""
 
 
 async def publish_all(publisher: audit_client.Publisher, events: Sequence[event_pb2.AuditEvent]) -> tuple[int, int]:
@@ -618,6 +624,7 @@ async def backlog_drain(
     if failures:
         raise RuntimeError(f"{failures} of {len(events)} publishes failed; the run is not valid")
     await checkpoint(url)
+    await reset_statement_statistics(stack)
     head_conn = await asyncpg.connect(url)
     worker = start_worker(stack, f"bench_{run}_drain", nats_config, log_path)
     try:
@@ -645,6 +652,45 @@ async def backlog_drain(
     if first_position >= len(events):
         raise RuntimeError("the whole backlog was committed before the first poll; use more --events")
     return publish_s, (len(events) - first_position) / (now - started), cpu_delta(cpu_before, cpu_after)
+
+
+STATEMENTS_SHOWN = 6
+
+
+async def reset_statement_statistics(stack: Stack) -> None:
+    conn = await asyncpg.connect(stack.postgres.url("postgres"))
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        await conn.execute("SELECT pg_stat_statements_reset()")
+    finally:
+        await conn.close()
+
+
+async def statement_statistics(stack: Stack, database: str, events: int) -> list[dict[str, Any]]:
+    """What PostgreSQL spent on each statement in `database` since the last reset (its own execution time: no
+    network, no client), per statement and per WORKER_BATCH_SIZE events."""
+    conn = await asyncpg.connect(stack.postgres.url("postgres"))
+    try:
+        rows = await conn.fetch(
+            """
+            SELECT s.calls, s.total_exec_time, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 70) AS query
+            FROM pg_stat_statements AS s JOIN pg_database AS d ON d.oid = s.dbid
+            WHERE d.datname = $1 ORDER BY s.total_exec_time DESC
+            """,
+            database,
+        )
+    finally:
+        await conn.close()
+    return [
+        {
+            "statement": row["query"],
+            "calls": row["calls"],
+            "seconds": round(row["total_exec_time"] / 1000, 3),
+            "ms_per_batch": round(row["total_exec_time"] * WORKER_BATCH_SIZE / events, 2),
+        }
+        for row in rows
+        if row["total_exec_time"] * WORKER_BATCH_SIZE / events >= 0.05
+    ]
 
 
 async def raw_copy(stack: Stack, name: str, rows: Sequence[tuple[Any, ...]], batch_size: int) -> float:
@@ -685,6 +731,13 @@ async def throughput_run(stack: Stack, nc: NatsClient, run: int, events: Sequenc
         flush=True,
     )
     print(f"  CPU seconds during the drain: {format_cpu(drain_cpu)}", flush=True)
+    statements = await statement_statistics(stack, f"bench_{run}_drain", count)
+    print(f"  PostgreSQL's own time during the drain, per {WORKER_BATCH_SIZE} events (pg_stat_statements):", flush=True)
+    for statement in statements[:STATEMENTS_SHOWN]:
+        print(
+            f"    {statement['ms_per_batch']:7.2f} ms  {statement['calls']:6d} calls  {statement['statement']}",
+            flush=True,
+        )
 
     started = time.perf_counter()
     rows = build_log_rows(events)
@@ -717,6 +770,7 @@ async def throughput_run(stack: Stack, nc: NatsClient, run: int, events: Sequenc
         ratio_drain_to_copy_batched=round(drain_rate / (count / batched_s), 3),
         cpu_seconds_during_e2e=cpu,
         cpu_seconds_during_drain=drain_cpu,
+        drain_statements=statements,
     )
 
 
@@ -1003,7 +1057,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix=f"audit-bench-{uuid.uuid4().hex[:6]}-"))
     stack = Stack(
         workdir=workdir,
-        postgres=EmbeddedPostgres(workdir / "pg", port=free_port(), durable=True),
+        # pg_stat_statements: what each statement of the drain costs PostgreSQL (its overhead is the COPY's too)
+        postgres=EmbeddedPostgres(
+            workdir / "pg", port=free_port(), durable=True, settings={"shared_preload_libraries": "pg_stat_statements"}
+        ),
         nats=NatsServer(workdir / "nats", port=free_port()),
         worker_processes=args.workers,
         metrics_sdk=args.metrics_sdk,
