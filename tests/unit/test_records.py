@@ -199,7 +199,8 @@ def test_a_presealed_event_seals_to_the_same_bytes_hash_and_row(
     content = content_from_event(event)
     micros = datetime_to_micros(recorded_at)
     spliced = seal_presealed(position, recorded_at, micros, preseal(content), prev_hash, revision)
-    assert spliced == seal_canonical(position, recorded_at, content, prev_hash, revision)
+    canonical, digest, row = seal_canonical(position, recorded_at, content, prev_hash, revision)
+    assert spliced == (canonical, digest, (*row, len(canonical)))
     assert parse_canonical(spliced[0]) == (position, micros, content, revision)
 
 

@@ -213,7 +213,8 @@ def seal_presealed(
     revision: int | None = None,
 ) -> tuple[bytes, bytes, tuple[Any, ...]]:
     """seal_canonical() of a presealed event: the same canonical bytes (the JSON array written element by
-    element, so the content's part can be written ahead), hash and row."""
+    element, so the content's part can be written ahead) and hash, and its row of STORED_COLUMNS (the log's
+    columns and the size of the canonical bytes)."""
     if revision is None:
         canonical = b"[%s,%d,%d,%s]" % (_CANONICAL_PREFIX, position, recorded_at_micros, presealed.canonical_content)
     else:
@@ -225,7 +226,8 @@ def seal_presealed(
             revision,
         )
     digest = hashlib.sha256(prev_hash + canonical).digest()
-    return canonical, digest, (position, recorded_at, *presealed.row_values, revision, prev_hash, digest)
+    row = (position, recorded_at, *presealed.row_values, revision, prev_hash, digest, len(canonical))
+    return canonical, digest, row
 
 
 def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:

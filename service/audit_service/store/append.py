@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import asyncpg
 import orjson
@@ -139,9 +140,9 @@ _ID_COLUMNS = ("event_id", "position", "recorded_at")
 _NO_PARTITION = "no partition of relation"
 
 
-@dataclass(frozen=True, slots=True)
-class SealedEvent:
-    """A stored event as the commit announcement carries it: its canonical bytes and its chain hashes."""
+class SealedEvent(NamedTuple):
+    """A stored event as the commit announcement carries it: its canonical bytes and its chain hashes (a named
+    tuple: the append makes one per event, in its serialized section)."""
 
     tenant: str
     canonical: bytes
@@ -362,7 +363,7 @@ class LogAppender:
             sealed.append(SealedEvent(tenant, canonical, prev_hash, digest))
             chain_heads[tenant] = digest
             tenant_last_position[tenant] = position
-            rows.append((*row, len(canonical)))
+            rows.append(row)
             id_rows.append((event_id, position, recorded_at))
             if existing:
                 appended.append(content)
