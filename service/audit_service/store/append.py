@@ -5,6 +5,12 @@ Every append locks the single audit_log_head row first and holds it until COMMIT
 serialized: positions are gapless, and position order is commit order (a reader that has seen position P
 and later asks for `position > P` cannot miss an event committed afterwards). The lock is taken by its own
 statement: later statements then run with a snapshot that includes every append committed before it.
+
+What runs under that lock is the ceiling of the whole log (README, "Scaling"), so it is kept to what needs the
+previous position and hash, in six statements: BEGIN and the lock (one round trip); one read (stored ids, chain
+heads, stream heads); the COPY of the events; the COPY of their ids; one statement moving the heads and adding
+the counts; and COMMIT. Events arrive presealed (core/records.preseal: their canonical bytes and rows written
+ahead), and their counts are counted before the transaction.
 """
 
 from __future__ import annotations
