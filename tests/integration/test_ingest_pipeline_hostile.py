@@ -764,8 +764,9 @@ async def test_events_at_the_limits_through_pipelined_batches_read_back_equal_an
 
 # --- the search index merge failing ---------------------------------------------------------------------------
 
-MERGE_EVERY = 20
-"""Events between two merges in these tests (the worker's is 1,500), so that a hundred events try several."""
+ROUND = 20
+"""Events published at a time in these tests, in batches of as many; every append kicks a merge here (the worker
+merges every 1,500 events), so that whatever the batches, a merge follows the last append."""
 
 
 BREAK_MERGE = {
@@ -788,12 +789,10 @@ async def _pending_tuples(owner) -> int:
 async def test_the_worker_keeps_ingesting_when_the_merge_fails_with_one_warning(
     how, when, database, config, start_worker, publisher, nc, owner, caplog, monkeypatch
 ):
-    monkeypatch.setattr(
-        worker_module, "SearchIndexMerger", functools.partial(SearchIndexMerger, every_events=MERGE_EVERY)
-    )
+    monkeypatch.setattr(worker_module, "SearchIndexMerger", functools.partial(SearchIndexMerger, every_events=1))
     # Appends never merge by themselves here: only the worker's merge empties the pending list.
     await owner.execute(f"ALTER DATABASE \"{database.name}\" SET gin_pending_list_limit = '1GB'")
-    worker_config = with_batch_size(config, MERGE_EVERY)
+    worker_config = with_batch_size(config, ROUND)
     js = nc.jetstream()
     caplog.set_level(logging.INFO, logger="audit_service")
     running = await start_worker(worker_config)
@@ -805,11 +804,11 @@ async def test_the_worker_keeps_ingesting_when_the_merge_fails_with_one_warning(
         await eventually(lambda: drained(js, worker_config, published), what=f"{published} events stored")
 
     if when == "after its first merges":
-        await publish_and_store(2 * MERGE_EVERY)
+        await publish_and_store(2 * ROUND)
         await eventually(lambda: _no_pending(owner), what="the first merges done")
     await owner.execute(BREAK_MERGE[how])
-    for _ in range(5):  # each batch reaches the merge threshold: a merge is tried after each
-        await publish_and_store(MERGE_EVERY)
+    for _ in range(5):  # a merge is tried after each append
+        await publish_and_store(ROUND)
     assert await _pending_tuples(owner) > 0, "no merge ran since"
     failures = [record for record in caplog.records if MERGE_FAILED in record.getMessage()]
     assert len(failures) == 1, [record.getMessage() for record in failures]
@@ -818,7 +817,7 @@ async def test_the_worker_keeps_ingesting_when_the_merge_fails_with_one_warning(
     # Repaired: the merges resume, with one line saying so.
     await owner.execute("DROP FUNCTION IF EXISTS audit_clean_search_pending()")
     await owner.execute(_MIGRATION_0016.read_text())
-    await publish_and_store(MERGE_EVERY)
+    await publish_and_store(ROUND)
     await eventually(lambda: _no_pending(owner), what="the pending list merged again")
     stopped = await running.shutdown()
     assert "merging the search index's pending list works again" in caplog.text
