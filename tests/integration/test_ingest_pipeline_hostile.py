@@ -420,16 +420,26 @@ async def test_copies_and_conflicts_of_an_event_across_pipelined_batches_are_sto
     x_other.message = "another event under x's id"
     z_other.CopyFrom(z)
     z_other.outcome = event_pb2.OUTCOME_DENIED
+    # A resource's update whose change.before the service fills: its copies hold none, and are no conflict.
+    created, updated = (make_event(tenant="acme", action="deployment.update") for _ in range(2))
+    for n, event in enumerate((created, updated)):
+        event.resource.CopyFrom(event_pb2.Resource(type="deployment", id="dep-dup"))
+        event.ClearField("change")
+        event.change.after.update({"replicas": n + 1, "password": "hunter2"})
+    created, updated = prepared(publisher, created), prepared(publisher, updated)
     # Stream order. With batches of 10 behind an append that waits, the first four are in hand at once: x's first
     # copy and its conflict open the batch after x's, y's copy and z's conflict share the batch of the originals,
-    # x's last copy comes several batches later.
+    # the update's copies come in its batch and the next, x's last copy several batches later.
     order: list[tuple[event_pb2.AuditEvent, str]] = [(event, event.event_id) for event in fillers[:9]]
     order += [(x, x.event_id)]  # 10: the last of the first batch
     order += [(x, "x-copy-1"), (x_other, "x-conflict")]  # 11, 12: the first of the second batch
-    order += [(event, event.event_id) for event in fillers[9:27]]  # 13-30
+    order += [(created, created.event_id), (updated, updated.event_id), (updated, "update-copy-1")]  # 13-15
+    order += [(event, event.event_id) for event in fillers[9:15]]  # 16-21
+    order += [(updated, "update-copy-2")]  # 22: the third batch
+    order += [(event, event.event_id) for event in fillers[15:23]]  # 23-30
     order += [(y, y.event_id), (y, "y-copy"), (z, z.event_id), (z_other, "z-conflict")]  # 31-34: one batch
-    order += [(event, event.event_id) for event in fillers[27:]]  # 35-67
-    order += [(x, "x-copy-2")]  # 68
+    order += [(event, event.event_id) for event in fillers[23:]]  # 35-71
+    order += [(x, "x-copy-2")]  # 72
     for event, msg_id in order:
         await publish_raw(js, worker_config, event, msg_id)
     published = len(order)
@@ -442,7 +452,7 @@ async def test_copies_and_conflicts_of_an_event_across_pipelined_batches_are_sto
     await eventually(lambda: drained(js, worker_config, published), what="everything stored or dead-lettered")
     stopped = await running.shutdown()
 
-    expected = [event.event_id for event in [*fillers, x, y, z]]
+    expected = [event.event_id for event in [*fillers, x, y, z, created, updated]]
     await assert_exactly_once(owner, expected)
     stored = {
         row["id"]: row
@@ -465,10 +475,14 @@ async def test_copies_and_conflicts_of_an_event_across_pipelined_batches_are_sto
     )
     assert "(differs in outcome)" in by_msg_id["z-conflict"].headers["Audit-Dead-Detail"]
     assert by_msg_id["x-conflict"].data == x_other.SerializeToString()
-    assert (stopped.stats.appended, stopped.stats.duplicates, stopped.stats.dead_lettered) == (63, 3, 2)
+    assert (stopped.stats.appended, stopped.stats.duplicates, stopped.stats.dead_lettered) == (65, 5, 2)
+    before = await owner.fetchval(
+        "SELECT change_before::text FROM audit_events WHERE event_id = $1::uuid", updated.event_id
+    )
+    assert json.loads(before) == {"replicas": 1.0, "password": MASK}, "the update's change.before was filled"
     await assert_projections_are_what_a_rebuild_computes(owner)
-    assert await owner.fetchval("SELECT sum(events) FROM audit_counts_hourly") == 63
-    assert await owner.fetchval("SELECT sum(events) FROM audit_action_counts_hourly") == 63
+    assert await owner.fetchval("SELECT sum(events) FROM audit_counts_hourly") == 65
+    assert await owner.fetchval("SELECT sum(events) FROM audit_action_counts_hourly") == 65
 
 
 async def test_two_pipelined_workers_sharing_copies_conflicts_and_a_stream_store_each_event_once(
