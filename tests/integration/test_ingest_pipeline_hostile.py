@@ -846,3 +846,31 @@ _MIGRATION_0016 = Path(migrations_module.__file__).parent / "migrations" / "0016
 
 async def _no_pending(owner) -> bool:
     return await _pending_tuples(owner) == 0
+
+
+async def test_batches_in_hand_behind_a_slow_append_are_kept_in_progress_not_redelivered(
+    database, config, start_worker, publisher, nc, owner
+):
+    """An append held up for three times ack_wait (here by a lock, as retention holds the head): the batches decoded
+    behind it are reported in progress, so JetStream redelivers nothing and nothing is appended twice."""
+    batch = 25
+    worker_config = with_batch_size(config, batch)
+    worker_config = dataclasses.replace(
+        worker_config, ingest=dataclasses.replace(worker_config.ingest, ack_wait_seconds=2.0)
+    )
+    js = nc.jetstream()
+    await provision(js, worker_config.nats, worker_config.ingest)
+    acks = await publisher.publish_many(many_tenants(200))
+
+    async with holding_the_log_head(database) as head:
+        running = await start_worker(worker_config)
+        await eventually(lambda: pipeline_full(owner, js, worker_config, batch), what="batches in hand, one waiting")
+        await asyncio.sleep(3 * worker_config.ingest.ack_wait_seconds)  # the append waits three ack_waits
+        await head.release()
+
+    await eventually(lambda: drained(js, worker_config, 200), what="everything ingested")
+    info = await consumer(js, worker_config)
+    stopped = await running.shutdown()
+    assert info.num_redelivered == 0
+    assert (stopped.stats.appended, stopped.stats.duplicates, stopped.stats.dead_lettered) == (200, 0, 0)
+    await assert_exactly_once(owner, [ack.event_id for ack in acks])

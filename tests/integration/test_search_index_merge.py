@@ -114,3 +114,17 @@ async def _publish_and_store(
 
 async def _pending_is_empty(owner: asyncpg.Connection) -> bool:
     return await _pending_tuples(owner) == 0
+
+
+async def test_partitions_created_ahead_do_not_take_the_merge_from_the_month_appends_go_to(
+    app: asyncpg.Connection, owner: asyncpg.Connection
+) -> None:
+    await LogAppender().append(app, [content_of(stamp(make_event())) for _ in range(10)])
+    now = dt.datetime.now(dt.UTC)
+    for days_ahead in (70, 100):  # the service role may create partitions for any moment
+        await app.execute("SELECT audit_ensure_partition($1)", now + dt.timedelta(days=days_ahead))
+    assert await _pending_tuples(owner) > 0
+
+    assert await app.fetchval(_MERGE) > 0
+
+    assert await _pending_tuples(owner) == 0

@@ -33,11 +33,6 @@ def test_nested_workers_give_the_threshold_back() -> None:
     assert gc.get_threshold() == PROCESS_THRESHOLD
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="each worker restores the threshold it found: the first to stop lowers it under the one still running, "
-    "and the last leaves the process at 50,000 for good",
-)
 def test_overlapping_workers_keep_the_raised_threshold_while_one_runs_and_give_it_back_after_the_last() -> None:
     first, second = _collector_for_batches(), _collector_for_batches()
     first.__enter__()

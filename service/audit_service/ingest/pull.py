@@ -6,7 +6,8 @@ the rest of ingesting an event. This reader keeps one pull request outstanding
 whatever has arrived, so the next batch is already on its way while the current one is being committed.
 A new request goes out only when less than a batch is buffered, so with the worker's pipeline at most
 five batches are in hand (one being acked, one being appended, two decoded and waiting, one buffered), which
-bounds memory and keeps every message well inside its ack_wait.
+bounds memory; while a batch is in hand the worker reports its messages in progress every third of ack_wait, so
+a slow append does not get the batches behind it redelivered.
 """
 
 from __future__ import annotations
@@ -97,6 +98,11 @@ class PullReader:
         batch = [self._buffer.popleft() for _ in range(count)]
         await self._request_more()
         return batch
+
+    @property
+    def buffered(self) -> list[Msg]:
+        """The messages that arrived and were not handed out yet."""
+        return list(self._buffer)
 
     @property
     def draining(self) -> bool:

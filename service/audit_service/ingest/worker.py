@@ -153,6 +153,8 @@ class IngestWorker:
         )
         self.head: int | None = None
         """The log's last position as of this worker's start or its last append (None: not known yet)."""
+        self._in_hand: dict[int, Sequence[Msg]] = {}
+        """The messages of each batch decoded and not yet stored and acked, by id(batch)."""
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         """Ingests until `stop` is set; the batch in hand when it is set is finished, committed and acked."""
@@ -175,8 +177,12 @@ class IngestWorker:
         remove_head = metrics.LOG_HEAD.add({}, lambda: self.head)
         try:
             async with self._lag.running():
-                with _collector_for_batches():
-                    await self._consume(reader, stop, ready)
+                keeping = asyncio.create_task(self._keep_in_progress(reader))
+                try:
+                    with _collector_for_batches():
+                        await self._consume(reader, stop, ready)
+                finally:
+                    keeping.cancel()
         finally:
             remove_head()
             await self._search_merger.close()
@@ -235,6 +241,7 @@ class IngestWorker:
             metrics.INGEST_BATCH_SIZE.record(len(msgs), self._attributes)
             batch = await self._decode(msgs)
             self._lag.hold(id(batch), msgs)
+            self._in_hand[id(batch)] = msgs
             tasks.append(asyncio.create_task(self._store(batch, after=in_flight[-1] if in_flight else None)))
             in_flight.append(batch)
             while in_flight and (in_flight[0].appended.is_set() or len(in_flight) > 1 + _BATCHES_AHEAD):
@@ -312,6 +319,17 @@ class IngestWorker:
         finally:
             batch.appended.set()
             self._lag.release(id(batch))
+            del self._in_hand[id(batch)]
+
+    async def _keep_in_progress(self, reader: PullReader) -> None:
+        """Every third of ack_wait, tells JetStream that the messages in hand (buffered by the reader, decoded and
+        waiting, being appended or acked) are still being worked on: an append slowed by the database (a lock held
+        by retention, a long COPY) must not get the batches behind it redelivered and appended again as
+        duplicates."""
+        while True:
+            await asyncio.sleep(self._config.ingest.ack_wait_seconds / 3)
+            in_hand = [*reader.buffered, *(msg for msgs in self._in_hand.values() for msg in msgs)]
+            await asyncio.gather(*(msg.in_progress() for msg in in_hand if not msg.is_acked), return_exceptions=True)
 
     async def _store_batch(self, batch: _Batch) -> None:
         refused = batch.refused
@@ -499,13 +517,23 @@ def _collector_for_batches() -> Iterator[None]:
     Nearly everything an event allocates is freed by reference counting as soon as its batch is acked; what start-up
     allocated lives as long as the process and is frozen out of the passes.
     """
-    previous = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(_GC_THRESHOLD, *previous[1:])
+    global _collector_users, _process_threshold
+    _collector_users += 1
+    if _collector_users == 1:  # the process's first running worker (workers start and stop in any order)
+        _process_threshold = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(_GC_THRESHOLD, *_process_threshold[1:])
     try:
         yield
     finally:
-        gc.set_threshold(*previous)
+        _collector_users -= 1
+        if _collector_users == 0:  # the last one
+            gc.set_threshold(*_process_threshold)
+
+
+_collector_users = 0
+"""Workers of this process running with _collector_for_batches."""
+_process_threshold: tuple[int, int, int] = gc.get_threshold()
 
 
 def _producer_links(msgs: Sequence[Msg]) -> list[Link]:

@@ -1,13 +1,15 @@
 -- The free-text search index (GIN, trigrams) takes each new event's entries into its pending list (fastupdate,
 -- PostgreSQL's default) and merges the list into the index when it outgrows gin_pending_list_limit (4 MB): the
--- append that overflowed it merged some 1,300 events' entries inside the log's serialized section, while every
--- other append waited on the log head. audit_clean_search_pending() merges the pending lists of the newest two
--- partitions (the ones appends go to); the ingest worker calls it on a connection of its own after each append
--- (store/search_index.py), so the merge runs beside the next append rather than inside one.
+-- append that overflowed it merged some 2,000 events' entries inside the log's serialized section, while every
+-- other append waited on the log head. audit_clean_search_pending() merges the pending list of the partition
+-- appends go to (the log head's month, and the month before during a month's first day); the ingest worker calls
+-- it on a connection of its own every 1,500 appended events (store/search_index.py), so the merge runs beside the
+-- appends rather than inside one. Partitions created ahead, or appended to with a recorded_at of the past
+-- (imports), are left to PostgreSQL's own merges.
 --
 -- Searches read the pending list as well as the index: their answers are exact before and after a merge. An
 -- append still merges by itself when the list outgrows the limit and no merge is running (a worker stopped
--- between its append and the merge, or one that cannot call this function).
+-- before its merge, or one that cannot call this function).
 CREATE FUNCTION audit_clean_search_pending() RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
@@ -23,10 +25,14 @@ BEGIN
         SELECT partition_index.inhrelid::regclass
         FROM pg_inherits AS partition_index
         JOIN pg_index AS index ON index.indexrelid = partition_index.inhrelid
-        JOIN pg_class AS partition ON partition.oid = index.indrelid
         WHERE partition_index.inhparent = 'audit_events_search'::regclass
-        ORDER BY partition.relname DESC  -- audit_events_YYYY_MM: the newest months first
-        LIMIT 2
+          AND index.indrelid IN (
+              -- the month appends go to (the log head's), and the one before it just after a month begins
+              SELECT to_regclass('audit_events_' || to_char(month AT TIME ZONE 'UTC', 'YYYY_MM'))
+              FROM audit_log_head,
+                   LATERAL (VALUES (date_trunc('month', last_recorded_at, 'UTC')),
+                                   (date_trunc('month', last_recorded_at - interval '1 day', 'UTC'))) AS m (month)
+          )
     LOOP
         merged := merged + gin_clean_pending_list(search_index);
     END LOOP;
