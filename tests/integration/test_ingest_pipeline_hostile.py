@@ -874,3 +874,23 @@ async def test_batches_in_hand_behind_a_slow_append_are_kept_in_progress_not_red
     assert info.num_redelivered == 0
     assert (stopped.stats.appended, stopped.stats.duplicates, stopped.stats.dead_lettered) == (200, 0, 0)
     await assert_exactly_once(owner, [ack.event_id for ack in acks])
+
+
+async def test_events_trickling_in_behind_a_slow_append_are_stored_by_one_next_append_not_many(
+    database, config, start_worker, publisher, nc, owner
+):
+    """Without a backlog the worker decodes no batch ahead: what arrives while an append waits grows into one next
+    batch (at 1,000 events/s, appending a few events at a time behind each other tripled the commit latency)."""
+    worker_config = with_batch_size(config, 25)
+    await start_worker(worker_config)
+    async with holding_the_log_head(database) as head:
+        await publisher.publish(make_event("acme"))
+        await eventually(lambda: _appends_waiting(owner, 1), what="the first append waiting on the head")
+        for _ in range(10):
+            await publisher.publish(make_event("acme"))
+            await asyncio.sleep(0.05)  # a trickle: each arrives on its own
+        await head.release()
+
+    await eventually(lambda: _at_least(owner, 11), what="every event stored")
+    appends = await owner.fetchval("SELECT count(DISTINCT recorded_at) FROM audit_events")
+    assert appends == 2, f"{appends} appends for 1 event, then 10 that arrived while it waited"

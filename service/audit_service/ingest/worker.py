@@ -213,6 +213,7 @@ class IngestWorker:
         # for it: each answer from PostgreSQL is handled, and the next statement sent, by this same loop.
         in_flight: collections.deque[_Batch] = collections.deque()  # decoded, not appended yet, in order
         tasks: list[asyncio.Task[None]] = []
+        backlog = False  # the last batch was full: more are likely waiting
         pull_failing = False
         while True:
             if stop.is_set():
@@ -224,6 +225,11 @@ class IngestWorker:
                 self._report_consumer("JetStream refused pull requests (consumer deleted?); re-provisioning")
                 if await self._reprovision():
                     self._report_consumer(None)
+            while in_flight and (in_flight[0].appended.is_set() or not backlog):
+                # The last batch was not full (no backlog): let the next one grow while the appends in hand finish,
+                # as it would with nothing in hand, rather than appending a few events at a time behind them (each
+                # append costs the same round trips whatever its size). Decoding ahead is for a backlog.
+                await in_flight.popleft().appended.wait()
             try:
                 msgs = await reader.next_batch(ingest.fetch_timeout_seconds)
             except (nats.errors.Error, OSError) as error:
@@ -238,6 +244,7 @@ class IngestWorker:
             if not msgs:
                 tasks = await self._finish_done(tasks)
                 continue
+            backlog = len(msgs) >= ingest.batch_size
             metrics.INGEST_BATCH_SIZE.record(len(msgs), self._attributes)
             batch = await self._decode(msgs)
             self._lag.hold(id(batch), msgs)
