@@ -157,7 +157,7 @@ class IngestWorker:
         """The messages of each batch decoded and not yet stored and acked, by id(batch)."""
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
-        """Ingests until `stop` is set; the batch in hand when it is set is finished, committed and acked."""
+        """Ingests until `stop` is set; the batches in hand when it is set are finished, committed and acked."""
         nats_config, ingest = self._config.nats, self._config.ingest
         self._stop = stop
         await provision(self._js, nats_config, ingest)
