@@ -2,9 +2,9 @@
 
 Each append adds its events' trigram entries to the index's pending list; PostgreSQL merges that list into the
 index when it outgrows gin_pending_list_limit, and it did so inside an append, under the log head's lock. The
-ingest worker kicks a SearchIndexMerger after each append: on a connection of its own, the merge runs while the
-next batch is being stored (another PostgreSQL backend, so another core). Searches read the pending list too, so
-they are exact whether or not a merge has run.
+ingest worker tells a SearchIndexMerger what each append stored; every MERGE_EVERY_EVENTS events it merges on a
+connection of its own, while the next batches are being stored (another PostgreSQL backend, so another core).
+Searches read the pending list too, so they are exact whether or not a merge has run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from .pool import acquire
 log = logging.getLogger(__name__)
 
 _MERGE = "SELECT audit_clean_search_pending()"
-
 
 MERGE_EVERY_EVENTS = 1500
 """Events appended between two merges: a larger merge costs less per entry (entries of one trigram are merged
