@@ -82,13 +82,6 @@ SELECT
     (SELECT coalesce(array_agg(last_position ORDER BY key_index), '{}') FROM stream_heads) AS stream_positions,
     (SELECT coalesce(array_agg(state ORDER BY key_index), '{}') FROM stream_heads) AS stream_states
 """
-_ADD_COUNTS = """
-INSERT INTO audit_counts_hourly (tenant, hour, action, resource_type, outcome, actor_type, events)
-SELECT * FROM unnest(
-    $1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::smallint[], $6::smallint[], $7::bigint[]
-)
-ON CONFLICT ON CONSTRAINT audit_counts_hourly_key DO UPDATE SET events = audit_counts_hourly.events + excluded.events
-"""
 # Shared with the rebuild (store/projections.py): a (tenant, hour) row from per-action counts, and the merge.
 RANKED_ACTION_COUNTS = """
 tenant, hour, sum(events),
@@ -99,13 +92,6 @@ ADD_TO_ACTION_COUNTS = """
 ON CONFLICT (tenant, hour) DO UPDATE
 SET events = p.events + excluded.events,
     (actions, counts) = (SELECT * FROM audit_add_action_counts(p.actions, p.counts, excluded.actions, excluded.counts))
-"""
-_ADD_ACTION_COUNTS = f"""
-INSERT INTO audit_action_counts_hourly AS p (tenant, hour, events, actions, counts)
-SELECT {RANKED_ACTION_COUNTS}
-FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::bigint[]) AS per_action (tenant, hour, action, events)
-GROUP BY tenant, hour
-{ADD_TO_ACTION_COUNTS}
 """
 # After the events and their ids are stored (the head's trigger checks them), in one round trip: the log head,
 # the tenants' chain heads, the streams' heads and both count projections.
@@ -197,18 +183,6 @@ def _unnest_arguments(counts: Mapping[tuple, int]) -> list[list]:
     hours = {hour: micros_to_datetime(hour) for hour in set(columns[1])}  # a batch spans few hours
     columns[1] = [hours[hour] for hour in columns[1]]
     return [*columns, [counts[key] for key in keys]]
-
-
-async def add_counts(conn: asyncpg.Connection, counts: dict) -> None:
-    """Adds counts to the hourly count projection (in the caller's transaction)."""
-    if counts:
-        await conn.execute(_ADD_COUNTS, *_unnest_arguments(counts))
-
-
-async def add_action_counts(conn: asyncpg.Connection, counts: ActionCounts) -> None:
-    """Adds counts to the per-action hourly projection (in the caller's transaction)."""
-    if counts:
-        await conn.execute(_ADD_ACTION_COUNTS, *_unnest_arguments(counts))
 
 
 def _month_start(moment: dt.datetime) -> dt.datetime:
