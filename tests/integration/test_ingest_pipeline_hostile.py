@@ -76,8 +76,17 @@ async def holding_the_log_head(database) -> AsyncIterator[HeadHolder]:
         await holder.release()
 
 
-def with_batch_size(config: Config, batch_size: int) -> Config:
-    return dataclasses.replace(config, ingest=dataclasses.replace(config.ingest, batch_size=batch_size))
+def with_batch_size(config: Config, batch_size: int, **ingest: object) -> Config:
+    return dataclasses.replace(config, ingest=dataclasses.replace(config.ingest, batch_size=batch_size, **ingest))
+
+
+async def provisioned(config: Config, nc, batch_size: int, **ingest: object):
+    """A worker's configuration with this batch size (and ingest settings), and JetStream with its streams and
+    consumer in place, so that what is published before the worker starts waits as a backlog."""
+    worker_config = with_batch_size(config, batch_size, **ingest)
+    js = nc.jetstream()
+    await provision(js, worker_config.nats, worker_config.ingest)
+    return worker_config, js
 
 
 async def consumer(js, config: Config):
@@ -168,9 +177,7 @@ async def test_an_in_process_stop_with_batches_decoded_ahead_and_one_mid_append_
     database, config, start_worker, publisher, nc, owner
 ):
     batch = 25
-    worker_config = with_batch_size(config, batch)
-    js = nc.jetstream()
-    await provision(js, worker_config.nats, worker_config.ingest)
+    worker_config, js = await provisioned(config, nc, batch)
     acks = await publisher.publish_many(many_tenants(400))
 
     async with holding_the_log_head(database) as head:
@@ -286,9 +293,7 @@ async def test_a_batch_retried_after_a_transient_error_keeps_its_place_before_th
         """
     )
     batch = 10
-    worker_config = with_batch_size(config, batch)
-    js = nc.jetstream()
-    await provision(js, worker_config.nats, worker_config.ingest)
+    worker_config, js = await provisioned(config, nc, batch)
     events = many_tenants(60)
     events[3].message = "flaky"  # in the first batch: every other batch in hand waits behind its retry
     for event in events[::7]:  # a resource stream across the batches
@@ -351,9 +356,7 @@ async def test_stopping_during_an_outage_with_batches_in_hand_hands_them_all_bac
     database, config, start_worker, publisher, nc, owner, database_outage
 ):
     batch = 25
-    worker_config = with_batch_size(config, batch)
-    js = nc.jetstream()
-    await provision(js, worker_config.nats, worker_config.ingest)
+    worker_config, js = await provisioned(config, nc, batch)
     acks = await publisher.publish_many(many_tenants(300))
     async with holding_the_log_head(database) as head:
         running = await start_worker(worker_config)
@@ -410,9 +413,7 @@ async def test_copies_and_conflicts_of_an_event_across_pipelined_batches_are_sto
     database, config, start_worker, publisher, nc, owner
 ):
     batch = 10
-    worker_config = with_batch_size(config, batch)
-    js = nc.jetstream()
-    await provision(js, worker_config.nats, worker_config.ingest)
+    worker_config, js = await provisioned(config, nc, batch)
     fillers = [prepared(publisher, make_event(tenant=("acme", "globex")[i % 2])) for i in range(60)]
     x, y, z = (prepared(publisher, make_event(tenant="acme", action="secret.read")) for _ in range(3))
     x_other, z_other = event_pb2.AuditEvent(), event_pb2.AuditEvent()
@@ -492,9 +493,7 @@ async def test_two_pipelined_workers_sharing_copies_conflicts_and_a_stream_store
     revisions of one resource are split between them. Revisions follow commit order, each change.before the state
     the previous revision left."""
     batch = 10
-    worker_config = with_batch_size(config, batch)
-    js = nc.jetstream()
-    await provision(js, worker_config.nats, worker_config.ingest)
+    worker_config, js = await provisioned(config, nc, batch)
 
     def revision(n: int) -> event_pb2.AuditEvent:
         event = make_event(tenant="acme", action="deployment.update")
@@ -741,9 +740,7 @@ async def test_events_at_the_limits_through_pipelined_batches_read_back_equal_an
     must be exactly the full encoding verify recomputes from the stored row; change.before filled from the
     previous revision (re-presealed) as well."""
     batch = 2
-    worker_config = with_batch_size(config, batch)
-    js = nc.jetstream()
-    await provision(js, worker_config.nats, worker_config.ingest)
+    worker_config, js = await provisioned(config, nc, batch)
     events = [prepared(publisher, at_the_limits(ALPHABETS[alphabet], n)) for n in range(7)]
     assert all(event.ByteSize() <= LIMITS.max_event_bytes for event in events)
     async with holding_the_log_head(database) as head:
@@ -854,12 +851,7 @@ async def test_batches_in_hand_behind_a_slow_append_are_kept_in_progress_not_red
     """An append held up for three times ack_wait (here by a lock, as retention holds the head): the batches decoded
     behind it are reported in progress, so JetStream redelivers nothing and nothing is appended twice."""
     batch = 25
-    worker_config = with_batch_size(config, batch)
-    worker_config = dataclasses.replace(
-        worker_config, ingest=dataclasses.replace(worker_config.ingest, ack_wait_seconds=2.0)
-    )
-    js = nc.jetstream()
-    await provision(js, worker_config.nats, worker_config.ingest)
+    worker_config, js = await provisioned(config, nc, batch, ack_wait_seconds=2.0)
     acks = await publisher.publish_many(many_tenants(200))
 
     async with holding_the_log_head(database) as head:
