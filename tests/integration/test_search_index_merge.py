@@ -97,7 +97,9 @@ async def test_the_worker_merges_once_enough_events_wait_in_the_pending_list(
     await _publish_and_store(publisher, owner, 100, stored_before=0)
     assert await _pending_tuples(owner) > 0  # fewer than MERGE_EVERY_EVENTS: left for a larger merge
 
-    await _publish_and_store(publisher, owner, MERGE_EVERY_EVENTS, stored_before=100)
+    # The append that brings the count to MERGE_EVERY_EVENTS is the last one: nothing is added after its merge
+    # (with more events, the ones appended while the merge ran would wait for the next one).
+    await _publish_and_store(publisher, owner, MERGE_EVERY_EVENTS - 100, stored_before=100)
     await eventually(lambda: _pending_is_empty(owner), what="the pending list merged")
 
 
