@@ -38,8 +38,6 @@ class SearchIndexMerger:
         self._task: asyncio.Task[None] | None = None
         self._again = False
         self._failing = False
-        self.merged_pages = 0
-        """Pending-list pages merged so far."""
 
     def appended(self, events: int) -> None:
         """Counts appended events; merges once enough of them wait in the pending list."""
@@ -59,7 +57,7 @@ class SearchIndexMerger:
             self._again = False
             try:
                 async with acquire(self._pool) as conn:
-                    self.merged_pages += await conn.fetchval(_MERGE)
+                    await conn.execute(_MERGE)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError) as error:
                 # Not the appends' concern: they merge by themselves when the list outgrows its limit.
                 if not self._failing:
