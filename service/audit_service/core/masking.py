@@ -40,17 +40,31 @@ class SecretMask:
         return verdict
 
     def mask(self, value: Any) -> Any:
-        """The value with every secret-looking key's value masked (the same object when nothing is)."""
+        """The value with every secret-looking key's value masked (the same object when nothing is).
+
+        Runs on every event's metadata and states (core/decode.py): a dict is copied only when something in it
+        changes, and only dicts and lists are descended into.
+        """
         if isinstance(value, dict):
-            masked = {}
-            changed = False
+            verdicts = self._verdicts
+            masked = None
             for key, item in value.items():
-                new = MASK if self.is_secret(key) else self.mask(item)
-                changed = changed or new is not item
-                masked[key] = new
-            return masked if changed else value
+                secret = verdicts.get(key)
+                if secret is None:
+                    secret = self.is_secret(key)
+                if secret:
+                    new = MASK
+                elif isinstance(item, dict | list):
+                    new = self.mask(item)
+                else:
+                    continue
+                if new is not item:
+                    if masked is None:
+                        masked = dict(value)
+                    masked[key] = new
+            return value if masked is None else masked
         if isinstance(value, list):
-            items = [self.mask(item) for item in value]
+            items = [self.mask(item) if isinstance(item, dict | list) else item for item in value]
             return items if any(new is not old for new, old in zip(items, value, strict=True)) else value
         return value
 
