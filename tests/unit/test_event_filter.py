@@ -7,7 +7,6 @@ from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import event_pb2
 from audit_service.core.counts import (
     HOUR_MICROS,
-    action_counts,
     action_projection_can_answer,
     count_action_rows,
     histogram,
@@ -158,16 +157,6 @@ def test_the_per_action_projection_answers_a_tenant_over_whole_hours_by_action_o
     # A time bound under OR is not a bound on whole rows.
     within_or = And((tenant, Or((AnyOf("action", ("a",)), OccurredBetween(HOUR_MICROS, None)))))
     assert not action_projection_can_answer(within_or, None, None)
-
-
-def test_per_action_counts_of_a_batch():
-    hour = 1_767_225_600_000_000
-    contents = []
-    for tenant, action in (("acme", "a"), ("acme", "b"), ("acme", "a"), ("globex", "a")):
-        event = stamp(make_event(tenant, action=action))
-        event.occurred_at.FromMicroseconds(hour + 7)
-        contents.append(content_of(event))
-    assert action_counts(contents) == {("acme", hour, "a"): 2, ("acme", hour, "b"): 1, ("globex", hour, "a"): 1}
 
 
 def test_counting_per_action_rows_filters_actions_merges_hours_into_buckets_and_ranks_groups():

@@ -60,17 +60,6 @@ def hourly_counts(contents: Iterable[Content]) -> dict[CountKey, int]:
     return counts
 
 
-ActionCounts = dict[tuple[str, int, str], int]
-"""(tenant, hour in µs since the epoch, action) -> events"""
-
-
-def action_counts(contents: Iterable[Content]) -> ActionCounts:
-    """What a batch of appended events adds to the per-action projection."""
-    return collections.Counter(
-        (content[_TENANT], hour_of(content[_OCCURRED_AT]), content[_ACTION]) for content in contents
-    )
-
-
 class CountSource(enum.Enum):
     ACTION_PROJECTION = "audit_action_counts_hourly"
     PROJECTION = "audit_counts_hourly"

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import asyncpg
 import orjson
 
-from ..core.counts import ActionCounts, action_counts, hourly_counts
+from ..core.counts import hourly_counts
 from ..core.duplicates import conflicting_fields
 from ..core.masking import DEFAULT_MASK, SecretMask
 from ..core.records import (
@@ -94,7 +94,8 @@ SET events = p.events + excluded.events,
     (actions, counts) = (SELECT * FROM audit_add_action_counts(p.actions, p.counts, excluded.actions, excluded.counts))
 """
 # After the events and their ids are stored (the head's trigger checks them), in one round trip: the log head,
-# the tenants' chain heads, the streams' heads and both count projections.
+# the tenants' chain heads, the streams' heads and both count projections (the per-action one summed from the
+# fine one's rows, so the batch's counts are sent once).
 _MOVE_HEADS_AND_COUNT = f"""
 WITH log_head AS (
     UPDATE audit_log_head SET last_position = $1, last_recorded_at = $2
@@ -117,7 +118,11 @@ WITH log_head AS (
 )
 INSERT INTO audit_action_counts_hourly AS p (tenant, hour, events, actions, counts)
 SELECT {RANKED_ACTION_COUNTS}
-FROM unnest($19::text[], $20::timestamptz[], $21::text[], $22::bigint[]) AS per_action (tenant, hour, action, events)
+FROM (
+    SELECT tenant, hour, action, sum(events)::bigint
+    FROM unnest($12::text[], $13::timestamptz[], $14::text[], $18::bigint[]) AS fine (tenant, hour, action, events)
+    GROUP BY tenant, hour, action
+) AS per_action (tenant, hour, action, events)
 GROUP BY tenant, hour
 {ADD_TO_ACTION_COUNTS}
 """
@@ -244,10 +249,9 @@ class LogAppender:
         # Counted here, outside the serialized section, as if every event were new (recounted in the rare batch
         # holding events already stored).
         counts = hourly_counts(prepared.content for prepared in batch.values())
-        per_action = action_counts(prepared.content for prepared in batch.values())
         await self.ensure_partitions(conn, recorded_at or dt.datetime.now(dt.UTC))
         try:
-            result, existing = await self._append_once(conn, batch, counts, per_action, recorded_at)
+            result, existing = await self._append_once(conn, batch, counts, recorded_at)
         except asyncpg.CheckViolationError as error:
             if _NO_PARTITION not in str(error):
                 raise
@@ -257,7 +261,7 @@ class LogAppender:
             database_now = await conn.fetchval(_DATABASE_NOW)
             await self.ensure_partitions(conn, database_now)
             try:
-                result, existing = await self._append_once(conn, batch, counts, per_action, recorded_at)
+                result, existing = await self._append_once(conn, batch, counts, recorded_at)
             except asyncpg.CheckViolationError as again:
                 if _NO_PARTITION not in str(again):
                     raise
@@ -277,7 +281,6 @@ class LogAppender:
         conn: asyncpg.Connection,
         batch: dict[str, Presealed],
         counts: Mapping[tuple, int],
-        per_action: ActionCounts,
         recorded_at_override: dt.datetime | None,
     ) -> tuple[AppendResult, set[str]]:
         """The append transaction; also returns the ids of the batch that were already stored."""
@@ -287,10 +290,10 @@ class LogAppender:
         if conn.is_in_transaction():  # the caller's (retention, configuration changes): a savepoint of it
             async with conn.transaction():
                 await conn.execute(_LOCK_HEAD)
-                return await self._store(conn, batch, stream_keys, read_arguments, counts, per_action)
+                return await self._store(conn, batch, stream_keys, read_arguments, counts)
         try:
             await conn.execute(_BEGIN_AND_LOCK_HEAD)
-            stored = await self._store(conn, batch, stream_keys, read_arguments, counts, per_action)
+            stored = await self._store(conn, batch, stream_keys, read_arguments, counts)
             await conn.execute("COMMIT")
         except BaseException:
             await _roll_back(conn)
@@ -304,7 +307,6 @@ class LogAppender:
         stream_keys: list[StreamKey],
         read_arguments: tuple,
         counts: Mapping[tuple, int],
-        per_action: ActionCounts,
     ) -> tuple[AppendResult, set[str]]:
         """The statements of the append transaction, the head locked."""
         known = await conn.fetchrow(_READ_UNDER_LOCK, *read_arguments)
@@ -350,7 +352,7 @@ class LogAppender:
         if not rows:
             return AppendResult(prev_position, prev_position, 0), existing
         if existing:
-            counts, per_action = hourly_counts(appended), action_counts(appended)
+            counts = hourly_counts(appended)
 
         await conn.copy_records_to_table("audit_events", records=rows, columns=STORED_COLUMNS)
         await conn.copy_records_to_table("audit_event_ids", records=id_rows, columns=_ID_COLUMNS)
@@ -369,7 +371,6 @@ class LogAppender:
             [head.last_position for head in stream_states],
             [None if head.state is None else orjson.dumps(head.state).decode() for head in stream_states],
             *_unnest_arguments(counts),
-            *_unnest_arguments(per_action),
         )
         return AppendResult(prev_position, position, 0, tuple(sealed)), existing
 
