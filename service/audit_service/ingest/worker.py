@@ -53,6 +53,8 @@ _BATCHES_AHEAD = 2
 do whenever it would otherwise wait for PostgreSQL."""
 _DECODE_SLICE = 8
 """Events decoded between two turns of the event loop (~0.5 ms of CPU): an answer from PostgreSQL waits no longer."""
+_ACK_SLICE = 64
+"""Acks sent between two turns of the event loop (~0.5 ms of CPU), for the same reason."""
 _RETRY_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -363,6 +365,8 @@ class IngestWorker:
                     log.warning("stopping with the database unavailable: %d events handed back", len(batch.accepted))
                     span.set_attribute("audit.ingest.handed_back", len(batch.accepted))
             batch.appended.set()
+            # The next batch's append takes the head's lock first; this batch's acks go out while it runs.
+            await asyncio.sleep(0)
             for committed in batch.committed:
                 refused.extend(await self._acknowledge(committed))
             if refused:
@@ -407,6 +411,8 @@ class IngestWorker:
         accepted, result = committed.accepted, committed.result
         conflicting = {conflict.index: conflict for conflict in result.conflicts}
         for index, event in enumerate(accepted):
+            if index % _ACK_SLICE == _ACK_SLICE - 1:
+                await asyncio.sleep(0)  # lets the next append send its next statement
             if index not in conflicting:
                 await event.msg.ack()  # a buffered write each; no task per message
         await self._announcer.announce(result.prev_position, result.last_position, result.sealed)
