@@ -526,6 +526,8 @@ class RunResult:
     drain_serialized_ms_per_batch: float
     """PostgreSQL's own time per batch with the log head locked (DrainBounds)."""
     ratio_serialized_ceiling_to_copy_batched: float
+    copy_batched_postgres_cpu_us_per_row: float
+    """PostgreSQL's CPU per row of the raw COPY x500 (to set against its CPU per drained event)."""
     cpu_seconds_during_e2e: dict[str, float] = field(default_factory=dict)
     cpu_seconds_during_drain: dict[str, float] = field(default_factory=dict)
     drain_statements: list[dict[str, Any]] = field(default_factory=list)
@@ -750,12 +752,15 @@ def drain_bounds(cpu: dict[str, float], drained: int, cores: int, statements: Se
     )
 
 
-async def raw_copy(stack: Stack, name: str, rows: Sequence[tuple[Any, ...]], batch_size: int) -> float:
-    """COPYs `rows` into audit_events of a fresh database, `batch_size` rows per transaction; returns seconds."""
+async def raw_copy(stack: Stack, name: str, rows: Sequence[tuple[Any, ...]], batch_size: int) -> tuple[float, float]:
+    """COPYs `rows` into audit_events of a fresh database, `batch_size` rows per transaction; returns the seconds it
+    took and the CPU seconds PostgreSQL (all its processes) used meanwhile."""
     url = await create_database(stack.postgres, name, app_role=False)
     await checkpoint(url)
     conn = await asyncpg.connect(url)
+    meter = CpuMeter((), stack.nats_pid, stack.postmaster_pid)
     try:
+        cpu_before = meter.sample()
         started = time.perf_counter()
         for start in range(0, len(rows), batch_size):
             async with conn.transaction():
@@ -763,12 +768,13 @@ async def raw_copy(stack: Stack, name: str, rows: Sequence[tuple[Any, ...]], bat
                     "audit_events", records=rows[start : start + batch_size], columns=STORED_COLUMNS
                 )
         elapsed = time.perf_counter() - started
+        postgres_cpu = cpu_delta(cpu_before, meter.sample())["postgres (all backends)"]
         stored = await conn.fetchval("SELECT count(*) FROM audit_events")
     finally:
         await conn.close()
     if stored != len(rows):
         raise RuntimeError(f"raw COPY stored {stored} of {len(rows)} rows")
-    return elapsed
+    return elapsed, postgres_cpu
 
 
 async def throughput_run(stack: Stack, nc: NatsClient, run: int, events: Sequence[event_pb2.AuditEvent]) -> RunResult:
@@ -811,14 +817,16 @@ async def throughput_run(stack: Stack, nc: NatsClient, run: int, events: Sequenc
     started = time.perf_counter()
     rows = build_log_rows(events)
     print(f"  built {len(rows)} log rows in {time.perf_counter() - started:.1f} s (untimed)", flush=True)
-    batched_s = await raw_copy(stack, f"bench_{run}_copy_batched", rows, WORKER_BATCH_SIZE)
+    batched_s, copy_postgres_cpu = await raw_copy(stack, f"bench_{run}_copy_batched", rows, WORKER_BATCH_SIZE)
     print(
         f"  raw COPY, {WORKER_BATCH_SIZE} rows per transaction: {count / batched_s:,.0f} rows/s (ceilings: CPU "
         f"{bounds.cpu_events_per_second * batched_s / count:.3f}, serialized section "
-        f"{bounds.serialized_events_per_second * batched_s / count:.3f} of it)",
+        f"{bounds.serialized_events_per_second * batched_s / count:.3f} of it); PostgreSQL's CPU "
+        f"{copy_postgres_cpu / count * 1e6:.0f} µs a row (the drain's: "
+        f"{bounds.cpu_us_per_event['postgres (all backends)']:.0f} µs an event)",
         flush=True,
     )
-    single_s = await raw_copy(stack, f"bench_{run}_copy_single", rows, len(rows))
+    single_s, _ = await raw_copy(stack, f"bench_{run}_copy_single", rows, len(rows))
     print(f"  raw COPY, one transaction: {count / single_s:,.0f} rows/s", flush=True)
     del rows
     gc.collect()
@@ -847,6 +855,7 @@ async def throughput_run(stack: Stack, nc: NatsClient, run: int, events: Sequenc
         ratio_cpu_ceiling_to_copy_batched=round(bounds.cpu_events_per_second * batched_s / count, 3),
         drain_serialized_ms_per_batch=bounds.serialized_ms_per_batch,
         ratio_serialized_ceiling_to_copy_batched=round(bounds.serialized_events_per_second * batched_s / count, 3),
+        copy_batched_postgres_cpu_us_per_row=round(copy_postgres_cpu / count * 1e6, 1),
         cpu_seconds_during_e2e=cpu,
         cpu_seconds_during_drain=drain_cpu,
         drain_statements=statements,
@@ -1031,7 +1040,10 @@ def summary_lines(summary: dict[str, Any], runs: Sequence[RunResult], latency: L
         )
         lines.append(f"  drain, run {run.run}   {format_cpu(run.cpu_seconds_during_drain)}")
         per_event = ", ".join(f"{name} {us:.0f}" for name, us in run.drain_cpu_us_per_event.items())
-        lines.append(f"  µs/event, run {run.run} {per_event}")
+        lines.append(
+            f"  µs/event, run {run.run} {per_event} (raw COPY x{WORKER_BATCH_SIZE}: postgres "
+            f"{run.copy_batched_postgres_cpu_us_per_row:.0f} a row)"
+        )
     if latency is not None:
         lines += [
             f"latency          {latency.measured} of {latency.sent} events measured at {latency.rate:,.0f}/s "
