@@ -35,8 +35,9 @@ benchmark's server, for the raw COPY as well): what each statement of the append
 index merge beside it, costs per batch, without network or client time. From these and the CPU figures the drain
 has two measured ceilings, each printed as a fraction of the run's raw COPY x500: the cores over the CPU the
 service (worker, NATS, PostgreSQL) spent per drained event (faster is impossible even with every core busy all the
-time), and the batch over PostgreSQL's own time in the statements that hold the log head's lock (faster is
-impossible even with no client or network time).
+time), and the batch over PostgreSQL's execution time in the statements that hold the log head's lock (what
+appends could reach with no client or network time; an estimate rather than a bound, since on a busy machine
+execution time includes waiting for a core).
 
 Also reported: CPU seconds used by each process (this benchmark, the worker, nats-server, PostgreSQL) and
 by everything else on the machine during each end-to-end phase, from /proc, since everything shares the
@@ -723,12 +724,13 @@ SERVICE_PROCESSES = ("ingest worker(s)", "nats-server", "postgres (all backends)
 
 @dataclass(frozen=True, slots=True)
 class DrainBounds:
-    """Two ceilings of the drain, from what it cost in this run (each an upper bound on the events per second).
+    """Two ceilings of the drain, in events per second, from what it cost in this run.
 
     cpu: all the CPU the service used per drained event (worker, NATS and PostgreSQL, from /proc) against the
     cores there are: faster than cores / cost is impossible, even with every core busy all the time.
-    serialized: PostgreSQL's own time per batch in the statements that run with the log head locked
-    (pg_stat_statements): faster than batch / that time is impossible, even with no client or network time.
+    serialized: PostgreSQL's execution time per batch in the statements that run with the log head locked
+    (pg_stat_statements): what appends could reach with no client or network time. An estimate, not a bound: on a
+    busy machine execution time includes waiting for a core.
     """
 
     cpu_us_per_event: dict[str, float]
