@@ -296,3 +296,49 @@ async def test_a_live_tail_gets_every_event_once_in_order_when_a_small_batch_fol
         assert_same_sequence(tail.ids, [ack.event_id for ack in acks], "the tail, in commit (= publish) order")
         await tail.close()
     await running.shutdown()
+
+
+# --- two workers ----------------------------------------------------------------------------------------------
+
+
+async def test_two_workers_acking_in_slices_ack_each_message_once_and_dead_letter_only_the_conflicts(
+    database, config, start_worker, publisher, nc, owner
+):
+    """Both workers' batches span several slices, with copies and conflicts of events the other worker may be
+    appending at the same time; the backlog is published first, so both start on full batches. Between two
+    workers the first of two events under one id to commit is the stored one (either can be), and the other is
+    the conflict."""
+    batch = 2 * _ACK_SLICE + 22
+    worker_config, js = await provisioned(config, nc, batch)
+    acks = await counting_acks(nc, worker_config)
+    originals = [prepared(publisher, make_event(tenant=("acme", "globex", "initech")[i % 3])) for i in range(1200)]
+    order: list[tuple[event_pb2.AuditEvent, str]] = []
+    conflicts: dict[str, str] = {}  # the other event's msg id -> the original's
+    for i, original in enumerate(originals):
+        order.append((original, original.event_id))
+        if i % 37 == 36:  # a copy of an event some batches earlier: a duplicate
+            order.append((originals[i - 30], f"copy-{i}"))
+        if i % 101 == 100:  # another event under the id of one a batch or so earlier: a conflict
+            conflicts[f"conflict-{i}"] = originals[i - 50].event_id
+            order.append((_other(originals[i - 50], "conflict"), f"conflict-{i}"))
+    for event, msg_id in order:
+        await publish_raw(js, worker_config, event, msg_id)
+
+    workers = [await start_worker(worker_config), await start_worker(worker_config)]
+    await eventually(lambda: drained(js, worker_config, len(order)), what="everything stored or dead-lettered")
+    stats = [(await worker.shutdown()).stats for worker in workers]
+
+    assert all(worker_stats.appended > 0 for worker_stats in stats), f"both workers appended: {stats}"
+    assert sum(worker_stats.appended for worker_stats in stats) == len(originals)
+    assert sum(worker_stats.duplicates for worker_stats in stats) == len(order) - len(originals) - len(conflicts)
+    letters = {letter.headers["Audit-Original-Msg-Id"] for letter in await dead_letters(js, worker_config)}
+    assert len(letters) == len(conflicts), "one of each conflicting pair dead-lettered, nothing else"
+    stored_messages = dict(await owner.fetch("SELECT event_id::text, message FROM audit_events"))
+    for other_msg_id, event_id in conflicts.items():
+        assert (other_msg_id in letters) != (event_id in letters), f"one of {other_msg_id} and {event_id}"
+        kept = "conflict" if event_id in letters else next(e.message for e in originals if e.event_id == event_id)
+        assert stored_messages[event_id] == kept, "the event stored is the one not dead-lettered"
+    await assert_each_acknowledged_once(nc, acks, len(order))
+    assert (await consumer(js, worker_config)).num_redelivered == 0
+    await assert_exactly_once(owner, [event.event_id for event in originals])
+    await assert_projections_are_what_a_rebuild_computes(owner)
