@@ -100,6 +100,10 @@ class _Batch:
     appended: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the batch needs the database no more: the next batch's append begins while this one's acks and
     commit announcement go out."""
+    announced: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the batch's commit announcements are out (or it has none): the next batch announces after it, so
+    one worker's announcements go out in commit order even when a small batch commits while a large one is
+    still being acked."""
 
 
 class BatchAbandoned(Exception):
@@ -324,9 +328,10 @@ class IngestWorker:
         try:
             if after is not None:
                 await after.appended.wait()
-            await self._store_batch(batch)
+            await self._store_batch(batch, after)
         finally:
             batch.appended.set()
+            batch.announced.set()
             self._lag.release(id(batch))
             del self._in_hand[id(batch)]
 
@@ -340,7 +345,7 @@ class IngestWorker:
             in_hand = [*reader.buffered, *(msg for msgs in self._in_hand.values() for msg in msgs)]
             await asyncio.gather(*(msg.in_progress() for msg in in_hand if not msg.is_acked), return_exceptions=True)
 
-    async def _store_batch(self, batch: _Batch) -> None:
+    async def _store_batch(self, batch: _Batch, after: _Batch | None) -> None:
         refused = batch.refused
         nats_config = self._config.nats
         before = (self.stats.appended, self.stats.duplicates, self.stats.dead_lettered)
@@ -368,7 +373,7 @@ class IngestWorker:
             # The next batch's append takes the head's lock first; this batch's acks go out while it runs.
             await asyncio.sleep(0)
             for committed in batch.committed:
-                refused.extend(await self._acknowledge(committed))
+                refused.extend(await self._acknowledge(committed, after))
             if refused:
                 await self._dead_letter(refused)
             if span.is_recording():
@@ -406,8 +411,9 @@ class IngestWorker:
         self._search_merger.appended(result.appended)  # a merge runs while the next batch is stored
         return []
 
-    async def _acknowledge(self, committed: _Committed) -> list[_Refusal]:
-        """Acks what one append stored, announces it; returns the conflicting duplicates, to be dead-lettered."""
+    async def _acknowledge(self, committed: _Committed, after: _Batch | None) -> list[_Refusal]:
+        """Acks what one append stored, announces it once the batch `after` is announced; returns the conflicting
+        duplicates, to be dead-lettered."""
         accepted, result = committed.accepted, committed.result
         conflicting = {conflict.index: conflict for conflict in result.conflicts}
         for index, event in enumerate(accepted):
@@ -415,6 +421,8 @@ class IngestWorker:
                 await asyncio.sleep(0)  # lets the next append send its next statement
             if index not in conflicting:
                 await event.msg.ack()  # a buffered write each; no task per message
+        if after is not None:
+            await after.announced.wait()
         await self._announcer.announce(result.prev_position, result.last_position, result.sealed)
         self.stats.appended += result.appended
         self.stats.duplicates += result.duplicates
