@@ -343,7 +343,13 @@ class IngestWorker:
         while True:
             await asyncio.sleep(self._config.ingest.ack_wait_seconds / 3)
             in_hand = [*reader.buffered, *(msg for msgs in self._in_hand.values() for msg in msgs)]
-            await asyncio.gather(*(msg.in_progress() for msg in in_hand if not msg.is_acked), return_exceptions=True)
+            for index, msg in enumerate(in_hand):
+                if index % _ACK_SLICE == _ACK_SLICE - 1:
+                    await asyncio.sleep(0)  # thousands in hand: the appends' statements go on meanwhile
+                if msg.is_acked:
+                    continue
+                with contextlib.suppress(nats.errors.Error):  # a buffered write each, as acks are; no task each
+                    await msg.in_progress()
 
     async def _store_batch(self, batch: _Batch, after: _Batch | None) -> None:
         refused = batch.refused
