@@ -77,6 +77,11 @@ class ComposeFile:
     def command(self, service: str) -> list[str]:
         return list(self.service(service)["command"])
 
+    def server_settings(self, service: str) -> dict[str, str]:
+        """The `-c name=value` settings of the service's command (how the postgres image takes server settings)."""
+        command = self.command(service)
+        return dict(command[index + 1].split("=", 1) for index, word in enumerate(command) if word == "-c")
+
     def secret_file(self, name: str) -> str:
         return self.model["secrets"][name]["file"]
 

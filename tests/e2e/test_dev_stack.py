@@ -15,8 +15,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import asyncpg
 import pytest
 from audit_client.connection import connect_nats
+from audit_service.devstack.postgres import DURABLE_SETTINGS
 from audit_service.devstack.processes import free_port, port_is_open
 from nats.aio.msg import Msg
 from standardwebhooks.webhooks import Webhook
@@ -347,6 +349,17 @@ def test_the_dev_process_runs_the_reactor_alerts_are_listed_with_grpcurl_and_rea
     [hook] = hooked
     payload = Webhook(secret).verify(hook.body, hook.headers)  # raises on a bad signature
     assert payload["type"] == "audit.alert" and payload["data"]["id"] == alerts[0]["id"] == hook.headers["webhook-id"]
+
+
+async def test_the_dev_stacks_postgres_runs_with_the_production_settings(dev_stack):
+    """The settings docker-compose.yml gives its postgres (DURABLE_SETTINGS, kept equal by the production path's
+    test) are in effect on the dev stack's server, so what runs locally is what is deployed."""
+    conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{dev_stack['ports']['postgres']}/postgres")
+    try:
+        in_effect = {name: await conn.fetchval("SELECT current_setting($1)", name) for name in DURABLE_SETTINGS}
+    finally:
+        await conn.close()
+    assert in_effect == DURABLE_SETTINGS
 
 
 def test_sigint_stops_every_process_it_started(dev_stack):

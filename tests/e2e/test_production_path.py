@@ -21,11 +21,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import pytest
 from audit_client import connect as connect_publisher
 from audit_client.connection import connect_nats
 from audit_service.devstack.nats import NatsServer
-from audit_service.devstack.postgres import EmbeddedPostgres, postgres_bin_dir
+from audit_service.devstack.postgres import DURABLE_SETTINGS, EmbeddedPostgres, postgres_bin_dir
 from audit_service.devstack.processes import free_port
 from audit_service.nats_permissions import password_variable
 from cryptography.hazmat.primitives import serialization
@@ -276,7 +277,9 @@ async def deployment(
         config_file, passwords = with_alerts_subscribers(config_file, alerts_subscribers, "acme", tmp_path)
         nats_env |= passwords
     nats = NatsServer(tmp_path / "nats", port=free_port(), config_file=config_file, env=nats_env)
-    postgres = EmbeddedPostgres(tmp_path / "postgres", port=free_port(), durable=False)
+    postgres = EmbeddedPostgres(
+        tmp_path / "postgres", port=free_port(), durable=False, settings=compose.server_settings("postgres")
+    )
     nats.start()
     postgres.start()
     try:
@@ -615,6 +618,21 @@ async def test_with_mtls_set_in_the_environment_the_api_refuses_a_caller_without
             grpcurl(deployment, token, "CountEvents", {"filter": {"tenant": "acme"}})
     finally:
         api.close()
+
+
+async def test_postgres_runs_with_the_settings_docker_compose_gives_it_which_are_the_dev_stacks(
+    deployment: Deployment,
+):
+    """The server settings of docker-compose.yml's postgres are in effect on the deployment's server, and they are
+    the ones the dev stack's (and the benchmarks') durable server runs with."""
+    settings = deployment.compose.server_settings("postgres")
+    assert settings == DURABLE_SETTINGS
+    conn = await asyncpg.connect(f"postgresql://postgres@{deployment.hosts['postgres:5432']}/postgres")
+    try:
+        in_effect = {name: await conn.fetchval("SELECT current_setting($1)", name) for name in settings}
+    finally:
+        await conn.close()
+    assert in_effect == settings
 
 
 def test_the_compose_variables_this_test_sets_are_the_ones_the_file_requires():
