@@ -5,6 +5,7 @@ tests run the processes it describes with exactly the environment and command it
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,12 +76,38 @@ class ComposeFile:
         return {key: "" if value is None else str(value) for key, value in raw.items()}
 
     def command(self, service: str) -> list[str]:
-        return list(self.service(service)["command"])
+        """The service's command as words; a string command is split as Compose splits it (shell quoting, no shell)."""
+        command = self.service(service)["command"]
+        return shlex.split(command) if isinstance(command, str) else list(command)
 
     def server_settings(self, service: str) -> dict[str, str]:
-        """The `-c name=value` settings of the service's command (how the postgres image takes server settings)."""
-        command = self.command(service)
-        return dict(command[index + 1].split("=", 1) for index, word in enumerate(command) if word == "-c")
+        """The server settings of a postgres service's command, read as PostgreSQL reads them: `-c name=value`,
+        `-cname=value` and `--name=value`, names case-folded with dashes as underscores, the last of a name winning.
+
+        Raises:
+            ValueError: a word that is not one of those forms (`-c` last, no `=`, `-N 200`), so a setting written in a
+                form this does not read fails the tests that compare settings instead of going unchecked.
+        """
+        words = self.command(service)
+        if words[:1] == ["postgres"]:  # the image's entry point also takes the options alone, without the program
+            words = words[1:]
+        settings: dict[str, str] = {}
+        position = 0
+        while position < len(words):
+            word = words[position]
+            if word == "-c":
+                if position + 1 == len(words):
+                    raise ValueError(f"{service}'s command ends with -c: no name=value after it")
+                assignment, position = words[position + 1], position + 2
+            elif word.startswith(("--", "-c")):
+                assignment, position = word[2:], position + 1
+            else:
+                raise ValueError(f"{service}'s command has {word!r}, not a -c name=value or --name=value setting")
+            name, equals, value = assignment.partition("=")
+            if not equals or not name:
+                raise ValueError(f"{service}'s command sets {assignment!r}, not name=value")
+            settings[name.lower().replace("-", "_")] = value
+        return settings
 
     def secret_file(self, name: str) -> str:
         return self.model["secrets"][name]["file"]
