@@ -25,6 +25,11 @@ from .processes import (
 SUPERUSER = "postgres"
 STOP_SIGNAL = signal.SIGINT  # fast shutdown: rolls back open transactions, disconnects clients, checkpoints
 STOP_TIMEOUT_SECONDS = 30.0
+START_TIMEOUT_SECONDS = 30.0
+DURABLE_START_TIMEOUT_SECONDS = 300.0
+"""How long a durable server may take to accept connections: after a crash it first replays the WAL written since
+its last checkpoint, up to max_wal_size (8 GB: ~30 s at the ~300 MB/s of redo measured on the 2-core dev VMs, minutes
+on slower disks). A server that exits during start-up fails at once either way."""
 DURABLE_SETTINGS = {"max_wal_size": "8GB"}
 """What a durable server runs with besides PostgreSQL's defaults: docker-compose.yml's postgres command (a test keeps
 the two equal), so the dev stack and the benchmarks run the production settings. At the default max_wal_size (1 GB)
@@ -119,7 +124,11 @@ class EmbeddedPostgres:
             Path(command[0]).name == "postgres" and data_dir is not None and Path(data_dir) == self.data_dir.resolve()
         )
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        """Starts the server (initdb first when `data_dir` has none) and waits until it accepts connections, for
+        `timeout` seconds (default: START_TIMEOUT_SECONDS, DURABLE_START_TIMEOUT_SECONDS for a durable server)."""
+        if timeout is None:
+            timeout = DURABLE_START_TIMEOUT_SECONDS if self.durable else START_TIMEOUT_SECONDS
         self._lock.acquire()
         try:
             stop_leftover(
