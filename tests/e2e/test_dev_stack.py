@@ -15,7 +15,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import asyncpg
 import pytest
 from audit_client.connection import connect_nats
 from audit_service.devstack.postgres import DURABLE_SETTINGS
@@ -26,6 +25,7 @@ from standardwebhooks.webhooks import Webhook
 from ..browser import PageProblems, chromium, screenshot
 from ..conftest import REPO_ROOT
 from ..http_receiver import Received, receiving
+from ..pg_settings import settings_in_effect
 
 pytestmark = pytest.mark.slow
 
@@ -354,12 +354,8 @@ def test_the_dev_process_runs_the_reactor_alerts_are_listed_with_grpcurl_and_rea
 async def test_the_dev_stacks_postgres_runs_with_the_production_settings(dev_stack):
     """The settings docker-compose.yml gives its postgres (DURABLE_SETTINGS, kept equal by the production path's
     test) are in effect on the dev stack's server, so what runs locally is what is deployed."""
-    conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{dev_stack['ports']['postgres']}/postgres")
-    try:
-        in_effect = {name: await conn.fetchval("SELECT current_setting($1)", name) for name in DURABLE_SETTINGS}
-    finally:
-        await conn.close()
-    assert in_effect == DURABLE_SETTINGS
+    url = f"postgresql://postgres@127.0.0.1:{dev_stack['ports']['postgres']}/postgres"
+    assert await settings_in_effect(url, DURABLE_SETTINGS) == DURABLE_SETTINGS
 
 
 def test_sigint_stops_every_process_it_started(dev_stack):

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import pytest
 from audit_client import connect as connect_publisher
 from audit_client.connection import connect_nats
@@ -40,6 +39,7 @@ from ..conftest import REPO_ROOT, ServiceProcess, eventually
 from ..factories import make_event
 from ..http_receiver import Receiver, receiving
 from ..otlp_receiver import OtlpReceiver, otlp_receiver
+from ..pg_settings import settings_in_effect
 
 pytestmark = pytest.mark.slow
 
@@ -627,12 +627,8 @@ async def test_postgres_runs_with_the_settings_docker_compose_gives_it_which_are
     the ones the dev stack's (and the benchmarks') durable server runs with."""
     settings = deployment.compose.server_settings("postgres")
     assert settings == DURABLE_SETTINGS
-    conn = await asyncpg.connect(f"postgresql://postgres@{deployment.hosts['postgres:5432']}/postgres")
-    try:
-        in_effect = {name: await conn.fetchval("SELECT current_setting($1)", name) for name in settings}
-    finally:
-        await conn.close()
-    assert in_effect == settings
+    url = f"postgresql://postgres@{deployment.hosts['postgres:5432']}/postgres"
+    assert await settings_in_effect(url, settings) == settings
 
 
 def test_the_compose_variables_this_test_sets_are_the_ones_the_file_requires():

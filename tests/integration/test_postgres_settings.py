@@ -7,25 +7,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import asyncpg
 import pytest
 from audit_service.devstack import postgres as embedded
 from audit_service.devstack.postgres import DURABLE_SETTINGS, EmbeddedPostgres
 from audit_service.devstack.processes import free_port
+
+from ..pg_settings import settings_and_sources
 
 NOT_DURABLE = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
 async def in_effect(server: EmbeddedPostgres, names: list[str]) -> dict[str, tuple[str, str]]:
     """Each setting's value and where it came from (pg_settings.source: "command line", "configuration file", ...)."""
-    conn = await asyncpg.connect(server.url())
-    try:
-        rows = await conn.fetch(
-            "SELECT name, current_setting(name) AS value, source FROM pg_settings WHERE name = ANY($1::text[])", names
-        )
-    finally:
-        await conn.close()
-    return {row["name"]: (row["value"], row["source"]) for row in rows}
+    return await settings_and_sources(server.url(), names)
 
 
 async def test_a_durable_server_runs_the_durable_settings_from_its_command_line_after_a_restart_and_a_kill_9(
