@@ -107,10 +107,13 @@ async def appends_waiting_on_a_lock(owner) -> int:
 
 async def pipeline_full(owner, js, config: Config, batch_size: int, *, published: int | None = None) -> bool:
     """An append waits under the lock while the next batches are in hand: fetched, decoded and unacknowledged
-    (as many as the pipeline holds, or every message `published` when they are fewer)."""
+    (as many as the pipeline holds, or every message `published` when they are fewer). Batches can be short: a
+    delivery split across socket reads is handed out in parts, so a full pipeline may hold fewer messages; then the
+    worker has stopped asking for more (no pull request waits) while more wait in the stream."""
     info = await consumer(js, config)
     in_hand = IN_HAND_BATCHES * batch_size if published is None else min(published, IN_HAND_BATCHES * batch_size)
-    return info.num_ack_pending >= in_hand and await appends_waiting_on_a_lock(owner) >= 1
+    stopped_pulling = info.num_waiting == 0 and info.num_pending > 0 and info.num_ack_pending >= 2 * batch_size
+    return (info.num_ack_pending >= in_hand or stopped_pulling) and await appends_waiting_on_a_lock(owner) >= 1
 
 
 async def drained(js, config: Config, published: int) -> bool:
