@@ -13,6 +13,8 @@ import pytest
 from audit.v1 import alert_rules_pb2 as rules_pb
 from audit.v1 import audit_service_pb2 as pb
 from audit.v1 import destinations_pb2 as dpb
+from audit_service.core.destinations import MAX_HEADERS
+from audit_service.core.masking import MASK
 from audit_service.store.delivery_state import Attempt, record_attempt
 from audit_service.store.destinations import rebuild_destinations
 from audit_service.store.projections import rebuild_projections
@@ -101,6 +103,29 @@ async def test_crud_records_every_change_and_never_returns_or_logs_the_secret(se
     headers = await owner.fetchval("SELECT headers::text FROM destination_secrets WHERE name = 'security-webhook'")
     assert headers is None  # deleted with the destination
     assert "secret" not in {key for e in events for key in e.change.after}
+
+
+async def test_a_destination_with_the_most_headers_returns_and_logs_none_of_their_values(secured, destinations, owner):
+    """Found by CI: header values were masked while iterating over the protobuf map being assigned to, which skips
+    entries, so some of them went into the log and every response in clear."""
+    admin = secured.token("acme", "u-admin", admin=True)
+    headers = {f"X-Header-{index}": f"hdr-credential-{index}" for index in range(MAX_HEADERS)}
+    made = await destinations.CreateDestination(
+        dpb.CreateDestinationRequest(destination=webhook(headers=headers)), metadata=bearer(admin)
+    )
+    got = await destinations.GetDestination(dpb.GetDestinationRequest(name="security-webhook"), metadata=bearer(admin))
+    listed = await destinations.ListDestinations(dpb.ListDestinationsRequest(), metadata=bearer(admin))
+    masked = dict.fromkeys(headers, MASK)
+    assert dict(made.destination.headers) == dict(got.destination.headers) == masked
+    assert dict(listed.destinations[0].headers) == masked
+    stored = await owner.fetch(
+        "SELECT e::text AS row FROM audit_events e UNION ALL SELECT h::text FROM audit_resource_heads h "
+        "UNION ALL SELECT d::text FROM destinations d"
+    )
+    text = "".join(row["row"] for row in stored) + "".join(str(e) for e in await destination_events(secured, admin))
+    assert "hdr-credential-" not in text
+    kept = await owner.fetchval("SELECT headers::text FROM destination_secrets WHERE name = 'security-webhook'")
+    assert json.loads(kept) == headers  # what delivery sends
 
 
 async def test_a_splunk_destination_needs_its_token_and_a_duplicate_name_already_exists(secured, destinations):
