@@ -198,6 +198,46 @@ def database_outage(postgres: PostgresCluster, database: TestDatabase):
     return outage
 
 
+@dataclass
+class EndingSessions:
+    ended: int = 0
+    """Sessions of the service's role terminated so far."""
+
+
+@pytest.fixture
+def sessions_ending(postgres: PostgresCluster, database: TestDatabase):
+    """`async with sessions_ending() as ending:` every session of the service's role on the test's database is
+    terminated (`pg_terminate_backend`) again and again, every `every` seconds, as by a failover, a pooler or an
+    operator's session killer; new connections are let in, so the service keeps reconnecting into sessions that
+    end under it. Superuser connections (`owner`) stay. `ending.ended` counts the sessions it ended."""
+
+    @contextlib.asynccontextmanager
+    async def ending(every: float = 0.02) -> AsyncIterator[EndingSessions]:
+        admin = await asyncpg.connect(postgres.superuser_url)
+        done = asyncio.Event()
+        sessions = EndingSessions()
+
+        async def terminate() -> None:
+            while not done.is_set():
+                sessions.ended += await admin.fetchval(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = $1 AND usename = $2",
+                    database.name,
+                    APP_ROLE,
+                )
+                await asyncio.sleep(every)
+
+        terminating = asyncio.create_task(terminate())
+        try:
+            yield sessions
+        finally:
+            done.set()
+            await terminating
+            await admin.close()
+
+    return ending
+
+
 @pytest.fixture
 def names() -> dict[str, str]:
     """Unique NATS names for one test."""

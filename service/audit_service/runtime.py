@@ -27,7 +27,7 @@ from .errors import ConfigError, UnavailableError
 from .ingest.worker import IngestWorker
 from .store.checkpoints import PeriodicCheckpointer, checkpoint_verifiers
 from .store.migrate import migrate
-from .store.pool import create_pool
+from .store.pool import DATABASE_FAILURES, create_pool
 from .store.reactor_lease import ReactorLease
 from .telemetry.http import Readiness, watch_database
 
@@ -55,7 +55,7 @@ async def database_pool(
         pool = await asyncio.wait_for(
             create_pool(url, max_size=max_size, command_timeout=command_timeout, stateless=stateless), timeout=15
         )
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+    except DATABASE_FAILURES as error:
         raise StartupError(f"cannot connect to PostgreSQL at {redact(url)}: {error}") from None
     try:
         yield pool
@@ -163,7 +163,7 @@ async def run_migrate(config: Config) -> list[str]:
     url = config.database.migrate_url or config.database.url
     try:
         conn = await asyncio.wait_for(asyncpg.connect(url), timeout=15)
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+    except DATABASE_FAILURES as error:
         raise StartupError(f"cannot connect to PostgreSQL at {redact(url)}: {error}") from None
     try:
         return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
@@ -307,7 +307,7 @@ async def run_api(
         feed = LiveFeed(nc, feed_pool, config.tail, config.nats.committed_subject_prefix, read_budget=read_budget)
         try:
             await feed.start()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError) as error:
+        except (*DATABASE_FAILURES, UnavailableError) as error:
             raise StartupError(f"cannot read the log's head from PostgreSQL: {error}") from None
         try:
             running = await start_server(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 
 import asyncpg
 import grpc
@@ -130,6 +131,26 @@ async def test_a_database_outage_is_unavailable_not_internal(api, stored, databa
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "Traceback" not in error.value.details()
     assert len((await api.ListEvents(request(page_size=1))).events) == 1, "recovers once the database is back"
+
+
+async def test_sessions_ending_under_queries_answer_unavailable_never_internal(api, stored, sessions_ending):
+    """Sessions that end under the API's pooled connections (a failover, a session killer) are UNAVAILABLE,
+    which clients retry, whichever way asyncpg reports them (InternalClientError among them), never INTERNAL."""
+    codes: collections.Counter[grpc.StatusCode] = collections.Counter()
+    loop = asyncio.get_running_loop()
+    async with sessions_ending() as ending:
+        until = loop.time() + 3
+        while loop.time() < until:
+            for call in (api.ListEvents(request(page_size=5)), api.GetEvent(pb.GetEventRequest(event_id=stored[0]))):
+                try:
+                    await call
+                    codes[grpc.StatusCode.OK] += 1
+                except grpc.aio.AioRpcError as error:
+                    codes[error.code()] += 1
+                    assert "Traceback" not in error.details()
+    assert ending.ended > 20 and codes[grpc.StatusCode.UNAVAILABLE] > 0, (ending.ended, codes)
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+    assert len((await api.ListEvents(request(page_size=1))).events) == 1, "recovers once the sessions stay"
 
 
 async def test_absent_parts_of_an_event_stay_unset(api, database):

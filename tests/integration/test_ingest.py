@@ -163,15 +163,20 @@ async def _stream_has(js, stream: str, n: int) -> bool:
     return info.state.messages >= n
 
 
+@pytest.mark.parametrize("fault", ["database_outage", "sessions_ending"])
 async def test_the_worker_keeps_its_batch_through_a_database_outage_and_dead_letters_nothing(
-    publisher, start_worker, owner, database_outage, nc, config
+    publisher, start_worker, owner, fault, request, nc, config
 ):
+    """An outage, or sessions ending again and again under the worker's connections (asyncpg then says
+    InternalClientError as often as "connection is closed"): every event is stored once, none dead-lettered."""
+    database_fault = request.getfixturevalue(fault)
     await start_worker()
     before = [await publisher.publish(make_event()) for _ in range(20)]
     await eventually(lambda: _count_is(owner, 20), what="events stored before the outage")
-    async with database_outage():
+    async with database_fault() as ending:
         during = [await publisher.publish(make_event()) for _ in range(50)]
         await asyncio.sleep(1.5)  # the worker fetches them and fails to store them
+    assert fault == "database_outage" or ending.ended > 20  # sessions did end under the worker
     await eventually(lambda: _count_is(owner, 70), what="events published during the outage stored after it")
     stored = [row["id"] for row in await owner.fetch("SELECT event_id::text AS id FROM audit_events")]
     assert sorted(stored) == sorted(ack.event_id for ack in before + during)

@@ -39,6 +39,7 @@ def test_errors_the_content_causes_are_the_events_fault(error: BaseException) ->
         asyncpg.CannotConnectNowError("the database system is starting up"),
         asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
         asyncpg.InterfaceError("connection is closed"),
+        asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
         asyncpg.InsufficientPrivilegeError("permission denied for table audit_events"),
         asyncpg.DiskFullError("could not extend file"),
         asyncpg.QueryCanceledError("canceling statement due to statement timeout"),

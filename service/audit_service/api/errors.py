@@ -30,12 +30,12 @@ from ..errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from ..store.pool import CONNECTION_FAILURES
 
 log = logging.getLogger(__name__)
 
 _UNAVAILABLE_ERRORS = (
-    OSError,
-    asyncpg.InterfaceError,
+    *CONNECTION_FAILURES,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,

@@ -55,6 +55,7 @@ from ..core.stored_event import row_to_event
 from ..errors import DeliveryError, NotFoundError
 from ..store import delivery_state
 from ..store.destinations import get_destination, with_secrets
+from ..store.pool import DATABASE_FAILURES
 from ..store.queries import PageQuery, list_events, log_head
 from ..telemetry.metrics import DESTINATION_ATTEMPTS, DESTINATION_LAG
 from ..waiting import pause
@@ -330,7 +331,7 @@ class DestinationSupervisor:
                 while not stop.is_set():
                     try:
                         await self._reconcile(http)
-                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                    except DATABASE_FAILURES as error:
                         log.warning("destinations: %s; retrying", error)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=self._config.poll_seconds)
@@ -362,7 +363,7 @@ class DestinationSupervisor:
                 await subscription.run()
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except DATABASE_FAILURES as error:
                 log.warning("destination %s/%s: %s; resuming", subscription.tenant, subscription.name, error)
             except Exception:
                 log.exception("destination %s/%s failed; resuming", subscription.tenant, subscription.name)

@@ -26,6 +26,7 @@ from ..config import NatsConfig
 from ..core.stored_alert import alert_json, row_to_alert
 from ..errors import UnavailableError
 from ..ingest.streams import alerts_stream_config, ensure_stream
+from ..store.pool import DATABASE_FAILURES
 from ..store.reactor import alerts_after, checkpoint, store_step
 from ..waiting import pause
 
@@ -43,7 +44,7 @@ ErrorCallback = Callable[[Exception], Awaitable[None]]
 Connect = Callable[[ErrorCallback], Awaitable[NatsClient]]
 """Connects to NATS (reconnecting by itself once connected), reporting each failed attempt to the callback."""
 
-_RETRIED = (OSError, TimeoutError, nats.errors.Error, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError)
+_RETRIED = (*DATABASE_FAILURES, nats.errors.Error, UnavailableError)
 
 
 def alert_subject(config: NatsConfig, tenant: str) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from ..store.pool import CONNECTION_FAILURES
+
 _EVENT_SQLSTATE_CLASSES = frozenset(
     {
         "22",  # data exception: a value the column or a function cannot take
@@ -34,7 +36,7 @@ def caused_by_the_events(error: BaseException) -> bool:
     if isinstance(error, asyncpg.PostgresError):
         sqlstate = error.sqlstate or ""
         return sqlstate[:2] in _EVENT_SQLSTATE_CLASSES and sqlstate not in _NOT_THE_EVENTS_FAULT
-    if isinstance(error, asyncpg.InterfaceError) and not isinstance(error, ValueError):
+    if isinstance(error, CONNECTION_FAILURES) and not isinstance(error, ValueError):
         return False  # the connection, not the data
     return isinstance(error, _CLIENT_SIDE_ERRORS)
 

@@ -29,7 +29,7 @@ from ..core.tracecontext import parse_traceparent
 from ..errors import UnavailableError
 from ..store import queries
 from ..store.append import AppendResult, LogAppender
-from ..store.pool import acquire
+from ..store.pool import CONNECTION_FAILURES, DATABASE_FAILURES, acquire
 from ..store.search_index import SearchIndexMerger
 from ..telemetry import metrics
 from .announce import Announcer
@@ -177,7 +177,7 @@ class IngestWorker:
         await reader.start()
         try:
             self.head = await queries.log_head(self._pool)  # the gauge has a value before the first append
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError) as error:
+        except (*DATABASE_FAILURES, UnavailableError) as error:
             name = type(error).__name__
             log.warning("cannot read the log's head (%s: %s); its gauge waits for an append", name, error)
         remove_head = metrics.LOG_HEAD.add({}, lambda: self.head)
@@ -485,7 +485,7 @@ class IngestWorker:
                 delay = _RETRY_BACKOFF_SECONDS[min(attempt, len(_RETRY_BACKOFF_SECONDS) - 1)]
                 attempt += 1
                 log.log(
-                    logging.WARNING if isinstance(error, UnavailableError | OSError) else logging.ERROR,
+                    logging.WARNING if isinstance(error, (UnavailableError, *CONNECTION_FAILURES)) else logging.ERROR,
                     "append of %d events failed (%s: %s); retrying in %.1f s",
                     len(contents),
                     type(error).__name__,

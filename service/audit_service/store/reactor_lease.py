@@ -17,11 +17,12 @@ from collections.abc import Callable
 import asyncpg
 
 from ..waiting import pause
+from .pool import DATABASE_FAILURES
 
 log = logging.getLogger(__name__)
 
 LEASE_KEY = 0x61_75_64_69_74_5F_72  # "audit_r" in ASCII: the advisory lock of the reactor's lease
-_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_ERRORS = DATABASE_FAILURES
 
 
 class ReactorLease:

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import asyncpg
 
 from ..config import parse_grpc_address
+from ..store.pool import DATABASE_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ async def watch_database(url: str, readiness: Readiness, name: str) -> None:
                     conn = await asyncpg.connect(url, timeout=DATABASE_CHECK_TIMEOUT_SECONDS)
                 await conn.fetchval("SELECT 1", timeout=DATABASE_CHECK_TIMEOUT_SECONDS)
                 readiness.set(name, None)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except DATABASE_FAILURES as error:
                 readiness.set(name, f"PostgreSQL unreachable: {type(error).__name__}: {error}".strip())
                 if conn is not None:
                     conn.terminate()
