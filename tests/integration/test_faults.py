@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 
+import asyncpg
 import pytest
 from audit_service.ingest.streams import provision
 from audit_service.store.verify import verify_log
@@ -87,13 +89,26 @@ async def test_two_workers_commit_in_position_order_so_a_polling_reader_never_sk
     await assert_exactly_once(owner, ids)
 
 
-async def test_sigterm_finishes_commits_and_acks_the_batch_in_hand(publisher, spawn_worker, owner, nc, config):
+async def test_sigterm_finishes_commits_and_acks_the_batch_in_hand(
+    publisher, spawn_worker, owner, nc, config, database
+):
     await provision(nc.jetstream(), config.nats, config.ingest)  # what the worker does first
     ids = await publish_all(publisher, 3000)
-    worker = spawn_worker(AUDIT_INGEST_BATCH_SIZE="500")
-    await worker.ready()
-    await eventually(lambda: _at_least(owner, 1), what="the first batch committed")
-    assert await worker.terminate() == 0
+    # The worker's first append waits for a lock held here when the signal comes, so the stop finds batches in
+    # hand whatever the machine's pace: waiting for a first commit, then signalling, once let a fast worker drain
+    # all 3000 in between (CI, 2026-12-07).
+    blocker = await asyncpg.connect(database.owner_url)
+    try:
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE audit_events IN SHARE MODE")
+            worker = spawn_worker(AUDIT_INGEST_BATCH_SIZE="500")
+            await worker.ready()
+            await eventually(lambda: _append_waiting_for_a_lock(owner, database), what="the first append waiting")
+            worker.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)  # its event loop is idle, waiting for PostgreSQL: the signal is seen at once
+    finally:
+        await blocker.close()
+    assert await asyncio.to_thread(worker.process.wait, 60) == 0
     info = await nc.jetstream().consumer_info(config.nats.events_stream, config.ingest.durable)
     stored = await count(owner)
     assert info.num_ack_pending == 0, "nothing fetched was left unacknowledged"
@@ -105,6 +120,14 @@ async def test_sigterm_finishes_commits_and_acks_the_batch_in_hand(publisher, sp
     await eventually(lambda: _at_least(owner, 3000), what="the rest ingested by the next worker")
     assert await rest.terminate() == 0
     await assert_exactly_once(owner, ids)
+
+
+async def _append_waiting_for_a_lock(owner, database) -> bool:
+    return await owner.fetchval(
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = $1 AND usename <> current_user"
+        " AND wait_event_type = 'Lock'",
+        database.name,
+    )
 
 
 async def _at_least(owner, n: int) -> bool:
