@@ -10,13 +10,13 @@ import pytest
 from audit_service.devstack.processes import free_port
 
 from .certificates import CertificateAuthority
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, source_path
 
 
 def audit_service(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "audit_service.cli", *args],
-        env={"PATH": "/usr/bin:/bin", **env},
+        env={"PATH": "/usr/bin:/bin", **source_path(), **env},
         capture_output=True,
         text=True,
         timeout=60,
