@@ -59,7 +59,9 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.ALREADY_EXISTS, str(error)
     if isinstance(error, FailedPreconditionError):
         return grpc.StatusCode.FAILED_PRECONDITION, str(error)
-    if isinstance(error, TimeoutError):  # a statement over AUDIT_QUERY_TIMEOUT_SECONDS (before OSError, its base)
+    # A statement over AUDIT_QUERY_TIMEOUT_SECONDS (before OSError, TimeoutError's base), or cancelled by the server:
+    # its statement_timeout, an operator's pg_cancel_backend (SQLSTATE 57014), as ingest/storage_errors.timed_out.
+    if isinstance(error, TimeoutError | asyncpg.QueryCanceledError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, (
             "the query ran longer than the service allows and was cancelled; narrow the filter "
             "(a shorter time range, an actor or a resource) and retry"
