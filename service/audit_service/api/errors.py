@@ -34,14 +34,6 @@ from ..store.pool import CONNECTION_FAILURES
 
 log = logging.getLogger(__name__)
 
-_UNAVAILABLE_ERRORS = (
-    *CONNECTION_FAILURES,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-)
-
 
 def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a client gets for an error."""
@@ -70,7 +62,7 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.UNAVAILABLE, str(error)
     if isinstance(error, ResourceExhaustedError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
-    if isinstance(error, (UnavailableError, *_UNAVAILABLE_ERRORS)):
+    if isinstance(error, (UnavailableError, *CONNECTION_FAILURES)):
         return grpc.StatusCode.UNAVAILABLE, "the audit log database is unavailable; retry later"
     reference = uuid.uuid4().hex[:12]
     log.error("internal error (ref %s)", reference, exc_info=error)
