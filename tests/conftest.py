@@ -164,11 +164,17 @@ async def app(database: TestDatabase) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
+def source_path() -> dict[str, str]:
+    """PYTHONPATH, when the tests run with one (a second checkout of the repository, the package installed from
+    another): the CLI they start runs the code under test, not the installed copy."""
+    return {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
+
+
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """`audit-service <args>` with exactly `env` (and PATH), as an operator runs it; its output captured."""
     return subprocess.run(
         [sys.executable, "-m", "audit_service.cli", *args],
-        env={**env, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        env={**env, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), **source_path()},
         capture_output=True,
         text=True,
         timeout=60,

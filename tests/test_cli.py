@@ -7,16 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from audit_service.core.signing import generate_private_key_pem
 from audit_service.devstack.processes import free_port
 
 from .certificates import CertificateAuthority
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, source_path
 
 
 def audit_service(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "audit_service.cli", *args],
-        env={"PATH": "/usr/bin:/bin", **env},
+        env={"PATH": "/usr/bin:/bin", **source_path(), **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -57,6 +58,20 @@ def test_an_unreachable_database_is_one_line_and_exit_code_1():
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"audit-service: cannot connect to PostgreSQL at {url}")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["verify", "checkpoint", "rebuild-projections"])
+def test_an_unreachable_database_is_one_line_for_the_one_shot_commands_too(command, tmp_path):
+    """verify, checkpoint and rebuild-projections connected without a guard: a refused connection was a traceback."""
+    url = f"postgresql://nobody:pw-1@127.0.0.1:{free_port()}/audit"
+    key_file = tmp_path / "checkpoint-key.pem"
+    key_file.write_bytes(generate_private_key_pem())
+    env = {"AUDIT_DATABASE_URL": url, "AUDIT_CHECKPOINT_SIGNING_KEY_FILE": str(key_file)}
+    result = audit_service(command, env=env)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert "127.0.0.1" in lines[0] and "pw-1" not in lines[0], lines[0]
 
 
 def test_nats_config_prints_the_permissions_docker_compose_ships():

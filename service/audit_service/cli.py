@@ -18,7 +18,8 @@ from typing import Any
 from .config import Config, load_config
 from .errors import ConfigError
 from .logs import configure_logging
-from .runtime import StartupError, run_api, run_ingest, run_migrate, run_react
+from .runtime import StartupError, redact, run_api, run_ingest, run_migrate, run_react
+from .store.pool import DATABASE_FAILURES
 from .telemetry.http import Readiness, serving_http
 from .telemetry.setup import Telemetry, default_service_name, setup_telemetry
 
@@ -121,6 +122,18 @@ async def _until_signalled(main: Coroutine[Any, Any, Any], stop: asyncio.Event) 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     return await main
+
+
+def _on_database(url: str, command: Coroutine[Any, Any, int]) -> int:
+    """Runs a one-shot command on PostgreSQL at `url`: the database refusing it, or ending its session under it, is
+    one line (exit status 1), as it is for the processes, not a traceback. A file's error (--output) is not the
+    database's: it carries its file name."""
+    try:
+        return asyncio.run(command)
+    except DATABASE_FAILURES as error:
+        if isinstance(error, OSError) and error.filename is not None:
+            raise
+        raise StartupError(f"PostgreSQL at {redact(url)} failed: {type(error).__name__}: {error}") from None
 
 
 async def _serving_process(config: Config, command: str, stop: asyncio.Event) -> None:
@@ -272,20 +285,21 @@ def main(argv: list[str] | None = None) -> int:
             applied = asyncio.run(run_migrate(config))
             print(f"applied {len(applied)} migrations: {', '.join(applied)}" if applied else "schema is up to date")
             return 0
+        owner_url = config.database.migrate_url or config.database.url
         if args.command == "verify":
             from .store.verify import verify_command
 
-            return asyncio.run(verify_command(config, args))
+            return _on_database(config.database.url, verify_command(config, args))
         if args.command == "checkpoint":
             from .store.checkpoints import checkpoint_command
 
-            return asyncio.run(checkpoint_command(config, args))
+            return _on_database(config.database.url, checkpoint_command(config, args))
         if args.command == "retention":
             from .store.retention import retention_command
 
-            return asyncio.run(retention_command(config, args))
+            return _on_database(owner_url, retention_command(config, args))
         if args.command == "rebuild-projections":
-            return asyncio.run(_rebuild_projections(config))
+            return _on_database(owner_url, _rebuild_projections(config))
         if telemetry is not None:
             telemetry.log_summary()
         stop = asyncio.Event()

@@ -12,6 +12,7 @@ from audit.v1 import audit_service_pb2 as pb
 from audit_service.store.append import LogAppender
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ..conftest import APP_ROLE, failure, serving_stub
 from ..factories import content_of, make_event, stamp
 
 
@@ -151,6 +152,22 @@ async def test_sessions_ending_under_queries_answer_unavailable_never_internal(a
     assert ending.ended > 20 and codes[grpc.StatusCode.UNAVAILABLE] > 0, (ending.ended, codes)
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
     assert len((await api.ListEvents(request(page_size=1))).events) == 1, "recovers once the sessions stay"
+
+
+async def test_a_statement_the_database_cancels_for_its_time_limit_is_deadline_exceeded_not_internal(
+    stored, database, owner, service_env
+):
+    """An operator's statement_timeout on the service's role: PostgreSQL cancels the statement (SQLSTATE 57014,
+    QueryCanceledError), here one waiting behind the lock retention's DETACH PARTITION holds on the log. It is the
+    service's own query time limit by another hand (the ingest worker treats both alike): DEADLINE_EXCEEDED, not
+    INTERNAL with a traceback logged."""
+    await owner.execute(f'ALTER ROLE {APP_ROLE} IN DATABASE "{database.name}" SET statement_timeout = 300')
+    async with serving_stub(service_env) as api:
+        async with owner.transaction():
+            await owner.execute("LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE")
+            code, details = await failure(api.ListEvents(request()))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED, (code, details)
+        assert len((await api.ListEvents(request(page_size=1))).events) == 1, "answers once the lock is gone"
 
 
 async def test_absent_parts_of_an_event_stay_unset(api, database):

@@ -12,8 +12,12 @@ import asyncio
 import collections
 
 import grpc
+import pytest
 from audit_service.api.errors import status_for
 from audit_service.store.pool import DATABASE_FAILURES, create_pool
+
+from ..conftest import run_cli, store_events
+from ..factories import make_event
 
 
 async def test_statements_on_sessions_that_end_under_them_fail_only_as_failures_the_service_retries(
@@ -52,3 +56,19 @@ async def test_statements_on_sessions_that_end_under_them_fail_only_as_failures_
             assert await conn.fetchval("SELECT 1") == 1
     finally:
         await pool.close()
+
+
+@pytest.mark.slow
+async def test_a_one_shot_command_whose_session_ends_under_it_is_one_line_not_a_traceback(
+    database, service_env, sessions_ending
+):
+    """`audit-service verify` runs on the service's role: its session ended under it (an operator's session
+    killer, a failover) was a traceback of AdminShutdownError or ConnectionDoesNotExistError."""
+    await store_events(database, [make_event(("acme", "globex")[i % 2]) for i in range(3000)])
+    async with sessions_ending() as ending:
+        result = await asyncio.to_thread(run_cli, service_env, "verify")
+    assert ending.ended > 0
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 1, (result.stdout, result.stderr)  # 3,000 events take longer than 20 ms
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("audit-service: PostgreSQL at "), lines

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import logging
@@ -244,6 +245,29 @@ async def curl_stream(doors: Doors, method: str, message: dict, token: str) -> t
     )  # fmt: skip
     assert (result.status, result.content_type) == (200, "application/connect+json")
     return unenvelope(result.body)
+
+
+async def test_sessions_ending_under_queries_answer_unavailable_over_http_too(doors, stored, sessions_ending):
+    """The HTTP port maps the database's failures as the gRPC port does (api/errors.status_for): sessions that end
+    under the API's pooled connections (asyncpg's InternalClientError among them) are unavailable, never internal."""
+    token = doors.token(admin=True)
+    codes: collections.Counter[str] = collections.Counter()
+    loop = asyncio.get_running_loop()
+    async with client(doors) as http, sessions_ending() as ending:
+        until = loop.time() + 3
+        while loop.time() < until:
+            for call in (
+                http.list_events(pb.ListEventsRequest(page_size=5), headers=auth_header(token)),
+                http.get_event(pb.GetEventRequest(event_id=stored["acme/bob"][0]), headers=auth_header(token)),
+            ):
+                try:
+                    await call
+                    codes["ok"] += 1
+                except ConnectError as error:
+                    codes[error.code.name] += 1
+                    assert "Traceback" not in error.message
+    assert ending.ended > 20 and codes["UNAVAILABLE"] > 0, (ending.ended, codes)
+    assert set(codes) <= {"ok", "UNAVAILABLE"}, codes
 
 
 async def test_curl_lists_counts_gets_and_exports_in_json(doors, stored):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import logging
 
 import audit_client
 import nats
@@ -182,6 +183,31 @@ async def test_the_worker_keeps_its_batch_through_a_database_outage_and_dead_let
     assert sorted(stored) == sorted(ack.event_id for ack in before + during)
     dead = await nc.jetstream().stream_info(config.nats.dead_stream)
     assert dead.state.messages == 0, "an outage is not the events' fault"
+
+
+async def test_sessions_ending_under_appends_are_warnings_not_errors(
+    publisher, start_worker, owner, sessions_ending, caplog
+):
+    """A session the server ends under an append's statement (SQLSTATE 57P01, AdminShutdownError: a failover, a
+    session killer) is the database being away, as a closed connection is: the worker waits it out with warnings,
+    not an ERROR line each retry (what alerting pages on)."""
+    caplog.set_level(logging.WARNING, logger="audit_service")
+    await start_worker()
+    published = []
+    async with sessions_ending() as ending:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 3
+        while loop.time() < until:
+            published.append(await publisher.publish(make_event()))
+            await asyncio.sleep(0.005)
+    await eventually(lambda: _count_is(owner, len(published)), what="every event stored once the sessions stay")
+    failed = [r for r in caplog.records if r.name == "audit_service.ingest.worker" and "append of" in r.getMessage()]
+    assert ending.ended > 20 and failed, (ending.ended, len(failed))  # appends did fail under it
+    errors = [r.getMessage() for r in failed if r.levelno >= logging.ERROR]
+    assert not errors, errors[:3]
+    # Each says why: not what rolling back a connection the pool already took back says instead.
+    hidden = [r.getMessage() for r in failed if "released back to the pool" in r.getMessage()]
+    assert not hidden, hidden[:3]
 
 
 async def test_an_event_the_database_rejects_is_isolated_and_dead_lettered_alone(

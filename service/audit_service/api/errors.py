@@ -34,14 +34,6 @@ from ..store.pool import CONNECTION_FAILURES
 
 log = logging.getLogger(__name__)
 
-_UNAVAILABLE_ERRORS = (
-    *CONNECTION_FAILURES,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-)
-
 
 def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a client gets for an error."""
@@ -59,7 +51,9 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.ALREADY_EXISTS, str(error)
     if isinstance(error, FailedPreconditionError):
         return grpc.StatusCode.FAILED_PRECONDITION, str(error)
-    if isinstance(error, TimeoutError):  # a statement over AUDIT_QUERY_TIMEOUT_SECONDS (before OSError, its base)
+    # A statement over AUDIT_QUERY_TIMEOUT_SECONDS (before OSError, TimeoutError's base), or cancelled by the server:
+    # its statement_timeout, an operator's pg_cancel_backend (SQLSTATE 57014), as ingest/storage_errors.timed_out.
+    if isinstance(error, TimeoutError | asyncpg.QueryCanceledError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, (
             "the query ran longer than the service allows and was cancelled; narrow the filter "
             "(a shorter time range, an actor or a resource) and retry"
@@ -68,7 +62,7 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.UNAVAILABLE, str(error)
     if isinstance(error, ResourceExhaustedError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
-    if isinstance(error, (UnavailableError, *_UNAVAILABLE_ERRORS)):
+    if isinstance(error, (UnavailableError, *CONNECTION_FAILURES)):
         return grpc.StatusCode.UNAVAILABLE, "the audit log database is unavailable; retry later"
     reference = uuid.uuid4().hex[:12]
     log.error("internal error (ref %s)", reference, exc_info=error)

@@ -377,11 +377,12 @@ class LogAppender:
 
 async def _roll_back(conn: asyncpg.Connection) -> None:
     """Ends a failed append's transaction, so that its connection goes back to the pool clean (one that broke is
-    discarded by the pool)."""
-    if conn.is_closed() or not conn.is_in_transaction():
-        return
+    discarded by the pool). Never raises: the append's own error is the one to report. A session that ended has
+    had its pooled connection taken back by the pool already, which then answers even is_closed() with an
+    InterfaceError ("released back to the pool") that would hide why the append failed."""
     with contextlib.suppress(Exception):
-        await conn.execute("ROLLBACK")
+        if not conn.is_closed() and conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
 
 
 async def _conflicts(

@@ -9,13 +9,26 @@ import asyncpg
 
 from ..errors import UnavailableError
 
-CONNECTION_FAILURES: tuple[type[Exception], ...] = (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+CONNECTION_FAILURES: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
 """How a connection to PostgreSQL fails when it cannot be made or its session ends (a restart, a network cut,
 `pg_terminate_backend`): an OSError (TimeoutError among them), an InterfaceError ("connection is closed") or,
 when the session ends between two statements, asyncpg's InternalClientError ("cannot switch to state 12;
 another operation (2) is in progress", MagicStack/asyncpg#1069): the server's FATAL message was read, the closed
 socket not yet. Terminating the sessions of a busy pool again and again gives that error on about one failed
-failed statement in three (a scratch measurement); the pool replaces such a connection like any closed one."""
+failed statement in three (a scratch measurement); the pool replaces such a connection like any closed one.
+
+The server says so too, with errors of its own: asyncpg's ConnectionDoesNotExistError ("connection was closed in
+the middle of operation", SQLSTATE class 08: a PostgresConnectionError, not an InterfaceError), 57P01 (the session
+terminated, AdminShutdownError), 57P03 (starting up, shutting down: CannotConnectNowError) and 53300 (too many
+connections)."""
 
 DATABASE_FAILURES: tuple[type[Exception], ...] = (*CONNECTION_FAILURES, asyncpg.PostgresError)
 """A connection's failures and the server's errors: what a loop that retries the database catches."""
