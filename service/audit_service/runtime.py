@@ -23,7 +23,7 @@ from .config import Config, NatsConfig
 from .delivery.destinations import DestinationSupervisor
 from .delivery.doorbell import Doorbell
 from .delivery.policy import address_policy
-from .errors import ConfigError, UnavailableError
+from .errors import ConfigError
 from .ingest.worker import IngestWorker
 from .store.checkpoints import PeriodicCheckpointer, checkpoint_verifiers
 from .store.migrate import migrate
@@ -307,7 +307,7 @@ async def run_api(
         feed = LiveFeed(nc, feed_pool, config.tail, config.nats.committed_subject_prefix, read_budget=read_budget)
         try:
             await feed.start()
-        except (*DATABASE_FAILURES, UnavailableError) as error:
+        except DATABASE_FAILURES as error:
             raise StartupError(f"cannot read the log's head from PostgreSQL: {error}") from None
         try:
             running = await start_server(

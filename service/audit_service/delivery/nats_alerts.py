@@ -24,7 +24,6 @@ from nats.js import JetStreamContext
 
 from ..config import NatsConfig
 from ..core.stored_alert import alert_json, row_to_alert
-from ..errors import UnavailableError
 from ..ingest.streams import alerts_stream_config, ensure_stream
 from ..store.pool import DATABASE_FAILURES
 from ..store.reactor import alerts_after, checkpoint, store_step
@@ -44,7 +43,7 @@ ErrorCallback = Callable[[Exception], Awaitable[None]]
 Connect = Callable[[ErrorCallback], Awaitable[NatsClient]]
 """Connects to NATS (reconnecting by itself once connected), reporting each failed attempt to the callback."""
 
-_RETRIED = (*DATABASE_FAILURES, nats.errors.Error, UnavailableError)
+_RETRIED = (*DATABASE_FAILURES, nats.errors.Error)
 
 
 def alert_subject(config: NatsConfig, tenant: str) -> str:

@@ -177,7 +177,7 @@ class IngestWorker:
         await reader.start()
         try:
             self.head = await queries.log_head(self._pool)  # the gauge has a value before the first append
-        except (*DATABASE_FAILURES, UnavailableError) as error:
+        except DATABASE_FAILURES as error:
             name = type(error).__name__
             log.warning("cannot read the log's head (%s: %s); its gauge waits for an append", name, error)
         remove_head = metrics.LOG_HEAD.add({}, lambda: self.head)

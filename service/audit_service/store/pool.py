@@ -22,7 +22,7 @@ CONNECTION_FAILURES: tuple[type[Exception], ...] = (
 `pg_terminate_backend`): an OSError (TimeoutError among them), an InterfaceError ("connection is closed") or,
 when the session ends between two statements, asyncpg's InternalClientError ("cannot switch to state 12;
 another operation (2) is in progress", MagicStack/asyncpg#1069): the server's FATAL message was read, the closed
-socket not yet. Terminating the sessions of a busy pool again and again gives that error on about one failed
+socket not yet. Terminating the sessions of a busy pool again and again gives that error on about one
 failed statement in three (a scratch measurement); the pool replaces such a connection like any closed one.
 
 The server says so too, with errors of its own: asyncpg's ConnectionDoesNotExistError ("connection was closed in
@@ -30,8 +30,9 @@ the middle of operation", SQLSTATE class 08: a PostgresConnectionError, not an I
 terminated, AdminShutdownError), 57P03 (starting up, shutting down: CannotConnectNowError) and 53300 (too many
 connections)."""
 
-DATABASE_FAILURES: tuple[type[Exception], ...] = (*CONNECTION_FAILURES, asyncpg.PostgresError)
-"""A connection's failures and the server's errors: what a loop that retries the database catches."""
+DATABASE_FAILURES: tuple[type[Exception], ...] = (*CONNECTION_FAILURES, asyncpg.PostgresError, UnavailableError)
+"""A connection's failures, the server's errors and UnavailableError (no connection to be had from the pool,
+`acquire` below): what a loop that retries the database catches."""
 
 
 class _StatelessConnection(asyncpg.Connection):

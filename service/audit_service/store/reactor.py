@@ -33,7 +33,7 @@ from ..core.reactor import Alert, Reactor, RuleChange, rule_change_of
 from ..core.records import datetime_to_micros, micros_to_datetime
 from ..core.stored_alert import ALERT_COLUMNS
 from ..core.stored_event import row_to_event
-from ..errors import InvalidArgumentError, UnavailableError
+from ..errors import InvalidArgumentError
 from ..waiting import pause
 from .pool import DATABASE_FAILURES
 from .queries import last_position_before, log_head, matching_positions, read_range
@@ -366,7 +366,7 @@ async def react(
             position = page.rows[-1]["position"]
             if on_step is not None:
                 on_step()
-        except (*DATABASE_FAILURES, UnavailableError) as error:
+        except DATABASE_FAILURES as error:
             log.warning("reactor: %s; retrying from the checkpoint", error)
             if report is not None:
                 report(f"retrying from the checkpoint: {type(error).__name__}")

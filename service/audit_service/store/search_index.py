@@ -15,7 +15,6 @@ import logging
 
 import asyncpg
 
-from ..errors import UnavailableError
 from .pool import DATABASE_FAILURES, acquire
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ class SearchIndexMerger:
             try:
                 async with acquire(self._pool) as conn:
                     await conn.execute(_MERGE)
-            except (*DATABASE_FAILURES, UnavailableError) as error:
+            except DATABASE_FAILURES as error:
                 # Not the appends' concern: they merge by themselves when the list outgrows its limit.
                 if not self._failing:
                     log.warning("merging the search index's pending list failed (%s: %s)", type(error).__name__, error)
