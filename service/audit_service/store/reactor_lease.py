@@ -22,7 +22,6 @@ from .pool import DATABASE_FAILURES
 log = logging.getLogger(__name__)
 
 LEASE_KEY = 0x61_75_64_69_74_5F_72  # "audit_r" in ASCII: the advisory lock of the reactor's lease
-_ERRORS = DATABASE_FAILURES
 
 
 class ReactorLease:
@@ -54,10 +53,10 @@ class ReactorLease:
                     standing_by = True
                     if on_standby is not None:
                         on_standby()
-            except _ERRORS as error:
+            except DATABASE_FAILURES as error:
                 log.warning("reactor: cannot take the lease (%s); retrying", error)
             if conn is not None and self._conn is not conn:
-                with contextlib.suppress(*_ERRORS):
+                with contextlib.suppress(*DATABASE_FAILURES):
                     await conn.close(timeout=5)
             await pause(until=stop, seconds=self._retry_seconds)
         return False
@@ -73,7 +72,7 @@ class ReactorLease:
                 if conn is None:
                     raise ConnectionError("released")
                 await conn.fetchval("SELECT 1", timeout=self._check_seconds)
-            except _ERRORS as error:
+            except DATABASE_FAILURES as error:
                 log.warning("reactor: lost the lease (%s); stopping, then taking it again", error)
                 halt.set()
 
@@ -81,5 +80,5 @@ class ReactorLease:
         """Gives the lease up (closing its session releases the lock, whatever state it is in)."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            with contextlib.suppress(*_ERRORS):
+            with contextlib.suppress(*DATABASE_FAILURES):
                 await conn.close(timeout=5)
